@@ -1,0 +1,515 @@
+//! The input contract: one JSON object per line or message, validated into
+//! an [`Event`] or rejected with a specific, countable reason.
+
+use crate::config::InputConfig;
+use crate::event::{Event, EventKind};
+use crate::ids::{AccountId, DeviceId};
+use crate::time::{MINUTE_MS, Millis};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+
+/// Why an input was rejected. Each reason is a metric label and a
+/// dead-letter reason, so the set is closed and named in snake_case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// A message with no payload at all.
+    EmptyPayload,
+    /// Larger than `input.max_message_bytes`.
+    TooLarge,
+    /// Not valid UTF-8.
+    InvalidUtf8,
+    /// Not JSON, or JSON with trailing garbage.
+    InvalidJson,
+    /// Valid JSON that is not an object.
+    NotAnObject,
+    /// No `ts`.
+    MissingTs,
+    /// `ts` neither RFC 3339 with offset nor integer epoch milliseconds.
+    InvalidTs,
+    /// `ts` too far ahead of the validating clock.
+    TsInFuture,
+    /// `ts` before the configured floor.
+    TsTooOld,
+    /// No `kind`.
+    MissingKind,
+    /// `kind` not a non-empty string.
+    InvalidKind,
+    /// Activity, login or logout without `device_id`.
+    MissingDeviceId,
+    /// `device_id` of the wrong type, too long, or with control characters.
+    InvalidDeviceId,
+    /// `device_id` is a placeholder (`null`, `undefined`, `0`, zeros...).
+    JunkDeviceId,
+    /// Activity, login or logout without `ip`.
+    MissingIp,
+    /// `ip` not IPv4 or IPv6 text.
+    InvalidIp,
+    /// `login` without `account_id`.
+    MissingAccountId,
+    /// `account_id` of the wrong type, too long, or with control characters.
+    InvalidAccountId,
+    /// `account_id` is a placeholder.
+    JunkAccountId,
+    /// A privacy request naming neither `account_id` nor `device_id`, or
+    /// an opt_out/opt_in naming only a device.
+    MissingPrivacyTarget,
+    /// An optional field (`event_id`, `source`, `user_agent`) of the wrong type.
+    InvalidOptionalField,
+}
+
+impl RejectReason {
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [RejectReason; 21] = [
+        RejectReason::EmptyPayload,
+        RejectReason::TooLarge,
+        RejectReason::InvalidUtf8,
+        RejectReason::InvalidJson,
+        RejectReason::NotAnObject,
+        RejectReason::MissingTs,
+        RejectReason::InvalidTs,
+        RejectReason::TsInFuture,
+        RejectReason::TsTooOld,
+        RejectReason::MissingKind,
+        RejectReason::InvalidKind,
+        RejectReason::MissingDeviceId,
+        RejectReason::InvalidDeviceId,
+        RejectReason::JunkDeviceId,
+        RejectReason::MissingIp,
+        RejectReason::InvalidIp,
+        RejectReason::MissingAccountId,
+        RejectReason::InvalidAccountId,
+        RejectReason::JunkAccountId,
+        RejectReason::MissingPrivacyTarget,
+        RejectReason::InvalidOptionalField,
+    ];
+
+    /// The reason's stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::EmptyPayload => "empty_payload",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::InvalidUtf8 => "invalid_utf8",
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::MissingTs => "missing_ts",
+            RejectReason::InvalidTs => "invalid_ts",
+            RejectReason::TsInFuture => "ts_in_future",
+            RejectReason::TsTooOld => "ts_too_old",
+            RejectReason::MissingKind => "missing_kind",
+            RejectReason::InvalidKind => "invalid_kind",
+            RejectReason::MissingDeviceId => "missing_device_id",
+            RejectReason::InvalidDeviceId => "invalid_device_id",
+            RejectReason::JunkDeviceId => "junk_device_id",
+            RejectReason::MissingIp => "missing_ip",
+            RejectReason::InvalidIp => "invalid_ip",
+            RejectReason::MissingAccountId => "missing_account_id",
+            RejectReason::InvalidAccountId => "invalid_account_id",
+            RejectReason::JunkAccountId => "junk_account_id",
+            RejectReason::MissingPrivacyTarget => "missing_privacy_target",
+            RejectReason::InvalidOptionalField => "invalid_optional_field",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected input: the countable reason and a human explanation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The reason, for counting and routing.
+    pub reason: RejectReason,
+    /// What exactly was wrong, for the person reading the dead letter.
+    pub detail: String,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejected {
+    Rejected {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// A JSON value of a known field, reduced to the shapes the contract can
+/// tell apart, so a wrongly typed field gets its own reason instead of a
+/// generic parse error.
+#[derive(Debug)]
+enum Field<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Null,
+    Other(&'static str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Field<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Field::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(Field::Other("a number out of range"), Field::Int))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Field::Other("a fractional number"))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Field::Other("a boolean"))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Null)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Other("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Other("an object"))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl Field<'_> {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Field::Str(_) => "a string",
+            Field::Int(_) => "an integer",
+            Field::Null => "null",
+            Field::Other(t) => t,
+        }
+    }
+}
+
+/// The raw object; unknown fields are ignored by design (the contract lets
+/// producers add fields).
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow, default)]
+    ts: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    kind: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    device_id: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    ip: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    account_id: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    event_id: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    source: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    user_agent: Option<Field<'a>>,
+}
+
+/// Validates raw input against the contract.
+///
+/// Holds the precomputed forms of the input settings; `now` is passed per
+/// call so the core never reads the clock itself.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    /// Largest accepted message in bytes.
+    max_bytes: usize,
+    /// Longest accepted id in bytes.
+    max_id_bytes: usize,
+    /// Allowed clock skew ahead of `now`, in milliseconds.
+    max_future_ms: i64,
+    /// Earliest accepted `ts`.
+    min_ts: Millis,
+    /// Configured junk ids, lowercased.
+    junk: Vec<String>,
+}
+
+impl Decoder {
+    /// A decoder for validated input settings.
+    pub fn new(cfg: &InputConfig) -> Self {
+        Decoder {
+            max_bytes: cfg.max_message_bytes,
+            max_id_bytes: cfg.max_id_bytes,
+            max_future_ms: cfg.max_future_skew_minutes.saturating_mul(MINUTE_MS),
+            min_ts: Millis::parse_rfc3339(&cfg.min_ts).unwrap_or(Millis::MIN),
+            junk: cfg.junk_ids.iter().map(|s| s.to_lowercase()).collect(),
+        }
+    }
+
+    /// Decodes one line or message payload. `now` is the validating
+    /// process's clock, used only for the future-skew check.
+    pub fn decode(&self, payload: &[u8], now: Millis) -> Result<Event, Rejected> {
+        if payload.is_empty() {
+            return Err(reject(RejectReason::EmptyPayload, "the message has no payload"));
+        }
+        if payload.len() > self.max_bytes {
+            return Err(reject(
+                RejectReason::TooLarge,
+                format!("{} bytes exceed the limit of {}", payload.len(), self.max_bytes),
+            ));
+        }
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| reject(RejectReason::InvalidUtf8, e.to_string()))?;
+        let trimmed = text.trim_start();
+        if !trimmed.starts_with('{') {
+            return Err(match serde_json::from_str::<IgnoredAny>(text) {
+                Ok(_) => reject(RejectReason::NotAnObject, "the payload is JSON but not an object"),
+                Err(e) => reject(RejectReason::InvalidJson, e.to_string()),
+            });
+        }
+        let raw: Raw = serde_json::from_str(text).map_err(|e| reject(RejectReason::InvalidJson, e.to_string()))?;
+        self.validate(raw, now)
+    }
+
+    fn validate(&self, raw: Raw<'_>, now: Millis) -> Result<Event, Rejected> {
+        let ts = self.ts(raw.ts, now)?;
+        let kind = match raw.kind {
+            None | Some(Field::Null) => return Err(reject(RejectReason::MissingKind, "`kind` is required")),
+            Some(Field::Str(k)) if !k.trim().is_empty() => k,
+            Some(other) => {
+                return Err(reject(
+                    RejectReason::InvalidKind,
+                    format!("`kind` must be a non-empty string, got {}", other.type_name()),
+                ));
+            }
+        };
+        let kind = match kind.as_ref() {
+            "login" => EventKind::Login,
+            "logout" => EventKind::Logout,
+            "opt_out" => EventKind::OptOut,
+            "opt_in" => EventKind::OptIn,
+            "erase" => EventKind::Erase,
+            _ => EventKind::Activity,
+        };
+        for (name, f) in [("event_id", &raw.event_id), ("source", &raw.source), ("user_agent", &raw.user_agent)] {
+            if let Some(f @ (Field::Int(_) | Field::Other(_))) = f
+                && !(name == "event_id" && matches!(f, Field::Int(_)))
+            {
+                return Err(reject(
+                    RejectReason::InvalidOptionalField,
+                    format!("`{name}` must be a string, got {}", f.type_name()),
+                ));
+            }
+        }
+        let account = self.id(raw.account_id, "account_id", RejectReason::InvalidAccountId, RejectReason::JunkAccountId)?;
+        let device = self.id(raw.device_id, "device_id", RejectReason::InvalidDeviceId, RejectReason::JunkDeviceId)?;
+        if kind.is_privacy() {
+            let ok = match kind {
+                EventKind::Erase => account.is_some() || device.is_some(),
+                _ => account.is_some(),
+            };
+            if !ok {
+                return Err(reject(
+                    RejectReason::MissingPrivacyTarget,
+                    format!("`{}` needs an `account_id`{}", kind.as_str(), if kind == EventKind::Erase { " or a `device_id`" } else { "" }),
+                ));
+            }
+            // An erase names one subject; prefer the account when both
+            // are given so the request's scope is never ambiguous.
+            let device = if kind == EventKind::Erase && account.is_some() { None } else { device };
+            let device = if kind == EventKind::Erase { device } else { None };
+            return Ok(Event {
+                ts,
+                kind,
+                device: device.map(DeviceId),
+                account: account.map(AccountId),
+                ip: None,
+            });
+        }
+        let Some(device) = device else {
+            return Err(reject(RejectReason::MissingDeviceId, format!("`device_id` is required for `{}`", kind.as_str())));
+        };
+        let ip = match raw.ip {
+            None | Some(Field::Null) => {
+                return Err(reject(RejectReason::MissingIp, format!("`ip` is required for `{}`", kind.as_str())));
+            }
+            Some(Field::Str(s)) => s.parse::<IpAddr>().map_err(|_| {
+                reject(RejectReason::InvalidIp, format!("`ip` {:?} is not an IPv4 or IPv6 address", truncate(&s, 64)))
+            })?,
+            Some(other) => {
+                return Err(reject(RejectReason::InvalidIp, format!("`ip` must be a string, got {}", other.type_name())));
+            }
+        };
+        if kind == EventKind::Login && account.is_none() {
+            return Err(reject(RejectReason::MissingAccountId, "`login` needs an `account_id`"));
+        }
+        Ok(Event {
+            ts,
+            kind,
+            device: Some(DeviceId(device)),
+            account: account.map(AccountId),
+            ip: Some(ip),
+        })
+    }
+
+    fn ts(&self, f: Option<Field<'_>>, now: Millis) -> Result<Millis, Rejected> {
+        let ts = match f {
+            None | Some(Field::Null) => return Err(reject(RejectReason::MissingTs, "`ts` is required")),
+            Some(Field::Int(ms)) => Millis(ms),
+            Some(Field::Str(s)) => Millis::parse_rfc3339(&s).ok_or_else(|| {
+                reject(RejectReason::InvalidTs, format!("`ts` {:?} is not RFC 3339 with an offset", truncate(&s, 64)))
+            })?,
+            Some(other) => {
+                return Err(reject(
+                    RejectReason::InvalidTs,
+                    format!("`ts` must be RFC 3339 text or integer epoch milliseconds, got {}", other.type_name()),
+                ));
+            }
+        };
+        if ts < self.min_ts {
+            return Err(reject(RejectReason::TsTooOld, format!("`ts` {ts} is before the floor {}", self.min_ts)));
+        }
+        if ts > now.saturating_add(self.max_future_ms) {
+            return Err(reject(RejectReason::TsInFuture, format!("`ts` {ts} is too far ahead of the clock ({now})")));
+        }
+        Ok(ts)
+    }
+
+    fn id(
+        &self,
+        f: Option<Field<'_>>,
+        name: &str,
+        invalid: RejectReason,
+        junk: RejectReason,
+    ) -> Result<Option<Box<str>>, Rejected> {
+        let s = match f {
+            None | Some(Field::Null) => return Ok(None),
+            Some(Field::Str(s)) => s,
+            Some(other) => {
+                return Err(reject(invalid, format!("`{name}` must be a string, got {}", other.type_name())));
+            }
+        };
+        if s.len() > self.max_id_bytes {
+            return Err(reject(invalid, format!("`{name}` is {} bytes, more than {}", s.len(), self.max_id_bytes)));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(reject(invalid, format!("`{name}` contains control characters")));
+        }
+        if self.is_junk(&s) {
+            return Err(reject(junk, format!("`{name}` {:?} is a placeholder, not an id", truncate(&s, 64))));
+        }
+        Ok(Some(s.into()))
+    }
+
+    /// Whether an id is a placeholder that many clients send for "no id".
+    pub fn is_junk(&self, id: &str) -> bool {
+        let t = id.trim();
+        if t.is_empty() || t.bytes().all(|b| b == b'0' || b == b'-') {
+            return true;
+        }
+        if t.eq_ignore_ascii_case("null") || t.eq_ignore_ascii_case("undefined") {
+            return true;
+        }
+        self.junk.iter().any(|j| t.eq_ignore_ascii_case(j))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec() -> Decoder {
+        Decoder::new(&InputConfig::default())
+    }
+    const NOW: Millis = Millis(1_800_000_000_000);
+
+    fn reason(line: &str) -> RejectReason {
+        dec().decode(line.as_bytes(), NOW).unwrap_err().reason
+    }
+
+    #[test]
+    fn accepts_the_contract() {
+        let e = dec()
+            .decode(br#"{"ts":"2026-01-05T18:00:00+01:00","kind":"page_view","device_id":"d1","ip":"81.2.3.4","x":[1]}"#, NOW)
+            .unwrap();
+        assert_eq!(e.kind, EventKind::Activity);
+        assert_eq!(e.ts.to_string(), "2026-01-05T17:00:00.000Z");
+        let e = dec()
+            .decode(br#"{"ts":1767632400000,"kind":"login","device_id":"d1","ip":"2a02::1","account_id":"a"}"#, NOW)
+            .unwrap();
+        assert_eq!(e.kind, EventKind::Login);
+        let e = dec().decode(br#"{"ts":1767632400000,"kind":"erase","device_id":"d1"}"#, NOW).unwrap();
+        assert_eq!(e.device.unwrap().as_str(), "d1");
+    }
+
+    #[test]
+    fn every_reason_is_specific() {
+        let base = r#""ts":1767632400000,"kind":"page_view","ip":"81.2.3.4""#;
+        assert_eq!(reason(""), RejectReason::EmptyPayload);
+        assert_eq!(reason("{"), RejectReason::InvalidJson);
+        assert_eq!(reason("[1,2]"), RejectReason::NotAnObject);
+        assert_eq!(reason(r#"{"kind":"page_view","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::MissingTs);
+        assert_eq!(reason(r#"{"ts":"yesterday","kind":"x","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::InvalidTs);
+        assert_eq!(reason(r#"{"ts":1.5,"kind":"x","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::InvalidTs);
+        assert_eq!(reason(r#"{"ts":0,"kind":"x","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::TsTooOld);
+        assert_eq!(reason(r#"{"ts":9999999999999,"kind":"x","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::TsInFuture);
+        assert_eq!(reason(r#"{"ts":1767632400000,"device_id":"d","ip":"81.2.3.4"}"#), RejectReason::MissingKind);
+        assert_eq!(reason(r#"{"ts":1767632400000,"kind":7,"device_id":"d","ip":"81.2.3.4"}"#), RejectReason::InvalidKind);
+        assert_eq!(reason(&format!("{{{base}}}")), RejectReason::MissingDeviceId);
+        for junk in ["", "null", "undefined", "0", "0000-0000", "---", "NONE"] {
+            assert_eq!(reason(&format!(r#"{{{base},"device_id":"{junk}"}}"#)), RejectReason::JunkDeviceId, "{junk}");
+        }
+        assert_eq!(reason(&format!(r#"{{{base},"device_id":"a\u0001b"}}"#)), RejectReason::InvalidDeviceId);
+        assert_eq!(reason(&format!(r#"{{{base},"device_id":{}}}"#, "1")), RejectReason::InvalidDeviceId);
+        let long = "x".repeat(257);
+        assert_eq!(reason(&format!(r#"{{{base},"device_id":"{long}"}}"#)), RejectReason::InvalidDeviceId);
+        assert_eq!(reason(r#"{"ts":1767632400000,"kind":"x","device_id":"d"}"#), RejectReason::MissingIp);
+        assert_eq!(reason(r#"{"ts":1767632400000,"kind":"x","device_id":"d","ip":"999.1.1.1"}"#), RejectReason::InvalidIp);
+        assert_eq!(reason(r#"{"ts":1767632400000,"kind":"login","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::MissingAccountId);
+        assert_eq!(reason(&format!(r#"{{{base},"device_id":"d","account_id":"null"}}"#)), RejectReason::JunkAccountId);
+        assert_eq!(reason(r#"{"ts":1767632400000,"kind":"opt_out","device_id":"d"}"#), RejectReason::MissingPrivacyTarget);
+        assert_eq!(reason(&format!(r#"{{{base},"device_id":"d","source":5}}"#)), RejectReason::InvalidOptionalField);
+        assert_eq!(dec().decode(&[0xff, 0xfe], NOW).unwrap_err().reason, RejectReason::InvalidUtf8);
+        let huge = format!(r#"{{{base},"device_id":"d","pad":"{}"}}"#, "x".repeat(70_000));
+        assert_eq!(reason(&huge), RejectReason::TooLarge);
+    }
+
+    #[test]
+    fn unicode_ids_are_accepted() {
+        let e = dec()
+            .decode("{\"ts\":1767632400000,\"kind\":\"x\",\"device_id\":\"gerät-ü\",\"ip\":\"81.2.3.4\"}".as_bytes(), NOW)
+            .unwrap();
+        assert_eq!(e.device.unwrap().as_str(), "gerät-ü");
+    }
+}

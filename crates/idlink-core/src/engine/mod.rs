@@ -1,0 +1,983 @@
+//! The event-time linking engine.
+//!
+//! Events enter through [`Engine::ingest`]. Device events move the
+//! watermark (the minimum over sources of the greatest `ts` seen, minus the
+//! allowed lateness); events wait in a reorder buffer until the watermark
+//! passes them and are then applied in `(ts, kind priority)` order, so any
+//! disorder within the lateness bound gives the same result. Activity that
+//! arrives behind the watermark is late: it refreshes sign-in links but
+//! adds no co-location evidence. Privacy requests never count as late:
+//! they are applied by their `ts` whenever they arrive.
+//!
+//! Co-location is collected per address bucket and UTC day and becomes
+//! evidence when the day is complete; devices are then re-decided from
+//! their evidence set ([`score`]).
+
+mod bucket;
+pub mod intern;
+mod privacy;
+pub mod score;
+pub mod state;
+
+use crate::addr::{AddressClass, AddressClassifier, Bucket};
+use crate::config::Config;
+use crate::event::Event;
+use crate::keyed::KeyedHasher;
+use crate::time::{DAY_MS, MINUTE_MS, Millis};
+use bucket::BucketState;
+use intern::{NONE, Slots};
+use rustc_hash::{FxHashMap, FxHashSet};
+use state::{Account, Device, Evidence, InferredLink, LoginLink, WEIGHT_ONE};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
+
+pub use privacy::{PrivacyAck, Removed};
+
+/// Largest number of sightings a bucket keeps for its window; only a
+/// crowded bucket (which counts for nothing) could exceed it.
+const MAX_RECENT: usize = 256;
+
+/// What happened to an ingested event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingested {
+    /// Waiting in the reorder buffer for the watermark.
+    Buffered,
+    /// Activity behind the watermark: sign-in links refreshed, no evidence.
+    Late,
+    /// A privacy request behind the watermark, applied at once.
+    PrivacyApplied,
+    /// Dropped: an erase marker covers the id at this `ts`.
+    Erased,
+}
+
+/// Counters and gauges of the engine, for summaries and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStats {
+    /// Device events applied in event-time order.
+    pub applied_events: u64,
+    /// Device events that arrived behind the watermark.
+    pub late_events: u64,
+    /// Events dropped because an erase marker covers them.
+    pub erased_events: u64,
+    /// Privacy requests applied (in order or late).
+    pub privacy_requests: u64,
+    /// Privacy requests that arrived behind the watermark.
+    pub late_privacy_requests: u64,
+    /// Sightings on non-public addresses (no evidence).
+    pub non_public_sightings: u64,
+    /// Sightings on carrier-grade NAT (no evidence).
+    pub carrier_nat_sightings: u64,
+    /// Sightings on configured excluded ranges (no evidence).
+    pub excluded_sightings: u64,
+    /// Bucket-days voided as crowded.
+    pub crowded_bucket_days: u64,
+    /// Bucket-days that produced evidence.
+    pub evidence_bucket_days: u64,
+    /// Times a device was marked a bot.
+    pub bots_marked: u64,
+    /// Sign-in links created.
+    pub login_links_created: u64,
+    /// Sign-in links removed (expiry, caps, erasure).
+    pub login_links_removed: u64,
+    /// Inferred links created.
+    pub inferred_links_created: u64,
+    /// Inferred links removed.
+    pub inferred_links_removed: u64,
+}
+
+/// One source of device events (a file, a Kafka partition): its greatest
+/// `ts` seen feeds the watermark.
+#[derive(Clone, Copy, Debug)]
+struct Source {
+    /// Caller's id of the source.
+    id: u32,
+    /// Greatest `ts` seen from it.
+    max_ts: Millis,
+}
+
+/// An event waiting for the watermark.
+#[derive(Debug)]
+struct Pending {
+    /// Ordering key: `ts`, kind priority, arrival sequence.
+    key: (Millis, u8, u64),
+    /// The event.
+    event: Event,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&o.key)
+    }
+}
+
+/// Ids whose published view changed since the last [`Engine::take_changes`].
+#[derive(Debug, Default)]
+struct ChangeLog {
+    /// Live device slots whose links changed.
+    devices: FxHashSet<u32>,
+    /// Live account slots whose devices changed.
+    accounts: FxHashSet<u32>,
+    /// Ids of freed device slots (tombstones first).
+    removed_devices: Vec<Box<str>>,
+    /// Ids of freed account slots.
+    removed_accounts: Vec<Box<str>>,
+}
+
+/// Output changes: `(key, Some(line))` to publish, `(key, None)` for a
+/// tombstone. Tombstones of removed ids come before updates, so an id
+/// removed and re-created in one batch ends with its value.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Changed `device-links` records, keyed by device id.
+    pub devices: Vec<(String, Option<String>)>,
+    /// Changed `account-devices` records, keyed by account id.
+    pub accounts: Vec<(String, Option<String>)>,
+}
+
+/// Settings derived once from the config, in the units the hot path uses.
+#[derive(Clone, Debug)]
+struct Params {
+    lateness_ms: i64,
+    window_ms: i64,
+    gap_scale_ms: f64,
+    horizon_days: i64,
+    min_days: u16,
+    min_score: f64,
+    min_share: f64,
+    infer_for_signed_in: bool,
+    login_ttl_days: i64,
+    max_accounts_per_device: usize,
+    max_devices_per_account: usize,
+    max_bucket_devices: usize,
+    max_bucket_accounts: usize,
+    bot_events: u32,
+    bot_buckets: u32,
+    bot_mark_days: i32,
+    marker_ttl_days: i64,
+    max_support: usize,
+}
+
+impl Params {
+    fn new(c: &Config) -> Self {
+        Params {
+            lateness_ms: c.time.allowed_lateness_minutes * MINUTE_MS,
+            window_ms: c.linking.window_minutes * MINUTE_MS,
+            gap_scale_ms: c.linking.gap_scale_minutes * MINUTE_MS as f64,
+            horizon_days: c.linking.evidence_horizon_days,
+            min_days: c.linking.min_days.min(u32::from(u16::MAX)) as u16,
+            min_score: c.linking.min_score,
+            min_share: c.linking.min_share,
+            infer_for_signed_in: c.linking.infer_for_signed_in_devices,
+            login_ttl_days: c.linking.login_link_ttl_days,
+            max_accounts_per_device: c.linking.max_accounts_per_device,
+            max_devices_per_account: c.linking.max_devices_per_account,
+            max_bucket_devices: c.addresses.max_devices_per_bucket_day as usize,
+            max_bucket_accounts: c.addresses.max_accounts_per_bucket_day as usize,
+            bot_events: c.bots.max_events_per_day,
+            bot_buckets: c.bots.max_buckets_per_day,
+            bot_mark_days: c.bots.mark_days.clamp(1, 100_000) as i32,
+            marker_ttl_days: c.privacy.erase_marker_ttl_days,
+            max_support: c.linking.max_support,
+        }
+    }
+}
+
+/// The linking engine: all state of the device graph for the events it
+/// was given.
+#[derive(Debug)]
+pub struct Engine {
+    /// Derived settings.
+    p: Params,
+    /// Decides which addresses may count and their bucket.
+    classifier: AddressClassifier,
+    /// Keyed hashes for bucket tags, acks and erase markers.
+    hasher: KeyedHasher,
+    /// Device state by slot.
+    devices: Slots<Device>,
+    /// Account state by slot.
+    accounts: Slots<Account>,
+    /// Bucket state for buckets with sightings in the window or today.
+    buckets: FxHashMap<Bucket, BucketState>,
+    /// Buckets holding state, visited when a day closes.
+    active_buckets: Vec<Bucket>,
+    /// Events waiting for the watermark, smallest key first.
+    buffer: BinaryHeap<Reverse<Pending>>,
+    /// Arrival counter: the last tie-break of the buffer order.
+    seq: u64,
+    /// Sources feeding the watermark.
+    sources: Vec<Source>,
+    /// Current watermark; never moves backwards.
+    watermark: Millis,
+    /// UTC day of the latest released event.
+    current_day: i32,
+    /// Erase markers: keyed fingerprint of the id → request `ts`.
+    markers: FxHashMap<u128, Millis>,
+    /// Greatest `ts` among markers: newer events skip the marker lookup.
+    max_marker_ts: Millis,
+    /// Output changes, when the caller publishes incrementally.
+    changes: Option<ChangeLog>,
+    /// Privacy requests applied since the last `take_privacy_acks`.
+    acks: Vec<PrivacyAck>,
+    /// Counters.
+    stats: EngineStats,
+    /// Live sign-in links.
+    login_links: u64,
+    /// Live inferred links.
+    inferred_links: u64,
+}
+
+impl Engine {
+    /// An engine for a validated config, a classifier built from its
+    /// address settings, and the hasher for its secret.
+    pub fn new(config: &Config, classifier: AddressClassifier) -> Self {
+        Engine {
+            p: Params::new(config),
+            classifier,
+            hasher: KeyedHasher::new(config.privacy.hash_secret.as_bytes()),
+            devices: Slots::default(),
+            accounts: Slots::default(),
+            buckets: FxHashMap::default(),
+            active_buckets: Vec::new(),
+            buffer: BinaryHeap::new(),
+            seq: 0,
+            sources: Vec::new(),
+            watermark: Millis::MIN,
+            current_day: i32::MIN,
+            markers: FxHashMap::default(),
+            max_marker_ts: Millis::MIN,
+            changes: None,
+            acks: Vec::new(),
+            stats: EngineStats::default(),
+            login_links: 0,
+            inferred_links: 0,
+        }
+    }
+
+    /// Turns on change tracking for incremental publishing.
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(ChangeLog::default);
+    }
+
+    /// The keyed hasher, for callers that publish hashed ids.
+    pub fn hasher(&self) -> &KeyedHasher {
+        &self.hasher
+    }
+
+    /// The current watermark.
+    pub fn watermark(&self) -> Millis {
+        self.watermark
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Devices held in state.
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Accounts held in state.
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Live links by type: (sign-in, inferred).
+    pub fn link_counts(&self) -> (u64, u64) {
+        (self.login_links, self.inferred_links)
+    }
+
+    /// Events waiting in the reorder buffer.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Registers a source of device events (a partition); the watermark
+    /// waits for every registered source.
+    pub fn add_source(&mut self, id: u32) {
+        if !self.sources.iter().any(|s| s.id == id) {
+            self.sources.push(Source {
+                id,
+                max_ts: Millis::MIN,
+            });
+        }
+    }
+
+    /// Unregisters a source (a revoked partition).
+    pub fn remove_source(&mut self, id: u32) {
+        self.sources.retain(|s| s.id != id);
+        self.advance();
+    }
+
+    /// Takes one event from `source`.
+    pub fn ingest(&mut self, source: u32, event: Event) -> Ingested {
+        if event.kind.is_privacy() {
+            if event.ts >= self.watermark {
+                self.push(event);
+                return Ingested::Buffered;
+            }
+            self.stats.late_privacy_requests += 1;
+            self.apply_privacy(event);
+            return Ingested::PrivacyApplied;
+        }
+        match self.sources.iter_mut().find(|s| s.id == source) {
+            Some(s) => s.max_ts = s.max_ts.max(event.ts),
+            None => self.sources.push(Source {
+                id: source,
+                max_ts: event.ts,
+            }),
+        }
+        if event.ts < self.watermark {
+            self.stats.late_events += 1;
+            if self.is_erased(&event) {
+                self.stats.erased_events += 1;
+                return Ingested::Erased;
+            }
+            self.apply_sighting(&event, false);
+            return Ingested::Late;
+        }
+        self.push(event);
+        self.advance();
+        Ingested::Buffered
+    }
+
+    /// Moves the watermark to at least `to` (an idle source, or the end of
+    /// input with `Millis::MAX`) and releases what it passes.
+    pub fn advance_to(&mut self, to: Millis) {
+        if to > self.watermark {
+            self.release(to);
+        }
+    }
+
+    /// End of input: releases everything, closes the last day and
+    /// decides every device.
+    pub fn finish(&mut self) {
+        self.release(Millis::MAX);
+        if self.current_day != i32::MIN {
+            let day = self.current_day;
+            self.close_day(day, Millis::MAX);
+        }
+    }
+
+    fn push(&mut self, event: Event) {
+        self.seq += 1;
+        let key = (event.ts, event.kind.priority(), self.seq);
+        self.buffer.push(Reverse(Pending { key, event }));
+    }
+
+    fn advance(&mut self) {
+        let Some(min) = self.sources.iter().map(|s| s.max_ts).min() else {
+            return;
+        };
+        if min == Millis::MIN {
+            return;
+        }
+        let wm = min.saturating_sub(self.p.lateness_ms);
+        if wm > self.watermark {
+            self.release(wm);
+        }
+    }
+
+    fn release(&mut self, wm: Millis) {
+        self.watermark = wm;
+        while self.buffer.peek().is_some_and(|p| p.0.key.0 < wm) {
+            let Some(Reverse(p)) = self.buffer.pop() else { break };
+            let ev = p.event;
+            let day = ev.ts.day() as i32;
+            if day > self.current_day {
+                if self.current_day != i32::MIN {
+                    let closing = self.current_day;
+                    self.close_day(closing, ev.ts);
+                }
+                self.current_day = day;
+            }
+            if ev.kind.is_privacy() {
+                self.apply_privacy(ev);
+            } else if self.is_erased(&ev) {
+                self.stats.erased_events += 1;
+            } else {
+                self.apply_sighting(&ev, true);
+            }
+        }
+    }
+
+    /// Applies a device event. `in_order` events also feed bot counters
+    /// and co-location; late ones only refresh sign-in links.
+    fn apply_sighting(&mut self, ev: &Event, in_order: bool) {
+        let Some(device_id) = ev.device.as_ref() else { return };
+        let (d, _) = self.devices.intern(device_id.as_str(), Device::new);
+        let a = match &ev.account {
+            Some(acc) => self.accounts.intern(acc.as_str(), Account::default).0,
+            None => NONE,
+        };
+        if let Some(dev) = self.devices.get_mut(d) {
+            dev.last_seen = dev.last_seen.max(ev.ts);
+        }
+        if a != NONE {
+            self.touch_login(d, a, ev.ts);
+        }
+        if !in_order {
+            return;
+        }
+        self.stats.applied_events += 1;
+        let class = match ev.ip {
+            Some(ip) => self.classifier.classify(ip),
+            None => AddressClass::NonPublic,
+        };
+        let bucket = match class {
+            AddressClass::Usable(b) => Some(b),
+            AddressClass::NonPublic => {
+                self.stats.non_public_sightings += 1;
+                None
+            }
+            AddressClass::CarrierNat => {
+                self.stats.carrier_nat_sightings += 1;
+                None
+            }
+            AddressClass::Excluded => {
+                self.stats.excluded_sightings += 1;
+                None
+            }
+        };
+        self.count_for_bots(d, ev.ts, bucket);
+        if let Some(b) = bucket {
+            self.colocate(b, d, a, ev.ts);
+        }
+    }
+
+    fn count_for_bots(&mut self, d: u32, ts: Millis, bucket: Option<Bucket>) {
+        let day = ts.day() as i32;
+        let p = &self.p;
+        let Some(dev) = self.devices.get_mut(d) else { return };
+        if dev.bot_day != day {
+            dev.bot_day = day;
+            dev.day_events = 0;
+            dev.day_buckets = 0;
+        }
+        dev.day_events = dev.day_events.saturating_add(1);
+        if let Some(b) = bucket {
+            let h = rustc_hash::FxBuildHasher.hash_one(b);
+            dev.day_buckets |= 1u64 << (h >> 58);
+        }
+        let was_bot = dev.is_bot(day);
+        if dev.day_events > p.bot_events || dev.day_buckets.count_ones() > p.bot_buckets {
+            dev.bot_until = day.saturating_add(p.bot_mark_days);
+            if !was_bot {
+                self.stats.bots_marked += 1;
+            }
+        }
+    }
+
+    fn colocate(&mut self, b: Bucket, d: u32, a: u32, ts: Millis) {
+        let day = ts.day() as i32;
+        let window = self.p.window_ms;
+        let st = self.buckets.entry(b).or_insert_with(|| {
+            self.active_buckets.push(b);
+            BucketState::default()
+        });
+        if st.agg.is_none() || st.day != day {
+            st.day = day;
+            st.agg = Some(Box::default());
+        }
+        let Some(agg) = st.agg.as_mut() else { return };
+        if !agg.see(d, a, self.p.max_bucket_devices, self.p.max_bucket_accounts) {
+            st.recent.clear();
+            return;
+        }
+        while st.recent.front().is_some_and(|r| r.ts.0 < ts.0 - window) {
+            st.recent.pop_front();
+        }
+        let accounts = &self.accounts;
+        let opted = |acc: u32| accounts.get(acc).is_none_or(|x| x.opted_out);
+        let me_opted = a != NONE && opted(a);
+        for r in &st.recent {
+            if r.device == d {
+                continue;
+            }
+            let gap = ts.0 - r.ts.0;
+            if a == NONE && r.account != NONE && !opted(r.account) {
+                agg.pair(d, r.account, gap, ts);
+            } else if a != NONE && !me_opted && r.account == NONE {
+                agg.pair(r.device, a, gap, ts);
+            }
+        }
+        st.recent.push_back(bucket::Sighting { ts, device: d, account: a });
+        if st.recent.len() > MAX_RECENT {
+            st.recent.pop_front();
+        }
+    }
+
+    /// Creates or refreshes the sign-in link `d`–`a`.
+    fn touch_login(&mut self, d: u32, a: u32, ts: Millis) {
+        let Some(dev) = self.devices.get_mut(d) else { return };
+        let created = match dev.logins.binary_search_by_key(&a, |l| l.account) {
+            Ok(i) => {
+                let l = &mut dev.logins[i];
+                l.first_seen = l.first_seen.min(ts);
+                l.last_seen = l.last_seen.max(ts);
+                l.events = l.events.saturating_add(1);
+                false
+            }
+            Err(i) => {
+                dev.logins.insert(
+                    i,
+                    LoginLink {
+                        account: a,
+                        first_seen: ts,
+                        last_seen: ts,
+                        events: 1,
+                    },
+                );
+                true
+            }
+        };
+        let had_inferred = dev.inferred.is_some();
+        self.mark_device(d);
+        self.mark_account(a);
+        if created {
+            self.login_links += 1;
+            self.stats.login_links_created += 1;
+            if let Some(acc) = self.accounts.get_mut(a) {
+                state::add_value(&mut acc.devices, d);
+            }
+            self.enforce_device_cap(d);
+            self.enforce_account_cap(a);
+            if had_inferred && !self.p.infer_for_signed_in {
+                self.set_inferred(d, None);
+            }
+        }
+    }
+
+    /// Keeps at most `max_accounts_per_device` sign-in links on `d`,
+    /// dropping the least recently used.
+    fn enforce_device_cap(&mut self, d: u32) {
+        loop {
+            let Some(dev) = self.devices.get(d) else { return };
+            if dev.logins.len() <= self.p.max_accounts_per_device {
+                return;
+            }
+            let accounts = &self.accounts;
+            let Some(victim) = dev
+                .logins
+                .iter()
+                .min_by(|x, y| x.last_seen.cmp(&y.last_seen).then_with(|| accounts.id(x.account).cmp(accounts.id(y.account))))
+                .map(|l| l.account)
+            else {
+                return;
+            };
+            self.remove_login(d, victim);
+        }
+    }
+
+    /// Keeps at most `max_devices_per_account` devices on `a`: inferred
+    /// links go first (weakest, then oldest), then the oldest sign-in links.
+    fn enforce_account_cap(&mut self, a: u32) {
+        loop {
+            let Some(acc) = self.accounts.get(a) else { return };
+            if acc.devices.len() <= self.p.max_devices_per_account {
+                return;
+            }
+            let mut victim: Option<(bool, u32, Millis, &str, u32)> = None;
+            for &d in &acc.devices {
+                let Some(dev) = self.devices.get(d) else { continue };
+                let key = match (&dev.inferred, dev.login(a)) {
+                    (_, Some(l)) => (true, WEIGHT_ONE, l.last_seen, self.devices.id(d), d),
+                    (Some(i), None) if i.account == a => (false, i.confidence, i.last_seen, self.devices.id(d), d),
+                    _ => continue,
+                };
+                if victim.as_ref().is_none_or(|v| (key.0, key.1, key.2, key.3) < (v.0, v.1, v.2, v.3)) {
+                    victim = Some(key);
+                }
+            }
+            let Some((is_login, _, _, _, d)) = victim else { return };
+            if is_login {
+                self.remove_login(d, a);
+            } else {
+                self.set_inferred(d, None);
+            }
+        }
+    }
+
+    fn remove_login(&mut self, d: u32, a: u32) {
+        let Some(dev) = self.devices.get_mut(d) else { return };
+        let before = dev.logins.len();
+        dev.logins.retain(|l| l.account != a);
+        if dev.logins.len() == before {
+            return;
+        }
+        let keep_on_account = dev.inferred.as_ref().is_some_and(|i| i.account == a);
+        self.login_links -= 1;
+        self.stats.login_links_removed += 1;
+        if !keep_on_account && let Some(acc) = self.accounts.get_mut(a) {
+            state::remove_value(&mut acc.devices, d);
+        }
+        self.mark_device(d);
+        self.mark_account(a);
+    }
+
+    /// Replaces the inferred link of `d`.
+    fn set_inferred(&mut self, d: u32, new: Option<InferredLink>) {
+        let Some(dev) = self.devices.get_mut(d) else { return };
+        let old = dev.inferred.take();
+        let old_account = old.as_ref().map(|o| o.account);
+        let new_account = new.as_ref().map(|n| n.account);
+        let unchanged = match (&old, &new) {
+            (None, None) => true,
+            (Some(o), Some(n)) => **o == *n,
+            _ => false,
+        };
+        dev.inferred = new.map(Box::new);
+        let has_login_to_old = old_account.is_some_and(|a| dev.login(a).is_some());
+        if unchanged {
+            return;
+        }
+        self.mark_device(d);
+        if old_account != new_account {
+            if let Some(a) = old_account {
+                self.inferred_links -= 1;
+                self.stats.inferred_links_removed += 1;
+                if !has_login_to_old && let Some(acc) = self.accounts.get_mut(a) {
+                    state::remove_value(&mut acc.devices, d);
+                }
+                self.mark_account(a);
+            }
+            if let Some(a) = new_account {
+                self.inferred_links += 1;
+                self.stats.inferred_links_created += 1;
+                if let Some(acc) = self.accounts.get_mut(a) {
+                    state::add_value(&mut acc.devices, d);
+                }
+                self.mark_account(a);
+            }
+        } else if let Some(a) = new_account {
+            self.mark_account(a);
+        }
+    }
+
+    fn mark_device(&mut self, d: u32) {
+        if let Some(c) = self.changes.as_mut() {
+            c.devices.insert(d);
+        }
+    }
+
+    fn mark_account(&mut self, a: u32) {
+        if let Some(c) = self.changes.as_mut() {
+            c.accounts.insert(a);
+        }
+    }
+
+    /// Closes `day`: every open bucket-day becomes evidence, then every
+    /// device with evidence or an inferred link is decided again, and
+    /// state past its horizon is dropped. `now` is the first event of the
+    /// next day (or the end), for pruning bucket windows.
+    fn close_day(&mut self, day: i32, now: Millis) {
+        let window = self.p.window_ms;
+        let buckets = std::mem::take(&mut self.active_buckets);
+        let mut keep = Vec::with_capacity(buckets.len() / 4);
+        for b in buckets {
+            let Some(st) = self.buckets.get_mut(&b) else { continue };
+            let agg = st.agg.take();
+            let bucket_day = st.day;
+            while st.recent.front().is_some_and(|r| r.ts.0 < now.0.saturating_sub(window)) {
+                st.recent.pop_front();
+            }
+            if st.recent.is_empty() {
+                self.buckets.remove(&b);
+            } else {
+                keep.push(b);
+            }
+            if let Some(agg) = agg {
+                self.evidence_from(b, bucket_day, &agg);
+            }
+        }
+        self.active_buckets = keep;
+        self.sweep(day);
+    }
+
+    /// Turns one complete bucket-day into evidence on its devices.
+    fn evidence_from(&mut self, b: Bucket, day: i32, agg: &bucket::DayAgg) {
+        if agg.crowded {
+            self.stats.crowded_bucket_days += 1;
+            return;
+        }
+        if agg.pairs.is_empty() {
+            return;
+        }
+        let bots: Vec<u32> = agg
+            .devices
+            .iter()
+            .copied()
+            .filter(|&d| self.devices.get(d).is_some_and(|x| x.is_bot(day)))
+            .collect();
+        let is_bot = |d: u32| bots.contains(&d);
+        let humans = agg.devices.iter().filter(|&&d| !is_bot(d)).count();
+        let unknown = agg
+            .devices
+            .iter()
+            .filter(|&&d| !is_bot(d) && !agg.signed_devices.contains(&d))
+            .count()
+            .max(1);
+        let n_dev = humans + agg.anon_devices as usize;
+        let n_acc = (agg.accounts.len() + agg.anon_accounts as usize).max(1);
+        let tag = self.hasher.tag(&b.to_bytes());
+        let mut produced = false;
+        for p in &agg.pairs {
+            if agg.signed_devices.contains(&p.device) || is_bot(p.device) {
+                continue;
+            }
+            if self.accounts.get(p.account).is_none_or(|a| a.opted_out) {
+                continue;
+            }
+            let tf = (-(p.gap_ms as f64) / self.p.gap_scale_ms).exp();
+            let w = tf / (unknown * n_acc) as f64;
+            let weight = (w * f64::from(WEIGHT_ONE)).round().clamp(0.0, f64::from(WEIGHT_ONE)) as u16;
+            if weight == 0 {
+                continue;
+            }
+            let e = Evidence {
+                account: p.account,
+                day,
+                bucket: tag,
+                weight,
+                gap_s: (p.gap_ms / 1000).clamp(0, i64::from(u16::MAX)) as u16,
+                bucket_devices: n_dev.min(255) as u8,
+                bucket_accounts: n_acc.min(255) as u8,
+                at: p.at,
+            };
+            let Some(dev) = self.devices.get_mut(p.device) else { continue };
+            match dev.evidence.binary_search_by(|x| (x.account, x.day, x.bucket).cmp(&(e.account, e.day, e.bucket))) {
+                Ok(i) => dev.evidence[i] = e,
+                Err(i) => dev.evidence.insert(i, e),
+            }
+            if let Some(acc) = self.accounts.get_mut(p.account) {
+                state::add_value(&mut acc.evidence_devices, p.device);
+            }
+            produced = true;
+        }
+        if produced {
+            self.stats.evidence_bucket_days += 1;
+        }
+    }
+
+    /// Daily maintenance at the close of `day`: expire evidence, sign-in
+    /// links and erase markers; re-decide devices; evict idle state.
+    fn sweep(&mut self, day: i32) {
+        let horizon = self.p.horizon_days;
+        let ttl = self.p.login_ttl_days;
+        let slots: Vec<u32> = self.devices.live().collect();
+        let mut capped_accounts: Vec<u32> = Vec::new();
+        for d in slots {
+            let Some(dev) = self.devices.get_mut(d) else { continue };
+            // Evidence past the horizon.
+            let before = dev.evidence.len();
+            if before > 0 {
+                let mut gone: Vec<u32> = Vec::new();
+                dev.evidence.retain(|e| {
+                    let keep = i64::from(day) - i64::from(e.day) < horizon;
+                    if !keep && e.account != NONE {
+                        gone.push(e.account);
+                    }
+                    keep
+                });
+                gone.dedup();
+                for a in gone {
+                    let still = self.devices.get(d).is_some_and(|x| x.evidence.iter().any(|e| e.account == a));
+                    if !still && let Some(acc) = self.accounts.get_mut(a) {
+                        state::remove_value(&mut acc.evidence_devices, d);
+                    }
+                }
+            }
+            // Sign-in links past their lifetime.
+            let expired: Vec<u32> = self.devices.get(d).map_or_else(Vec::new, |x| {
+                x.logins
+                    .iter()
+                    .filter(|l| i64::from(day) - l.last_seen.day() >= ttl)
+                    .map(|l| l.account)
+                    .collect()
+            });
+            for a in expired {
+                self.remove_login(d, a);
+            }
+            let Some(dev) = self.devices.get(d) else { continue };
+            if !dev.evidence.is_empty() || dev.inferred.is_some() {
+                if let Some(a) = self.decide(d, day) {
+                    capped_accounts.push(a);
+                }
+            }
+            let Some(dev) = self.devices.get(d) else { continue };
+            if dev.is_empty() && i64::from(day) - dev.last_seen.day() >= horizon && !dev.is_bot(day) {
+                self.devices.remove(d);
+            }
+        }
+        capped_accounts.sort_unstable();
+        capped_accounts.dedup();
+        for a in capped_accounts {
+            self.enforce_account_cap(a);
+        }
+        let accounts: Vec<u32> = self.accounts.live().collect();
+        for a in accounts {
+            if self.accounts.get(a).is_some_and(Account::is_empty) {
+                self.accounts.remove(a);
+            }
+        }
+        let marker_ttl = self.p.marker_ttl_days;
+        self.markers.retain(|_, ts| i64::from(day) - ts.day() < marker_ttl);
+    }
+
+    /// Decides the inferred link of `d` on `day` from its evidence.
+    /// Returns the account if the new link may exceed its device cap.
+    fn decide(&mut self, d: u32, day: i32) -> Option<u32> {
+        let want = self.wanted_link(d, day);
+        let account = want.as_ref().map(|w| w.account);
+        self.set_inferred(d, want);
+        let acc = self.accounts.get(account?)?;
+        (acc.devices.len() > self.p.max_devices_per_account).then_some(account?)
+    }
+
+    fn wanted_link(&self, d: u32, day: i32) -> Option<InferredLink> {
+        let dev = self.devices.get(d)?;
+        if dev.is_bot(day) || (!dev.logins.is_empty() && !self.p.infer_for_signed_in) {
+            return None;
+        }
+        let cands = score::candidates(&dev.evidence, day, self.p.horizon_days);
+        let total: f64 = cands.iter().map(|c| c.score).sum();
+        let best = cands
+            .iter()
+            .filter(|c| c.account != NONE && dev.login(c.account).is_none())
+            .filter(|c| self.accounts.get(c.account).is_some_and(|a| !a.opted_out))
+            .max_by(|x, y| {
+                x.score
+                    .total_cmp(&y.score)
+                    .then_with(|| self.accounts.id(y.account).cmp(self.accounts.id(x.account)))
+            })?;
+        let share = if total > 0.0 { best.score / total } else { 0.0 };
+        if best.score < self.p.min_score || best.days < self.p.min_days || share < self.p.min_share {
+            return None;
+        }
+        let fixed = |x: f64| (score::round4(x) * f64::from(WEIGHT_ONE)).round() as u32;
+        Some(InferredLink {
+            account: best.account,
+            score: fixed(best.score),
+            share: fixed(share),
+            confidence: fixed(score::confidence(best.score, share)),
+            days: best.days,
+            buckets: best.buckets,
+            decided_day: day,
+            first_seen: best.first_seen,
+            last_seen: best.last_seen,
+        })
+    }
+
+    fn is_erased(&self, ev: &Event) -> bool {
+        if self.markers.is_empty() || ev.ts > self.max_marker_ts {
+            return false;
+        }
+        let covered = |ns: u8, id: &str| {
+            self.markers
+                .get(&self.hasher.fingerprint(ns, id))
+                .is_some_and(|&t| ev.ts <= t)
+        };
+        ev.device.as_ref().is_some_and(|x| covered(privacy::DEVICE_NS, x.as_str()))
+            || ev.account.as_ref().is_some_and(|x| covered(privacy::ACCOUNT_NS, x.as_str()))
+    }
+
+    /// Drains the privacy acknowledgements produced so far.
+    pub fn take_privacy_acks(&mut self) -> Vec<PrivacyAck> {
+        std::mem::take(&mut self.acks)
+    }
+
+    /// Drains the output changes since the last call (change tracking
+    /// must be on).
+    pub fn take_changes(&mut self) -> Changes {
+        let Some(log) = self.changes.as_mut() else {
+            return Changes::default();
+        };
+        let log = std::mem::take(log);
+        let mut out = Changes::default();
+        for id in log.removed_devices {
+            out.devices.push((id.into(), None));
+        }
+        for id in log.removed_accounts {
+            out.accounts.push((id.into(), None));
+        }
+        let mut ds: Vec<u32> = log.devices.into_iter().collect();
+        ds.sort_unstable_by(|&x, &y| self.devices.id(x).cmp(self.devices.id(y)));
+        for d in ds {
+            if self.devices.get(d).is_some() {
+                out.devices.push((self.devices.id(d).into(), self.render_device(d)));
+            }
+        }
+        let mut accs: Vec<u32> = log.accounts.into_iter().collect();
+        accs.sort_unstable_by(|&x, &y| self.accounts.id(x).cmp(self.accounts.id(y)));
+        for a in accs {
+            if self.accounts.get(a).is_some() {
+                out.accounts.push((self.accounts.id(a).into(), self.render_account(a)));
+            }
+        }
+        out
+    }
+
+    /// Every device line, sorted by device id (replay's
+    /// `device-links.jsonl`).
+    pub fn device_lines(&self) -> impl Iterator<Item = String> + '_ {
+        self.devices.sorted().into_iter().filter_map(|d| self.render_device(d))
+    }
+
+    /// Every account line, sorted by account id (replay's
+    /// `account-devices.jsonl`).
+    pub fn account_lines(&self) -> impl Iterator<Item = String> + '_ {
+        self.accounts.sorted().into_iter().filter_map(|a| self.render_account(a))
+    }
+
+    /// The `device-links` line of one device, if it has links.
+    pub fn device_line(&self, device_id: &str) -> Option<String> {
+        self.render_device(self.devices.find(device_id)?)
+    }
+
+    /// The `account-devices` line of one account, if it has devices.
+    pub fn account_line(&self, account_id: &str) -> Option<String> {
+        self.render_account(self.accounts.find(account_id)?)
+    }
+
+    fn render_device(&self, d: u32) -> Option<String> {
+        let dev = self.devices.get(d)?;
+        crate::output::device_line(self.devices.id(d), dev, &self.accounts, &self.hasher, self.p.horizon_days, self.p.max_support)
+    }
+
+    fn render_account(&self, a: u32) -> Option<String> {
+        let acc = self.accounts.get(a)?;
+        crate::output::account_line(self.accounts.id(a), a, acc, &self.devices)
+    }
+
+    /// Bytes of id text plus fixed per-slot costs, for diagnostics.
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Day used for decisions made outside a day close (privacy).
+    fn decision_day(&self) -> i32 {
+        if self.current_day == i32::MIN {
+            0
+        } else {
+            self.current_day
+        }
+    }
+
+    #[allow(dead_code)]
+    fn day_start(day: i32) -> Millis {
+        Millis(i64::from(day) * DAY_MS)
+    }
+}

@@ -1,0 +1,153 @@
+//! Scoring: from a device's evidence set to per-account scores.
+//!
+//! Pure functions of the evidence set and the decision day, so a score
+//! never depends on the order evidence arrived in.
+//!
+//! * A bucket-day's weight (fixed at the close of the day) is
+//!   `exp(-gap / gap_scale) / (unknown_devices × accounts)`: same-session
+//!   co-location counts most, and evidence is split among every device that
+//!   could be the one and every account it could belong to.
+//! * Each weight decays linearly to zero at the evidence horizon.
+//! * Per bucket, the score is the mean decayed weight times
+//!   `1 - 2^-days`: repeating the same household every evening confirms
+//!   the pattern but cannot make an ambiguous bucket unambiguous.
+//! * Buckets combine with halving weights, strongest first, because a
+//!   dynamic home address shows the same household under several buckets.
+
+use super::state::{Evidence, WEIGHT_ONE};
+use crate::time::Millis;
+
+/// One account's standing in a device's evidence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// Account slot, or `NONE` for the anonymous removed-account total.
+    pub account: u32,
+    /// Combined score.
+    pub score: f64,
+    /// Distinct days of evidence within the horizon.
+    pub days: u16,
+    /// Distinct buckets of evidence within the horizon.
+    pub buckets: u16,
+    /// Earliest co-location within the horizon.
+    pub first_seen: Millis,
+    /// Latest co-location within the horizon.
+    pub last_seen: Millis,
+}
+
+/// Linear decay factor of evidence from `evidence_day` seen on `day`.
+pub fn decay(evidence_day: i32, day: i32, horizon_days: i64) -> f64 {
+    let age = i64::from(day) - i64::from(evidence_day);
+    let age = age.max(0);
+    if age >= horizon_days {
+        return 0.0;
+    }
+    1.0 - age as f64 / horizon_days as f64
+}
+
+/// Scores every account in `evidence` (sorted by account, day, bucket).
+pub fn candidates(evidence: &[Evidence], day: i32, horizon_days: i64) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let mut per_bucket: Vec<(u64, f64, u32)> = Vec::new();
+    let mut days: Vec<i32> = Vec::new();
+    for group in evidence.chunk_by(|a, b| a.account == b.account) {
+        per_bucket.clear();
+        days.clear();
+        let mut first = Millis::MAX;
+        let mut last = Millis::MIN;
+        for e in group {
+            let f = decay(e.day, day, horizon_days);
+            if f <= 0.0 {
+                continue;
+            }
+            let w = f64::from(e.weight) / f64::from(WEIGHT_ONE) * f;
+            match per_bucket.iter_mut().find(|b| b.0 == e.bucket) {
+                Some(b) => {
+                    b.1 += w;
+                    b.2 += 1;
+                }
+                None => per_bucket.push((e.bucket, w, 1)),
+            }
+            if days.last() != Some(&e.day) && !days.contains(&e.day) {
+                days.push(e.day);
+            }
+            first = first.min(e.at);
+            last = last.max(e.at);
+        }
+        if per_bucket.is_empty() {
+            continue;
+        }
+        let mut bucket_scores: Vec<f64> = per_bucket
+            .iter()
+            .map(|&(_, sum, n)| sum / f64::from(n) * (1.0 - 0.5f64.powi(n as i32)))
+            .collect();
+        bucket_scores.sort_by(|a, b| b.total_cmp(a));
+        let score = bucket_scores
+            .iter()
+            .enumerate()
+            .map(|(k, s)| s * 0.5f64.powi(k as i32))
+            .sum();
+        out.push(Candidate {
+            account: group[0].account,
+            score,
+            days: days.len().min(u16::MAX as usize) as u16,
+            buckets: per_bucket.len().min(u16::MAX as usize) as u16,
+            first_seen: first,
+            last_seen: last,
+        });
+    }
+    out
+}
+
+/// Confidence published for an inferred link: the account's share of the
+/// evidence times a saturating function of its score.
+pub fn confidence(score: f64, share: f64) -> f64 {
+    round4(share * (1.0 - (-2.0 * score).exp()))
+}
+
+/// Rounds to four decimals, the precision of every published number.
+pub fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(account: u32, day: i32, bucket: u64, weight: u16) -> Evidence {
+        Evidence {
+            account,
+            day,
+            bucket,
+            weight,
+            gap_s: 0,
+            bucket_devices: 2,
+            bucket_accounts: 1,
+            at: Millis(i64::from(day) * crate::time::DAY_MS),
+        }
+    }
+
+    #[test]
+    fn repeated_days_on_one_bucket_saturate_at_its_mean_weight() {
+        let e: Vec<_> = (0..20).map(|d| ev(1, d, 7, 3_333)).collect();
+        let c = candidates(&e, 19, 1000);
+        assert!(c[0].score < 0.34, "{}", c[0].score);
+        let e: Vec<_> = (0..20).map(|d| ev(1, d, 7, 10_000)).collect();
+        assert!(candidates(&e, 19, 1000)[0].score > 0.9);
+    }
+
+    #[test]
+    fn second_buckets_add_with_diminishing_weight() {
+        let e = vec![ev(1, 1, 7, 10_000), ev(1, 1, 8, 10_000), ev(1, 2, 7, 10_000), ev(1, 2, 8, 10_000)];
+        let c = candidates(&e, 2, 1000);
+        assert_eq!(c[0].buckets, 2);
+        assert_eq!(c[0].days, 2);
+        assert!((c[0].score - 0.75 * 1.5).abs() < 0.01, "{}", c[0].score);
+    }
+
+    #[test]
+    fn evidence_past_the_horizon_is_gone() {
+        let e = vec![ev(1, 0, 7, 10_000)];
+        assert!(candidates(&e, 30, 30).is_empty());
+        assert_eq!(decay(0, 15, 30), 0.5);
+    }
+}

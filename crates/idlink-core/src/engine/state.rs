@@ -1,0 +1,154 @@
+//! Per-device and per-account state, kept compact: ids are slot numbers,
+//! times are event-time milliseconds, weights are fixed-point.
+
+use crate::time::Millis;
+
+/// Fixed-point scale of evidence weights: 1.0 is `WEIGHT_ONE`. Integers
+/// make sums exact and independent of the order evidence arrived in.
+pub const WEIGHT_ONE: u32 = 10_000;
+
+/// A device's sign-in association with an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginLink {
+    /// Account slot.
+    pub account: u32,
+    /// Earliest sign-in sighting (min is order-independent).
+    pub first_seen: Millis,
+    /// Latest sign-in sighting; drives expiry and eviction.
+    pub last_seen: Millis,
+    /// Signed-in events seen, for the explanation.
+    pub events: u32,
+}
+
+/// The device's inferred link as last decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InferredLink {
+    /// Account slot.
+    pub account: u32,
+    /// Score of the account at decision time (fixed-point).
+    pub score: u32,
+    /// Share of the device's evidence the account held (fixed-point).
+    pub share: u32,
+    /// Confidence published (fixed-point, 4 decimals).
+    pub confidence: u32,
+    /// Distinct days of evidence.
+    pub days: u16,
+    /// Distinct buckets of evidence.
+    pub buckets: u16,
+    /// UTC day the decision was made on; support is decayed to it.
+    pub decided_day: i32,
+    /// Earliest supporting co-location.
+    pub first_seen: Millis,
+    /// Latest supporting co-location.
+    pub last_seen: Millis,
+}
+
+/// One bucket-day's co-location evidence between a device and an account.
+///
+/// Only a keyed hash of the bucket is kept: state never holds the raw
+/// addresses evidence came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Evidence {
+    /// Account slot, or [`super::intern::NONE`] for the anonymous total of
+    /// removed (erased or opted-out) accounts.
+    pub account: u32,
+    /// UTC day of the co-location.
+    pub day: i32,
+    /// Keyed 64-bit tag of the bucket.
+    pub bucket: u64,
+    /// Weight (fixed-point), before decay.
+    pub weight: u16,
+    /// Smallest time gap that day, in seconds.
+    pub gap_s: u16,
+    /// Distinct devices on the bucket that day (saturating).
+    pub bucket_devices: u8,
+    /// Distinct signed-in accounts on the bucket that day (saturating).
+    pub bucket_accounts: u8,
+    /// When the closest co-location happened.
+    pub at: Millis,
+}
+
+/// Everything known about one device.
+#[derive(Clone, Debug, Default)]
+pub struct Device {
+    /// Latest sighting, for idle eviction.
+    pub last_seen: Millis,
+    /// Sign-in links, sorted by account slot.
+    pub logins: Vec<LoginLink>,
+    /// The inferred link, if the evidence supports one.
+    pub inferred: Option<Box<InferredLink>>,
+    /// Co-location evidence within the horizon, sorted.
+    pub evidence: Vec<Evidence>,
+    /// UTC day the bot counters below refer to.
+    pub bot_day: i32,
+    /// Events on `bot_day` (saturating).
+    pub day_events: u32,
+    /// A 64-bit linear-counting sketch of the buckets seen on `bot_day`:
+    /// its population count estimates distinct addresses in 8 bytes.
+    pub day_buckets: u64,
+    /// Last UTC day the device is treated as a bot (i32::MIN if never).
+    pub bot_until: i32,
+}
+
+impl Device {
+    /// A fresh device.
+    pub fn new() -> Self {
+        Device {
+            bot_until: i32::MIN,
+            bot_day: i32::MIN,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the device counts as a bot on `day`.
+    pub fn is_bot(&self, day: i32) -> bool {
+        self.bot_until >= day
+    }
+
+    /// Whether the device has nothing worth keeping.
+    pub fn is_empty(&self) -> bool {
+        self.logins.is_empty() && self.inferred.is_none() && self.evidence.is_empty()
+    }
+
+    /// The sign-in link to `account`, if any.
+    pub fn login(&self, account: u32) -> Option<&LoginLink> {
+        self.logins.iter().find(|l| l.account == account)
+    }
+}
+
+/// Everything known about one account.
+#[derive(Clone, Debug, Default)]
+pub struct Account {
+    /// Devices linked to it (sign-in or inferred), for the account view.
+    pub devices: Vec<u32>,
+    /// Devices holding evidence for it, so opt-out and erase reach them
+    /// without a scan of all devices.
+    pub evidence_devices: Vec<u32>,
+    /// Whether the account opted out of inferred links.
+    pub opted_out: bool,
+}
+
+impl Account {
+    /// Whether the account has nothing worth keeping.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty() && self.evidence_devices.is_empty() && !self.opted_out
+    }
+}
+
+/// Removes one value from an unordered small vector.
+pub fn remove_value(v: &mut Vec<u32>, x: u32) -> bool {
+    match v.iter().position(|&y| y == x) {
+        Some(p) => {
+            v.swap_remove(p);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Adds a value to an unordered small vector if absent.
+pub fn add_value(v: &mut Vec<u32>, x: u32) {
+    if !v.contains(&x) {
+        v.push(x);
+    }
+}

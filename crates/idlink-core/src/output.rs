@@ -1,0 +1,195 @@
+//! The published formats: `device-links` and `account-devices` lines.
+//!
+//! Field names and order are a contract with the consuming teams (see
+//! README.md). Arrays are sorted by id, timestamps are UTC RFC 3339 with
+//! milliseconds, numbers are rounded to four decimals, and buckets appear
+//! only as keyed hashes, so the same state always renders the same bytes.
+
+use crate::engine::intern::Slots;
+use crate::engine::score::{decay, round4};
+use crate::engine::state::{Account, Device, Evidence, WEIGHT_ONE};
+use crate::keyed::{KeyedHasher, tag_hex};
+use crate::time::format_day;
+use serde::Serialize;
+
+/// One line of `device-links`.
+#[derive(Serialize)]
+struct DeviceLine<'a> {
+    device_id: &'a str,
+    links: Vec<Link<'a>>,
+}
+
+/// One link of a device.
+#[derive(Serialize)]
+struct Link<'a> {
+    account_id: &'a str,
+    link_type: &'static str,
+    confidence: f64,
+    first_seen: String,
+    last_seen: String,
+    evidence: LinkEvidence,
+}
+
+/// Why a link exists.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum LinkEvidence {
+    /// The device signed in to the account.
+    SignIn {
+        /// Always `"sign_in"`.
+        signal: &'static str,
+        /// Signed-in events seen.
+        events: u32,
+    },
+    /// The device was repeatedly seen beside the account's signed-in use.
+    CoLocation {
+        /// Always `"co_location"`.
+        signal: &'static str,
+        /// The account's score (see ARCHITECTURE.md).
+        score: f64,
+        /// The account's share of all the device's evidence.
+        share: f64,
+        /// Distinct days of evidence.
+        days: u16,
+        /// Distinct address buckets of evidence.
+        buckets: u16,
+        /// The strongest supporting bucket-days.
+        support: Vec<Support>,
+    },
+}
+
+/// One supporting bucket-day of an inferred link.
+#[derive(Serialize)]
+struct Support {
+    /// Keyed hash of the address bucket (never the address).
+    bucket: String,
+    /// UTC day.
+    day: String,
+    /// Smallest gap between the device and the account's signed-in use.
+    gap_seconds: u16,
+    /// Distinct devices on the bucket that day.
+    bucket_devices: u8,
+    /// Distinct signed-in accounts on the bucket that day.
+    bucket_accounts: u8,
+    /// Weight after decay to the decision day.
+    weight: f64,
+}
+
+/// One line of `account-devices`.
+#[derive(Serialize)]
+struct AccountLine<'a> {
+    account_id: &'a str,
+    devices: Vec<AccountDevice<'a>>,
+}
+
+/// One device of an account.
+#[derive(Serialize)]
+struct AccountDevice<'a> {
+    device_id: &'a str,
+    link_type: &'static str,
+    confidence: f64,
+    last_seen: String,
+}
+
+fn fixed(x: u32) -> f64 {
+    round4(f64::from(x) / f64::from(WEIGHT_ONE))
+}
+
+/// Renders a device's line, or `None` if it has no links.
+pub(crate) fn device_line(
+    id: &str,
+    dev: &Device,
+    accounts: &Slots<Account>,
+    hasher: &KeyedHasher,
+    horizon_days: i64,
+    max_support: usize,
+) -> Option<String> {
+    if dev.logins.is_empty() && dev.inferred.is_none() {
+        return None;
+    }
+    let mut links: Vec<Link> = dev
+        .logins
+        .iter()
+        .map(|l| Link {
+            account_id: accounts.id(l.account),
+            link_type: "login",
+            confidence: 1.0,
+            first_seen: l.first_seen.to_string(),
+            last_seen: l.last_seen.to_string(),
+            evidence: LinkEvidence::SignIn {
+                signal: "sign_in",
+                events: l.events,
+            },
+        })
+        .collect();
+    if let Some(i) = &dev.inferred {
+        let mut support: Vec<(f64, &Evidence)> = dev
+            .evidence
+            .iter()
+            .filter(|e| e.account == i.account)
+            .map(|e| (round4(f64::from(e.weight) / f64::from(WEIGHT_ONE) * decay(e.day, i.decided_day, horizon_days)), e))
+            .filter(|(w, _)| *w > 0.0)
+            .collect();
+        support.sort_by(|(wa, a), (wb, b)| wb.total_cmp(wa).then(b.day.cmp(&a.day)).then(a.bucket.cmp(&b.bucket)));
+        support.truncate(max_support);
+        links.push(Link {
+            account_id: accounts.id(i.account),
+            link_type: "inferred",
+            confidence: fixed(i.confidence),
+            first_seen: i.first_seen.to_string(),
+            last_seen: i.last_seen.to_string(),
+            evidence: LinkEvidence::CoLocation {
+                signal: "co_location",
+                score: fixed(i.score),
+                share: fixed(i.share),
+                days: i.days,
+                buckets: i.buckets,
+                support: support
+                    .into_iter()
+                    .map(|(w, e)| Support {
+                        bucket: tag_hex(e.bucket),
+                        day: format_day(i64::from(e.day)),
+                        gap_seconds: e.gap_s,
+                        bucket_devices: e.bucket_devices,
+                        bucket_accounts: e.bucket_accounts,
+                        weight: w,
+                    })
+                    .collect(),
+            },
+        });
+        let _ = hasher;
+    }
+    links.sort_by(|a, b| a.account_id.cmp(b.account_id));
+    serde_json::to_string(&DeviceLine { device_id: id, links }).ok()
+}
+
+/// Renders an account's line, or `None` if it has no devices.
+pub(crate) fn account_line(id: &str, a: u32, acc: &Account, devices: &Slots<Device>) -> Option<String> {
+    let mut out: Vec<AccountDevice> = acc
+        .devices
+        .iter()
+        .filter_map(|&d| {
+            let dev = devices.get(d)?;
+            if let Some(l) = dev.login(a) {
+                return Some(AccountDevice {
+                    device_id: devices.id(d),
+                    link_type: "login",
+                    confidence: 1.0,
+                    last_seen: l.last_seen.to_string(),
+                });
+            }
+            let i = dev.inferred.as_ref().filter(|i| i.account == a)?;
+            Some(AccountDevice {
+                device_id: devices.id(d),
+                link_type: "inferred",
+                confidence: fixed(i.confidence),
+                last_seen: i.last_seen.to_string(),
+            })
+        })
+        .collect();
+    if out.is_empty() {
+        return None;
+    }
+    out.sort_by(|x, y| x.device_id.cmp(y.device_id));
+    serde_json::to_string(&AccountLine { account_id: id, devices: out }).ok()
+}

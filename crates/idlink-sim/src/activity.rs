@@ -1,0 +1,388 @@
+//! One person's day: which sessions they have, where, on which devices,
+//! and the events (including sign-ins and sign-outs) those sessions emit.
+
+use rand::Rng;
+
+use crate::event::{Ev, Kind, NONE, Source};
+use crate::net::{self, Ip};
+use crate::population::{DeviceKind, Population};
+use crate::rng::{SimRng, between, chance, count, index, weighted};
+use crate::timefmt::DAY_MS;
+
+const MIN: u32 = 60_000;
+const HOUR: u32 = 60 * MIN;
+
+/// Calendar facts about the day being generated.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DayInfo {
+    /// Scenario day number (0-based).
+    pub day: u32,
+    /// Saturday or Sunday: no office, different session pattern.
+    pub weekend: bool,
+}
+
+impl DayInfo {
+    /// Milliseconds from scenario start to the start of this day.
+    pub(crate) fn start_ms(&self) -> u64 {
+        u64::from(self.day) * DAY_MS
+    }
+}
+
+/// Where a session happens; decides the address devices get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Home,
+    Office(u32),
+    Mobile,
+    Venue(u32),
+}
+
+/// A stretch of use: start and end in ms within the day.
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    start: u32,
+    end: u32,
+    place: Place,
+}
+
+/// Generates people's days. Holds scratch buffers so that millions of
+/// person-days do not allocate.
+#[derive(Default)]
+pub(crate) struct ActivityGen {
+    sessions: Vec<Session>,
+    times: Vec<u32>,
+    devices: Vec<u32>,
+}
+
+/// The devices a person can reach, by kind.
+#[derive(Default, Clone, Copy)]
+struct Kit {
+    phone: Option<u32>,
+    laptop: Option<u32>,
+    desktop: Option<u32>,
+    tablet: Option<u32>,
+    shared: Option<u32>,
+}
+
+impl ActivityGen {
+    /// Appends person `p`'s events for the day to `out`.
+    pub(crate) fn person_day(&mut self, pop: &mut Population, p: u32, day: DayInfo, rng: &mut SimRng, out: &mut Vec<Ev>) {
+        let Some(person) = pop.persons.get(p as usize) else { return };
+        if person.stop_at.is_some_and(|t| t <= day.start_ms()) {
+            return;
+        }
+        let mut kit = Kit { shared: person.shared, ..Kit::default() };
+        for &d in &person.devices {
+            let slot = match pop.devices.get(d as usize).map(|x| x.kind) {
+                Some(DeviceKind::Phone) => &mut kit.phone,
+                Some(DeviceKind::Laptop) => &mut kit.laptop,
+                Some(DeviceKind::Desktop) => &mut kit.desktop,
+                Some(DeviceKind::Tablet) => &mut kit.tablet,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(d);
+            }
+        }
+        self.plan_sessions(pop, p, day, rng);
+        let sessions = std::mem::take(&mut self.sessions);
+        for s in &sessions {
+            self.run_session(pop, p, &kit, *s, day, rng, out);
+        }
+        self.sessions = sessions;
+    }
+
+    fn plan_sessions(&mut self, pop: &Population, p: u32, day: DayInfo, rng: &mut SimRng) {
+        self.sessions.clear();
+        let Some(person) = pop.persons.get(p as usize) else { return };
+        let act = person.activity.sqrt();
+        let venues = pop.venues.len();
+        let mut add = |rng: &mut SimRng, prob: f64, from: u32, to: u32, dmin: u32, dmax: u32, place: Place| {
+            if chance(rng, (prob * act).min(0.97)) {
+                let start = between(rng, u64::from(from), u64::from(to)) as u32;
+                let dur = between(rng, u64::from(dmin * MIN), u64::from(dmax * MIN)) as u32;
+                let end = (start + dur).min(DAY_MS as u32 - 1);
+                self.sessions.push(Session { start, end, place });
+            }
+        };
+        let h = |x: f64| (x * f64::from(HOUR)) as u32;
+        let out_place = |rng: &mut SimRng, airport_ok: bool| -> Place {
+            let r: f64 = rng.random();
+            if r < 0.65 || venues == 0 {
+                Place::Mobile
+            } else if airport_ok && r > 0.95 {
+                Place::Venue((venues - 1) as u32)
+            } else {
+                Place::Venue(index(rng, venues.saturating_sub(1).max(1)) as u32)
+            }
+        };
+        if day.weekend {
+            add(rng, 0.65, h(8.0), h(11.5), 10, 60, Place::Home);
+            let place = out_place(rng, true);
+            add(rng, 0.5, h(12.0), h(18.0), 10, 60, place);
+            add(rng, 0.35, h(13.0), h(18.0), 10, 45, Place::Home);
+            add(rng, 0.8, h(18.0), h(23.0), 15, 90, Place::Home);
+        } else {
+            add(rng, 0.5, h(6.25), h(8.75), 5, 25, Place::Home);
+            let at_office = person.office.filter(|_| chance(rng, 0.75));
+            if let Some(o) = at_office {
+                add(rng, 0.45, h(7.5), h(9.0), 5, 20, Place::Mobile);
+                let n = between(rng, 2, 4);
+                for _ in 0..n {
+                    add(rng, 1.0, h(9.0), h(17.0), 10, 50, Place::Office(o));
+                }
+                let lunch = match weighted(rng, &[0.6, 0.25, 0.15]) {
+                    0 => Place::Mobile,
+                    1 => out_place(rng, false),
+                    _ => Place::Office(o),
+                };
+                add(rng, 0.5, h(12.0), h(13.5), 10, 30, lunch);
+                add(rng, 0.4, h(17.0), h(18.5), 5, 20, Place::Mobile);
+            } else {
+                add(rng, 0.5, h(9.0), h(17.0), 5, 40, Place::Home);
+                let place = out_place(rng, true);
+                add(rng, 0.4, h(9.0), h(17.0), 5, 40, place);
+            }
+            add(rng, 0.85, h(18.0), h(22.5), 15, 90, Place::Home);
+            add(rng, 0.35, h(19.0), h(23.0), 10, 45, Place::Home);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_session(&mut self, pop: &mut Population, p: u32, kit: &Kit, s: Session, day: DayInfo, rng: &mut SimRng, out: &mut Vec<Ev>) {
+        let Some(person) = pop.persons.get(p as usize) else { return };
+        let (brings_laptop, phone_wifi, cgnat, act) =
+            (person.brings_laptop, person.phone_office_wifi, person.cgnat, person.activity);
+        // Choose the devices used in this session.
+        let (primary, secondary, mut place_of_secondary) = match s.place {
+            Place::Home => {
+                self.devices.clear();
+                for d in [kit.phone, kit.laptop, kit.desktop, kit.tablet, kit.shared].into_iter().flatten() {
+                    self.devices.push(d);
+                }
+                let weights: Vec<f64> = self
+                    .devices
+                    .iter()
+                    .map(|&d| match pop.devices.get(d as usize).map(|x| x.kind) {
+                        Some(DeviceKind::Phone) => 0.45,
+                        Some(DeviceKind::Laptop) => 0.3,
+                        Some(DeviceKind::Desktop) => 0.25,
+                        Some(DeviceKind::SharedTablet) => 0.25,
+                        _ => 0.2,
+                    })
+                    .collect();
+                if self.devices.is_empty() {
+                    return;
+                }
+                let i = weighted(rng, &weights);
+                let primary = self.devices.get(i).copied();
+                let second = if self.devices.len() > 1 && chance(rng, 0.4) {
+                    let j = (i + 1 + index(rng, self.devices.len() - 1)) % self.devices.len();
+                    self.devices.get(j).copied()
+                } else {
+                    None
+                };
+                (primary, second, Place::Home)
+            }
+            Place::Office(o) => {
+                let laptop = kit.laptop.filter(|_| brings_laptop);
+                let phone_place = if phone_wifi { Place::Office(o) } else { Place::Mobile };
+                match (laptop, kit.phone) {
+                    (Some(l), Some(ph)) if chance(rng, 0.7) => (Some(l), Some(ph).filter(|_| chance(rng, 0.4)), phone_place),
+                    (Some(l), Some(ph)) => (Some(ph), Some(l).filter(|_| chance(rng, 0.4)), Place::Office(o)),
+                    (Some(l), None) => (Some(l), None, Place::Office(o)),
+                    (None, Some(ph)) => (Some(ph), None, Place::Office(o)),
+                    (None, None) => return,
+                }
+            }
+            Place::Mobile => match kit.phone {
+                // Occasionally a laptop is tethered to the phone and shares
+                // its carrier address: a true co-location on a shared pool.
+                Some(ph) => (Some(ph), kit.laptop.filter(|_| chance(rng, 0.04)), Place::Mobile),
+                None => return,
+            },
+            Place::Venue(_) => {
+                let big = kit.laptop.or(kit.tablet);
+                match (kit.phone, big) {
+                    (Some(ph), Some(b)) if chance(rng, 0.75) => (Some(ph), Some(b).filter(|_| chance(rng, 0.3)), s.place),
+                    (Some(ph), Some(b)) => (Some(b), Some(ph).filter(|_| chance(rng, 0.3)), s.place),
+                    (Some(ph), None) => (Some(ph), None, s.place),
+                    (None, Some(b)) => (Some(b), None, s.place),
+                    (None, None) => return,
+                }
+            }
+        };
+        let Some(primary) = primary else { return };
+        // The phone at the office without Wi-Fi uses mobile data.
+        let mut primary_place = s.place;
+        if let Place::Office(_) = s.place
+            && Some(primary) == kit.phone
+            && !phone_wifi
+        {
+            primary_place = Place::Mobile;
+            place_of_secondary = s.place;
+        }
+        let mobile_ip = self.mobile_address(pop, kit.phone.unwrap_or(primary), cgnat, day, rng);
+        let dur_min = f64::from(s.end.saturating_sub(s.start)) / f64::from(MIN);
+        let ip = self.address(pop, primary, primary_place, mobile_ip, day, rng);
+        let n = 1 + count(rng, act * (0.6 + dur_min / 12.0));
+        self.device_events(pop, p, primary, s.start, s.end, n, ip, day, rng, out);
+        if let Some(sec) = secondary {
+            // The second device joins within minutes: the real co-location
+            // signal between a person's own devices.
+            let start = s.start + between(rng, 0, u64::from(5 * MIN)) as u32;
+            let end = (start + between(rng, u64::from(3 * MIN), u64::from(20 * MIN)) as u32).min(s.end.max(start));
+            let ip = self.address(pop, sec, place_of_secondary, mobile_ip, day, rng);
+            let n = 1 + count(rng, act * (0.3 + dur_min / 25.0));
+            self.device_events(pop, p, sec, start, end, n, ip, day, rng, out);
+        }
+    }
+
+    fn mobile_address(&self, pop: &Population, phone: u32, cgnat: bool, day: DayInfo, rng: &mut SimRng) -> Ip {
+        if cgnat {
+            Ip::V4(pop.cgnat_pool.get(index(rng, pop.cgnat_pool.len())).copied().unwrap_or(0x6440_0001))
+        } else if chance(rng, 0.3) {
+            net::carrier_v6(pop.salt, phone, day.day)
+        } else {
+            Ip::V4(pop.carrier_pool.get(index(rng, pop.carrier_pool.len())).copied().unwrap_or(0xac38_0001))
+        }
+    }
+
+    fn address(&self, pop: &Population, d: u32, place: Place, mobile: Ip, day: DayInfo, rng: &mut SimRng) -> Ip {
+        let Some(dev) = pop.devices.get(d as usize) else { return mobile };
+        match place {
+            Place::Home => {
+                // Phones sometimes stay on mobile data at home.
+                if dev.kind == DeviceKind::Phone && chance(rng, 0.08) {
+                    return mobile;
+                }
+                let Some(hh) = pop.households.get(dev.household as usize) else { return mobile };
+                match hh.v6 {
+                    Some(prefix) if dev.v6 && chance(rng, 0.8) => Ip::V6(prefix, net::privacy_iid(pop.salt, d, day.day)),
+                    _ => Ip::V4(hh.v4),
+                }
+            }
+            Place::Office(o) => pop.offices.get(o as usize).map_or(mobile, |x| Ip::V4(x.v4)),
+            Place::Venue(v) => pop.venues.get(v as usize).map_or(mobile, |x| Ip::V4(x.v4)),
+            Place::Mobile => mobile,
+        }
+    }
+
+    /// Emits `n` events of person `p` on device `d` between `t0` and `t1`
+    /// (ms within the day), with sign-in and sign-out decisions.
+    #[allow(clippy::too_many_arguments)]
+    fn device_events(
+        &mut self,
+        pop: &mut Population,
+        p: u32,
+        d: u32,
+        t0: u32,
+        t1: u32,
+        n: u32,
+        ip: Ip,
+        day: DayInfo,
+        rng: &mut SimRng,
+        out: &mut Vec<Ev>,
+    ) {
+        let Some(person) = pop.persons.get(p as usize) else { return };
+        let stop_at = person.stop_at.unwrap_or(u64::MAX);
+        let my_acct = person.account;
+        self.times.clear();
+        for _ in 0..n {
+            self.times.push(between(rng, u64::from(t0), u64::from(t1.max(t0))) as u32);
+        }
+        self.times.sort_unstable();
+        let day_ms = day.start_ms();
+        let Some(dev) = pop.devices.get_mut(d as usize) else { return };
+        let plan_idx = dev.plans.iter().position(|pl| pl.person == p);
+        let (app, ua, kind) = (dev.app, dev.ua, dev.kind);
+        let src = if app { Source::App } else { Source::Web };
+        let mut last_ts = None;
+        let mut logged_in_now = false;
+        for (i, &t) in self.times.iter().enumerate() {
+            let mut ts = day_ms + u64::from(t);
+            if ts >= stop_at {
+                break;
+            }
+            let id = dev.id_at(ts);
+            if id != dev.state_id {
+                // A new id (cookie reset or erasure) starts signed out.
+                dev.signed = None;
+                dev.state_id = id;
+            }
+            if let Some(a) = dev.signed
+                && pop.accounts.get(a as usize).and_then(|x| x.erased_at).is_some_and(|e| e <= ts)
+            {
+                dev.signed = None;
+            }
+            if i == 0
+                && let (Some(pi), Some(acct)) = (plan_idx, my_acct)
+                && let Some(plan) = dev.plans.get_mut(pi)
+                && plan.signs
+                && day.day >= plan.first_day
+                && dev.signed != Some(acct)
+            {
+                let login = match dev.signed {
+                    Some(_) => chance(rng, 0.5),
+                    None if !plan.logged_out => true,
+                    None => !plan.once && chance(rng, 0.2),
+                };
+                if login {
+                    out.push(Ev { key: ts - day_ms, ts, ip, id, acct, kind: Kind::Login, src, ua });
+                    dev.signed = Some(acct);
+                    logged_in_now = true;
+                    // The first activity follows the sign-in by a moment.
+                    // Never past the person's or the id's end of life.
+                    let shifted = (ts + between(rng, 300, 4000)).min(day_ms + DAY_MS - 1);
+                    if shifted < stop_at && dev.id_at(shifted) == id {
+                        ts = shifted;
+                    }
+                }
+            }
+            let acct = dev.signed.unwrap_or(NONE);
+            let (kind_ev, src_ev) = if i == 0 && app {
+                (Kind::AppOpen, src)
+            } else {
+                let r: f64 = rng.random();
+                if r < 0.62 {
+                    (Kind::PageView, src)
+                } else if r < 0.84 {
+                    (Kind::WidgetView, src)
+                } else if r < 0.94 {
+                    (Kind::AdImpression, Source::Ads)
+                } else {
+                    (Kind::PageView, Source::Partner)
+                }
+            };
+            out.push(Ev { key: ts - day_ms, ts, ip, id, acct, kind: kind_ev, src: src_ev, ua });
+            if let Some(rec) = pop.ids.get_mut(id as usize) {
+                rec.events += 1;
+                if acct != NONE {
+                    rec.note_signed(acct);
+                }
+            }
+            last_ts = Some((ts, id));
+        }
+        // Sign-out at the end of the session, for the person's own account.
+        let (Some((ts, id)), Some(pi), Some(acct)) = (last_ts, plan_idx, my_acct) else { return };
+        if dev.signed != Some(acct) {
+            return;
+        }
+        let Some(once) = dev.plans.get(pi).map(|pl| pl.once) else { return };
+        let p_out = match kind {
+            DeviceKind::SharedTablet => 0.12,
+            _ if app => 0.01,
+            _ => 0.03,
+        };
+        if (once && logged_in_now) || chance(rng, p_out) {
+            let ts = (ts + between(rng, 1000, 60_000)).min(day_ms + DAY_MS - 1);
+            if ts < stop_at && dev.id_at(ts) == id {
+                out.push(Ev { key: ts - day_ms, ts, ip, id, acct, kind: Kind::Logout, src, ua });
+                dev.signed = None;
+                if let Some(plan) = dev.plans.get_mut(pi) {
+                    plan.logged_out = true;
+                }
+            }
+        }
+    }
+}

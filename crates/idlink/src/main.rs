@@ -1,0 +1,106 @@
+//! The `idlink` command.
+
+mod lines;
+mod replay;
+mod settings;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// idlink links the devices people use to the accounts they own.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay recorded event files through the engine and write the graph.
+    Replay {
+        /// Input files (JSON lines; `-` reads stdin; `.gz` accepted).
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Config file (default: config/default.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Exit non-zero if any line is rejected.
+        #[arg(long)]
+        strict: bool,
+        /// Skip writing the graph files (engine benchmarks).
+        #[arg(long, hide = true)]
+        quiet: bool,
+    },
+    /// Write a simulated population's events and ground truth.
+    Simulate {
+        /// People in the population.
+        #[arg(long, default_value_t = 2000)]
+        people: u32,
+        /// Days simulated.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output directory (events.jsonl, truth.json).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Score a device-links file against a simulator's ground truth.
+    Evaluate {
+        /// truth.json from `simulate`.
+        #[arg(long)]
+        truth: PathBuf,
+        /// device-links.jsonl from `replay`.
+        #[arg(long)]
+        links: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the naive co-location rule, for comparison with the engine.
+    Baseline {
+        /// events.jsonl from `simulate`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output device-links.jsonl.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IDLINK_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Replay { input, config, out, strict, quiet } => {
+            let settings = settings::Settings::load(config.as_deref())?;
+            replay::replay(&settings, &replay::ReplayArgs { inputs: &input, out: &out, strict, quiet })?;
+        }
+        Command::Simulate { people, days, seed, out } => {
+            let scenario = idlink_sim::Scenario { people, days, seed, ..Default::default() };
+            let stats = scenario.write(&out)?;
+            eprintln!("{stats}");
+        }
+        Command::Evaluate { truth, links, json } => {
+            let ev = idlink_sim::evaluate(&truth, &links)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ev)?);
+            } else {
+                println!("{ev}");
+            }
+        }
+        Command::Baseline { input, out } => {
+            let n = idlink_sim::naive_baseline(&input, &out)?;
+            eprintln!("baseline: {n} devices linked");
+        }
+    }
+    Ok(())
+}
