@@ -225,7 +225,7 @@ impl ActivityGen {
         let mobile_ip = self.mobile_address(pop, kit.phone.unwrap_or(primary), cgnat, day, rng);
         let dur_min = f64::from(s.end.saturating_sub(s.start)) / f64::from(MIN);
         let ip = self.address(pop, primary, primary_place, mobile_ip, day, rng);
-        let n = 1 + count(rng, act * (0.6 + dur_min / 12.0));
+        let n = 1 + count(rng, act * (0.5 + dur_min / 15.0));
         self.device_events(pop, p, primary, s.start, s.end, n, ip, day, rng, out);
         if let Some(sec) = secondary {
             // The second device joins within minutes: the real co-location
@@ -233,7 +233,7 @@ impl ActivityGen {
             let start = s.start + between(rng, 0, u64::from(5 * MIN)) as u32;
             let end = (start + between(rng, u64::from(3 * MIN), u64::from(20 * MIN)) as u32).min(s.end.max(start));
             let ip = self.address(pop, sec, place_of_secondary, mobile_ip, day, rng);
-            let n = 1 + count(rng, act * (0.3 + dur_min / 25.0));
+            let n = 1 + count(rng, act * (0.3 + dur_min / 30.0));
             self.device_events(pop, p, sec, start, end, n, ip, day, rng, out);
         }
     }

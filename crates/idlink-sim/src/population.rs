@@ -510,7 +510,7 @@ impl Population {
             let id = self.push_id(text, IdOwner::Bot(b as u32), IdOrigin::Original);
             let datacenter = chance(rng, 0.5);
             let victim = (!datacenter && chance(rng, 0.6)).then(|| index(rng, self.households.len()) as u32);
-            let rate = 100.0 + f64::from(count(rng, 200.0)).min(1400.0);
+            let rate = 80.0 + f64::from(count(rng, 170.0)).min(1200.0);
             self.bots.push(Bot { id, datacenter, rate, victim, ua: agents::bot(rng) });
         }
     }

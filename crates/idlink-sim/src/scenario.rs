@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::BufWriter;
 use std::path::Path;
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc, Weekday};
@@ -13,7 +12,7 @@ use crate::activity::{ActivityGen, DayInfo};
 use crate::bots;
 use crate::disorder;
 use crate::error::SimError;
-use crate::event::EventWriter;
+use crate::event::{EventWriter, TextTable};
 use crate::population::Population;
 use crate::privacy::PrivacyPlan;
 use crate::rng::{self, mix};
@@ -87,8 +86,10 @@ impl Scenario {
         let salt = mix(self.seed ^ 0x1d11_4b5e);
         let mut pop = Population::build(self.people, self.days, salt, &mut rng::stream(self.seed, 0));
         let mut privacy = PrivacyPlan::draw(&mut pop, self.days, &mut rng::stream(self.seed, 1));
-        let file = BufWriter::with_capacity(1 << 20, File::create(dir.join("events.jsonl"))?);
+        let file = File::create(dir.join("events.jsonl"))?;
         let mut writer = EventWriter::new(file, self.start.timestamp_millis(), salt);
+        let id_texts = TextTable::new(pop.ids.iter().map(|r| r.text.as_str()));
+        let account_texts = TextTable::new(pop.accounts.iter().map(|a| a.text.as_str()));
         let mut activity = ActivityGen::default();
         let mut day_events = Vec::new();
         for day in 0..self.days {
@@ -106,7 +107,7 @@ impl Scenario {
             privacy.emit_day(day, &mut day_events);
             disorder::order_day(&mut day_events, &mut rng);
             for ev in &day_events {
-                writer.write(ev, &pop.ids, &pop.accounts)?;
+                writer.write(ev, &id_texts, &account_texts)?;
             }
         }
         let events = writer.written;
