@@ -191,6 +191,9 @@ pub struct BotConfig {
     pub max_events_per_day: u32,
     /// More distinct buckets than this in one day marks the device a bot.
     pub max_buckets_per_day: u32,
+    /// Activity in more than this many distinct hours of one UTC day marks
+    /// the device a bot: people sleep.
+    pub max_active_hours_per_day: u32,
     /// How many days a bot mark lasts after the last offending day.
     pub mark_days: i64,
 }
@@ -198,8 +201,9 @@ pub struct BotConfig {
 impl Default for BotConfig {
     fn default() -> Self {
         Self {
-            max_events_per_day: 500,
+            max_events_per_day: 300,
             max_buckets_per_day: 8,
+            max_active_hours_per_day: 16,
             mark_days: 30,
         }
     }
@@ -310,7 +314,7 @@ impl Config {
             return bad("linking.window_minutes must stay below a day".into());
         }
         let b = &self.bots;
-        if b.max_events_per_day < 1 || b.max_buckets_per_day < 1 || b.mark_days < 1 {
+        if b.max_events_per_day < 1 || b.max_buckets_per_day < 1 || b.mark_days < 1 || b.max_active_hours_per_day < 1 {
             return bad("bots.* thresholds must be at least 1".into());
         }
         let p = &self.privacy;

@@ -46,11 +46,10 @@ fn main() -> ExitCode {
     if baseline {
         let links = out.join("baseline-links.jsonl");
         let t = Instant::now();
-        let result = naive_baseline(&out.join("events.jsonl"), &links)
-            .and_then(|n| {
-                println!("baseline: {n} inferred links in {:.2?}", t.elapsed());
-                evaluate(&out.join("truth.json"), &links)
-            });
+        let result = naive_baseline(&out.join("events.jsonl"), &links).and_then(|n| {
+            println!("baseline: {n} inferred links in {:.2?}", t.elapsed());
+            evaluate(&out.join("truth.json"), &links)
+        });
         match result {
             Ok(eval) => print!("{eval}"),
             Err(e) => {

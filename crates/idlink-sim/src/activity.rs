@@ -66,12 +66,24 @@ struct Kit {
 
 impl ActivityGen {
     /// Appends person `p`'s events for the day to `out`.
-    pub(crate) fn person_day(&mut self, pop: &mut Population, p: u32, day: DayInfo, rng: &mut SimRng, out: &mut Vec<Ev>) {
-        let Some(person) = pop.persons.get(p as usize) else { return };
+    pub(crate) fn person_day(
+        &mut self,
+        pop: &mut Population,
+        p: u32,
+        day: DayInfo,
+        rng: &mut SimRng,
+        out: &mut Vec<Ev>,
+    ) {
+        let Some(person) = pop.persons.get(p as usize) else {
+            return;
+        };
         if person.stop_at.is_some_and(|t| t <= day.start_ms()) {
             return;
         }
-        let mut kit = Kit { shared: person.shared, ..Kit::default() };
+        let mut kit = Kit {
+            shared: person.shared,
+            ..Kit::default()
+        };
         for &d in &person.devices {
             let slot = match pop.devices.get(d as usize).map(|x| x.kind) {
                 Some(DeviceKind::Phone) => &mut kit.phone,
@@ -94,10 +106,18 @@ impl ActivityGen {
 
     fn plan_sessions(&mut self, pop: &Population, p: u32, day: DayInfo, rng: &mut SimRng) {
         self.sessions.clear();
-        let Some(person) = pop.persons.get(p as usize) else { return };
+        let Some(person) = pop.persons.get(p as usize) else {
+            return;
+        };
         let act = person.activity.sqrt();
         let venues = pop.venues.len();
-        let mut add = |rng: &mut SimRng, prob: f64, from: u32, to: u32, dmin: u32, dmax: u32, place: Place| {
+        let mut add = |rng: &mut SimRng,
+                       prob: f64,
+                       from: u32,
+                       to: u32,
+                       dmin: u32,
+                       dmax: u32,
+                       place: Place| {
             if chance(rng, (prob * act).min(0.97)) {
                 let start = between(rng, u64::from(from), u64::from(to)) as u32;
                 let dur = between(rng, u64::from(dmin * MIN), u64::from(dmax * MIN)) as u32;
@@ -149,15 +169,33 @@ impl ActivityGen {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run_session(&mut self, pop: &mut Population, p: u32, kit: &Kit, s: Session, day: DayInfo, rng: &mut SimRng, out: &mut Vec<Ev>) {
-        let Some(person) = pop.persons.get(p as usize) else { return };
-        let (brings_laptop, phone_wifi, cgnat, act) =
-            (person.brings_laptop, person.phone_office_wifi, person.cgnat, person.activity);
+    fn run_session(
+        &mut self,
+        pop: &mut Population,
+        p: u32,
+        kit: &Kit,
+        s: Session,
+        day: DayInfo,
+        rng: &mut SimRng,
+        out: &mut Vec<Ev>,
+    ) {
+        let Some(person) = pop.persons.get(p as usize) else {
+            return;
+        };
+        let (brings_laptop, phone_wifi, cgnat, act) = (
+            person.brings_laptop,
+            person.phone_office_wifi,
+            person.cgnat,
+            person.activity,
+        );
         // Choose the devices used in this session.
         let (primary, secondary, mut place_of_secondary) = match s.place {
             Place::Home => {
                 self.devices.clear();
-                for d in [kit.phone, kit.laptop, kit.desktop, kit.tablet, kit.shared].into_iter().flatten() {
+                for d in [kit.phone, kit.laptop, kit.desktop, kit.tablet, kit.shared]
+                    .into_iter()
+                    .flatten()
+                {
                     self.devices.push(d);
                 }
                 let weights: Vec<f64> = self
@@ -186,10 +224,20 @@ impl ActivityGen {
             }
             Place::Office(o) => {
                 let laptop = kit.laptop.filter(|_| brings_laptop);
-                let phone_place = if phone_wifi { Place::Office(o) } else { Place::Mobile };
+                let phone_place = if phone_wifi {
+                    Place::Office(o)
+                } else {
+                    Place::Mobile
+                };
                 match (laptop, kit.phone) {
-                    (Some(l), Some(ph)) if chance(rng, 0.7) => (Some(l), Some(ph).filter(|_| chance(rng, 0.4)), phone_place),
-                    (Some(l), Some(ph)) => (Some(ph), Some(l).filter(|_| chance(rng, 0.4)), Place::Office(o)),
+                    (Some(l), Some(ph)) if chance(rng, 0.7) => {
+                        (Some(l), Some(ph).filter(|_| chance(rng, 0.4)), phone_place)
+                    }
+                    (Some(l), Some(ph)) => (
+                        Some(ph),
+                        Some(l).filter(|_| chance(rng, 0.4)),
+                        Place::Office(o),
+                    ),
                     (Some(l), None) => (Some(l), None, Place::Office(o)),
                     (None, Some(ph)) => (Some(ph), None, Place::Office(o)),
                     (None, None) => return,
@@ -198,14 +246,22 @@ impl ActivityGen {
             Place::Mobile => match kit.phone {
                 // Occasionally a laptop is tethered to the phone and shares
                 // its carrier address: a true co-location on a shared pool.
-                Some(ph) => (Some(ph), kit.laptop.filter(|_| chance(rng, 0.04)), Place::Mobile),
+                Some(ph) => (
+                    Some(ph),
+                    kit.laptop.filter(|_| chance(rng, 0.04)),
+                    Place::Mobile,
+                ),
                 None => return,
             },
             Place::Venue(_) => {
                 let big = kit.laptop.or(kit.tablet);
                 match (kit.phone, big) {
-                    (Some(ph), Some(b)) if chance(rng, 0.75) => (Some(ph), Some(b).filter(|_| chance(rng, 0.3)), s.place),
-                    (Some(ph), Some(b)) => (Some(b), Some(ph).filter(|_| chance(rng, 0.3)), s.place),
+                    (Some(ph), Some(b)) if chance(rng, 0.75) => {
+                        (Some(ph), Some(b).filter(|_| chance(rng, 0.3)), s.place)
+                    }
+                    (Some(ph), Some(b)) => {
+                        (Some(b), Some(ph).filter(|_| chance(rng, 0.3)), s.place)
+                    }
                     (Some(ph), None) => (Some(ph), None, s.place),
                     (None, Some(b)) => (Some(b), None, s.place),
                     (None, None) => return,
@@ -231,34 +287,66 @@ impl ActivityGen {
             // The second device joins within minutes: the real co-location
             // signal between a person's own devices.
             let start = s.start + between(rng, 0, u64::from(5 * MIN)) as u32;
-            let end = (start + between(rng, u64::from(3 * MIN), u64::from(20 * MIN)) as u32).min(s.end.max(start));
+            let end = (start + between(rng, u64::from(3 * MIN), u64::from(20 * MIN)) as u32)
+                .min(s.end.max(start));
             let ip = self.address(pop, sec, place_of_secondary, mobile_ip, day, rng);
             let n = 1 + count(rng, act * (0.3 + dur_min / 30.0));
             self.device_events(pop, p, sec, start, end, n, ip, day, rng, out);
         }
     }
 
-    fn mobile_address(&self, pop: &Population, phone: u32, cgnat: bool, day: DayInfo, rng: &mut SimRng) -> Ip {
+    fn mobile_address(
+        &self,
+        pop: &Population,
+        phone: u32,
+        cgnat: bool,
+        day: DayInfo,
+        rng: &mut SimRng,
+    ) -> Ip {
         if cgnat {
-            Ip::V4(pop.cgnat_pool.get(index(rng, pop.cgnat_pool.len())).copied().unwrap_or(0x6440_0001))
+            Ip::V4(
+                pop.cgnat_pool
+                    .get(index(rng, pop.cgnat_pool.len()))
+                    .copied()
+                    .unwrap_or(0x6440_0001),
+            )
         } else if chance(rng, 0.3) {
             net::carrier_v6(pop.salt, phone, day.day)
         } else {
-            Ip::V4(pop.carrier_pool.get(index(rng, pop.carrier_pool.len())).copied().unwrap_or(0xac38_0001))
+            Ip::V4(
+                pop.carrier_pool
+                    .get(index(rng, pop.carrier_pool.len()))
+                    .copied()
+                    .unwrap_or(0xac38_0001),
+            )
         }
     }
 
-    fn address(&self, pop: &Population, d: u32, place: Place, mobile: Ip, day: DayInfo, rng: &mut SimRng) -> Ip {
-        let Some(dev) = pop.devices.get(d as usize) else { return mobile };
+    fn address(
+        &self,
+        pop: &Population,
+        d: u32,
+        place: Place,
+        mobile: Ip,
+        day: DayInfo,
+        rng: &mut SimRng,
+    ) -> Ip {
+        let Some(dev) = pop.devices.get(d as usize) else {
+            return mobile;
+        };
         match place {
             Place::Home => {
                 // Phones sometimes stay on mobile data at home.
                 if dev.kind == DeviceKind::Phone && chance(rng, 0.08) {
                     return mobile;
                 }
-                let Some(hh) = pop.households.get(dev.household as usize) else { return mobile };
+                let Some(hh) = pop.households.get(dev.household as usize) else {
+                    return mobile;
+                };
                 match hh.v6 {
-                    Some(prefix) if dev.v6 && chance(rng, 0.8) => Ip::V6(prefix, net::privacy_iid(pop.salt, d, day.day)),
+                    Some(prefix) if dev.v6 && chance(rng, 0.8) => {
+                        Ip::V6(prefix, net::privacy_iid(pop.salt, d, day.day))
+                    }
                     _ => Ip::V4(hh.v4),
                 }
             }
@@ -284,16 +372,21 @@ impl ActivityGen {
         rng: &mut SimRng,
         out: &mut Vec<Ev>,
     ) {
-        let Some(person) = pop.persons.get(p as usize) else { return };
+        let Some(person) = pop.persons.get(p as usize) else {
+            return;
+        };
         let stop_at = person.stop_at.unwrap_or(u64::MAX);
         let my_acct = person.account;
         self.times.clear();
         for _ in 0..n {
-            self.times.push(between(rng, u64::from(t0), u64::from(t1.max(t0))) as u32);
+            self.times
+                .push(between(rng, u64::from(t0), u64::from(t1.max(t0))) as u32);
         }
         self.times.sort_unstable();
         let day_ms = day.start_ms();
-        let Some(dev) = pop.devices.get_mut(d as usize) else { return };
+        let Some(dev) = pop.devices.get_mut(d as usize) else {
+            return;
+        };
         let plan_idx = dev.plans.iter().position(|pl| pl.person == p);
         let (app, ua, kind) = (dev.app, dev.ua, dev.kind);
         let src = if app { Source::App } else { Source::Web };
@@ -311,7 +404,11 @@ impl ActivityGen {
                 dev.state_id = id;
             }
             if let Some(a) = dev.signed
-                && pop.accounts.get(a as usize).and_then(|x| x.erased_at).is_some_and(|e| e <= ts)
+                && pop
+                    .accounts
+                    .get(a as usize)
+                    .and_then(|x| x.erased_at)
+                    .is_some_and(|e| e <= ts)
             {
                 dev.signed = None;
             }
@@ -328,7 +425,16 @@ impl ActivityGen {
                     None => !plan.once && chance(rng, 0.2),
                 };
                 if login {
-                    out.push(Ev { key: ts - day_ms, ts, ip, id, acct, kind: Kind::Login, src, ua });
+                    out.push(Ev {
+                        key: ts - day_ms,
+                        ts,
+                        ip,
+                        id,
+                        acct,
+                        kind: Kind::Login,
+                        src,
+                        ua,
+                    });
                     dev.signed = Some(acct);
                     logged_in_now = true;
                     // The first activity follows the sign-in by a moment.
@@ -354,7 +460,16 @@ impl ActivityGen {
                     (Kind::PageView, Source::Partner)
                 }
             };
-            out.push(Ev { key: ts - day_ms, ts, ip, id, acct, kind: kind_ev, src: src_ev, ua });
+            out.push(Ev {
+                key: ts - day_ms,
+                ts,
+                ip,
+                id,
+                acct,
+                kind: kind_ev,
+                src: src_ev,
+                ua,
+            });
             if let Some(rec) = pop.ids.get_mut(id as usize) {
                 rec.events += 1;
                 if acct != NONE {
@@ -364,11 +479,15 @@ impl ActivityGen {
             last_ts = Some((ts, id));
         }
         // Sign-out at the end of the session, for the person's own account.
-        let (Some((ts, id)), Some(pi), Some(acct)) = (last_ts, plan_idx, my_acct) else { return };
+        let (Some((ts, id)), Some(pi), Some(acct)) = (last_ts, plan_idx, my_acct) else {
+            return;
+        };
         if dev.signed != Some(acct) {
             return;
         }
-        let Some(once) = dev.plans.get(pi).map(|pl| pl.once) else { return };
+        let Some(once) = dev.plans.get(pi).map(|pl| pl.once) else {
+            return;
+        };
         let p_out = match kind {
             DeviceKind::SharedTablet => 0.12,
             _ if app => 0.01,
@@ -377,7 +496,16 @@ impl ActivityGen {
         if (once && logged_in_now) || chance(rng, p_out) {
             let ts = (ts + between(rng, 1000, 60_000)).min(day_ms + DAY_MS - 1);
             if ts < stop_at && dev.id_at(ts) == id {
-                out.push(Ev { key: ts - day_ms, ts, ip, id, acct, kind: Kind::Logout, src, ua });
+                out.push(Ev {
+                    key: ts - day_ms,
+                    ts,
+                    ip,
+                    id,
+                    acct,
+                    kind: Kind::Logout,
+                    src,
+                    ua,
+                });
                 dev.signed = None;
                 if let Some(plan) = dev.plans.get_mut(pi) {
                     plan.logged_out = true;

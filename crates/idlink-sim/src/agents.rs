@@ -32,7 +32,11 @@ pub(crate) const USER_AGENTS: [&str; 16] = [
 
 /// User agent for a phone (`app` = native app install, else browser).
 pub(crate) fn phone(rng: &mut SimRng, app: bool) -> u8 {
-    if app { 3 + index(rng, 2) as u8 } else { index(rng, 3) as u8 }
+    if app {
+        3 + index(rng, 2) as u8
+    } else {
+        index(rng, 3) as u8
+    }
 }
 
 /// User agent for a laptop or desktop browser.
@@ -53,5 +57,8 @@ pub(crate) fn bot(rng: &mut SimRng) -> u8 {
 /// Text of a stored user-agent index (falls back to the first entry so a
 /// bad index can never produce junk output).
 pub(crate) fn text(ua: u8) -> &'static str {
-    USER_AGENTS.get(usize::from(ua)).copied().unwrap_or(USER_AGENTS[0])
+    USER_AGENTS
+        .get(usize::from(ua))
+        .copied()
+        .unwrap_or(USER_AGENTS[0])
 }

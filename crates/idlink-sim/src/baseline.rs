@@ -95,7 +95,9 @@ pub fn naive_baseline(events: &Path, out: &Path) -> Result<u64, SimError> {
     let mut privacy: Vec<(i64, String, Option<u32>, Option<u32>)> = Vec::new();
     for_each_line(events, |_, line| {
         let ev: RawEvent = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        let ts = DateTime::parse_from_rfc3339(&ev.ts).map_err(|e| format!("bad ts {:?}: {e}", ev.ts))?.timestamp_millis();
+        let ts = DateTime::parse_from_rfc3339(&ev.ts)
+            .map_err(|e| format!("bad ts {:?}: {e}", ev.ts))?
+            .timestamp_millis();
         let dev = ev.device_id.as_deref().map(|d| devices.id(d));
         let acct = ev.account_id.as_deref().map(|a| accounts.id(a));
         match ev.kind.as_str() {
@@ -110,7 +112,13 @@ pub fn naive_baseline(events: &Path, out: &Path) -> Result<u64, SimError> {
                     e.1 = e.1.max(ts);
                 }
                 if ev.kind != "login" && ev.kind != "logout" {
-                    obs.push(Obs { day: ts.div_euclid(DAY_MS as i64), ip: ips.id(ip), ts, dev, acct });
+                    obs.push(Obs {
+                        day: ts.div_euclid(DAY_MS as i64),
+                        ip: ips.id(ip),
+                        ts,
+                        dev,
+                        acct,
+                    });
                 }
             }
         }
@@ -215,7 +223,10 @@ fn record<'a>(
     if erased.contains(&dev) {
         return None;
     }
-    Some(records.entry(dev).or_insert_with(|| OutRecord { device_id: devices.name(dev).to_string(), links: Vec::new() }))
+    Some(records.entry(dev).or_insert_with(|| OutRecord {
+        device_id: devices.name(dev).to_string(),
+        links: Vec::new(),
+    }))
 }
 
 /// Counts, per (unsigned device, account), the meetings within the window
@@ -240,18 +251,31 @@ fn co_locations(obs: &mut [Obs], signed_devs: &HashSet<u32>) -> HashMap<(u32, u3
             continue;
         }
         let mut lo = 0usize;
-        for o in group.iter().filter(|o| o.acct.is_none() && !signed_devs.contains(&o.dev)) {
+        for o in group
+            .iter()
+            .filter(|o| o.acct.is_none() && !signed_devs.contains(&o.dev))
+        {
             while signed.get(lo).is_some_and(|s| s.0 < o.ts - WINDOW_MS) {
                 lo += 1;
             }
             in_window.clear();
-            for s in signed.iter().skip(lo).take_while(|s| s.0 <= o.ts + WINDOW_MS) {
+            for s in signed
+                .iter()
+                .skip(lo)
+                .take_while(|s| s.0 <= o.ts + WINDOW_MS)
+            {
                 in_window.push(s.1);
             }
             in_window.sort_unstable();
             in_window.dedup();
             for &a in &in_window {
-                let m = meets.entry((o.dev, a)).or_insert(Meet { days: 0, last_day: i64::MIN, count: 0, first: o.ts, last: o.ts });
+                let m = meets.entry((o.dev, a)).or_insert(Meet {
+                    days: 0,
+                    last_day: i64::MIN,
+                    count: 0,
+                    first: o.ts,
+                    last: o.ts,
+                });
                 if m.last_day != o.day {
                     m.days += 1;
                     m.last_day = o.day;

@@ -13,14 +13,26 @@ use crate::timefmt::DAY_MS;
 const HOUR: u64 = 3_600_000;
 
 /// Appends bot `b`'s events for `day` (scenario day number) to `out`.
-pub(crate) fn bot_day(pop: &mut Population, b: usize, day: u32, rng: &mut SimRng, out: &mut Vec<Ev>) {
+pub(crate) fn bot_day(
+    pop: &mut Population,
+    b: usize,
+    day: u32,
+    rng: &mut SimRng,
+    out: &mut Vec<Ev>,
+) {
     let Some(bot) = pop.bots.get(b) else { return };
     let (id, datacenter, victim, ua) = (bot.id, bot.datacenter, bot.victim, bot.ua);
     let n = (bot.rate * (0.6 + 0.8 * rng.random::<f64>())) as u32;
-    let victim_ip = victim.and_then(|h| pop.households.get(h as usize)).map(|h| h.v4);
+    let victim_ip = victim
+        .and_then(|h| pop.households.get(h as usize))
+        .map(|h| h.v4);
     let day_ms = u64::from(day) * DAY_MS;
     // Residential proxies rotate daily; each bot has a few per day.
-    let proxies = [net::residential_v4(rng), net::residential_v4(rng), net::residential_v4(rng)];
+    let proxies = [
+        net::residential_v4(rng),
+        net::residential_v4(rng),
+        net::residential_v4(rng),
+    ];
     // Some cloud bots stick to a couple of hosts for the day.
     let sticky_v6 = chance(rng, 0.3);
     let sticky = [net::datacenter(rng, false), net::datacenter(rng, sticky_v6)];
@@ -61,7 +73,16 @@ pub(crate) fn bot_day(pop: &mut Population, b: usize, day: u32, rng: &mut SimRng
             } else {
                 (Kind::AdImpression, Source::Ads)
             };
-            out.push(Ev { key: t, ts, ip, id, acct: NONE, kind, src, ua });
+            out.push(Ev {
+                key: t,
+                ts,
+                ip,
+                id,
+                acct: NONE,
+                kind,
+                src,
+                ua,
+            });
             pushed += 1;
             t += between(rng, 200, 20_000);
         }

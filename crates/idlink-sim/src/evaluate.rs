@@ -72,15 +72,26 @@ pub struct Evaluation {
 }
 
 fn ratio(num: u64, den: u64) -> f64 {
-    if den == 0 { 1.0 } else { num as f64 / den as f64 }
+    if den == 0 {
+        1.0
+    } else {
+        num as f64 / den as f64
+    }
 }
 
 /// Scores the links file at `links` against the truth file at `truth`.
 pub fn evaluate(truth: &Path, links: &Path) -> Result<Evaluation, SimError> {
     let truth = Truth::read(truth)?;
-    let devices: HashMap<&str, &DeviceTruth> = truth.devices.iter().map(|d| (d.device_id.as_str(), d)).collect();
-    let accounts: HashMap<&str, &AccountTruth> =
-        truth.accounts.iter().map(|a| (a.account_id.as_str(), a)).collect();
+    let devices: HashMap<&str, &DeviceTruth> = truth
+        .devices
+        .iter()
+        .map(|d| (d.device_id.as_str(), d))
+        .collect();
+    let accounts: HashMap<&str, &AccountTruth> = truth
+        .accounts
+        .iter()
+        .map(|a| (a.account_id.as_str(), a))
+        .collect();
     let opted_out: HashSet<&str> = truth.opted_out.iter().map(String::as_str).collect();
     let erased_accounts: HashSet<&str> = truth.erased_accounts.iter().map(String::as_str).collect();
     let erased_devices: HashSet<&str> = truth.erased_devices.iter().map(String::as_str).collect();
@@ -91,10 +102,13 @@ pub fn evaluate(truth: &Path, links: &Path) -> Result<Evaluation, SimError> {
         let rec: LinkRecord = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let device = devices.get(rec.device_id.as_str()).copied();
         if erased_devices.contains(rec.device_id.as_str()) {
-            eval.violations.push(format!("erased device {} is still present in the links", rec.device_id));
+            eval.violations.push(format!(
+                "erased device {} is still present in the links",
+                rec.device_id
+            ));
         }
         for link in &rec.links {
-            let owned = device.is_some_and(|d| d.owners.iter().any(|o| *o == link.account_id));
+            let owned = device.is_some_and(|d| d.owners.contains(&link.account_id));
             let kind = if link.is_login() { "login" } else { "inferred" };
             if erased_accounts.contains(link.account_id.as_str()) {
                 eval.violations.push(format!(
@@ -122,8 +136,12 @@ pub fn evaluate(truth: &Path, links: &Path) -> Result<Evaluation, SimError> {
                 if owned {
                     eval.inferred_correct += 1;
                 } else {
-                    let reason = wrong_reason(device, accounts.get(link.account_id.as_str()).copied());
-                    *eval.wrong_inferred_by_reason.entry(reason.clone()).or_insert(0) += 1;
+                    let reason =
+                        wrong_reason(device, accounts.get(link.account_id.as_str()).copied());
+                    *eval
+                        .wrong_inferred_by_reason
+                        .entry(reason.clone())
+                        .or_insert(0) += 1;
                     if eval.wrong_inferred.len() < WRONG_KEPT {
                         eval.wrong_inferred.push(WrongLink {
                             device_id: rec.device_id.clone(),
@@ -138,7 +156,11 @@ pub fn evaluate(truth: &Path, links: &Path) -> Result<Evaluation, SimError> {
         Ok(())
     })?;
 
-    let active: HashSet<&str> = truth.devices.iter().flat_map(|d| d.signed_in.iter().map(String::as_str)).collect();
+    let active: HashSet<&str> = truth
+        .devices
+        .iter()
+        .flat_map(|d| d.signed_in.iter().map(String::as_str))
+        .collect();
     for d in &truth.devices {
         if d.bot || erased_devices.contains(d.device_id.as_str()) {
             continue;
@@ -169,7 +191,9 @@ pub fn evaluate(truth: &Path, links: &Path) -> Result<Evaluation, SimError> {
 
 /// Best guess at the trap behind a wrong inferred link.
 fn wrong_reason(device: Option<&DeviceTruth>, account: Option<&AccountTruth>) -> String {
-    let Some(d) = device else { return "device not in truth".into() };
+    let Some(d) = device else {
+        return "device not in truth".into();
+    };
     if d.bot {
         return format!("bot ({})", d.profile);
     }
@@ -194,7 +218,11 @@ fn wrong_reason(device: Option<&DeviceTruth>, account: Option<&AccountTruth>) ->
         }
     }
     let category = d.profile.split('+').next().unwrap_or("");
-    if category.is_empty() { "unrelated".into() } else { format!("unrelated ({category})") }
+    if category.is_empty() {
+        "unrelated".into()
+    } else {
+        format!("unrelated ({category})")
+    }
 }
 
 impl fmt::Display for Evaluation {
@@ -224,7 +252,11 @@ impl fmt::Display for Evaluation {
             writeln!(f, "  - {v}")?;
         }
         if self.violations.len() > VIOLATIONS_SHOWN {
-            writeln!(f, "  ... and {} more", self.violations.len() - VIOLATIONS_SHOWN)?;
+            writeln!(
+                f,
+                "  ... and {} more",
+                self.violations.len() - VIOLATIONS_SHOWN
+            )?;
         }
         if !self.wrong_inferred_by_reason.is_empty() {
             writeln!(f, "wrong inferred links by reason:")?;

@@ -9,7 +9,10 @@ use crate::error::SimError;
 /// Calls `f(line_number, line)` for every non-blank line of `path`
 /// (1-based line numbers). An `Err(reason)` from `f` becomes a
 /// [`SimError::Parse`] pointing at that line.
-pub(crate) fn for_each_line(path: &Path, mut f: impl FnMut(u64, &str) -> Result<(), String>) -> Result<(), SimError> {
+pub(crate) fn for_each_line(
+    path: &Path,
+    mut f: impl FnMut(u64, &str) -> Result<(), String>,
+) -> Result<(), SimError> {
     let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
     let mut line = String::new();
     let mut n = 0u64;
@@ -23,6 +26,10 @@ pub(crate) fn for_each_line(path: &Path, mut f: impl FnMut(u64, &str) -> Result<
         if text.is_empty() {
             continue;
         }
-        f(n, text).map_err(|reason| SimError::Parse { file: path.to_path_buf(), line: n, reason })?;
+        f(n, text).map_err(|reason| SimError::Parse {
+            file: path.to_path_buf(),
+            line: n,
+            reason,
+        })?;
     }
 }

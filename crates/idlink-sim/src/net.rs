@@ -3,7 +3,7 @@
 //! day's events stay compact in memory.
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use rand::RngCore;
 
@@ -22,11 +22,32 @@ pub(crate) enum Ip {
 impl Ip {
     /// Appends the textual form (dotted quad or compressed IPv6).
     pub(crate) fn push_text(&self, out: &mut String) {
-        // Writing into a String cannot fail.
-        let _ = match *self {
-            Ip::V4(v) => write!(out, "{}", Ipv4Addr::from(v)),
-            Ip::V6(hi, lo) => write!(out, "{}", Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo))),
-        };
+        match *self {
+            Ip::V4(v) => {
+                // Hand-rolled: the generic formatter is a visible share of
+                // the time when writing tens of millions of events.
+                for (i, octet) in v.to_be_bytes().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    if octet >= 100 {
+                        out.push(char::from(b'0' + octet / 100));
+                    }
+                    if octet >= 10 {
+                        out.push(char::from(b'0' + octet / 10 % 10));
+                    }
+                    out.push(char::from(b'0' + octet % 10));
+                }
+            }
+            Ip::V6(hi, lo) => {
+                // Writing into a String cannot fail.
+                let _ = write!(
+                    out,
+                    "{}",
+                    Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo))
+                );
+            }
+        }
     }
 }
 
@@ -116,18 +137,29 @@ pub(crate) fn privacy_iid(salt: u64, device: u32, day: u32) -> u64 {
 /// A carrier IPv6 /64 for one phone on one day.
 pub(crate) fn carrier_v6(salt: u64, device: u32, day: u32) -> Ip {
     let sub = hash3(salt ^ 0xca77, u64::from(device), u64::from(day)) & 0xffff_ffff;
-    Ip::V6((CARRIER_V6_TOP32 << 32) | sub, privacy_iid(salt, device, day + 7919))
+    Ip::V6(
+        (CARRIER_V6_TOP32 << 32) | sub,
+        privacy_iid(salt, device, day + 7919),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rng::stream;
+    use std::net::Ipv4Addr;
 
     fn text(ip: Ip) -> String {
         let mut s = String::new();
         ip.push_text(&mut s);
         s
+    }
+
+    #[test]
+    fn v4_text_matches_std() {
+        for v in [0u32, 0x0a00_0001, 0xffff_ffff, 0x6440_0a09, 0x1809_6405] {
+            assert_eq!(text(Ip::V4(v)), Ipv4Addr::from(v).to_string());
+        }
     }
 
     #[test]

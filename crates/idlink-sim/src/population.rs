@@ -298,7 +298,11 @@ impl Population {
             let left = people - self.persons.len() as u32;
             let size = (1 + weighted(rng, &[0.28, 0.34, 0.16, 0.15, 0.07]) as u32).min(left);
             let h = self.households.len() as u32;
-            let dynamic_days = if chance(rng, 0.35) { 2.0 + between(rng, 0, 5) as f64 } else { 0.0 };
+            let dynamic_days = if chance(rng, 0.35) {
+                2.0 + between(rng, 0, 5) as f64
+            } else {
+                0.0
+            };
             self.households.push(Household {
                 members: Vec::new(),
                 v4: net::residential_v4(rng),
@@ -325,7 +329,11 @@ impl Population {
         let account = (class != PersonClass::NoAccount).then(|| {
             let a = self.accounts.len() as u32;
             let text = ids::account_id(a, self.salt, rng);
-            self.accounts.push(Account { text, person: p, erased_at: None });
+            self.accounts.push(Account {
+                text,
+                person: p,
+                erased_at: None,
+            });
             a
         });
         self.persons.push(Person {
@@ -346,7 +354,11 @@ impl Population {
         }
         let n = 1 + weighted(rng, &[0.22, 0.45, 0.33]);
         let mut kinds = Vec::with_capacity(n);
-        kinds.push(if chance(rng, 0.9) { DeviceKind::Phone } else { DeviceKind::Laptop });
+        kinds.push(if chance(rng, 0.9) {
+            DeviceKind::Phone
+        } else {
+            DeviceKind::Laptop
+        });
         while kinds.len() < n {
             let k = match weighted(rng, &[0.05, 0.5, 0.2, 0.25]) {
                 0 => DeviceKind::Phone,
@@ -385,15 +397,26 @@ impl Population {
     }
 
     fn add_shared_tablet(&mut self, h: u32, days: u32, rng: &mut SimRng) {
-        let members = self.households.get(h as usize).map(|x| x.members.clone()).unwrap_or_default();
-        let mut users: Vec<u32> = members.iter().copied().filter(|_| chance(rng, 0.75)).collect();
+        let members = self
+            .households
+            .get(h as usize)
+            .map(|x| x.members.clone())
+            .unwrap_or_default();
+        let mut users: Vec<u32> = members
+            .iter()
+            .copied()
+            .filter(|_| chance(rng, 0.75))
+            .collect();
         if users.len() < 2 {
             users = members.iter().copied().take(2).collect();
         }
         let users: Vec<(u32, bool)> = users
             .into_iter()
             .map(|p| {
-                let signer = self.persons.get(p as usize).is_some_and(|x| x.class == PersonClass::Signer);
+                let signer = self
+                    .persons
+                    .get(p as usize)
+                    .is_some_and(|x| x.class == PersonClass::Signer);
                 (p, signer && chance(rng, 0.5))
             })
             .collect();
@@ -408,7 +431,14 @@ impl Population {
         }
     }
 
-    fn add_device(&mut self, kind: DeviceKind, h: u32, users: Vec<(u32, bool)>, days: u32, rng: &mut SimRng) -> u32 {
+    fn add_device(
+        &mut self,
+        kind: DeviceKind,
+        h: u32,
+        users: Vec<(u32, bool)>,
+        days: u32,
+        rng: &mut SimRng,
+    ) -> u32 {
         let d = self.devices.len() as u32;
         let app = match kind {
             DeviceKind::Phone => chance(rng, 0.7),
@@ -420,7 +450,11 @@ impl Population {
             DeviceKind::Laptop | DeviceKind::Desktop => agents::computer(rng),
             _ => agents::tablet(app),
         };
-        let text = if app { ids::uuid_v4(rng) } else { ids::cookie_id(rng) };
+        let text = if app {
+            ids::uuid_v4(rng)
+        } else {
+            ids::cookie_id(rng)
+        };
         let id = self.push_id(text, IdOwner::Device(d), IdOrigin::Original);
         let mut signed = None;
         let plans = users
@@ -430,11 +464,26 @@ impl Population {
                 // scenario starts: their activity carries the account with
                 // no login event in the file.
                 let pre = signs && signed.is_none() && chance(rng, 0.5);
-                let first_day = if !signs || pre { 0 } else { between(rng, 0, u64::from(days.saturating_sub(1))) as u32 };
+                // Most first sign-ins happen in the first week; some
+                // devices are only signed into late in the scenario.
+                let last = u64::from(days.saturating_sub(1));
+                let first_day = if !signs || pre {
+                    0
+                } else if chance(rng, 0.75) {
+                    between(rng, 0, last.min(6)) as u32
+                } else {
+                    between(rng, 0, last) as u32
+                };
                 if pre {
                     signed = self.persons.get(person as usize).and_then(|p| p.account);
                 }
-                SignPlan { person, signs, first_day, once: signs && chance(rng, 0.12), logged_out: false }
+                SignPlan {
+                    person,
+                    signs,
+                    first_day,
+                    once: signs && chance(rng, 0.12),
+                    logged_out: false,
+                }
             })
             .collect();
         self.devices.push(Device {
@@ -454,13 +503,21 @@ impl Population {
     /// Adds a device id record and returns its index.
     pub(crate) fn push_id(&mut self, text: String, owner: IdOwner, origin: IdOrigin) -> u32 {
         let id = self.ids.len() as u32;
-        self.ids.push(IdRecord { text, owner, signed_in: Vec::new(), events: 0, origin, erased_at: None });
+        self.ids.push(IdRecord {
+            text,
+            owner,
+            signed_in: Vec::new(),
+            events: 0,
+            origin,
+            erased_at: None,
+        });
         id
     }
 
     fn build_offices(&mut self, rng: &mut SimRng) {
-        let mut workers: Vec<u32> =
-            (0..self.persons.len() as u32).filter(|_| chance(rng, 0.5)).collect();
+        let mut workers: Vec<u32> = (0..self.persons.len() as u32)
+            .filter(|_| chance(rng, 0.5))
+            .collect();
         workers.shuffle(rng);
         let small_share = workers.len() / 4;
         let mut at = 0usize;
@@ -475,7 +532,11 @@ impl Population {
             let o = self.offices.len() as u32;
             // Small offices sit on ordinary broadband lines that look
             // exactly like homes; big ones on business ranges.
-            let v4 = if small { net::residential_v4(rng) } else { net::business_v4(rng) };
+            let v4 = if small {
+                net::residential_v4(rng)
+            } else {
+                net::business_v4(rng)
+            };
             let end = (at + size).min(workers.len());
             for &p in workers.get(at..end).unwrap_or(&[]) {
                 if let Some(person) = self.persons.get_mut(p as usize) {
@@ -488,11 +549,19 @@ impl Population {
     }
 
     fn build_networks(&mut self, people: u32, rng: &mut SimRng) {
-        let phones = self.devices.iter().filter(|d| d.kind == DeviceKind::Phone).count();
+        let phones = self
+            .devices
+            .iter()
+            .filter(|d| d.kind == DeviceKind::Phone)
+            .count();
         let cafes = (people / 150).max(3);
         let airports = (people / 5000).max(1);
         for i in 0..cafes + airports {
-            let v4 = if i < cafes && chance(rng, 0.4) { net::residential_v4(rng) } else { net::business_v4(rng) };
+            let v4 = if i < cafes && chance(rng, 0.4) {
+                net::residential_v4(rng)
+            } else {
+                net::business_v4(rng)
+            };
             self.venues.push(Venue { v4 });
         }
         for _ in 0..(phones / 60).max(2) {
@@ -504,14 +573,27 @@ impl Population {
     }
 
     fn build_bots(&mut self, rng: &mut SimRng) {
-        let n = ((self.devices.len() as f64) * BOT_SHARE / (1.0 - BOT_SHARE)).round().max(1.0) as usize;
+        let n = ((self.devices.len() as f64) * BOT_SHARE / (1.0 - BOT_SHARE))
+            .round()
+            .max(1.0) as usize;
         for b in 0..n {
-            let text = if chance(rng, 0.7) { ids::cookie_id(rng) } else { ids::uuid_v4(rng) };
+            let text = if chance(rng, 0.7) {
+                ids::cookie_id(rng)
+            } else {
+                ids::uuid_v4(rng)
+            };
             let id = self.push_id(text, IdOwner::Bot(b as u32), IdOrigin::Original);
             let datacenter = chance(rng, 0.5);
-            let victim = (!datacenter && chance(rng, 0.6)).then(|| index(rng, self.households.len()) as u32);
-            let rate = 80.0 + f64::from(count(rng, 170.0)).min(1200.0);
-            self.bots.push(Bot { id, datacenter, rate, victim, ua: agents::bot(rng) });
+            let victim =
+                (!datacenter && chance(rng, 0.6)).then(|| index(rng, self.households.len()) as u32);
+            let rate = 150.0 + f64::from(count(rng, 250.0)).min(1400.0);
+            self.bots.push(Bot {
+                id,
+                datacenter,
+                rate,
+                victim,
+                ua: agents::bot(rng),
+            });
         }
     }
 
@@ -544,7 +626,9 @@ impl Population {
             return;
         }
         for h in 0..self.households.len() {
-            let Some(hh) = self.households.get(h) else { continue };
+            let Some(hh) = self.households.get(h) else {
+                continue;
+            };
             if hh.dynamic_days <= 0.0 || !chance(rng, 1.0 / hh.dynamic_days) {
                 continue;
             }

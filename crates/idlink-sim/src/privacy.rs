@@ -61,17 +61,35 @@ impl PrivacyPlan {
             if chance(rng, 0.02) {
                 let ts = between(rng, DAY_MS / 4, span - 1);
                 let write = late(rng, ts);
-                requests.push(Request { ts, write, kind: Kind::OptOut, account, id: NONE });
+                requests.push(Request {
+                    ts,
+                    write,
+                    kind: Kind::OptOut,
+                    account,
+                    id: NONE,
+                });
                 if chance(rng, 0.25) && ts + HOUR < span - 1 {
                     let back = between(rng, ts + HOUR, span - 1);
                     let write = late(rng, back);
-                    requests.push(Request { ts: back, write, kind: Kind::OptIn, account, id: NONE });
+                    requests.push(Request {
+                        ts: back,
+                        write,
+                        kind: Kind::OptIn,
+                        account,
+                        id: NONE,
+                    });
                 }
             }
             if chance(rng, 0.01) {
                 let ts = between(rng, span * 15 / 100, span * 95 / 100);
                 let write = late(rng, ts);
-                requests.push(Request { ts, write, kind: Kind::Erase, account, id: NONE });
+                requests.push(Request {
+                    ts,
+                    write,
+                    kind: Kind::Erase,
+                    account,
+                    id: NONE,
+                });
                 if let Some(a) = pop.accounts.get_mut(account as usize) {
                     a.erased_at = Some(ts);
                 }
@@ -85,17 +103,29 @@ impl PrivacyPlan {
                 continue;
             }
             let ts = between(rng, span / 10, span * 95 / 100);
-            let Some(dev) = pop.devices.get(d as usize) else { continue };
+            let Some(dev) = pop.devices.get(d as usize) else {
+                continue;
+            };
             let old = dev.id_at(ts);
             let app = dev.app;
             if let Some(rec) = pop.ids.get_mut(old as usize) {
                 rec.erased_at = Some(ts);
             }
-            let text = if app { ids::uuid_v4(rng) } else { ids::cookie_id(rng) };
+            let text = if app {
+                ids::uuid_v4(rng)
+            } else {
+                ids::cookie_id(rng)
+            };
             let new = pop.push_id(text, IdOwner::Device(d), IdOrigin::EraseSuccessor);
             pop.insert_span(d, ts, new);
             let write = late(rng, ts);
-            requests.push(Request { ts, write, kind: Kind::Erase, account: NONE, id: old });
+            requests.push(Request {
+                ts,
+                write,
+                kind: Kind::Erase,
+                account: NONE,
+                id: old,
+            });
         }
         requests.sort_by_key(|r| (r.write, r.ts, r.account, r.id));
         PrivacyPlan { requests, next: 0 }
@@ -135,7 +165,10 @@ impl PrivacyPlan {
                 }
             }
         }
-        last.into_iter().filter(|(_, (_, k))| *k == Kind::OptOut).map(|(a, _)| a).collect()
+        last.into_iter()
+            .filter(|(_, (_, k))| *k == Kind::OptOut)
+            .map(|(a, _)| a)
+            .collect()
     }
 
     /// Number of requests in the plan.

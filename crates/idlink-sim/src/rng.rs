@@ -41,7 +41,11 @@ pub(crate) fn index(rng: &mut SimRng, n: usize) -> usize {
 
 /// Uniform integer in `lo..=hi` (order-tolerant).
 pub(crate) fn between(rng: &mut SimRng, lo: u64, hi: u64) -> u64 {
-    if hi <= lo { lo } else { rng.random_range(lo..=hi) }
+    if hi <= lo {
+        lo
+    } else {
+        rng.random_range(lo..=hi)
+    }
 }
 
 /// Bernoulli trial that tolerates probabilities outside `0..=1`.

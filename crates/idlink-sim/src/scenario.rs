@@ -40,13 +40,20 @@ pub struct Scenario {
 
 impl Default for Scenario {
     fn default() -> Self {
-        Scenario { people: 2000, days: 30, seed: 1, start: default_start() }
+        Scenario {
+            people: 2000,
+            days: 30,
+            seed: 1,
+            start: default_start(),
+        }
     }
 }
 
 /// 2026-01-05T00:00:00Z, a Monday.
 fn default_start() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).single().unwrap_or(DateTime::UNIX_EPOCH)
+    Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0)
+        .single()
+        .unwrap_or(DateTime::UNIX_EPOCH)
 }
 
 /// Counts describing what a scenario wrote.
@@ -77,14 +84,19 @@ impl Scenario {
     /// `dir/truth.json` (the directory is created if needed).
     pub fn write(&self, dir: &Path) -> Result<SimStats, SimError> {
         if self.people == 0 || self.days == 0 {
-            return Err(SimError::InvalidScenario("people and days must both be at least 1".into()));
+            return Err(SimError::InvalidScenario(
+                "people and days must both be at least 1".into(),
+            ));
         }
         if self.days > MAX_DAYS {
-            return Err(SimError::InvalidScenario(format!("at most {MAX_DAYS} days")));
+            return Err(SimError::InvalidScenario(format!(
+                "at most {MAX_DAYS} days"
+            )));
         }
         fs::create_dir_all(dir)?;
         let salt = mix(self.seed ^ 0x1d11_4b5e);
-        let mut pop = Population::build(self.people, self.days, salt, &mut rng::stream(self.seed, 0));
+        let mut pop =
+            Population::build(self.people, self.days, salt, &mut rng::stream(self.seed, 0));
         let mut privacy = PrivacyPlan::draw(&mut pop, self.days, &mut rng::stream(self.seed, 1));
         let file = File::create(dir.join("events.jsonl"))?;
         let mut writer = EventWriter::new(file, self.start.timestamp_millis(), salt);
@@ -96,7 +108,10 @@ impl Scenario {
             let mut rng = rng::stream(self.seed, 1000 + u64::from(day));
             pop.start_day(day, &mut rng);
             let weekday = (self.start + Duration::days(i64::from(day))).weekday();
-            let info = DayInfo { day, weekend: matches!(weekday, Weekday::Sat | Weekday::Sun) };
+            let info = DayInfo {
+                day,
+                weekend: matches!(weekday, Weekday::Sat | Weekday::Sun),
+            };
             day_events.clear();
             for p in 0..pop.persons.len() as u32 {
                 activity.person_day(&mut pop, p, info, &mut rng, &mut day_events);

@@ -113,7 +113,11 @@ impl Truth {
     }
 }
 
-fn write_list<W: Write, T: Serialize>(out: &mut W, name: &str, items: &[T]) -> Result<(), SimError> {
+fn write_list<W: Write, T: Serialize>(
+    out: &mut W,
+    name: &str,
+    items: &[T],
+) -> Result<(), SimError> {
     write!(out, ",\n\"{name}\":[")?;
     for (i, item) in items.iter().enumerate() {
         out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
@@ -135,7 +139,11 @@ fn office_name(pop: &Population, o: u32) -> String {
 /// Builds the truth document from the population after all days ran.
 pub(crate) fn build(pop: &Population, scenario: ScenarioTruth, opted_out: &[u32]) -> Truth {
     let acct_text = |a: u32| pop.accounts.get(a as usize).map(|x| x.text.clone());
-    let active: HashSet<u32> = pop.ids.iter().flat_map(|r| r.signed_in.iter().copied()).collect();
+    let active: HashSet<u32> = pop
+        .ids
+        .iter()
+        .flat_map(|r| r.signed_in.iter().copied())
+        .collect();
     let mut devices = Vec::new();
     let mut erased_devices = Vec::new();
     for rec in &pop.ids {
@@ -145,7 +153,9 @@ pub(crate) fn build(pop: &Population, scenario: ScenarioTruth, opted_out: &[u32]
         if rec.events == 0 {
             continue;
         }
-        let signed_in: Vec<String> = rec.signed_in.iter().filter_map(|&a| acct_text(a)).collect();
+        let mut signed_in: Vec<String> =
+            rec.signed_in.iter().filter_map(|&a| acct_text(a)).collect();
+        signed_in.sort();
         let truth = match rec.owner {
             IdOwner::Bot(b) => {
                 let bot = pop.bots.get(b as usize);
@@ -165,7 +175,9 @@ pub(crate) fn build(pop: &Population, scenario: ScenarioTruth, opted_out: &[u32]
                 }
             }
             IdOwner::Device(d) => {
-                let Some(dev) = pop.devices.get(d as usize) else { continue };
+                let Some(dev) = pop.devices.get(d as usize) else {
+                    continue;
+                };
                 let users: Vec<u32> = dev.plans.iter().map(|p| p.person).collect();
                 let mut owners: Vec<String> = users
                     .iter()
@@ -181,7 +193,14 @@ pub(crate) fn build(pop: &Population, scenario: ScenarioTruth, opted_out: &[u32]
                     .collect();
                 offices.sort();
                 offices.dedup();
-                let profile = profile(pop, dev.kind, &users, !rec.signed_in.is_empty(), rec.origin, &active);
+                let profile = profile(
+                    pop,
+                    dev.kind,
+                    &users,
+                    !rec.signed_in.is_empty(),
+                    rec.origin,
+                    &active,
+                );
                 DeviceTruth {
                     device_id: rec.text.clone(),
                     owners,
@@ -197,8 +216,12 @@ pub(crate) fn build(pop: &Population, scenario: ScenarioTruth, opted_out: &[u32]
     }
     devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     erased_devices.sort();
-    let mut erased_accounts: Vec<String> =
-        pop.accounts.iter().filter(|a| a.erased_at.is_some()).map(|a| a.text.clone()).collect();
+    let mut erased_accounts: Vec<String> = pop
+        .accounts
+        .iter()
+        .filter(|a| a.erased_at.is_some())
+        .map(|a| a.text.clone())
+        .collect();
     erased_accounts.sort();
     let mut opted: Vec<String> = opted_out.iter().filter_map(|&a| acct_text(a)).collect();
     opted.sort();
@@ -215,15 +238,33 @@ pub(crate) fn build(pop: &Population, scenario: ScenarioTruth, opted_out: &[u32]
         })
         .collect();
     accounts.sort_by(|a, b| a.account_id.cmp(&b.account_id));
-    Truth { scenario, devices, opted_out: opted, erased_accounts, erased_devices, accounts }
+    Truth {
+        scenario,
+        devices,
+        opted_out: opted,
+        erased_accounts,
+        erased_devices,
+        accounts,
+    }
 }
 
 /// The profile tag: the main category, then `+`-separated details.
-fn profile(pop: &Population, kind: DeviceKind, users: &[u32], signed: bool, origin: IdOrigin, active: &HashSet<u32>) -> String {
+fn profile(
+    pop: &Population,
+    kind: DeviceKind,
+    users: &[u32],
+    signed: bool,
+    origin: IdOrigin,
+    active: &HashSet<u32>,
+) -> String {
     let mut tag = String::new();
     let first = users.first().and_then(|&p| pop.persons.get(p as usize));
     if kind == DeviceKind::SharedTablet {
-        tag.push_str(if signed { "shared-tablet-signed" } else { "shared-tablet-unsigned" });
+        tag.push_str(if signed {
+            "shared-tablet-signed"
+        } else {
+            "shared-tablet-unsigned"
+        });
     } else if signed {
         tag.push_str("signed-in");
     } else if let Some(person) = first {
@@ -231,13 +272,24 @@ fn profile(pop: &Population, kind: DeviceKind, users: &[u32], signed: bool, orig
         if person.class == PersonClass::Signer && uses_account {
             tag.push_str("owner-unsigned");
         } else {
-            let housemate_signs = pop.households.get(person.household as usize).is_some_and(|h| {
-                h.members.iter().any(|&m| {
-                    Some(&m) != users.first()
-                        && pop.persons.get(m as usize).and_then(|x| x.account).is_some_and(|a| active.contains(&a))
-                })
+            let housemate_signs = pop
+                .households
+                .get(person.household as usize)
+                .is_some_and(|h| {
+                    h.members.iter().any(|&m| {
+                        Some(&m) != users.first()
+                            && pop
+                                .persons
+                                .get(m as usize)
+                                .and_then(|x| x.account)
+                                .is_some_and(|a| active.contains(&a))
+                    })
+                });
+            tag.push_str(if housemate_signs {
+                "household-nonsigner"
+            } else {
+                "solo-nonsigner"
             });
-            tag.push_str(if housemate_signs { "household-nonsigner" } else { "solo-nonsigner" });
             if person.account.is_none() {
                 tag.push_str("+no-account");
             }

@@ -38,6 +38,10 @@ pub use privacy::{PrivacyAck, Removed};
 /// crowded bucket (which counts for nothing) could exceed it.
 const MAX_RECENT: usize = 256;
 
+/// Most unsigned devices a bucket profile tracks; a bucket with more is
+/// so ambiguous that the exact number no longer matters.
+const MAX_PROFILE: usize = 16;
+
 /// What happened to an ingested event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ingested {
@@ -164,6 +168,7 @@ struct Params {
     max_bucket_accounts: usize,
     bot_events: u32,
     bot_buckets: u32,
+    bot_hours: u32,
     bot_mark_days: i32,
     marker_ttl_days: i64,
     max_support: usize,
@@ -187,6 +192,7 @@ impl Params {
             max_bucket_accounts: c.addresses.max_accounts_per_bucket_day as usize,
             bot_events: c.bots.max_events_per_day,
             bot_buckets: c.bots.max_buckets_per_day,
+            bot_hours: c.bots.max_active_hours_per_day,
             bot_mark_days: c.bots.mark_days.clamp(1, 100_000) as i32,
             marker_ttl_days: c.privacy.erase_marker_ttl_days,
             max_support: c.linking.max_support,
@@ -212,6 +218,12 @@ pub struct Engine {
     buckets: FxHashMap<Bucket, BucketState>,
     /// Buckets holding state, visited when a day closes.
     active_buckets: Vec<Bucket>,
+    /// Per bucket, the unsigned devices seen on it within the horizon
+    /// (slot, last day): how many unexplained devices share the address
+    /// over weeks, not just today. A household with a member who never
+    /// signs in keeps that member's devices here, which is what keeps
+    /// them from being handed to the member who does.
+    profiles: FxHashMap<Bucket, Vec<(u32, i32)>>,
     /// Events waiting for the watermark, smallest key first.
     buffer: BinaryHeap<Reverse<Pending>>,
     /// Arrival counter: the last tie-break of the buffer order.
@@ -250,6 +262,7 @@ impl Engine {
             accounts: Slots::default(),
             buckets: FxHashMap::default(),
             active_buckets: Vec::new(),
+            profiles: FxHashMap::default(),
             buffer: BinaryHeap::new(),
             seq: 0,
             sources: Vec::new(),
@@ -466,14 +479,19 @@ impl Engine {
             dev.bot_day = day;
             dev.day_events = 0;
             dev.day_buckets = 0;
+            dev.day_hours = 0;
         }
+        dev.day_hours |= 1u32 << (ts.0.rem_euclid(DAY_MS) / (60 * MINUTE_MS));
         dev.day_events = dev.day_events.saturating_add(1);
         if let Some(b) = bucket {
             let h = rustc_hash::FxBuildHasher.hash_one(b);
             dev.day_buckets |= 1u64 << (h >> 58);
         }
         let was_bot = dev.is_bot(day);
-        if dev.day_events > p.bot_events || dev.day_buckets.count_ones() > p.bot_buckets {
+        if dev.day_events > p.bot_events
+            || dev.day_buckets.count_ones() > p.bot_buckets
+            || dev.day_hours.count_ones() > p.bot_hours
+        {
             dev.bot_until = day.saturating_add(p.bot_mark_days);
             if !was_bot {
                 self.stats.bots_marked += 1;
@@ -499,6 +517,14 @@ impl Engine {
         }
         while st.recent.front().is_some_and(|r| r.ts.0 < ts.0 - window) {
             st.recent.pop_front();
+        }
+        if a == NONE {
+            let prof = self.profiles.entry(b).or_default();
+            match prof.iter().position(|x| x.0 == d) {
+                Some(i) => prof[i].1 = prof[i].1.max(day),
+                None if prof.len() < MAX_PROFILE => prof.push((d, day)),
+                None => {}
+            }
         }
         let accounts = &self.accounts;
         let opted = |acc: u32| accounts.get(acc).is_none_or(|x| x.opted_out);
@@ -724,12 +750,22 @@ impl Engine {
             .collect();
         let is_bot = |d: u32| bots.contains(&d);
         let humans = agg.devices.iter().filter(|&&d| !is_bot(d)).count();
-        let unknown = agg
+        let today = agg
             .devices
             .iter()
             .filter(|&&d| !is_bot(d) && !agg.signed_devices.contains(&d))
-            .count()
-            .max(1);
+            .count();
+        let horizon = self.p.horizon_days;
+        let devices = &self.devices;
+        let known = self.profiles.get(&b).map_or(0, |prof| {
+            prof.iter()
+                .filter(|&&(d, last)| {
+                    i64::from(day) - i64::from(last) < horizon
+                        && devices.get(d).is_some_and(|x| x.logins.is_empty() && !x.is_bot(day))
+                })
+                .count()
+        });
+        let unknown = today.max(known).max(1);
         let n_dev = humans + agg.anon_devices as usize;
         let n_acc = (agg.accounts.len() + agg.anon_accounts as usize).max(1);
         let tag = self.hasher.tag(&b.to_bytes());
@@ -777,6 +813,10 @@ impl Engine {
     fn sweep(&mut self, day: i32) {
         let horizon = self.p.horizon_days;
         let ttl = self.p.login_ttl_days;
+        self.profiles.retain(|_, prof| {
+            prof.retain(|&(_, last)| i64::from(day) - i64::from(last) < horizon);
+            !prof.is_empty()
+        });
         let slots: Vec<u32> = self.devices.live().collect();
         let mut capped_accounts: Vec<u32> = Vec::new();
         for d in slots {
@@ -976,8 +1016,4 @@ impl Engine {
         }
     }
 
-    #[allow(dead_code)]
-    fn day_start(day: i32) -> Millis {
-        Millis(i64::from(day) * DAY_MS)
-    }
 }

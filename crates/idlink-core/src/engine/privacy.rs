@@ -170,6 +170,9 @@ impl Engine {
                 removed.sightings += (pairs - agg.pairs.len()) as u64;
             }
         }
+        for prof in self.profiles.values_mut() {
+            prof.retain(|x| x.0 != d);
+        }
         if let Some((id, _)) = self.devices.remove(d)
             && let Some(c) = self.changes.as_mut()
         {

@@ -86,6 +86,9 @@ pub struct Device {
     /// A 64-bit linear-counting sketch of the buckets seen on `bot_day`:
     /// its population count estimates distinct addresses in 8 bytes.
     pub day_buckets: u64,
+    /// Hours of `bot_day` with activity, one bit each: people sleep,
+    /// crawlers do not.
+    pub day_hours: u32,
     /// Last UTC day the device is treated as a bot (i32::MIN if never).
     pub bot_until: i32,
 }
