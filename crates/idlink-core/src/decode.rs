@@ -390,7 +390,7 @@ impl Decoder {
             return Err(reject(RejectReason::TsTooOld, format!("`ts` {ts} is before the floor {}", self.min_ts)));
         }
         if ts > now.saturating_add(self.max_future_ms) {
-            return Err(reject(RejectReason::TsInFuture, format!("`ts` {ts} is too far ahead of the clock ({now})")));
+            return Err(reject(RejectReason::TsInFuture, format!("`ts` {ts} is more than {} minutes ahead of the clock", self.max_future_ms / MINUTE_MS)));
         }
         Ok(ts)
     }

@@ -31,36 +31,63 @@ impl DayInfo {
 /// Where a session happens; decides the address devices get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Place {
+    /// The household's network (IPv4, or the home /64 when dual-stack).
     Home,
+    /// An office NAT address (index into the offices).
     Office(u32),
+    /// Mobile data: carrier-grade NAT or public carrier pool addresses.
     Mobile,
+    /// Café or airport Wi-Fi (index into the venues).
     Venue(u32),
 }
 
 /// A stretch of use: start and end in ms within the day.
 #[derive(Clone, Copy, Debug)]
 struct Session {
+    /// Start, ms within the day.
     start: u32,
+    /// End, ms within the day (never past midnight).
     end: u32,
+    /// Where it happens.
     place: Place,
+}
+
+/// The devices of one session and where each one's address comes from.
+#[derive(Clone, Copy, Debug)]
+struct Pick {
+    /// The device the session is mostly on.
+    primary: u32,
+    /// Where the primary device's address comes from.
+    primary_place: Place,
+    /// A second own device used within minutes, and its address source
+    /// (a phone at the office may be on mobile data).
+    secondary: Option<(u32, Place)>,
 }
 
 /// Generates people's days. Holds scratch buffers so that millions of
 /// person-days do not allocate.
 #[derive(Default)]
 pub(crate) struct ActivityGen {
+    /// The current person's sessions for the day.
     sessions: Vec<Session>,
+    /// Event times of the current device in the current session.
     times: Vec<u32>,
+    /// Candidate devices for the current session.
     devices: Vec<u32>,
 }
 
 /// The devices a person can reach, by kind.
 #[derive(Default, Clone, Copy)]
 struct Kit {
+    /// The phone: the only device used on mobile data.
     phone: Option<u32>,
+    /// The laptop: home, sometimes office and cafés.
     laptop: Option<u32>,
+    /// The desktop: home only.
     desktop: Option<u32>,
+    /// A personal tablet: home and cafés.
     tablet: Option<u32>,
+    /// The household's shared tablet: home only.
     shared: Option<u32>,
 }
 
@@ -188,110 +215,115 @@ impl ActivityGen {
             person.cgnat,
             person.activity,
         );
-        // Choose the devices used in this session.
-        let (primary, secondary, mut place_of_secondary) = match s.place {
+        let Some(pick) = self.pick_devices(pop, kit, s.place, brings_laptop, phone_wifi, rng)
+        else {
+            return;
+        };
+        let primary = pick.primary;
+        let mobile_ip = self.mobile_address(pop, kit.phone.unwrap_or(primary), cgnat, day, rng);
+        let dur_min = f64::from(s.end.saturating_sub(s.start)) / f64::from(MIN);
+        let ip = self.address(pop, primary, pick.primary_place, mobile_ip, day, rng);
+        let n = 1 + count(rng, act * (0.5 + dur_min / 15.0));
+        self.device_events(pop, p, primary, s.start, s.end, n, ip, day, rng, out);
+        if let Some((sec, place_of_secondary)) = pick.secondary {
+            // The second device joins within minutes: the real co-location
+            // signal between a person's own devices.
+            let start = (s.start + between(rng, 0, u64::from(5 * MIN)) as u32).min(s.end);
+            let end =
+                (start + between(rng, u64::from(3 * MIN), u64::from(20 * MIN)) as u32).min(s.end);
+            let ip = self.address(pop, sec, place_of_secondary, mobile_ip, day, rng);
+            let n = 1 + count(rng, act * (0.3 + dur_min / 30.0));
+            self.device_events(pop, p, sec, start, end, n, ip, day, rng, out);
+        }
+    }
+
+    /// Chooses the devices of a session: a primary one and, often, a
+    /// second one of the person's own devices. Returns `None` when the
+    /// person has no device that fits the place.
+    fn pick_devices(
+        &mut self,
+        pop: &Population,
+        kit: &Kit,
+        place: Place,
+        brings_laptop: bool,
+        phone_wifi: bool,
+        rng: &mut SimRng,
+    ) -> Option<Pick> {
+        let same = |d: u32| (d, place);
+        match place {
             Place::Home => {
                 self.devices.clear();
-                for d in [kit.phone, kit.laptop, kit.desktop, kit.tablet, kit.shared]
-                    .into_iter()
-                    .flatten()
-                {
-                    self.devices.push(d);
-                }
+                let all = [kit.phone, kit.laptop, kit.desktop, kit.tablet, kit.shared];
+                self.devices.extend(all.into_iter().flatten());
                 let weights: Vec<f64> = self
                     .devices
                     .iter()
                     .map(|&d| match pop.devices.get(d as usize).map(|x| x.kind) {
                         Some(DeviceKind::Phone) => 0.45,
                         Some(DeviceKind::Laptop) => 0.3,
-                        Some(DeviceKind::Desktop) => 0.25,
-                        Some(DeviceKind::SharedTablet) => 0.25,
+                        Some(DeviceKind::Desktop | DeviceKind::SharedTablet) => 0.25,
                         _ => 0.2,
                     })
                     .collect();
-                if self.devices.is_empty() {
-                    return;
-                }
+                let n = self.devices.len();
                 let i = weighted(rng, &weights);
-                let primary = self.devices.get(i).copied();
-                let second = if self.devices.len() > 1 && chance(rng, 0.4) {
-                    let j = (i + 1 + index(rng, self.devices.len() - 1)) % self.devices.len();
-                    self.devices.get(j).copied()
+                let primary = *self.devices.get(i)?;
+                let second = if n > 1 && chance(rng, 0.4) {
+                    self.devices.get((i + 1 + index(rng, n - 1)) % n).copied()
                 } else {
                     None
                 };
-                (primary, second, Place::Home)
+                Some(Pick {
+                    primary,
+                    primary_place: place,
+                    secondary: second.map(same),
+                })
             }
-            Place::Office(o) => {
-                let laptop = kit.laptop.filter(|_| brings_laptop);
-                let phone_place = if phone_wifi {
-                    Place::Office(o)
-                } else {
-                    Place::Mobile
+            Place::Office(_) => {
+                // A phone without the office Wi-Fi stays on mobile data.
+                let place_of = |d: u32| {
+                    if Some(d) == kit.phone && !phone_wifi {
+                        (d, Place::Mobile)
+                    } else {
+                        (d, place)
+                    }
                 };
-                match (laptop, kit.phone) {
-                    (Some(l), Some(ph)) if chance(rng, 0.7) => {
-                        (Some(l), Some(ph).filter(|_| chance(rng, 0.4)), phone_place)
-                    }
-                    (Some(l), Some(ph)) => (
-                        Some(ph),
-                        Some(l).filter(|_| chance(rng, 0.4)),
-                        Place::Office(o),
-                    ),
-                    (Some(l), None) => (Some(l), None, Place::Office(o)),
-                    (None, Some(ph)) => (Some(ph), None, Place::Office(o)),
-                    (None, None) => return,
-                }
+                let laptop = kit.laptop.filter(|_| brings_laptop);
+                let (first, second) = match (laptop, kit.phone) {
+                    (Some(l), Some(ph)) if chance(rng, 0.7) => (l, Some(ph)),
+                    (Some(l), Some(ph)) => (ph, Some(l)),
+                    (Some(d), None) | (None, Some(d)) => (d, None),
+                    (None, None) => return None,
+                };
+                let (primary, primary_place) = place_of(first);
+                let secondary = second.filter(|_| chance(rng, 0.4)).map(place_of);
+                Some(Pick {
+                    primary,
+                    primary_place,
+                    secondary,
+                })
             }
-            Place::Mobile => match kit.phone {
-                // Occasionally a laptop is tethered to the phone and shares
-                // its carrier address: a true co-location on a shared pool.
-                Some(ph) => (
-                    Some(ph),
-                    kit.laptop.filter(|_| chance(rng, 0.04)),
-                    Place::Mobile,
-                ),
-                None => return,
-            },
+            // Occasionally a laptop is tethered to the phone and shares its
+            // carrier address: a true co-location on a shared pool.
+            Place::Mobile => kit.phone.map(|ph| Pick {
+                primary: ph,
+                primary_place: place,
+                secondary: kit.laptop.filter(|_| chance(rng, 0.04)).map(same),
+            }),
             Place::Venue(_) => {
-                let big = kit.laptop.or(kit.tablet);
-                match (kit.phone, big) {
-                    (Some(ph), Some(b)) if chance(rng, 0.75) => {
-                        (Some(ph), Some(b).filter(|_| chance(rng, 0.3)), s.place)
-                    }
-                    (Some(ph), Some(b)) => {
-                        (Some(b), Some(ph).filter(|_| chance(rng, 0.3)), s.place)
-                    }
-                    (Some(ph), None) => (Some(ph), None, s.place),
-                    (None, Some(b)) => (Some(b), None, s.place),
-                    (None, None) => return,
-                }
+                let (first, second) = match (kit.phone, kit.laptop.or(kit.tablet)) {
+                    (Some(ph), Some(b)) if chance(rng, 0.75) => (ph, Some(b)),
+                    (Some(ph), Some(b)) => (b, Some(ph)),
+                    (Some(d), None) | (None, Some(d)) => (d, None),
+                    (None, None) => return None,
+                };
+                let secondary = second.filter(|_| chance(rng, 0.3)).map(same);
+                Some(Pick {
+                    primary: first,
+                    primary_place: place,
+                    secondary,
+                })
             }
-        };
-        let Some(primary) = primary else { return };
-        // The phone at the office without Wi-Fi uses mobile data.
-        let mut primary_place = s.place;
-        if let Place::Office(_) = s.place
-            && Some(primary) == kit.phone
-            && !phone_wifi
-        {
-            primary_place = Place::Mobile;
-            place_of_secondary = s.place;
-        }
-        let mobile_ip = self.mobile_address(pop, kit.phone.unwrap_or(primary), cgnat, day, rng);
-        let dur_min = f64::from(s.end.saturating_sub(s.start)) / f64::from(MIN);
-        let ip = self.address(pop, primary, primary_place, mobile_ip, day, rng);
-        let n = 1 + count(rng, act * (0.5 + dur_min / 15.0));
-        self.device_events(pop, p, primary, s.start, s.end, n, ip, day, rng, out);
-        if let Some(sec) = secondary {
-            // The second device joins within minutes: the real co-location
-            // signal between a person's own devices.
-            let start = s.start + between(rng, 0, u64::from(5 * MIN)) as u32;
-            let end = (start + between(rng, u64::from(3 * MIN), u64::from(20 * MIN)) as u32)
-                .min(s.end.max(start));
-            let ip = self.address(pop, sec, place_of_secondary, mobile_ip, day, rng);
-            let n = 1 + count(rng, act * (0.3 + dur_min / 30.0));
-            self.device_events(pop, p, sec, start, end, n, ip, day, rng, out);
         }
     }
 

@@ -28,14 +28,20 @@ const MAX_DEVICES_PER_ADDRESS_DAY: usize = 8;
 /// Minimum number of distinct days two devices must meet on.
 const MIN_DAYS: u32 = 2;
 
+/// The fields of an event line the baseline uses; others are ignored.
 #[derive(Deserialize)]
 struct RawEvent {
+    /// Event time (RFC 3339).
     ts: String,
+    /// Event kind; privacy requests are told apart by it.
     kind: String,
+    /// Device id (absent on account privacy requests).
     #[serde(default)]
     device_id: Option<String>,
+    /// Client address (absent on privacy requests).
     #[serde(default)]
     ip: Option<String>,
+    /// Signed-in account, or the target of an account privacy request.
     #[serde(default)]
     account_id: Option<String>,
 }
@@ -43,7 +49,9 @@ struct RawEvent {
 /// String interner: ids become small integers.
 #[derive(Default)]
 struct Names {
+    /// Text to number.
     index: HashMap<String, u32>,
+    /// Number to text.
     names: Vec<String>,
 }
 
@@ -66,119 +74,185 @@ impl Names {
 /// One activity observation.
 #[derive(Clone, Copy)]
 struct Obs {
+    /// UTC day number; co-location is counted per address and day.
     day: i64,
+    /// Interned exact address.
     ip: u32,
+    /// Event time, Unix ms.
     ts: i64,
+    /// Interned device id.
     dev: u32,
+    /// Interned signed-in account, if any.
     acct: Option<u32>,
 }
 
 /// How two devices met.
 #[derive(Clone, Copy)]
 struct Meet {
+    /// Distinct days with at least one meeting (the rule needs two).
     days: u32,
+    /// Last day counted, to count days once.
     last_day: i64,
+    /// Unsigned events that had the account within the window ("most often").
     count: u64,
+    /// First meeting time, Unix ms.
     first: i64,
+    /// Last meeting time, Unix ms.
     last: i64,
+}
+
+/// Everything the baseline keeps from the events file.
+#[derive(Default)]
+struct Input {
+    /// Device id interner.
+    devices: Names,
+    /// Account id interner.
+    accounts: Names,
+    /// Activity observations (sign-in and sign-out events excluded).
+    obs: Vec<Obs>,
+    /// First and last time each (device, account) pair was seen signed in.
+    logins: HashMap<(u32, u32), (i64, i64)>,
+    /// Privacy requests: (effective time, kind, account, device).
+    privacy: Vec<(i64, String, Option<u32>, Option<u32>)>,
+}
+
+/// Privacy state at the end of the stream.
+#[derive(Default)]
+struct Privacy {
+    /// Erased device ids: left out of the output.
+    erased_devs: HashSet<u32>,
+    /// Erased accounts: never linked.
+    erased_accts: HashSet<u32>,
+    /// Accounts opted out at the end: never inferred.
+    opted_out: HashSet<u32>,
 }
 
 /// Runs the naive rule over `events` and writes `out` in the
 /// `device-links.jsonl` format (login links for devices that signed in,
 /// inferred links for the others). Returns the number of inferred links.
+///
+/// # Errors
+/// [`SimError::Io`] when a file cannot be read or written,
+/// [`SimError::Parse`] for a malformed event line.
 pub fn naive_baseline(events: &Path, out: &Path) -> Result<u64, SimError> {
-    let mut devices = Names::default();
-    let mut accounts = Names::default();
+    let mut input = read_events(events)?;
+    let privacy = final_privacy(&mut input.privacy);
+    let signed_devs: HashSet<u32> = input.logins.keys().map(|&(d, _)| d).collect();
+    let meets = co_locations(&mut input.obs, &signed_devs);
+    let best = best_accounts(&meets, &privacy, &input.accounts);
+    let (records, inferred) = build_records(&input, &privacy, &best);
+    let mut w = BufWriter::new(File::create(out)?);
+    for r in &records {
+        serde_json::to_writer(&mut w, r)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    Ok(inferred)
+}
+
+fn read_events(path: &Path) -> Result<Input, SimError> {
+    let mut input = Input::default();
     let mut ips = Names::default();
-    let mut obs = Vec::new();
-    let mut logins: HashMap<(u32, u32), (i64, i64)> = HashMap::new();
-    let mut privacy: Vec<(i64, String, Option<u32>, Option<u32>)> = Vec::new();
-    for_each_line(events, |_, line| {
+    for_each_line(path, |_, line| {
         let ev: RawEvent = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let ts = DateTime::parse_from_rfc3339(&ev.ts)
             .map_err(|e| format!("bad ts {:?}: {e}", ev.ts))?
             .timestamp_millis();
-        let dev = ev.device_id.as_deref().map(|d| devices.id(d));
-        let acct = ev.account_id.as_deref().map(|a| accounts.id(a));
-        match ev.kind.as_str() {
-            "opt_out" | "opt_in" | "erase" => privacy.push((ts, ev.kind, acct, dev)),
-            _ => {
-                let (Some(dev), Some(ip)) = (dev, ev.ip.as_deref()) else {
-                    return Err(format!("{} event without device_id or ip", ev.kind));
-                };
-                if let Some(a) = acct {
-                    let e = logins.entry((dev, a)).or_insert((ts, ts));
-                    e.0 = e.0.min(ts);
-                    e.1 = e.1.max(ts);
-                }
-                if ev.kind != "login" && ev.kind != "logout" {
-                    obs.push(Obs {
-                        day: ts.div_euclid(DAY_MS as i64),
-                        ip: ips.id(ip),
-                        ts,
-                        dev,
-                        acct,
-                    });
-                }
-            }
+        let dev = ev.device_id.as_deref().map(|d| input.devices.id(d));
+        let acct = ev.account_id.as_deref().map(|a| input.accounts.id(a));
+        if matches!(ev.kind.as_str(), "opt_out" | "opt_in" | "erase") {
+            input.privacy.push((ts, ev.kind, acct, dev));
+            return Ok(());
+        }
+        let (Some(dev), Some(ip)) = (dev, ev.ip.as_deref()) else {
+            return Err(format!("{} event without device_id or ip", ev.kind));
+        };
+        if let Some(a) = acct {
+            let e = input.logins.entry((dev, a)).or_insert((ts, ts));
+            e.0 = e.0.min(ts);
+            e.1 = e.1.max(ts);
+        }
+        if ev.kind != "login" && ev.kind != "logout" {
+            let day = ts.div_euclid(DAY_MS as i64);
+            input.obs.push(Obs {
+                day,
+                ip: ips.id(ip),
+                ts,
+                dev,
+                acct,
+            });
         }
         Ok(())
     })?;
+    Ok(input)
+}
 
-    // Final privacy state, applied by effective time.
-    privacy.sort_by_key(|p| p.0);
-    let mut erased_devs = HashSet::new();
-    let mut erased_accts = HashSet::new();
-    let mut opted_out = HashSet::new();
-    for (_, kind, acct, dev) in &privacy {
+/// Applies the privacy requests in effective-time order.
+fn final_privacy(requests: &mut [(i64, String, Option<u32>, Option<u32>)]) -> Privacy {
+    requests.sort_by_key(|p| p.0);
+    let mut state = Privacy::default();
+    for (_, kind, acct, dev) in requests.iter() {
         match (kind.as_str(), acct, dev) {
             ("erase", Some(a), _) => {
-                erased_accts.insert(*a);
+                state.erased_accts.insert(*a);
             }
             ("erase", None, Some(d)) => {
-                erased_devs.insert(*d);
+                state.erased_devs.insert(*d);
             }
             ("opt_out", Some(a), _) => {
-                opted_out.insert(*a);
+                state.opted_out.insert(*a);
             }
             ("opt_in", Some(a), _) => {
-                opted_out.remove(a);
+                state.opted_out.remove(a);
             }
             _ => {}
         }
     }
+    state
+}
 
-    let signed_devs: HashSet<u32> = logins.keys().map(|&(d, _)| d).collect();
-    let meets = co_locations(&mut obs, &signed_devs);
-
-    // Best account per unsigned device.
+/// The account each unsigned device met most often (on two or more days).
+fn best_accounts(
+    meets: &HashMap<(u32, u32), Meet>,
+    privacy: &Privacy,
+    accounts: &Names,
+) -> HashMap<u32, (u32, Meet)> {
     let mut best: HashMap<u32, (u32, Meet)> = HashMap::new();
-    for (&(dev, acct), m) in &meets {
-        if m.days < MIN_DAYS || erased_accts.contains(&acct) || opted_out.contains(&acct) {
+    for (&(dev, acct), m) in meets {
+        if m.days < MIN_DAYS
+            || privacy.erased_accts.contains(&acct)
+            || privacy.opted_out.contains(&acct)
+        {
             continue;
         }
-        let better = match best.get(&dev) {
-            None => true,
-            Some((a, b)) => {
-                (m.count, m.days, std::cmp::Reverse(accounts.name(acct)))
-                    > (b.count, b.days, std::cmp::Reverse(accounts.name(*a)))
-            }
-        };
-        if better {
+        // Ties go to the smaller account id so the output is deterministic.
+        let key = |a: u32, m: &Meet| (m.count, m.days, std::cmp::Reverse(accounts.name(a)));
+        if best
+            .get(&dev)
+            .is_none_or(|(a, b)| key(acct, m) > key(*a, b))
+        {
             best.insert(dev, (acct, *m));
         }
     }
+    best
+}
 
+/// Output records sorted by device id, and the number of inferred links.
+fn build_records(
+    input: &Input,
+    privacy: &Privacy,
+    best: &HashMap<u32, (u32, Meet)>,
+) -> (Vec<OutRecord>, u64) {
     let mut records: HashMap<u32, OutRecord> = HashMap::new();
-    let mut login_list: Vec<_> = logins.iter().collect();
-    login_list.sort_by_key(|(k, _)| **k);
-    for (&(dev, acct), &(first, last)) in login_list {
-        if erased_accts.contains(&acct) {
+    let mut logins: Vec<_> = input.logins.iter().collect();
+    logins.sort_by_key(|(k, _)| **k);
+    for (&(dev, acct), &(first, last)) in logins {
+        if privacy.erased_accts.contains(&acct) {
             continue;
         }
-        if let Some(r) = record(&mut records, &erased_devs, &devices, dev) {
+        if let Some(r) = record(&mut records, &privacy.erased_devs, &input.devices, dev) {
             r.links.push(OutLink {
-                account_id: accounts.name(acct).to_string(),
+                account_id: input.accounts.name(acct).to_string(),
                 link_type: "login",
                 confidence: 1.0,
                 first_seen: rfc3339_ms(first),
@@ -188,28 +262,24 @@ pub fn naive_baseline(events: &Path, out: &Path) -> Result<u64, SimError> {
         }
     }
     let mut inferred = 0u64;
-    for (&dev, &(acct, m)) in &best {
-        if let Some(r) = record(&mut records, &erased_devs, &devices, dev) {
+    for (&dev, &(acct, m)) in best {
+        if let Some(r) = record(&mut records, &privacy.erased_devs, &input.devices, dev) {
             inferred += 1;
             r.links.push(OutLink {
-                account_id: accounts.name(acct).to_string(),
+                account_id: input.accounts.name(acct).to_string(),
                 link_type: "inferred",
                 confidence: 0.5,
                 first_seen: rfc3339_ms(m.first),
                 last_seen: rfc3339_ms(m.last),
-                evidence: serde_json::json!({"rule": "naive co-location", "days": m.days, "meetings": m.count}),
+                evidence: serde_json::json!({
+                    "rule": "naive co-location", "days": m.days, "meetings": m.count
+                }),
             });
         }
     }
     let mut records: Vec<OutRecord> = records.into_values().collect();
     records.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-    let mut w = BufWriter::new(File::create(out)?);
-    for r in &records {
-        serde_json::to_writer(&mut w, r)?;
-        w.write_all(b"\n")?;
-    }
-    w.flush()?;
-    Ok(inferred)
+    (records, inferred)
 }
 
 /// The output record of `dev`, created on first use; `None` for erased

@@ -27,12 +27,8 @@ pub(crate) fn bot_day(
         .and_then(|h| pop.households.get(h as usize))
         .map(|h| h.v4);
     let day_ms = u64::from(day) * DAY_MS;
-    // Residential proxies rotate daily; each bot has a few per day.
-    let proxies = [
-        net::residential_v4(rng),
-        net::residential_v4(rng),
-        net::residential_v4(rng),
-    ];
+    // Residential proxy networks hand out a different exit address for
+    // most bursts, so these bots show up on many addresses a day.
     // Some cloud bots stick to a couple of hosts for the day.
     let sticky_v6 = chance(rng, 0.3);
     let sticky = [net::datacenter(rng, false), net::datacenter(rng, sticky_v6)];
@@ -56,7 +52,7 @@ pub(crate) fn bot_day(
                 net::datacenter(rng, v6)
             }
             (false, Some(v)) if use_victim => Ip::V4(v),
-            (false, _) => Ip::V4(proxies.get(index(rng, 3)).copied().unwrap_or(proxies[0])),
+            (false, _) => Ip::V4(net::residential_v4(rng)),
         };
         // `burst` is at least 1, so the outer loop always advances.
         emitted += burst.max(1);

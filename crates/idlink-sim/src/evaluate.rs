@@ -80,6 +80,10 @@ fn ratio(num: u64, den: u64) -> f64 {
 }
 
 /// Scores the links file at `links` against the truth file at `truth`.
+///
+/// # Errors
+/// [`SimError::Io`] when a file cannot be read, [`SimError::Parse`] for a
+/// malformed truth document or links line.
 pub fn evaluate(truth: &Path, links: &Path) -> Result<Evaluation, SimError> {
     let truth = Truth::read(truth)?;
     let devices: HashMap<&str, &DeviceTruth> = truth

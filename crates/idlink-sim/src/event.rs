@@ -112,6 +112,7 @@ const SLOT: usize = 40;
 /// per lookup instead of two (record, then heap string) is a noticeable
 /// share of the writing time at millions of ids.
 pub(crate) struct TextTable {
+    /// Slots of [`SLOT`] bytes: length, then text, then padding.
     bytes: Vec<u8>,
 }
 
@@ -146,10 +147,15 @@ const FLUSH_AT: usize = 4 << 20;
 /// straight into one large buffer (no per-line copy), which matters at
 /// tens of millions of lines.
 pub(crate) struct EventWriter<W: Write> {
+    /// Destination (the events file).
     out: W,
+    /// Pending output, handed to `out` in large writes.
     line: Vec<u8>,
+    /// Scratch for address text.
     ip: String,
+    /// Scenario start, Unix ms: event times are offsets from it.
     start_ms: i64,
+    /// Scenario salt, so event ids differ between seeds.
     salt: u64,
     /// Lines written so far (also the event-id counter).
     pub written: u64,

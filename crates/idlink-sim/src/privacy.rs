@@ -33,6 +33,7 @@ pub(crate) struct Request {
 pub(crate) struct PrivacyPlan {
     /// Requests, sorted by `write`.
     pub requests: Vec<Request>,
+    /// First request not yet written.
     next: usize,
 }
 

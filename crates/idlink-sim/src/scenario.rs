@@ -82,6 +82,10 @@ impl fmt::Display for SimStats {
 impl Scenario {
     /// Simulates the scenario, writing `dir/events.jsonl` and
     /// `dir/truth.json` (the directory is created if needed).
+    ///
+    /// # Errors
+    /// [`SimError::InvalidScenario`] for zero people or days (or more than
+    /// ten years), [`SimError::Io`] when the files cannot be written.
     pub fn write(&self, dir: &Path) -> Result<SimStats, SimError> {
         if self.people == 0 || self.days == 0 {
             return Err(SimError::InvalidScenario(

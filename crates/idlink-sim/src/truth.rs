@@ -85,6 +85,10 @@ pub struct AccountTruth {
 
 impl Truth {
     /// Reads a truth file.
+    ///
+    /// # Errors
+    /// [`SimError::Io`] when the file cannot be read, [`SimError::Parse`]
+    /// when it is not a truth document.
     pub fn read(path: &Path) -> Result<Truth, SimError> {
         let file = File::open(path)?;
         serde_json::from_reader(BufReader::new(file)).map_err(|e| SimError::Parse {
@@ -96,6 +100,9 @@ impl Truth {
 
     /// Writes the truth file with one device per line, so it stays
     /// greppable even for a million devices.
+    ///
+    /// # Errors
+    /// [`SimError::Io`] when the file cannot be written.
     pub fn write(&self, path: &Path) -> Result<(), SimError> {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
         out.write_all(b"{\"scenario\":")?;

@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# End-to-end replay benchmark: throughput and memory per tracked device.
+#
+#   bench/replay-bench.sh            # from the repository root
+#
+# Steps:
+#   1. cargo build --release -p idlink
+#   2. simulate a population (default 600,000 people, 1 day, seed 7, which
+#      gives well over 1,000,000 devices and events); reused on later runs
+#      while the parameters and the simulator's sources are unchanged
+#   3. replay an empty input (stdin)    -> baseline peak RSS of the binary
+#   4. replay the simulated events      -> wall time, events/s, peak RSS
+#   5. replay again with --quiet        -> same without writing graph files
+#   6. print a table and write $BENCH_DIR/results.json
+#
+# Every replay is pinned to one core (taskset -c $BENCH_CPU) when taskset
+# exists, and measured with /usr/bin/time -v; without it, peak RSS is read
+# from VmHWM in /proc while polling. The input is read from the page cache
+# (the simulator just wrote it), so disk speed is not measured.
+#
+# Environment (all optional):
+#   BENCH_DIR          work directory             (default target/bench)
+#   BENCH_PEOPLE       simulated people           (default 600000)
+#   BENCH_DAYS         simulated days             (default 1)
+#   BENCH_SEED         simulator seed             (default 7)
+#   BENCH_CPU          core to pin replays to     (default 0)
+#   BENCH_CONFIG       replay config              (default config/default.toml if present)
+#   BENCH_MIN_DEVICES  fail below this many tracked devices (default 1000000; 0 disables)
+#   BENCH_RESIMULATE=1 simulate even if a matching simulation exists
+#   BENCH_POLL_RSS=1   use the /proc VmHWM polling fallback even if /usr/bin/time exists
+#
+# Targets reported against: >= 1,000,000 events/s end to end on one core,
+# <= 300 bytes of peak RSS per tracked device.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DIR=${BENCH_DIR:-target/bench}
+PEOPLE=${BENCH_PEOPLE:-600000}
+DAYS=${BENCH_DAYS:-1}
+SEED=${BENCH_SEED:-7}
+CPU=${BENCH_CPU:-0}
+MIN_DEVICES=${BENCH_MIN_DEVICES:-1000000}
+CONFIG=${BENCH_CONFIG:-}
+if [[ -z $CONFIG && -f config/default.toml ]]; then
+    CONFIG=config/default.toml
+fi
+TARGET_EPS=1000000
+TARGET_BPD=300
+BIN=target/release/idlink
+
+log() { printf '[replay-bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v python3 >/dev/null || die "python3 is required (reads summary.json, writes results.json)"
+command -v cargo >/dev/null || die "cargo is required"
+
+PIN=()
+if command -v taskset >/dev/null; then
+    PIN=(taskset -c "$CPU")
+else
+    log "taskset not found (package util-linux): replays are not pinned to one core"
+fi
+HAVE_TIME=0
+if [[ ${BENCH_POLL_RSS:-0} != 1 ]] && command -v /usr/bin/time >/dev/null && /usr/bin/time -v true >/dev/null 2>&1; then
+    HAVE_TIME=1
+else
+    log "/usr/bin/time (GNU) not found: install it with 'apt-get install time' (Debian/Ubuntu);"
+    log "falling back to polling VmHWM in /proc/<pid>/status"
+fi
+
+mkdir -p "$DIR"
+
+# 1. Build.
+log "building: cargo build --release -p idlink"
+cargo build --release -p idlink >&2
+
+# 2. Simulate (or reuse). The stamp names the parameters and a hash of the
+# simulator's sources, so a tuned simulator is never silently reused.
+SIM=$DIR/sim
+sim_hash=$(find crates/idlink-sim/src crates/idlink-sim/Cargo.toml -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+stamp="people=$PEOPLE days=$DAYS seed=$SEED sim=$sim_hash"
+if [[ ${BENCH_RESIMULATE:-0} != 1 && -f $SIM/events.jsonl && -f $SIM/stamp && -f $SIM/simulate.log && $(cat "$SIM/stamp") == "$stamp" ]]; then
+    log "reusing $SIM ($stamp)"
+else
+    log "simulating: $BIN simulate --people $PEOPLE --days $DAYS --seed $SEED --out $SIM"
+    rm -rf "$SIM"
+    mkdir -p "$SIM"
+    sim_start=$(date +%s.%N)
+    "$BIN" simulate --people "$PEOPLE" --days "$DAYS" --seed "$SEED" --out "$SIM" 2> "$SIM/simulate.log" || {
+        cat "$SIM/simulate.log" >&2
+        die "simulate failed"
+    }
+    cat "$SIM/simulate.log" >&2
+    log "simulated in $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$sim_start" "$(date +%s.%N)") s"
+    echo "$stamp" > "$SIM/stamp"
+fi
+sim_line=$(grep -E '^events: [0-9]+, devices: [0-9]+' "$SIM/simulate.log" | tail -1 || true)
+[[ -n $sim_line ]] || die "cannot read the simulator's 'events: N, devices: N' line from $SIM/simulate.log"
+log "simulator: $sim_line"
+
+# measure NAME OUTDIR ARGS...: runs "$BIN replay --out OUTDIR ARGS..." pinned,
+# writes "wall_seconds peak_rss_kb" to $DIR/NAME.measure.
+measure() {
+    local name=$1 out=$2
+    shift 2
+    local cmd=("${PIN[@]}" "$BIN" replay --out "$out" "$@")
+    [[ -n $CONFIG ]] && cmd+=(--config "$CONFIG")
+    rm -rf "$out"
+    log "run $name: ${cmd[*]}"
+    if [[ $HAVE_TIME == 1 ]]; then
+        /usr/bin/time -v -o "$DIR/$name.time" "${cmd[@]}" < /dev/null 2> "$DIR/$name.log" || {
+            cat "$DIR/$name.log" >&2
+            die "$name failed"
+        }
+        python3 - "$DIR/$name.time" > "$DIR/$name.measure" <<'EOF'
+import sys
+wall = rss = None
+for line in open(sys.argv[1]):
+    k, _, v = line.strip().rpartition(": ")
+    if k.startswith("Elapsed (wall clock) time"):
+        secs = 0.0
+        for part in v.split(":"):
+            secs = secs * 60 + float(part)
+        wall = secs
+    elif k == "Maximum resident set size (kbytes)":
+        rss = int(v)
+if wall is None or rss is None:
+    sys.exit("cannot parse " + sys.argv[1])
+print(wall, rss)
+EOF
+    else
+        # Poll VmHWM while the replay runs (Popen returns after the exec, so
+        # every reading is the replay's own). stdin is a pipe held open for
+        # 0.5 s: the empty run reads `-` and so lives long enough to be
+        # sampled. (ru_maxrss is no use here: it inherits the forking
+        # Python's peak across exec.)
+        python3 - "$DIR/$name.log" "${cmd[@]}" > "$DIR/$name.measure" <<'EOF' || {
+import subprocess, sys, time
+with open(sys.argv[1], "w") as log:
+    start = time.monotonic()
+    p = subprocess.Popen(sys.argv[2:], stdin=subprocess.PIPE, stderr=log)
+    hwm = 0
+    while p.poll() is None:
+        if p.stdin and time.monotonic() - start > 0.5:
+            p.stdin.close()
+            p.stdin = None
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        hwm = max(hwm, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    wall = time.monotonic() - start
+print(f"{wall:.3f} {hwm}")
+sys.exit(p.returncode)
+EOF
+            cat "$DIR/$name.log" >&2
+            die "$name failed"
+        }
+    fi
+    log "  $name: wall s, peak RSS kB = $(cat "$DIR/$name.measure")"
+}
+
+# 3-5. Replays.
+measure empty "$DIR/out-empty" --input -
+measure replay "$DIR/out" --input "$SIM/events.jsonl"
+measure quiet "$DIR/out-quiet" --input "$SIM/events.jsonl" --quiet
+
+# 6. Report.
+python3 - "$DIR" "$sim_line" "$PEOPLE" "$DAYS" "$SEED" "$MIN_DEVICES" "$TARGET_EPS" "$TARGET_BPD" "$HAVE_TIME" "${PIN[*]:-unpinned}" "${CONFIG:-<built-in defaults>}" <<'EOF'
+import json, os, platform, re, subprocess, sys, datetime
+
+d, sim_line, people, days, seed, min_devices, target_eps, target_bpd, have_time, pin, config = sys.argv[1:]
+min_devices, target_eps, target_bpd = int(min_devices), int(target_eps), int(target_bpd)
+
+def measure(name):
+    wall, rss = open(os.path.join(d, name + ".measure")).read().split()
+    return float(wall), int(rss)
+
+def summary(out):
+    with open(os.path.join(d, out, "summary.json")) as f:
+        return json.load(f)
+
+def git(*args):
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:
+        return None
+
+cpu = None
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+except OSError:
+    pass
+
+sim = {k: int(v) for k, v in re.findall(r"(\w[\w ]*?): (\d+)", sim_line)}
+empty_wall, empty_rss = measure("empty")
+runs = {}
+for name, out in [("replay", "out"), ("quiet", "out-quiet")]:
+    wall, rss = measure(name)
+    s = summary(out)
+    runs[name] = {
+        "wall_seconds": round(wall, 3),
+        "events_read": s["events_read"],
+        "events_per_second": round(s["events_read"] / wall) if wall > 0 else None,
+        "internal_seconds": round(s["seconds"], 3),
+        "internal_events_per_second": round(s["events_per_second"]),
+        "peak_rss_kb": rss,
+        "tracked_devices": s["tracked_devices"],
+        "rejected": s["rejected"],
+        "late_events": s["late_events"],
+        "privacy_requests": s["privacy_requests"],
+        "login_links": s["login_links"],
+        "inferred_links": s["inferred_links"],
+    }
+    tracked = s["tracked_devices"]
+    runs[name]["bytes_per_tracked_device"] = round((rss - empty_rss) * 1024 / tracked, 1) if tracked else None
+
+full = runs["replay"]
+result = {
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "git": {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain"))},
+    "host": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
+    "pinning": pin,
+    "measured_with": "/usr/bin/time -v" if have_time == "1" else "VmHWM polling",
+    "config": config,
+    "simulation": {"people": int(people), "days": int(days), "seed": int(seed),
+                   "events": sim.get("events"), "devices": sim.get("devices"),
+                   "accounts": sim.get("accounts"), "privacy_requests": sim.get("privacy requests")},
+    "empty_replay": {"wall_seconds": round(empty_wall, 3), "peak_rss_kb": empty_rss},
+    "replay": full,
+    "replay_quiet": runs["quiet"],
+    "targets": {
+        "events_per_second": target_eps,
+        "bytes_per_tracked_device": target_bpd,
+        "events_per_second_met": (full["events_per_second"] or 0) >= target_eps,
+        "bytes_per_tracked_device_met": full["bytes_per_tracked_device"] is not None
+            and full["bytes_per_tracked_device"] <= target_bpd,
+    },
+}
+with open(os.path.join(d, "results.json"), "w") as f:
+    json.dump(result, f, indent=2)
+    f.write("\n")
+
+def n(x):
+    return f"{x:,}" if isinstance(x, int) else f"{x:,.1f}" if isinstance(x, float) else str(x)
+
+ok = lambda b: "ok" if b else "MISSED"
+print()
+print(f"idlink replay bench  {result['date']}  git {result['git']['commit']}{'+dirty' if result['git']['dirty'] else ''}")
+print(f"host: {cpu} ({os.cpu_count()} cores), replays {pin}, {result['measured_with']}, config {config}")
+print(f"simulation: {people} people, {days} day(s), seed {seed}: {n(sim.get('events'))} events, {n(sim.get('devices'))} devices")
+print()
+rows = [
+    ("", "replay", "replay --quiet"),
+    ("events read", n(full["events_read"]), n(runs["quiet"]["events_read"])),
+    ("tracked devices", n(full["tracked_devices"]), n(runs["quiet"]["tracked_devices"])),
+    ("wall seconds", f"{full['wall_seconds']:.2f}", f"{runs['quiet']['wall_seconds']:.2f}"),
+    ("events/s (wall)", n(full["events_per_second"]), n(runs["quiet"]["events_per_second"])),
+    ("peak RSS (MiB)", f"{full['peak_rss_kb'] / 1024:.1f}", f"{runs['quiet']['peak_rss_kb'] / 1024:.1f}"),
+    ("empty-input RSS (MiB)", f"{empty_rss / 1024:.1f}", f"{empty_rss / 1024:.1f}"),
+    ("bytes / tracked device", n(full["bytes_per_tracked_device"]), n(runs["quiet"]["bytes_per_tracked_device"])),
+]
+w0 = max(len(r[0]) for r in rows)
+w1 = max(len(r[1]) for r in rows)
+w2 = max(len(r[2]) for r in rows)
+for r in rows:
+    print(f"  {r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]:>{w2}}")
+print()
+print(f"target >= {target_eps:,} events/s end to end: {ok(result['targets']['events_per_second_met'])}")
+print(f"target <= {target_bpd} bytes per tracked device: {ok(result['targets']['bytes_per_tracked_device_met'])}")
+print(f"results: {os.path.join(d, 'results.json')}")
+if min_devices and (full["tracked_devices"] or 0) < min_devices:
+    print(f"warning: only {full['tracked_devices']:,} tracked devices (< {min_devices:,}); raise BENCH_PEOPLE", file=sys.stderr)
+    sys.exit(2)
+EOF
