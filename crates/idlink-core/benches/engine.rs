@@ -21,7 +21,9 @@
 //! ```
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use idlink_core::{AccountId, AddressClassifier, Config, Decoder, DeviceId, Engine, Event, EventKind, Millis};
+use idlink_core::{
+    AccountId, AddressClassifier, Config, Decoder, DeviceId, Engine, Event, EventKind, Millis,
+};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -64,7 +66,12 @@ impl Rng {
 /// every non-public and carrier-NAT range.
 fn public_v4(rng: &mut Rng) -> Ipv4Addr {
     let v = rng.next() as u32;
-    Ipv4Addr::new(81 + (v % 15) as u8, (v >> 8) as u8, (v >> 16) as u8, 1 + ((v >> 24) % 254) as u8)
+    Ipv4Addr::new(
+        81 + (v % 15) as u8,
+        (v >> 8) as u8,
+        (v >> 16) as u8,
+        1 + ((v >> 24) % 254) as u8,
+    )
 }
 
 /// A global-unicast IPv6 address (2a02::/16, a residential-ISP range).
@@ -86,7 +93,9 @@ fn public_v6(rng: &mut Rng) -> Ipv6Addr {
 /// A 22-character web-cookie style id, like the simulator's.
 fn cookie_id(rng: &mut Rng) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    (0..22).map(|_| ALPHABET[rng.below(64) as usize] as char).collect()
+    (0..22)
+        .map(|_| ALPHABET[rng.below(64) as usize] as char)
+        .collect()
 }
 
 /// An RFC 3339 UTC timestamp with milliseconds, as producers send it.
@@ -110,14 +119,30 @@ fn valid_lines(n: usize) -> Vec<String> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let ts_ms = START_MS + (i as i64) * 1_500 + rng.below(60_000) as i64;
-        let ts = if rng.chance(0.1) { ts_ms.to_string() } else { format!("\"{}\"", rfc3339(ts_ms)) };
+        let ts = if rng.chance(0.1) {
+            ts_ms.to_string()
+        } else {
+            format!("\"{}\"", rfc3339(ts_ms))
+        };
         let device = cookie_id(&mut rng);
         let account = format!("acct-{:06}", rng.below(200_000));
         let roll = rng.below(100);
         let (kind, ip, signed_in) = match roll {
-            0..60 => (ACTIVITY_KINDS[rng.below(4) as usize], IpAddr::V4(public_v4(&mut rng)), false),
-            60..75 => (ACTIVITY_KINDS[rng.below(4) as usize], IpAddr::V4(public_v4(&mut rng)), true),
-            75..90 => (ACTIVITY_KINDS[rng.below(4) as usize], IpAddr::V6(public_v6(&mut rng)), roll % 2 == 0),
+            0..60 => (
+                ACTIVITY_KINDS[rng.below(4) as usize],
+                IpAddr::V4(public_v4(&mut rng)),
+                false,
+            ),
+            60..75 => (
+                ACTIVITY_KINDS[rng.below(4) as usize],
+                IpAddr::V4(public_v4(&mut rng)),
+                true,
+            ),
+            75..90 => (
+                ACTIVITY_KINDS[rng.below(4) as usize],
+                IpAddr::V6(public_v6(&mut rng)),
+                roll % 2 == 0,
+            ),
             _ => ("login", IpAddr::V4(public_v4(&mut rng)), true),
         };
         let mut line = format!(r#"{{"ts":{ts},"kind":"{kind}","device_id":"{device}","ip":"{ip}""#);
@@ -126,8 +151,15 @@ fn valid_lines(n: usize) -> Vec<String> {
         }
         if rng.chance(0.8) {
             let ua = USER_AGENTS[rng.below(USER_AGENTS.len() as u64) as usize];
-            let source = if ua.starts_with("Idlink") { "app" } else { "web" };
-            line.push_str(&format!(r#","event_id":"ev-{:016x}","source":"{source}","user_agent":"{ua}""#, rng.next()));
+            let source = if ua.starts_with("Idlink") {
+                "app"
+            } else {
+                "web"
+            };
+            line.push_str(&format!(
+                r#","event_id":"ev-{:016x}","source":"{source}","user_agent":"{ua}""#,
+                rng.next()
+            ));
         }
         line.push('}');
         out.push(line);
@@ -145,11 +177,16 @@ fn rejected_lines(n: usize) -> Vec<String> {
         let ip = public_v4(&mut rng);
         let line = match i % 6 {
             0 => format!(r#"{{"ts":"{ts}","kind":"page_view","device_id":"null","ip":"{ip}"}}"#),
-            1 => format!(r#"{{"ts":"{ts}","kind":"page_view","device_id":"{device}","ip":"999.{}.1.1"}}"#, rng.below(256)),
+            1 => format!(
+                r#"{{"ts":"{ts}","kind":"page_view","device_id":"{device}","ip":"999.{}.1.1"}}"#,
+                rng.below(256)
+            ),
             2 => format!(r#"{{"ts":"{ts}","kind":"page_view","device_id":"{device}"}}"#),
             3 => format!(r#"{{"ts":"{ts}","kind":"login","device_id":"{device}","ip":"{ip}"}}"#),
             4 => format!(r#"{{"ts":"{ts}","kind":"page_view","device_id":"{device}","ip":"{ip}""#),
-            _ => format!(r#"{{"ts":"yesterday","kind":"page_view","device_id":"{device}","ip":"{ip}"}}"#),
+            _ => format!(
+                r#"{{"ts":"yesterday","kind":"page_view","device_id":"{device}","ip":"{ip}"}}"#
+            ),
         };
         out.push(line);
     }
@@ -163,13 +200,29 @@ fn bench_decode(c: &mut Criterion) {
     let now = Millis(START_MS + 2 * DAY);
     let valid = valid_lines(DECODE_LINES);
     let rejected = rejected_lines(DECODE_LINES);
-    assert!(valid.iter().all(|l| decoder.decode(l.as_bytes(), now).is_ok()), "valid corpus must decode");
-    assert!(rejected.iter().all(|l| decoder.decode(l.as_bytes(), now).is_err()), "rejected corpus must not decode");
+    assert!(
+        valid
+            .iter()
+            .all(|l| decoder.decode(l.as_bytes(), now).is_ok()),
+        "valid corpus must decode"
+    );
+    assert!(
+        rejected
+            .iter()
+            .all(|l| decoder.decode(l.as_bytes(), now).is_err()),
+        "rejected corpus must not decode"
+    );
     let bytes: usize = valid.iter().map(String::len).sum();
-    eprintln!("decode corpus: {} valid lines, {} bytes/line on average", valid.len(), bytes / valid.len());
+    eprintln!(
+        "decode corpus: {} valid lines, {} bytes/line on average",
+        valid.len(),
+        bytes / valid.len()
+    );
 
     let mut g = c.benchmark_group("decode");
-    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(valid.len() as u64));
     g.bench_function("valid_mix", |b| {
         b.iter(|| {
@@ -209,9 +262,17 @@ impl Population {
     fn new(n: usize, rng: &mut Rng) -> Self {
         let households = (0..n)
             .map(|h| {
-                let devices = (0..1 + rng.below(4)).map(|_| DeviceId(cookie_id(rng).into())).collect();
-                let account = rng.chance(0.6).then(|| AccountId(format!("acct-{h:06}").into()));
-                Household { ip: IpAddr::V4(public_v4(rng)), devices, account }
+                let devices = (0..1 + rng.below(4))
+                    .map(|_| DeviceId(cookie_id(rng).into()))
+                    .collect();
+                let account = rng
+                    .chance(0.6)
+                    .then(|| AccountId(format!("acct-{h:06}").into()));
+                Household {
+                    ip: IpAddr::V4(public_v4(rng)),
+                    devices,
+                    account,
+                }
             })
             .collect();
         Population { households }
@@ -241,8 +302,18 @@ fn engine_events(target: usize) -> Vec<Event> {
             let dev = &h.devices[rng.below(h.devices.len() as u64) as usize];
             let ts = start + (k as i64) * rng.below(3 * MINUTE as u64) as i64;
             let account = (signed && k % 2 == 0).then(|| h.account.clone()).flatten();
-            let kind = if account.is_some() && k == 0 { EventKind::Login } else { EventKind::Activity };
-            events.push(Event { ts: Millis(ts), kind, device: Some(dev.clone()), account, ip: Some(roam.unwrap_or(h.ip)) });
+            let kind = if account.is_some() && k == 0 {
+                EventKind::Login
+            } else {
+                EventKind::Activity
+            };
+            events.push(Event {
+                ts: Millis(ts),
+                kind,
+                device: Some(dev.clone()),
+                account,
+                ip: Some(roam.unwrap_or(h.ip)),
+            });
         }
     }
     events.sort_by_key(|e| e.ts);
@@ -268,8 +339,15 @@ fn bench_engine(c: &mut Criterion) {
     };
     // Sanity: the population links and nothing is late.
     let probe = run(events.clone());
-    assert_eq!(probe.stats().late_events, 0, "synthetic disorder must stay within the lateness bound");
-    assert!(probe.link_counts().0 > 0, "synthetic population must produce sign-in links");
+    assert_eq!(
+        probe.stats().late_events,
+        0,
+        "synthetic disorder must stay within the lateness bound"
+    );
+    assert!(
+        probe.link_counts().0 > 0,
+        "synthetic population must produce sign-in links"
+    );
     eprintln!(
         "engine corpus: {} events, {} devices, {} accounts, links (sign-in, inferred) = {:?}",
         events.len(),

@@ -189,15 +189,30 @@ mod tests {
     fn non_public_ranges_never_count() {
         let c = AddressClassifier::new(64, &[]);
         for ip in [
-            "10.1.2.3", "172.16.0.1", "192.168.1.1", "127.0.0.1", "169.254.1.1", "224.0.0.1",
-            "0.0.0.0", "255.255.255.255", "192.0.2.1", "::1", "fe80::1", "fd00::1", "ff02::1",
-            "::", "2001:db8::1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "224.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "192.0.2.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "ff02::1",
+            "::",
+            "2001:db8::1",
         ] {
             assert_eq!(classify(&c, ip), AddressClass::NonPublic, "{ip}");
         }
         assert_eq!(classify(&c, "100.64.0.1"), AddressClass::CarrierNat);
         assert_eq!(classify(&c, "100.127.255.1"), AddressClass::CarrierNat);
-        assert!(matches!(classify(&c, "100.128.0.1"), AddressClass::Usable(_)));
+        assert!(matches!(
+            classify(&c, "100.128.0.1"),
+            AddressClass::Usable(_)
+        ));
     }
 
     #[test]
@@ -213,11 +228,18 @@ mod tests {
 
     #[test]
     fn configured_lists_exclude() {
-        let nets = AddressClassifier::parse_cidr_list("# dc\n34.64.0.0/10\n\n2600:1f00::/24 # aws\n").unwrap();
+        let nets =
+            AddressClassifier::parse_cidr_list("# dc\n34.64.0.0/10\n\n2600:1f00::/24 # aws\n")
+                .unwrap();
         let c = AddressClassifier::new(64, &nets);
         assert_eq!(classify(&c, "34.100.1.1"), AddressClass::Excluded);
         assert_eq!(classify(&c, "2600:1f00:5::1"), AddressClass::Excluded);
         assert!(matches!(classify(&c, "35.1.1.1"), AddressClass::Usable(_)));
-        assert_eq!(AddressClassifier::parse_cidr_list("1.2.3.4/33").unwrap_err().0, 1);
+        assert_eq!(
+            AddressClassifier::parse_cidr_list("1.2.3.4/33")
+                .unwrap_err()
+                .0,
+            1
+        );
     }
 }

@@ -244,10 +244,16 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let i = &self.input;
         if i.max_message_bytes < 64 {
-            return bad(format!("input.max_message_bytes = {} is below 64", i.max_message_bytes));
+            return bad(format!(
+                "input.max_message_bytes = {} is below 64",
+                i.max_message_bytes
+            ));
         }
         if !(1..=4096).contains(&i.max_id_bytes) {
-            return bad(format!("input.max_id_bytes = {} must be 1..=4096", i.max_id_bytes));
+            return bad(format!(
+                "input.max_id_bytes = {} must be 1..=4096",
+                i.max_id_bytes
+            ));
         }
         if i.max_id_bytes >= i.max_message_bytes {
             return bad("input.max_id_bytes must be below input.max_message_bytes".into());
@@ -268,7 +274,9 @@ impl Config {
         }
         for c in &a.exclude_cidrs {
             if c.parse::<ipnetwork::IpNetwork>().is_err() {
-                return bad(format!("addresses.exclude_cidrs: {c:?} is not a CIDR range"));
+                return bad(format!(
+                    "addresses.exclude_cidrs: {c:?} is not a CIDR range"
+                ));
             }
         }
         if a.max_devices_per_bucket_day < 2 {
@@ -295,14 +303,18 @@ impl Config {
         }
         if !(l.min_share > 0.5 && l.min_share <= 1.0) {
             return bad(
-                "linking.min_share must be in (0.5, 1]: below a half, two accounts could both lead".into(),
+                "linking.min_share must be in (0.5, 1]: below a half, two accounts could both lead"
+                    .into(),
             );
         }
         if l.login_link_ttl_days < 1 {
             return bad("linking.login_link_ttl_days must be at least 1".into());
         }
         if l.max_accounts_per_device < 1 || l.max_devices_per_account < 1 {
-            return bad("linking.max_accounts_per_device and max_devices_per_account must be at least 1".into());
+            return bad(
+                "linking.max_accounts_per_device and max_devices_per_account must be at least 1"
+                    .into(),
+            );
         }
         if l.max_support > 16 {
             return bad("linking.max_support must be at most 16".into());
@@ -314,7 +326,11 @@ impl Config {
             return bad("linking.window_minutes must stay below a day".into());
         }
         let b = &self.bots;
-        if b.max_events_per_day < 1 || b.max_buckets_per_day < 1 || b.mark_days < 1 || b.max_active_hours_per_day < 1 {
+        if b.max_events_per_day < 1
+            || b.max_buckets_per_day < 1
+            || b.mark_days < 1
+            || b.max_active_hours_per_day < 1
+        {
             return bad("bots.* thresholds must be at least 1".into());
         }
         let p = &self.privacy;

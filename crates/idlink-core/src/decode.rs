@@ -5,8 +5,8 @@ use crate::config::InputConfig;
 use crate::event::{Event, EventKind};
 use crate::ids::{AccountId, DeviceId};
 use crate::time::{MINUTE_MS, Millis};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
@@ -270,12 +270,19 @@ impl Decoder {
     /// process's clock, used only for the future-skew check.
     pub fn decode(&self, payload: &[u8], now: Millis) -> Result<Event, Rejected> {
         if payload.is_empty() {
-            return Err(reject(RejectReason::EmptyPayload, "the message has no payload"));
+            return Err(reject(
+                RejectReason::EmptyPayload,
+                "the message has no payload",
+            ));
         }
         if payload.len() > self.max_bytes {
             return Err(reject(
                 RejectReason::TooLarge,
-                format!("{} bytes exceed the limit of {}", payload.len(), self.max_bytes),
+                format!(
+                    "{} bytes exceed the limit of {}",
+                    payload.len(),
+                    self.max_bytes
+                ),
             ));
         }
         let text = std::str::from_utf8(payload)
@@ -283,23 +290,32 @@ impl Decoder {
         let trimmed = text.trim_start();
         if !trimmed.starts_with('{') {
             return Err(match serde_json::from_str::<IgnoredAny>(text) {
-                Ok(_) => reject(RejectReason::NotAnObject, "the payload is JSON but not an object"),
+                Ok(_) => reject(
+                    RejectReason::NotAnObject,
+                    "the payload is JSON but not an object",
+                ),
                 Err(e) => reject(RejectReason::InvalidJson, e.to_string()),
             });
         }
-        let raw: Raw = serde_json::from_str(text).map_err(|e| reject(RejectReason::InvalidJson, e.to_string()))?;
+        let raw: Raw = serde_json::from_str(text)
+            .map_err(|e| reject(RejectReason::InvalidJson, e.to_string()))?;
         self.validate(raw, now)
     }
 
     fn validate(&self, raw: Raw<'_>, now: Millis) -> Result<Event, Rejected> {
         let ts = self.ts(raw.ts, now)?;
         let kind = match raw.kind {
-            None | Some(Field::Null) => return Err(reject(RejectReason::MissingKind, "`kind` is required")),
+            None | Some(Field::Null) => {
+                return Err(reject(RejectReason::MissingKind, "`kind` is required"));
+            }
             Some(Field::Str(k)) if !k.trim().is_empty() => k,
             Some(other) => {
                 return Err(reject(
                     RejectReason::InvalidKind,
-                    format!("`kind` must be a non-empty string, got {}", other.type_name()),
+                    format!(
+                        "`kind` must be a non-empty string, got {}",
+                        other.type_name()
+                    ),
                 ));
             }
         };
@@ -311,7 +327,11 @@ impl Decoder {
             "erase" => EventKind::Erase,
             _ => EventKind::Activity,
         };
-        for (name, f) in [("event_id", &raw.event_id), ("source", &raw.source), ("user_agent", &raw.user_agent)] {
+        for (name, f) in [
+            ("event_id", &raw.event_id),
+            ("source", &raw.source),
+            ("user_agent", &raw.user_agent),
+        ] {
             if let Some(f @ (Field::Int(_) | Field::Other(_))) = f
                 && !(name == "event_id" && matches!(f, Field::Int(_)))
             {
@@ -321,8 +341,18 @@ impl Decoder {
                 ));
             }
         }
-        let account = self.id(raw.account_id, "account_id", RejectReason::InvalidAccountId, RejectReason::JunkAccountId)?;
-        let device = self.id(raw.device_id, "device_id", RejectReason::InvalidDeviceId, RejectReason::JunkDeviceId)?;
+        let account = self.id(
+            raw.account_id,
+            "account_id",
+            RejectReason::InvalidAccountId,
+            RejectReason::JunkAccountId,
+        )?;
+        let device = self.id(
+            raw.device_id,
+            "device_id",
+            RejectReason::InvalidDeviceId,
+            RejectReason::JunkDeviceId,
+        )?;
         if kind.is_privacy() {
             let ok = match kind {
                 EventKind::Erase => account.is_some() || device.is_some(),
@@ -331,13 +361,29 @@ impl Decoder {
             if !ok {
                 return Err(reject(
                     RejectReason::MissingPrivacyTarget,
-                    format!("`{}` needs an `account_id`{}", kind.as_str(), if kind == EventKind::Erase { " or a `device_id`" } else { "" }),
+                    format!(
+                        "`{}` needs an `account_id`{}",
+                        kind.as_str(),
+                        if kind == EventKind::Erase {
+                            " or a `device_id`"
+                        } else {
+                            ""
+                        }
+                    ),
                 ));
             }
             // An erase names one subject; prefer the account when both
             // are given so the request's scope is never ambiguous.
-            let device = if kind == EventKind::Erase && account.is_some() { None } else { device };
-            let device = if kind == EventKind::Erase { device } else { None };
+            let device = if kind == EventKind::Erase && account.is_some() {
+                None
+            } else {
+                device
+            };
+            let device = if kind == EventKind::Erase {
+                device
+            } else {
+                None
+            };
             return Ok(Event {
                 ts,
                 kind,
@@ -347,21 +393,36 @@ impl Decoder {
             });
         }
         let Some(device) = device else {
-            return Err(reject(RejectReason::MissingDeviceId, format!("`device_id` is required for `{}`", kind.as_str())));
+            return Err(reject(
+                RejectReason::MissingDeviceId,
+                format!("`device_id` is required for `{}`", kind.as_str()),
+            ));
         };
         let ip = match raw.ip {
             None | Some(Field::Null) => {
-                return Err(reject(RejectReason::MissingIp, format!("`ip` is required for `{}`", kind.as_str())));
+                return Err(reject(
+                    RejectReason::MissingIp,
+                    format!("`ip` is required for `{}`", kind.as_str()),
+                ));
             }
             Some(Field::Str(s)) => s.parse::<IpAddr>().map_err(|_| {
-                reject(RejectReason::InvalidIp, format!("`ip` {:?} is not an IPv4 or IPv6 address", truncate(&s, 64)))
+                reject(
+                    RejectReason::InvalidIp,
+                    format!("`ip` {:?} is not an IPv4 or IPv6 address", truncate(&s, 64)),
+                )
             })?,
             Some(other) => {
-                return Err(reject(RejectReason::InvalidIp, format!("`ip` must be a string, got {}", other.type_name())));
+                return Err(reject(
+                    RejectReason::InvalidIp,
+                    format!("`ip` must be a string, got {}", other.type_name()),
+                ));
             }
         };
         if kind == EventKind::Login && account.is_none() {
-            return Err(reject(RejectReason::MissingAccountId, "`login` needs an `account_id`"));
+            return Err(reject(
+                RejectReason::MissingAccountId,
+                "`login` needs an `account_id`",
+            ));
         }
         Ok(Event {
             ts,
@@ -374,23 +435,40 @@ impl Decoder {
 
     fn ts(&self, f: Option<Field<'_>>, now: Millis) -> Result<Millis, Rejected> {
         let ts = match f {
-            None | Some(Field::Null) => return Err(reject(RejectReason::MissingTs, "`ts` is required")),
+            None | Some(Field::Null) => {
+                return Err(reject(RejectReason::MissingTs, "`ts` is required"));
+            }
             Some(Field::Int(ms)) => Millis(ms),
             Some(Field::Str(s)) => Millis::parse_rfc3339(&s).ok_or_else(|| {
-                reject(RejectReason::InvalidTs, format!("`ts` {:?} is not RFC 3339 with an offset", truncate(&s, 64)))
+                reject(
+                    RejectReason::InvalidTs,
+                    format!("`ts` {:?} is not RFC 3339 with an offset", truncate(&s, 64)),
+                )
             })?,
             Some(other) => {
                 return Err(reject(
                     RejectReason::InvalidTs,
-                    format!("`ts` must be RFC 3339 text or integer epoch milliseconds, got {}", other.type_name()),
+                    format!(
+                        "`ts` must be RFC 3339 text or integer epoch milliseconds, got {}",
+                        other.type_name()
+                    ),
                 ));
             }
         };
         if ts < self.min_ts {
-            return Err(reject(RejectReason::TsTooOld, format!("`ts` {ts} is before the floor {}", self.min_ts)));
+            return Err(reject(
+                RejectReason::TsTooOld,
+                format!("`ts` {ts} is before the floor {}", self.min_ts),
+            ));
         }
         if ts > now.saturating_add(self.max_future_ms) {
-            return Err(reject(RejectReason::TsInFuture, format!("`ts` {ts} is more than {} minutes ahead of the clock", self.max_future_ms / MINUTE_MS)));
+            return Err(reject(
+                RejectReason::TsInFuture,
+                format!(
+                    "`ts` {ts} is more than {} minutes ahead of the clock",
+                    self.max_future_ms / MINUTE_MS
+                ),
+            ));
         }
         Ok(ts)
     }
@@ -406,17 +484,36 @@ impl Decoder {
             None | Some(Field::Null) => return Ok(None),
             Some(Field::Str(s)) => s,
             Some(other) => {
-                return Err(reject(invalid, format!("`{name}` must be a string, got {}", other.type_name())));
+                return Err(reject(
+                    invalid,
+                    format!("`{name}` must be a string, got {}", other.type_name()),
+                ));
             }
         };
         if s.len() > self.max_id_bytes {
-            return Err(reject(invalid, format!("`{name}` is {} bytes, more than {}", s.len(), self.max_id_bytes)));
+            return Err(reject(
+                invalid,
+                format!(
+                    "`{name}` is {} bytes, more than {}",
+                    s.len(),
+                    self.max_id_bytes
+                ),
+            ));
         }
         if s.chars().any(char::is_control) {
-            return Err(reject(invalid, format!("`{name}` contains control characters")));
+            return Err(reject(
+                invalid,
+                format!("`{name}` contains control characters"),
+            ));
         }
         if self.is_junk(&s) {
-            return Err(reject(junk, format!("`{name}` {:?} is a placeholder, not an id", truncate(&s, 64))));
+            return Err(reject(
+                junk,
+                format!(
+                    "`{name}` {:?} is a placeholder, not an id",
+                    truncate(&s, 64)
+                ),
+            ));
         }
         Ok(Some(s.into()))
     }
@@ -469,7 +566,12 @@ mod tests {
             .decode(br#"{"ts":1767632400000,"kind":"login","device_id":"d1","ip":"2a02::1","account_id":"a"}"#, NOW)
             .unwrap();
         assert_eq!(e.kind, EventKind::Login);
-        let e = dec().decode(br#"{"ts":1767632400000,"kind":"erase","device_id":"d1"}"#, NOW).unwrap();
+        let e = dec()
+            .decode(
+                br#"{"ts":1767632400000,"kind":"erase","device_id":"d1"}"#,
+                NOW,
+            )
+            .unwrap();
         assert_eq!(e.device.unwrap().as_str(), "d1");
     }
 
@@ -479,29 +581,92 @@ mod tests {
         assert_eq!(reason(""), RejectReason::EmptyPayload);
         assert_eq!(reason("{"), RejectReason::InvalidJson);
         assert_eq!(reason("[1,2]"), RejectReason::NotAnObject);
-        assert_eq!(reason(r#"{"kind":"page_view","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::MissingTs);
-        assert_eq!(reason(r#"{"ts":"yesterday","kind":"x","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::InvalidTs);
-        assert_eq!(reason(r#"{"ts":1.5,"kind":"x","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::InvalidTs);
-        assert_eq!(reason(r#"{"ts":0,"kind":"x","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::TsTooOld);
-        assert_eq!(reason(r#"{"ts":9999999999999,"kind":"x","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::TsInFuture);
-        assert_eq!(reason(r#"{"ts":1767632400000,"device_id":"d","ip":"81.2.3.4"}"#), RejectReason::MissingKind);
-        assert_eq!(reason(r#"{"ts":1767632400000,"kind":7,"device_id":"d","ip":"81.2.3.4"}"#), RejectReason::InvalidKind);
-        assert_eq!(reason(&format!("{{{base}}}")), RejectReason::MissingDeviceId);
+        assert_eq!(
+            reason(r#"{"kind":"page_view","device_id":"d","ip":"81.2.3.4"}"#),
+            RejectReason::MissingTs
+        );
+        assert_eq!(
+            reason(r#"{"ts":"yesterday","kind":"x","device_id":"d","ip":"81.2.3.4"}"#),
+            RejectReason::InvalidTs
+        );
+        assert_eq!(
+            reason(r#"{"ts":1.5,"kind":"x","device_id":"d","ip":"81.2.3.4"}"#),
+            RejectReason::InvalidTs
+        );
+        assert_eq!(
+            reason(r#"{"ts":0,"kind":"x","device_id":"d","ip":"81.2.3.4"}"#),
+            RejectReason::TsTooOld
+        );
+        assert_eq!(
+            reason(r#"{"ts":9999999999999,"kind":"x","device_id":"d","ip":"81.2.3.4"}"#),
+            RejectReason::TsInFuture
+        );
+        assert_eq!(
+            reason(r#"{"ts":1767632400000,"device_id":"d","ip":"81.2.3.4"}"#),
+            RejectReason::MissingKind
+        );
+        assert_eq!(
+            reason(r#"{"ts":1767632400000,"kind":7,"device_id":"d","ip":"81.2.3.4"}"#),
+            RejectReason::InvalidKind
+        );
+        assert_eq!(
+            reason(&format!("{{{base}}}")),
+            RejectReason::MissingDeviceId
+        );
         for junk in ["", "null", "undefined", "0", "0000-0000", "---", "NONE"] {
-            assert_eq!(reason(&format!(r#"{{{base},"device_id":"{junk}"}}"#)), RejectReason::JunkDeviceId, "{junk}");
+            assert_eq!(
+                reason(&format!(r#"{{{base},"device_id":"{junk}"}}"#)),
+                RejectReason::JunkDeviceId,
+                "{junk}"
+            );
         }
-        assert_eq!(reason(&format!(r#"{{{base},"device_id":"a\u0001b"}}"#)), RejectReason::InvalidDeviceId);
-        assert_eq!(reason(&format!(r#"{{{base},"device_id":{}}}"#, "1")), RejectReason::InvalidDeviceId);
+        assert_eq!(
+            reason(&format!(r#"{{{base},"device_id":"a\u0001b"}}"#)),
+            RejectReason::InvalidDeviceId
+        );
+        assert_eq!(
+            reason(&format!(r#"{{{base},"device_id":{}}}"#, "1")),
+            RejectReason::InvalidDeviceId
+        );
         let long = "x".repeat(257);
-        assert_eq!(reason(&format!(r#"{{{base},"device_id":"{long}"}}"#)), RejectReason::InvalidDeviceId);
-        assert_eq!(reason(r#"{"ts":1767632400000,"kind":"x","device_id":"d"}"#), RejectReason::MissingIp);
-        assert_eq!(reason(r#"{"ts":1767632400000,"kind":"x","device_id":"d","ip":"999.1.1.1"}"#), RejectReason::InvalidIp);
-        assert_eq!(reason(r#"{"ts":1767632400000,"kind":"login","device_id":"d","ip":"81.2.3.4"}"#), RejectReason::MissingAccountId);
-        assert_eq!(reason(&format!(r#"{{{base},"device_id":"d","account_id":"null"}}"#)), RejectReason::JunkAccountId);
-        assert_eq!(reason(r#"{"ts":1767632400000,"kind":"opt_out","device_id":"d"}"#), RejectReason::MissingPrivacyTarget);
-        assert_eq!(reason(&format!(r#"{{{base},"device_id":"d","source":5}}"#)), RejectReason::InvalidOptionalField);
-        assert_eq!(dec().decode(&[0xff, 0xfe], NOW).unwrap_err().reason, RejectReason::InvalidUtf8);
-        let huge = format!(r#"{{{base},"device_id":"d","pad":"{}"}}"#, "x".repeat(70_000));
+        assert_eq!(
+            reason(&format!(r#"{{{base},"device_id":"{long}"}}"#)),
+            RejectReason::InvalidDeviceId
+        );
+        assert_eq!(
+            reason(r#"{"ts":1767632400000,"kind":"x","device_id":"d"}"#),
+            RejectReason::MissingIp
+        );
+        assert_eq!(
+            reason(r#"{"ts":1767632400000,"kind":"x","device_id":"d","ip":"999.1.1.1"}"#),
+            RejectReason::InvalidIp
+        );
+        assert_eq!(
+            reason(r#"{"ts":1767632400000,"kind":"login","device_id":"d","ip":"81.2.3.4"}"#),
+            RejectReason::MissingAccountId
+        );
+        assert_eq!(
+            reason(&format!(
+                r#"{{{base},"device_id":"d","account_id":"null"}}"#
+            )),
+            RejectReason::JunkAccountId
+        );
+        assert_eq!(
+            reason(r#"{"ts":1767632400000,"kind":"opt_out","device_id":"d"}"#),
+            RejectReason::MissingPrivacyTarget
+        );
+        assert_eq!(
+            reason(&format!(r#"{{{base},"device_id":"d","source":5}}"#)),
+            RejectReason::InvalidOptionalField
+        );
+        assert_eq!(
+            dec().decode(&[0xff, 0xfe], NOW).unwrap_err().reason,
+            RejectReason::InvalidUtf8
+        );
+        let huge = format!(
+            r#"{{{base},"device_id":"d","pad":"{}"}}"#,
+            "x".repeat(70_000)
+        );
         assert_eq!(reason(&huge), RejectReason::TooLarge);
     }
 

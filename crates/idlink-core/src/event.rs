@@ -33,7 +33,10 @@ impl EventKind {
 
     /// Whether this is a privacy request rather than a device sighting.
     pub fn is_privacy(self) -> bool {
-        matches!(self, EventKind::Erase | EventKind::OptOut | EventKind::OptIn)
+        matches!(
+            self,
+            EventKind::Erase | EventKind::OptOut | EventKind::OptIn
+        )
     }
 
     /// The contract's name for the kind (activity kinds collapse).

@@ -127,10 +127,22 @@ pub(crate) fn device_line(
             .evidence
             .iter()
             .filter(|e| e.account == i.account)
-            .map(|e| (round4(f64::from(e.weight) / f64::from(WEIGHT_ONE) * decay(e.day, i.decided_day, horizon_days)), e))
+            .map(|e| {
+                (
+                    round4(
+                        f64::from(e.weight) / f64::from(WEIGHT_ONE)
+                            * decay(e.day, i.decided_day, horizon_days),
+                    ),
+                    e,
+                )
+            })
             .filter(|(w, _)| *w > 0.0)
             .collect();
-        support.sort_by(|(wa, a), (wb, b)| wb.total_cmp(wa).then(b.day.cmp(&a.day)).then(a.bucket.cmp(&b.bucket)));
+        support.sort_by(|(wa, a), (wb, b)| {
+            wb.total_cmp(wa)
+                .then(b.day.cmp(&a.day))
+                .then(a.bucket.cmp(&b.bucket))
+        });
         support.truncate(max_support);
         links.push(Link {
             account_id: accounts.id(i.account),
@@ -160,11 +172,20 @@ pub(crate) fn device_line(
         let _ = hasher;
     }
     links.sort_by(|a, b| a.account_id.cmp(b.account_id));
-    serde_json::to_string(&DeviceLine { device_id: id, links }).ok()
+    serde_json::to_string(&DeviceLine {
+        device_id: id,
+        links,
+    })
+    .ok()
 }
 
 /// Renders an account's line, or `None` if it has no devices.
-pub(crate) fn account_line(id: &str, a: u32, acc: &Account, devices: &Slots<Device>) -> Option<String> {
+pub(crate) fn account_line(
+    id: &str,
+    a: u32,
+    acc: &Account,
+    devices: &Slots<Device>,
+) -> Option<String> {
     let mut out: Vec<AccountDevice> = acc
         .devices
         .iter()
@@ -191,5 +212,9 @@ pub(crate) fn account_line(id: &str, a: u32, acc: &Account, devices: &Slots<Devi
         return None;
     }
     out.sort_by(|x, y| x.device_id.cmp(y.device_id));
-    serde_json::to_string(&AccountLine { account_id: id, devices: out }).ok()
+    serde_json::to_string(&AccountLine {
+        account_id: id,
+        devices: out,
+    })
+    .ok()
 }

@@ -66,7 +66,10 @@ impl<R: BufRead> BoundedLines<R> {
         if buf.last() == Some(&b'\r') && !truncated {
             buf.pop();
         }
-        Ok(Some(Line { bytes: buf, truncated }))
+        Ok(Some(Line {
+            bytes: buf,
+            truncated,
+        }))
     }
 }
 

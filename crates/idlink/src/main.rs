@@ -76,16 +76,43 @@ enum Command {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IDLINK_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IDLINK_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Replay { input, config, out, strict, quiet } => {
+        Command::Replay {
+            input,
+            config,
+            out,
+            strict,
+            quiet,
+        } => {
             let settings = settings::Settings::load(config.as_deref())?;
-            replay::replay(&settings, &replay::ReplayArgs { inputs: &input, out: &out, strict, quiet })?;
+            replay::replay(
+                &settings,
+                &replay::ReplayArgs {
+                    inputs: &input,
+                    out: &out,
+                    strict,
+                    quiet,
+                },
+            )?;
         }
-        Command::Simulate { people, days, seed, out } => {
-            let scenario = idlink_sim::Scenario { people, days, seed, ..Default::default() };
+        Command::Simulate {
+            people,
+            days,
+            seed,
+            out,
+        } => {
+            let scenario = idlink_sim::Scenario {
+                people,
+                days,
+                seed,
+                ..Default::default()
+            };
             let stats = scenario.write(&out)?;
             eprintln!("{stats}");
         }

@@ -89,7 +89,8 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
     let decoder = Decoder::new(&settings.core.input);
     let mut engine = Engine::new(&settings.core, settings.classifier.clone());
     let now = Millis(chrono::Utc::now().timestamp_millis());
-    std::fs::create_dir_all(args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let mut dead = BufWriter::new(File::create(args.out.join("dead-letters.jsonl"))?);
     let mut summary = Summary::default();
     let mut by_reason: BTreeMap<RejectReason, u64> = BTreeMap::new();
@@ -99,7 +100,10 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
         let name = input.display().to_string();
         let mut reader = BoundedLines::new(open(input)?, settings.core.input.max_message_bytes);
         let mut line_no = 0u64;
-        while let Some(line) = reader.next_line(&mut buf).with_context(|| format!("reading {name}"))? {
+        while let Some(line) = reader
+            .next_line(&mut buf)
+            .with_context(|| format!("reading {name}"))?
+        {
             line_no += 1;
             if line.bytes.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -108,7 +112,10 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
             let decoded = if line.truncated {
                 Err(idlink_core::Rejected {
                     reason: RejectReason::TooLarge,
-                    detail: format!("the line exceeds {} bytes", settings.core.input.max_message_bytes),
+                    detail: format!(
+                        "the line exceeds {} bytes",
+                        settings.core.input.max_message_bytes
+                    ),
                 })
             } else {
                 decoder.decode(line.bytes, now)
@@ -136,7 +143,11 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
                 }
             }
             if progress && summary.events_read % 1_000_000 == 0 {
-                eprint!("\r{name}: {} M lines, {:.0} s", summary.events_read / 1_000_000, start.elapsed().as_secs_f64());
+                eprint!(
+                    "\r{name}: {} M lines, {:.0} s",
+                    summary.events_read / 1_000_000,
+                    start.elapsed().as_secs_f64()
+                );
             }
         }
     }
@@ -165,7 +176,10 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
     let stats = engine.stats().clone();
     let (login, inferred) = engine.link_counts();
     summary.rejected = by_reason.values().sum();
-    summary.rejected_by_reason = by_reason.into_iter().map(|(r, n)| (r.as_str(), n)).collect();
+    summary.rejected_by_reason = by_reason
+        .into_iter()
+        .map(|(r, n)| (r.as_str(), n))
+        .collect();
     summary.late_events = stats.late_events;
     summary.privacy_requests = stats.privacy_requests;
     summary.login_links = login;
@@ -182,7 +196,11 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
     w.flush()?;
     print_summary(&summary);
     if args.strict && summary.rejected > 0 {
-        bail!("--strict: {} line(s) rejected, see {}", summary.rejected, args.out.join("dead-letters.jsonl").display());
+        bail!(
+            "--strict: {} line(s) rejected, see {}",
+            summary.rejected,
+            args.out.join("dead-letters.jsonl").display()
+        );
     }
     Ok(summary)
 }
@@ -199,5 +217,8 @@ fn print_summary(s: &Summary) {
         "graph: {} devices linked, {} accounts, {} sign-in links, {} inferred links ({} devices tracked)",
         s.linked_devices, s.linked_accounts, s.login_links, s.inferred_links, s.tracked_devices
     );
-    eprintln!("speed: {:.2} s, {:.0} events/s", s.seconds, s.events_per_second);
+    eprintln!(
+        "speed: {:.2} s, {:.0} events/s",
+        s.seconds, s.events_per_second
+    );
 }

@@ -34,8 +34,11 @@ impl Settings {
         };
         let (mut table, dir) = match &chosen {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
-                let table: toml::Table = text.parse().with_context(|| format!("parsing config {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                let table: toml::Table = text
+                    .parse()
+                    .with_context(|| format!("parsing config {}", p.display()))?;
                 (table, p.parent().map(Path::to_path_buf).unwrap_or_default())
             }
             None => (toml::Table::new(), PathBuf::new()),
@@ -49,7 +52,14 @@ impl Settings {
         let mut core: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("config {}", chosen.as_deref().map_or("<defaults>".into(), |p| p.display().to_string())))?;
+            .with_context(|| {
+                format!(
+                    "config {}",
+                    chosen
+                        .as_deref()
+                        .map_or("<defaults>".into(), |p| p.display().to_string())
+                )
+            })?;
         if let Ok(secret) = std::env::var("IDLINK_HASH_SECRET") {
             core.privacy.hash_secret = secret;
         }
@@ -63,7 +73,9 @@ impl Settings {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
                 Err(e) if chosen.is_none() && e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("reading CIDR list {}", file.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading CIDR list {}", file.display()));
+                }
             };
             match AddressClassifier::parse_cidr_list(&text) {
                 Ok(list) => nets.extend(list),

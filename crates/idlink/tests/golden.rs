@@ -11,7 +11,11 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const FILES: [&str; 3] = ["device-links.jsonl", "account-devices.jsonl", "dead-letters.jsonl"];
+const FILES: [&str; 3] = [
+    "device-links.jsonl",
+    "account-devices.jsonl",
+    "dead-letters.jsonl",
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -50,7 +54,12 @@ fn golden_scenarios_match_their_reviewed_output() -> Result<()> {
     for dir in dirs {
         let tmp = tempfile::tempdir()?;
         let out = replay(&dir, tmp.path(), &[])?;
-        assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         for f in FILES {
             let actual = std::fs::read(tmp.path().join(f))?;
             let expected = std::fs::read(dir.join("expected").join(f)).unwrap_or_default();
@@ -58,11 +67,19 @@ fn golden_scenarios_match_their_reviewed_output() -> Result<()> {
                 let keep = dir.join("actual");
                 std::fs::create_dir_all(&keep)?;
                 std::fs::write(keep.join(f), &actual)?;
-                failures.push(format!("{}/{f} differs (see {})", dir.display(), keep.join(f).display()));
+                failures.push(format!(
+                    "{}/{f} differs (see {})",
+                    dir.display(),
+                    keep.join(f).display()
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "golden mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden mismatches:\n{}",
+        failures.join("\n")
+    );
     Ok(())
 }
 
@@ -73,7 +90,11 @@ fn the_same_input_gives_the_same_bytes() -> Result<()> {
     replay(&dir, a.path(), &[])?;
     replay(&dir, b.path(), &[])?;
     for f in FILES {
-        assert_eq!(std::fs::read(a.path().join(f))?, std::fs::read(b.path().join(f))?, "{f}");
+        assert_eq!(
+            std::fs::read(a.path().join(f))?,
+            std::fs::read(b.path().join(f))?,
+            "{f}"
+        );
     }
     Ok(())
 }
@@ -84,7 +105,8 @@ fn strict_fails_on_rejected_lines_and_the_summary_counts_them() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let out = replay(&dir, tmp.path(), &[])?;
     assert!(out.status.success());
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("summary.json"))?)?;
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("summary.json"))?)?;
     assert_eq!(summary["rejected"], 16);
     assert_eq!(summary["accepted"], 1);
     assert_eq!(summary["rejected_by_reason"]["invalid_json"], 2);
@@ -100,7 +122,8 @@ fn gzip_and_stdin_inputs_are_read() -> Result<()> {
     let src = std::fs::read(root().join("tests/golden/household-single/input.jsonl"))?;
     let tmp = tempfile::tempdir()?;
     let gz = tmp.path().join("input.jsonl.gz");
-    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz)?, flate2::Compression::fast());
+    let mut enc =
+        flate2::write::GzEncoder::new(std::fs::File::create(&gz)?, flate2::Compression::fast());
     enc.write_all(&src)?;
     enc.finish()?;
     let config = root().join("config/default.toml");
@@ -116,7 +139,9 @@ fn gzip_and_stdin_inputs_are_read() -> Result<()> {
             stdin.write_all(&src)?;
         }
         assert!(child.wait()?.success());
-        Ok(std::fs::read(tmp.path().join(out).join("device-links.jsonl"))?)
+        Ok(std::fs::read(
+            tmp.path().join(out).join("device-links.jsonl"),
+        )?)
     };
     let a = run("input.jsonl.gz", "gz")?;
     let b = run("-", "stdin")?;

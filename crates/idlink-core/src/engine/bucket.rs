@@ -65,7 +65,13 @@ pub struct BucketState {
 
 impl DayAgg {
     /// Records a sighting; returns false if the day is (now) crowded.
-    pub fn see(&mut self, device: u32, account: u32, max_devices: usize, max_accounts: usize) -> bool {
+    pub fn see(
+        &mut self,
+        device: u32,
+        account: u32,
+        max_devices: usize,
+        max_accounts: usize,
+    ) -> bool {
         if self.crowded {
             return false;
         }

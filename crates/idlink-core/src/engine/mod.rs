@@ -407,7 +407,9 @@ impl Engine {
     fn release(&mut self, wm: Millis) {
         self.watermark = wm;
         while self.buffer.peek().is_some_and(|p| p.0.key.0 < wm) {
-            let Some(Reverse(p)) = self.buffer.pop() else { break };
+            let Some(Reverse(p)) = self.buffer.pop() else {
+                break;
+            };
             let ev = p.event;
             let day = ev.ts.day() as i32;
             if day > self.current_day {
@@ -430,7 +432,9 @@ impl Engine {
     /// Applies a device event. `in_order` events also feed bot counters
     /// and co-location; late ones only refresh sign-in links.
     fn apply_sighting(&mut self, ev: &Event, in_order: bool) {
-        let Some(device_id) = ev.device.as_ref() else { return };
+        let Some(device_id) = ev.device.as_ref() else {
+            return;
+        };
         let (d, _) = self.devices.intern(device_id.as_str(), Device::new);
         let a = match &ev.account {
             Some(acc) => self.accounts.intern(acc.as_str(), Account::default).0,
@@ -474,7 +478,9 @@ impl Engine {
     fn count_for_bots(&mut self, d: u32, ts: Millis, bucket: Option<Bucket>) {
         let day = ts.day() as i32;
         let p = &self.p;
-        let Some(dev) = self.devices.get_mut(d) else { return };
+        let Some(dev) = self.devices.get_mut(d) else {
+            return;
+        };
         if dev.bot_day != day {
             dev.bot_day = day;
             dev.day_events = 0;
@@ -540,7 +546,11 @@ impl Engine {
                 agg.pair(r.device, a, gap, ts);
             }
         }
-        st.recent.push_back(bucket::Sighting { ts, device: d, account: a });
+        st.recent.push_back(bucket::Sighting {
+            ts,
+            device: d,
+            account: a,
+        });
         if st.recent.len() > MAX_RECENT {
             st.recent.pop_front();
         }
@@ -548,7 +558,9 @@ impl Engine {
 
     /// Creates or refreshes the sign-in link `d`–`a`.
     fn touch_login(&mut self, d: u32, a: u32, ts: Millis) {
-        let Some(dev) = self.devices.get_mut(d) else { return };
+        let Some(dev) = self.devices.get_mut(d) else {
+            return;
+        };
         let created = match dev.logins.binary_search_by_key(&a, |l| l.account) {
             Ok(i) => {
                 let l = &mut dev.logins[i];
@@ -591,7 +603,9 @@ impl Engine {
     /// dropping the least recently used.
     fn enforce_device_cap(&mut self, d: u32) {
         loop {
-            let Some(dev) = self.devices.get(d) else { return };
+            let Some(dev) = self.devices.get(d) else {
+                return;
+            };
             if dev.logins.len() <= self.p.max_accounts_per_device {
                 return;
             }
@@ -599,7 +613,11 @@ impl Engine {
             let Some(victim) = dev
                 .logins
                 .iter()
-                .min_by(|x, y| x.last_seen.cmp(&y.last_seen).then_with(|| accounts.id(x.account).cmp(accounts.id(y.account))))
+                .min_by(|x, y| {
+                    x.last_seen
+                        .cmp(&y.last_seen)
+                        .then_with(|| accounts.id(x.account).cmp(accounts.id(y.account)))
+                })
                 .map(|l| l.account)
             else {
                 return;
@@ -612,23 +630,34 @@ impl Engine {
     /// links go first (weakest, then oldest), then the oldest sign-in links.
     fn enforce_account_cap(&mut self, a: u32) {
         loop {
-            let Some(acc) = self.accounts.get(a) else { return };
+            let Some(acc) = self.accounts.get(a) else {
+                return;
+            };
             if acc.devices.len() <= self.p.max_devices_per_account {
                 return;
             }
             let mut victim: Option<(bool, u32, Millis, &str, u32)> = None;
             for &d in &acc.devices {
-                let Some(dev) = self.devices.get(d) else { continue };
+                let Some(dev) = self.devices.get(d) else {
+                    continue;
+                };
                 let key = match (&dev.inferred, dev.login(a)) {
                     (_, Some(l)) => (true, WEIGHT_ONE, l.last_seen, self.devices.id(d), d),
-                    (Some(i), None) if i.account == a => (false, i.confidence, i.last_seen, self.devices.id(d), d),
+                    (Some(i), None) if i.account == a => {
+                        (false, i.confidence, i.last_seen, self.devices.id(d), d)
+                    }
                     _ => continue,
                 };
-                if victim.as_ref().is_none_or(|v| (key.0, key.1, key.2, key.3) < (v.0, v.1, v.2, v.3)) {
+                if victim
+                    .as_ref()
+                    .is_none_or(|v| (key.0, key.1, key.2, key.3) < (v.0, v.1, v.2, v.3))
+                {
                     victim = Some(key);
                 }
             }
-            let Some((is_login, _, _, _, d)) = victim else { return };
+            let Some((is_login, _, _, _, d)) = victim else {
+                return;
+            };
             if is_login {
                 self.remove_login(d, a);
             } else {
@@ -638,7 +667,9 @@ impl Engine {
     }
 
     fn remove_login(&mut self, d: u32, a: u32) {
-        let Some(dev) = self.devices.get_mut(d) else { return };
+        let Some(dev) = self.devices.get_mut(d) else {
+            return;
+        };
         let before = dev.logins.len();
         dev.logins.retain(|l| l.account != a);
         if dev.logins.len() == before {
@@ -656,7 +687,9 @@ impl Engine {
 
     /// Replaces the inferred link of `d`.
     fn set_inferred(&mut self, d: u32, new: Option<InferredLink>) {
-        let Some(dev) = self.devices.get_mut(d) else { return };
+        let Some(dev) = self.devices.get_mut(d) else {
+            return;
+        };
         let old = dev.inferred.take();
         let old_account = old.as_ref().map(|o| o.account);
         let new_account = new.as_ref().map(|n| n.account);
@@ -714,10 +747,16 @@ impl Engine {
         let buckets = std::mem::take(&mut self.active_buckets);
         let mut keep = Vec::with_capacity(buckets.len() / 4);
         for b in buckets {
-            let Some(st) = self.buckets.get_mut(&b) else { continue };
+            let Some(st) = self.buckets.get_mut(&b) else {
+                continue;
+            };
             let agg = st.agg.take();
             let bucket_day = st.day;
-            while st.recent.front().is_some_and(|r| r.ts.0 < now.0.saturating_sub(window)) {
+            while st
+                .recent
+                .front()
+                .is_some_and(|r| r.ts.0 < now.0.saturating_sub(window))
+            {
                 st.recent.pop_front();
             }
             if st.recent.is_empty() {
@@ -761,7 +800,9 @@ impl Engine {
             prof.iter()
                 .filter(|&&(d, last)| {
                     i64::from(day) - i64::from(last) < horizon
-                        && devices.get(d).is_some_and(|x| x.logins.is_empty() && !x.is_bot(day))
+                        && devices
+                            .get(d)
+                            .is_some_and(|x| x.logins.is_empty() && !x.is_bot(day))
                 })
                 .count()
         });
@@ -779,7 +820,9 @@ impl Engine {
             }
             let tf = (-(p.gap_ms as f64) / self.p.gap_scale_ms).exp();
             let w = tf / (unknown * n_acc) as f64;
-            let weight = (w * f64::from(WEIGHT_ONE)).round().clamp(0.0, f64::from(WEIGHT_ONE)) as u16;
+            let weight = (w * f64::from(WEIGHT_ONE))
+                .round()
+                .clamp(0.0, f64::from(WEIGHT_ONE)) as u16;
             if weight == 0 {
                 continue;
             }
@@ -793,8 +836,12 @@ impl Engine {
                 bucket_accounts: n_acc.min(255) as u8,
                 at: p.at,
             };
-            let Some(dev) = self.devices.get_mut(p.device) else { continue };
-            match dev.evidence.binary_search_by(|x| (x.account, x.day, x.bucket).cmp(&(e.account, e.day, e.bucket))) {
+            let Some(dev) = self.devices.get_mut(p.device) else {
+                continue;
+            };
+            match dev.evidence.binary_search_by(|x| {
+                (x.account, x.day, x.bucket).cmp(&(e.account, e.day, e.bucket))
+            }) {
                 Ok(i) => dev.evidence[i] = e,
                 Err(i) => dev.evidence.insert(i, e),
             }
@@ -820,7 +867,9 @@ impl Engine {
         let slots: Vec<u32> = self.devices.live().collect();
         let mut capped_accounts: Vec<u32> = Vec::new();
         for d in slots {
-            let Some(dev) = self.devices.get_mut(d) else { continue };
+            let Some(dev) = self.devices.get_mut(d) else {
+                continue;
+            };
             // Evidence past the horizon.
             let before = dev.evidence.len();
             if before > 0 {
@@ -834,7 +883,10 @@ impl Engine {
                 });
                 gone.dedup();
                 for a in gone {
-                    let still = self.devices.get(d).is_some_and(|x| x.evidence.iter().any(|e| e.account == a));
+                    let still = self
+                        .devices
+                        .get(d)
+                        .is_some_and(|x| x.evidence.iter().any(|e| e.account == a));
                     if !still && let Some(acc) = self.accounts.get_mut(a) {
                         state::remove_value(&mut acc.evidence_devices, d);
                     }
@@ -851,14 +903,19 @@ impl Engine {
             for a in expired {
                 self.remove_login(d, a);
             }
-            let Some(dev) = self.devices.get(d) else { continue };
+            let Some(dev) = self.devices.get(d) else {
+                continue;
+            };
             if !dev.evidence.is_empty() || dev.inferred.is_some() {
                 if let Some(a) = self.decide(d, day) {
                     capped_accounts.push(a);
                 }
             }
-            let Some(dev) = self.devices.get(d) else { continue };
-            if dev.is_empty() && i64::from(day) - dev.last_seen.day() >= horizon && !dev.is_bot(day) {
+            let Some(dev) = self.devices.get(d) else {
+                continue;
+            };
+            if dev.is_empty() && i64::from(day) - dev.last_seen.day() >= horizon && !dev.is_bot(day)
+            {
                 self.devices.remove(d);
             }
         }
@@ -874,7 +931,8 @@ impl Engine {
             }
         }
         let marker_ttl = self.p.marker_ttl_days;
-        self.markers.retain(|_, ts| i64::from(day) - ts.day() < marker_ttl);
+        self.markers
+            .retain(|_, ts| i64::from(day) - ts.day() < marker_ttl);
     }
 
     /// Decides the inferred link of `d` on `day` from its evidence.
@@ -904,7 +962,8 @@ impl Engine {
                     .then_with(|| self.accounts.id(y.account).cmp(self.accounts.id(x.account)))
             })?;
         let share = if total > 0.0 { best.score / total } else { 0.0 };
-        if best.score < self.p.min_score || best.days < self.p.min_days || share < self.p.min_share {
+        if best.score < self.p.min_score || best.days < self.p.min_days || share < self.p.min_share
+        {
             return None;
         }
         let fixed = |x: f64| (score::round4(x) * f64::from(WEIGHT_ONE)).round() as u32;
@@ -930,8 +989,13 @@ impl Engine {
                 .get(&self.hasher.fingerprint(ns, id))
                 .is_some_and(|&t| ev.ts <= t)
         };
-        ev.device.as_ref().is_some_and(|x| covered(privacy::DEVICE_NS, x.as_str()))
-            || ev.account.as_ref().is_some_and(|x| covered(privacy::ACCOUNT_NS, x.as_str()))
+        ev.device
+            .as_ref()
+            .is_some_and(|x| covered(privacy::DEVICE_NS, x.as_str()))
+            || ev
+                .account
+                .as_ref()
+                .is_some_and(|x| covered(privacy::ACCOUNT_NS, x.as_str()))
     }
 
     /// Drains the privacy acknowledgements produced so far.
@@ -957,14 +1021,16 @@ impl Engine {
         ds.sort_unstable_by(|&x, &y| self.devices.id(x).cmp(self.devices.id(y)));
         for d in ds {
             if self.devices.get(d).is_some() {
-                out.devices.push((self.devices.id(d).into(), self.render_device(d)));
+                out.devices
+                    .push((self.devices.id(d).into(), self.render_device(d)));
             }
         }
         let mut accs: Vec<u32> = log.accounts.into_iter().collect();
         accs.sort_unstable_by(|&x, &y| self.accounts.id(x).cmp(self.accounts.id(y)));
         for a in accs {
             if self.accounts.get(a).is_some() {
-                out.accounts.push((self.accounts.id(a).into(), self.render_account(a)));
+                out.accounts
+                    .push((self.accounts.id(a).into(), self.render_account(a)));
             }
         }
         out
@@ -973,13 +1039,19 @@ impl Engine {
     /// Every device line, sorted by device id (replay's
     /// `device-links.jsonl`).
     pub fn device_lines(&self) -> impl Iterator<Item = String> + '_ {
-        self.devices.sorted().into_iter().filter_map(|d| self.render_device(d))
+        self.devices
+            .sorted()
+            .into_iter()
+            .filter_map(|d| self.render_device(d))
     }
 
     /// Every account line, sorted by account id (replay's
     /// `account-devices.jsonl`).
     pub fn account_lines(&self) -> impl Iterator<Item = String> + '_ {
-        self.accounts.sorted().into_iter().filter_map(|a| self.render_account(a))
+        self.accounts
+            .sorted()
+            .into_iter()
+            .filter_map(|a| self.render_account(a))
     }
 
     /// The `device-links` line of one device, if it has links.
@@ -994,7 +1066,14 @@ impl Engine {
 
     fn render_device(&self, d: u32) -> Option<String> {
         let dev = self.devices.get(d)?;
-        crate::output::device_line(self.devices.id(d), dev, &self.accounts, &self.hasher, self.p.horizon_days, self.p.max_support)
+        crate::output::device_line(
+            self.devices.id(d),
+            dev,
+            &self.accounts,
+            &self.hasher,
+            self.p.horizon_days,
+            self.p.max_support,
+        )
     }
 
     fn render_account(&self, a: u32) -> Option<String> {
@@ -1015,5 +1094,4 @@ impl Engine {
             self.current_day
         }
     }
-
 }

@@ -1,8 +1,8 @@
 //! Privacy requests: opt-out, opt-in and erasure, applied by their `ts`.
 
+use super::Engine;
 use super::intern::NONE;
 use super::state::{self, Evidence};
-use super::Engine;
 use crate::event::{Event, EventKind, PrivacyTarget};
 use crate::time::Millis;
 use serde::Serialize;
@@ -44,7 +44,9 @@ pub struct PrivacyAck {
 
 impl Engine {
     pub(super) fn apply_privacy(&mut self, ev: Event) {
-        let Some(target) = ev.privacy_target() else { return };
+        let Some(target) = ev.privacy_target() else {
+            return;
+        };
         self.stats.privacy_requests += 1;
         let mut removed = Removed::default();
         let (subject, id): (&'static str, String) = match &target {
@@ -54,14 +56,16 @@ impl Engine {
         match (ev.kind, &target) {
             (EventKind::Erase, PrivacyTarget::Account(acc)) => {
                 self.add_marker(ACCOUNT_NS, acc.as_str(), ev.ts);
-                removed.buffered_events = self.purge_buffer(ev.ts, |e| e.account.as_ref() == Some(acc));
+                removed.buffered_events =
+                    self.purge_buffer(ev.ts, |e| e.account.as_ref() == Some(acc));
                 if let Some(a) = self.accounts.find(acc.as_str()) {
                     self.erase_account(a, &mut removed);
                 }
             }
             (EventKind::Erase, PrivacyTarget::Device(dev)) => {
                 self.add_marker(DEVICE_NS, dev.as_str(), ev.ts);
-                removed.buffered_events = self.purge_buffer(ev.ts, |e| e.device.as_ref() == Some(dev));
+                removed.buffered_events =
+                    self.purge_buffer(ev.ts, |e| e.device.as_ref() == Some(dev));
                 if let Some(d) = self.devices.find(dev.as_str()) {
                     self.erase_device(d, &mut removed);
                 }
@@ -79,7 +83,17 @@ impl Engine {
             }
             _ => return,
         }
-        let tag = self.hasher.hmac(&[&[if subject == "account" { ACCOUNT_NS } else { DEVICE_NS }][..], id.as_bytes()].concat());
+        let tag = self.hasher.hmac(
+            &[
+                &[if subject == "account" {
+                    ACCOUNT_NS
+                } else {
+                    DEVICE_NS
+                }][..],
+                id.as_bytes(),
+            ]
+            .concat(),
+        );
         self.acks.push(PrivacyAck {
             ts: ev.ts,
             kind: ev.kind.as_str(),
@@ -99,15 +113,18 @@ impl Engine {
     /// Drops buffered events at or before `ts` that match.
     fn purge_buffer(&mut self, ts: Millis, matches: impl Fn(&Event) -> bool) -> u64 {
         let before = self.buffer.len();
-        self.buffer
-            .retain(|p| !(p.0.event.ts <= ts && !p.0.event.kind.is_privacy() && matches(&p.0.event)));
+        self.buffer.retain(|p| {
+            !(p.0.event.ts <= ts && !p.0.event.kind.is_privacy() && matches(&p.0.event))
+        });
         (before - self.buffer.len()) as u64
     }
 
     /// Every trace of account `a` goes: links, evidence (kept only as an
     /// anonymous total on each device), sightings and pending co-locations.
     fn erase_account(&mut self, a: u32, removed: &mut Removed) {
-        let Some(acc) = self.accounts.get(a) else { return };
+        let Some(acc) = self.accounts.get(a) else {
+            return;
+        };
         let linked = acc.devices.clone();
         let holding = acc.evidence_devices.clone();
         for d in linked {
@@ -115,7 +132,12 @@ impl Engine {
                 self.remove_login(d, a);
                 removed.login_links += 1;
             }
-            if self.devices.get(d).and_then(|x| x.inferred.as_ref()).is_some_and(|i| i.account == a) {
+            if self
+                .devices
+                .get(d)
+                .and_then(|x| x.inferred.as_ref())
+                .is_some_and(|i| i.account == a)
+            {
                 self.set_inferred(d, None);
                 removed.inferred_links += 1;
             }
@@ -142,7 +164,9 @@ impl Engine {
 
     /// Every trace of device `d` goes.
     fn erase_device(&mut self, d: u32, removed: &mut Removed) {
-        let Some(dev) = self.devices.get(d) else { return };
+        let Some(dev) = self.devices.get(d) else {
+            return;
+        };
         let logins: Vec<u32> = dev.logins.iter().map(|l| l.account).collect();
         let mut evidence_accounts: Vec<u32> = dev.evidence.iter().map(|e| e.account).collect();
         evidence_accounts.dedup();
@@ -184,12 +208,19 @@ impl Engine {
     /// Opt-out: inferred links to `a` go and its evidence becomes
     /// anonymous; no new evidence is collected while opted out.
     fn opt_out(&mut self, a: u32, removed: &mut Removed) {
-        let Some(acc) = self.accounts.get_mut(a) else { return };
+        let Some(acc) = self.accounts.get_mut(a) else {
+            return;
+        };
         acc.opted_out = true;
         let linked = acc.devices.clone();
         let holding = std::mem::take(&mut acc.evidence_devices);
         for d in linked {
-            if self.devices.get(d).and_then(|x| x.inferred.as_ref()).is_some_and(|i| i.account == a) {
+            if self
+                .devices
+                .get(d)
+                .and_then(|x| x.inferred.as_ref())
+                .is_some_and(|i| i.account == a)
+            {
                 self.set_inferred(d, None);
                 removed.inferred_links += 1;
             }
@@ -211,7 +242,9 @@ impl Engine {
     fn anonymise_evidence(&mut self, a: u32, devices: &[u32]) -> u64 {
         let mut n = 0;
         for &d in devices {
-            let Some(dev) = self.devices.get_mut(d) else { continue };
+            let Some(dev) = self.devices.get_mut(d) else {
+                continue;
+            };
             let mut changed = false;
             for e in dev.evidence.iter_mut().filter(|e| e.account == a) {
                 e.account = NONE;
@@ -219,7 +252,9 @@ impl Engine {
                 changed = true;
             }
             if changed {
-                dev.evidence.sort_unstable_by(|x: &Evidence, y: &Evidence| (x.account, x.day, x.bucket).cmp(&(y.account, y.day, y.bucket)));
+                dev.evidence.sort_unstable_by(|x: &Evidence, y: &Evidence| {
+                    (x.account, x.day, x.bucket).cmp(&(y.account, y.day, y.bucket))
+                });
                 dev.evidence.dedup_by(|x, y| {
                     if (x.account, x.day, x.bucket) == (y.account, y.day, y.bucket) {
                         y.weight = y.weight.saturating_add(x.weight);

@@ -137,7 +137,12 @@ mod tests {
 
     #[test]
     fn second_buckets_add_with_diminishing_weight() {
-        let e = vec![ev(1, 1, 7, 10_000), ev(1, 1, 8, 10_000), ev(1, 2, 7, 10_000), ev(1, 2, 8, 10_000)];
+        let e = vec![
+            ev(1, 1, 7, 10_000),
+            ev(1, 1, 8, 10_000),
+            ev(1, 2, 7, 10_000),
+            ev(1, 2, 8, 10_000),
+        ];
         let c = candidates(&e, 2, 1000);
         assert_eq!(c[0].buckets, 2);
         assert_eq!(c[0].days, 2);
