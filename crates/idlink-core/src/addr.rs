@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Where co-location is counted: an IPv4 address, or an IPv6 prefix
 /// (the /64 by default, which survives privacy-extension rotation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Bucket {
     /// A whole IPv4 address.
     V4(u32),

@@ -8,7 +8,9 @@ use std::net::IpAddr;
 ///
 /// Activity kinds (`page_view`, `widget_view`, ...) all behave alike, so the
 /// kind string is not kept: that keeps buffered events small.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum EventKind {
     /// Erase every trace of an account or a device.
     Erase,
@@ -62,7 +64,7 @@ pub enum PrivacyTarget {
 }
 
 /// One validated event of the input contract.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// Event time.
     pub ts: Millis,

@@ -7,7 +7,20 @@ use std::fmt;
 ///
 /// A newtype so that event time never mixes with durations or wall-clock
 /// readings by accident; the engine only ever sees this type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Millis(pub i64);
 
 /// One minute in milliseconds.
@@ -60,10 +73,9 @@ impl fmt::Display for Millis {
     }
 }
 
-impl serde::Serialize for Millis {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
+/// Serializes event time as its RFC 3339 text (for published records).
+pub fn serialize_rfc3339<S: serde::Serializer>(t: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(t)
 }
 
 /// Formats a UTC day number as `YYYY-MM-DD`.

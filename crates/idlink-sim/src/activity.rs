@@ -223,17 +223,36 @@ impl ActivityGen {
         let mobile_ip = self.mobile_address(pop, kit.phone.unwrap_or(primary), cgnat, day, rng);
         let dur_min = f64::from(s.end.saturating_sub(s.start)) / f64::from(MIN);
         let ip = self.address(pop, primary, pick.primary_place, mobile_ip, day, rng);
-        let n = 1 + count(rng, act * (0.5 + dur_min / 15.0));
-        self.device_events(pop, p, primary, s.start, s.end, n, ip, day, rng, out);
-        if let Some((sec, place_of_secondary)) = pick.secondary {
-            // The second device joins within minutes: the real co-location
-            // signal between a person's own devices.
+        // The second device joins within minutes and is used alongside
+        // the first one (a phone next to the laptop): the real co-location
+        // signal between a person's own devices.
+        let second_window = pick.secondary.map(|_| {
             let start = (s.start + between(rng, 0, u64::from(5 * MIN)) as u32).min(s.end);
-            let end =
-                (start + between(rng, u64::from(3 * MIN), u64::from(20 * MIN)) as u32).min(s.end);
+            let len = between(rng, u64::from(3 * MIN), u64::from(20 * MIN)) as u32;
+            (start, (start + len).min(s.end))
+        });
+        self.times.clear();
+        let n = 1 + count(rng, act * (0.5 + dur_min / 15.0));
+        self.push_times(rng, s.start, s.end, n);
+        if let Some((a, b)) = second_window {
+            let n = 1 + count(rng, 1.0);
+            self.push_times(rng, a, b, n);
+        }
+        self.device_events(pop, p, primary, ip, day, rng, out);
+        if let (Some((sec, place_of_secondary)), Some((a, b))) = (pick.secondary, second_window) {
             let ip = self.address(pop, sec, place_of_secondary, mobile_ip, day, rng);
+            self.times.clear();
             let n = 1 + count(rng, act * (0.3 + dur_min / 30.0));
-            self.device_events(pop, p, sec, start, end, n, ip, day, rng, out);
+            self.push_times(rng, a, b, n);
+            self.device_events(pop, p, sec, ip, day, rng, out);
+        }
+    }
+
+    /// Adds `n` uniform event times between `t0` and `t1` to `self.times`.
+    fn push_times(&mut self, rng: &mut SimRng, t0: u32, t1: u32, n: u32) {
+        for _ in 0..n {
+            self.times
+                .push(between(rng, u64::from(t0), u64::from(t1.max(t0))) as u32);
         }
     }
 
@@ -388,17 +407,15 @@ impl ActivityGen {
         }
     }
 
-    /// Emits `n` events of person `p` on device `d` between `t0` and `t1`
-    /// (ms within the day), with sign-in and sign-out decisions.
+    /// Emits events of person `p` on device `d` at the times in
+    /// `self.times` (ms within the day), with sign-in and sign-out
+    /// decisions.
     #[allow(clippy::too_many_arguments)]
     fn device_events(
         &mut self,
         pop: &mut Population,
         p: u32,
         d: u32,
-        t0: u32,
-        t1: u32,
-        n: u32,
         ip: Ip,
         day: DayInfo,
         rng: &mut SimRng,
@@ -409,11 +426,6 @@ impl ActivityGen {
         };
         let stop_at = person.stop_at.unwrap_or(u64::MAX);
         let my_acct = person.account;
-        self.times.clear();
-        for _ in 0..n {
-            self.times
-                .push(between(rng, u64::from(t0), u64::from(t1.max(t0))) as u32);
-        }
         self.times.sort_unstable();
         let day_ms = day.start_ms();
         let Some(dev) = pop.devices.get_mut(d as usize) else {

@@ -205,6 +205,8 @@ fn wrong_reason(device: Option<&DeviceTruth>, account: Option<&AccountTruth>) ->
         if a.household.is_some() && a.household == d.household {
             return if d.profile.starts_with("shared-tablet") {
                 "shared household device".into()
+            } else if d.profile.starts_with("owner-unsigned") {
+                "housemate instead of the owner".into()
             } else if d.owners.is_empty() {
                 "household member without account".into()
             } else {

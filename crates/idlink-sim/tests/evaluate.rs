@@ -75,6 +75,8 @@ fn wrong_links_and_violations_are_reported() {
     let e = eval(concat!(
         r#"{"device_id":"d-kid","links":[{"account_id":"a1","link_type":"inferred"}]}"#,
         "\n",
+        r#"{"device_id":"d-laptop","links":[{"account_id":"a2","link_type":"inferred"}]}"#,
+        "\n",
         r#"{"device_id":"d-dormant","links":[{"account_id":"a2","link_type":"inferred"}]}"#,
         "\n",
         r#"{"device_id":"d-bot","links":[{"account_id":"a1","link_type":"inferred"}]}"#,
@@ -90,10 +92,10 @@ fn wrong_links_and_violations_are_reported() {
     ));
     assert_eq!((e.login_links, e.login_correct), (1, 0));
     assert_eq!(e.login_precision, 0.0);
-    // kid->a1, dormant->a2, bot->a1, opt->a4 (correct owner), opt->a2,
-    // unknown->a1 (unknown types count as inferred).
-    assert_eq!((e.inferred_links, e.inferred_correct), (6, 1));
-    assert!((e.inferred_precision - 1.0 / 6.0).abs() < 1e-9);
+    // kid->a1, laptop->a2, dormant->a2, bot->a1, opt->a4 (correct owner),
+    // opt->a2, unknown->a1 (unknown types count as inferred).
+    assert_eq!((e.inferred_links, e.inferred_correct), (7, 1));
+    assert!((e.inferred_precision - 1.0 / 7.0).abs() < 1e-9);
     let v = e.violations.join("\n");
     assert!(v.contains("erased device d-gone"), "{v}");
     assert!(v.contains("erased account a6"), "{v}");
@@ -114,6 +116,10 @@ fn wrong_links_and_violations_are_reported() {
         "{reasons:?}"
     );
     assert!(
+        reasons.contains(&("d-laptop", "housemate instead of the owner")),
+        "{reasons:?}"
+    );
+    assert!(
         reasons.contains(&("d-opt", "office colleague (small office)")),
         "{reasons:?}"
     );
@@ -127,14 +133,15 @@ fn wrong_links_and_violations_are_reported() {
             .any(|(d, r)| *d == "d-bot" && r.starts_with("bot")),
         "{reasons:?}"
     );
-    assert_eq!(e.wrong_inferred_by_reason.values().sum::<u64>(), 5);
-    // Nothing was found for the owned pairs except d-opt? (excluded) -> 0.
+    assert_eq!(e.wrong_inferred_by_reason.values().sum::<u64>(), 6);
+    // d-opt/a4 is not an owned pair (opted out, never signed in there) and
+    // d-phone's link points to the wrong account: nothing true was found.
     assert_eq!(e.owned_pairs_found, 0);
     let report = e.to_string();
     assert!(report.contains("inferred links:"), "{report}");
     assert!(report.contains("violations:"), "{report}");
     let json = serde_json::to_value(&e).expect("serialize");
-    assert_eq!(json["inferred_links"], 6);
+    assert_eq!(json["inferred_links"], 7);
     assert!(json["violations"].is_array());
 }
 

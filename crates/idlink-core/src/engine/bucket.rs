@@ -3,11 +3,12 @@
 
 use super::intern::NONE;
 use crate::time::Millis;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// A released sighting, kept for the window so later sightings can pair
 /// with it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Sighting {
     /// When.
     pub ts: Millis,
@@ -19,7 +20,7 @@ pub struct Sighting {
 
 /// A co-location found on a bucket-day: an unsigned sighting of `device`
 /// within the window of a signed-in sighting of `account`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Pair {
     /// The unsigned device.
     pub device: u32,
@@ -33,7 +34,7 @@ pub struct Pair {
 
 /// What one bucket saw on one UTC day. Decided only when the day is
 /// complete, so crowding seen at 18:00 also voids the morning's pairs.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DayAgg {
     /// Too many devices or accounts: the day counts for nothing.
     pub crowded: bool,
@@ -53,7 +54,7 @@ pub struct DayAgg {
 }
 
 /// State of one bucket.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct BucketState {
     /// Sightings within the window, oldest first (released in ts order).
     pub recent: VecDeque<Sighting>,

@@ -39,6 +39,26 @@ fn hash(s: &str) -> u64 {
     h.finish()
 }
 
+impl<T: serde::Serialize> serde::Serialize for Slots<T> {
+    /// The slots and the free list; the index is rebuilt on load.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.slots, &self.free).serialize(s)
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Slots<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (slots, free): (Vec<(Box<str>, T)>, Vec<u32>) = serde::Deserialize::deserialize(d)?;
+        let mut index = HashTable::with_capacity(slots.len());
+        for (i, (id, _)) in slots.iter().enumerate() {
+            if !id.is_empty() {
+                index.insert_unique(hash(id), i as u32, |&j| hash(&slots[j as usize].0));
+            }
+        }
+        Ok(Slots { slots, index, free })
+    }
+}
+
 impl<T> Slots<T> {
     /// The slot of `id`, if interned.
     pub fn find(&self, id: &str) -> Option<u32> {

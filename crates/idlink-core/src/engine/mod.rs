@@ -17,7 +17,10 @@ mod bucket;
 pub mod intern;
 mod privacy;
 pub mod score;
+mod snapshot;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use crate::addr::{AddressClass, AddressClassifier, Bucket};
 use crate::config::Config;
@@ -33,6 +36,7 @@ use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
 
 pub use privacy::{PrivacyAck, Removed};
+pub use snapshot::SnapshotError;
 
 /// Largest number of sightings a bucket keeps for its window; only a
 /// crowded bucket (which counts for nothing) could exceed it.
@@ -56,7 +60,7 @@ pub enum Ingested {
 }
 
 /// Counters and gauges of the engine, for summaries and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EngineStats {
     /// Device events applied in event-time order.
     pub applied_events: u64,
@@ -92,16 +96,18 @@ pub struct EngineStats {
 
 /// One source of device events (a file, a Kafka partition): its greatest
 /// `ts` seen feeds the watermark.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct Source {
     /// Caller's id of the source.
     id: u32,
     /// Greatest `ts` seen from it.
     max_ts: Millis,
+    /// Caught up with its input: does not hold the watermark back.
+    idle: bool,
 }
 
 /// An event waiting for the watermark.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Pending {
     /// Ordering key: `ts`, kind priority, arrival sequence.
     key: (Millis, u8, u64),
@@ -238,6 +244,9 @@ pub struct Engine {
     markers: FxHashMap<u128, Millis>,
     /// Greatest `ts` among markers: newer events skip the marker lookup.
     max_marker_ts: Millis,
+    /// Evidence keys (device, account, day, bucket) written by the last
+    /// provisional close, retracted before the day is counted again.
+    provisional: Vec<(u32, u32, i32, u64)>,
     /// Output changes, when the caller publishes incrementally.
     changes: Option<ChangeLog>,
     /// Privacy requests applied since the last `take_privacy_acks`.
@@ -270,6 +279,7 @@ impl Engine {
             current_day: i32::MIN,
             markers: FxHashMap::default(),
             max_marker_ts: Millis::MIN,
+            provisional: Vec::new(),
             changes: None,
             acks: Vec::new(),
             stats: EngineStats::default(),
@@ -325,6 +335,7 @@ impl Engine {
             self.sources.push(Source {
                 id,
                 max_ts: Millis::MIN,
+                idle: false,
             });
         }
     }
@@ -335,25 +346,27 @@ impl Engine {
         self.advance();
     }
 
-    /// Takes one event from `source`.
+    /// Takes one event from `source`. Every source (a file, a partition
+    /// of either input topic) feeds the watermark, so a request on a slow
+    /// privacy partition is not overtaken by fast device partitions.
     pub fn ingest(&mut self, source: u32, event: Event) -> Ingested {
-        if event.kind.is_privacy() {
-            if event.ts >= self.watermark {
-                self.push(event);
-                return Ingested::Buffered;
-            }
-            self.stats.late_privacy_requests += 1;
-            self.apply_privacy(event);
-            return Ingested::PrivacyApplied;
-        }
         match self.sources.iter_mut().find(|s| s.id == source) {
-            Some(s) => s.max_ts = s.max_ts.max(event.ts),
+            Some(s) => {
+                s.max_ts = s.max_ts.max(event.ts);
+                s.idle = false;
+            }
             None => self.sources.push(Source {
                 id: source,
                 max_ts: event.ts,
+                idle: false,
             }),
         }
         if event.ts < self.watermark {
+            if event.kind.is_privacy() {
+                self.stats.late_privacy_requests += 1;
+                self.apply_privacy(event);
+                return Ingested::PrivacyApplied;
+            }
             self.stats.late_events += 1;
             if self.is_erased(&event) {
                 self.stats.erased_events += 1;
@@ -367,6 +380,37 @@ impl Engine {
         Ingested::Buffered
     }
 
+    /// Marks a source idle (caught up with its partition) or active. An
+    /// idle source does not hold the watermark back, as in Flink.
+    pub fn set_idle(&mut self, source: u32, idle: bool) {
+        if let Some(s) = self.sources.iter_mut().find(|s| s.id == source) {
+            s.idle = idle;
+        }
+        self.advance();
+    }
+
+    /// Everything available has been read: releases every buffered event
+    /// and makes the open day's evidence count provisionally, so the
+    /// published graph reflects all input. Events older than what was
+    /// seen are late afterwards. When the day later closes for real, its
+    /// provisional evidence is replaced, never added twice.
+    pub fn flush(&mut self) {
+        let Some(max) = self.sources.iter().map(|s| s.max_ts).max() else {
+            return;
+        };
+        if max == Millis::MIN {
+            return;
+        }
+        let to = max.saturating_add(1);
+        if to > self.watermark {
+            self.release(to);
+        }
+        if self.current_day != i32::MIN {
+            let day = self.current_day;
+            self.close_provisionally(day);
+        }
+    }
+
     /// Moves the watermark to at least `to` (an idle source, or the end of
     /// input with `Millis::MAX`) and releases what it passes.
     pub fn advance_to(&mut self, to: Millis) {
@@ -378,7 +422,9 @@ impl Engine {
     /// End of input: releases everything, closes the last day and
     /// decides every device.
     pub fn finish(&mut self) {
-        self.release(Millis::MAX);
+        if self.watermark < Millis::MAX {
+            self.release(Millis::MAX);
+        }
         if self.current_day != i32::MIN {
             let day = self.current_day;
             self.close_day(day, Millis::MAX);
@@ -392,7 +438,14 @@ impl Engine {
     }
 
     fn advance(&mut self) {
-        let Some(min) = self.sources.iter().map(|s| s.max_ts).min() else {
+        let active = self
+            .sources
+            .iter()
+            .filter(|s| !s.idle)
+            .map(|s| s.max_ts)
+            .min();
+        let all_idle = self.sources.iter().map(|s| s.max_ts).max();
+        let Some(min) = active.or(all_idle) else {
             return;
         };
         if min == Millis::MIN {
@@ -726,6 +779,26 @@ impl Engine {
         }
     }
 
+    /// Frees a device slot; a pending change to it becomes a tombstone.
+    fn free_device(&mut self, d: u32) {
+        if let Some((id, _)) = self.devices.remove(d)
+            && let Some(c) = self.changes.as_mut()
+            && c.devices.remove(&d)
+        {
+            c.removed_devices.push(id);
+        }
+    }
+
+    /// Frees an account slot; a pending change to it becomes a tombstone.
+    fn free_account(&mut self, a: u32) {
+        if let Some((id, _)) = self.accounts.remove(a)
+            && let Some(c) = self.changes.as_mut()
+            && c.accounts.remove(&a)
+        {
+            c.removed_accounts.push(id);
+        }
+    }
+
     fn mark_device(&mut self, d: u32) {
         if let Some(c) = self.changes.as_mut() {
             c.devices.insert(d);
@@ -743,6 +816,7 @@ impl Engine {
     /// state past its horizon is dropped. `now` is the first event of the
     /// next day (or the end), for pruning bucket windows.
     fn close_day(&mut self, day: i32, now: Millis) {
+        self.retract_provisional();
         let window = self.p.window_ms;
         let buckets = std::mem::take(&mut self.active_buckets);
         let mut keep = Vec::with_capacity(buckets.len() / 4);
@@ -765,17 +839,50 @@ impl Engine {
                 keep.push(b);
             }
             if let Some(agg) = agg {
-                self.evidence_from(b, bucket_day, &agg);
+                self.evidence_from(b, bucket_day, &agg, false);
             }
         }
         self.active_buckets = keep;
         self.sweep(day);
     }
 
+    /// Counts the open `day` as if it closed now, remembering what it
+    /// wrote so the real close can replace it.
+    fn close_provisionally(&mut self, day: i32) {
+        self.retract_provisional();
+        for i in 0..self.active_buckets.len() {
+            let b = self.active_buckets[i];
+            let Some(st) = self.buckets.get_mut(&b) else {
+                continue;
+            };
+            if st.day != day {
+                continue;
+            }
+            let Some(agg) = st.agg.take() else { continue };
+            self.evidence_from(b, day, &agg, true);
+            if let Some(st) = self.buckets.get_mut(&b) {
+                st.agg = Some(agg);
+            }
+        }
+        self.sweep(day);
+    }
+
+    /// Removes evidence written by the last provisional close.
+    fn retract_provisional(&mut self) {
+        for (d, a, day, bucket) in std::mem::take(&mut self.provisional) {
+            if let Some(dev) = self.devices.get_mut(d) {
+                dev.evidence
+                    .retain(|e| (e.account, e.day, e.bucket) != (a, day, bucket));
+            }
+        }
+    }
+
     /// Turns one complete bucket-day into evidence on its devices.
-    fn evidence_from(&mut self, b: Bucket, day: i32, agg: &bucket::DayAgg) {
+    fn evidence_from(&mut self, b: Bucket, day: i32, agg: &bucket::DayAgg, provisional: bool) {
         if agg.crowded {
-            self.stats.crowded_bucket_days += 1;
+            if !provisional {
+                self.stats.crowded_bucket_days += 1;
+            }
             return;
         }
         if agg.pairs.is_empty() {
@@ -850,7 +957,7 @@ impl Engine {
             }
             produced = true;
         }
-        if produced {
+        if produced && !provisional {
             self.stats.evidence_bucket_days += 1;
         }
     }
@@ -927,7 +1034,7 @@ impl Engine {
         let accounts: Vec<u32> = self.accounts.live().collect();
         for a in accounts {
             if self.accounts.get(a).is_some_and(Account::is_empty) {
-                self.accounts.remove(a);
+                self.free_account(a);
             }
         }
         let marker_ttl = self.p.marker_ttl_days;

@@ -31,6 +31,7 @@ pub struct Removed {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PrivacyAck {
     /// The request's `ts`.
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub ts: Millis,
     /// `erase`, `opt_out` or `opt_in`.
     pub kind: &'static str,
@@ -59,7 +60,7 @@ impl Engine {
                 removed.buffered_events =
                     self.purge_buffer(ev.ts, |e| e.account.as_ref() == Some(acc));
                 if let Some(a) = self.accounts.find(acc.as_str()) {
-                    self.erase_account(a, &mut removed);
+                    self.erase_account(a, ev.ts, &mut removed);
                 }
             }
             (EventKind::Erase, PrivacyTarget::Device(dev)) => {
@@ -72,7 +73,7 @@ impl Engine {
             }
             (EventKind::OptOut, PrivacyTarget::Account(acc)) => {
                 let (a, _) = self.accounts.intern(acc.as_str(), Default::default);
-                self.opt_out(a, &mut removed);
+                self.opt_out(a, ev.ts, &mut removed);
             }
             (EventKind::OptIn, PrivacyTarget::Account(acc)) => {
                 if let Some(a) = self.accounts.find(acc.as_str())
@@ -121,7 +122,7 @@ impl Engine {
 
     /// Every trace of account `a` goes: links, evidence (kept only as an
     /// anonymous total on each device), sightings and pending co-locations.
-    fn erase_account(&mut self, a: u32, removed: &mut Removed) {
+    fn erase_account(&mut self, a: u32, ts: Millis, removed: &mut Removed) {
         let Some(acc) = self.accounts.get(a) else {
             return;
         };
@@ -142,7 +143,7 @@ impl Engine {
                 removed.inferred_links += 1;
             }
         }
-        removed.evidence += self.anonymise_evidence(a, &holding);
+        removed.evidence += self.anonymise_evidence(a, &holding, ts);
         for st in self.buckets.values_mut() {
             let before = st.recent.len();
             st.recent.retain(|s| s.account != a);
@@ -153,12 +154,8 @@ impl Engine {
                 removed.sightings += (pairs - agg.pairs.len()) as u64;
             }
         }
-        if let Some((id, _)) = self.accounts.remove(a)
-            && let Some(c) = self.changes.as_mut()
-        {
-            c.accounts.remove(&a);
-            c.removed_accounts.push(id);
-        }
+        self.mark_account(a);
+        self.free_account(a);
         self.redecide(&holding);
     }
 
@@ -197,17 +194,13 @@ impl Engine {
         for prof in self.profiles.values_mut() {
             prof.retain(|x| x.0 != d);
         }
-        if let Some((id, _)) = self.devices.remove(d)
-            && let Some(c) = self.changes.as_mut()
-        {
-            c.devices.remove(&d);
-            c.removed_devices.push(id);
-        }
+        self.mark_device(d);
+        self.free_device(d);
     }
 
     /// Opt-out: inferred links to `a` go and its evidence becomes
     /// anonymous; no new evidence is collected while opted out.
-    fn opt_out(&mut self, a: u32, removed: &mut Removed) {
+    fn opt_out(&mut self, a: u32, ts: Millis, removed: &mut Removed) {
         let Some(acc) = self.accounts.get_mut(a) else {
             return;
         };
@@ -225,7 +218,7 @@ impl Engine {
                 removed.inferred_links += 1;
             }
         }
-        removed.evidence += self.anonymise_evidence(a, &holding);
+        removed.evidence += self.anonymise_evidence(a, &holding, ts);
         for st in self.buckets.values_mut() {
             if let Some(agg) = st.agg.as_mut() {
                 let pairs = agg.pairs.len();
@@ -236,15 +229,21 @@ impl Engine {
         self.redecide(&holding);
     }
 
-    /// Rewrites `a`'s evidence on `devices` to the anonymous account, so
-    /// the weight still counts against other accounts' share but names
-    /// no one. Returns the number of entries rewritten.
-    fn anonymise_evidence(&mut self, a: u32, devices: &[u32]) -> u64 {
+    /// Rewrites `a`'s evidence on `devices` up to the request's `ts` to
+    /// the anonymous account, so the weight still counts against other
+    /// accounts' share but names no one. Evidence after `ts` (a request
+    /// that arrived late) is deleted: it should never have been kept, and
+    /// deleting it makes the result independent of when the request
+    /// arrived. Returns the number of entries rewritten or deleted.
+    fn anonymise_evidence(&mut self, a: u32, devices: &[u32], ts: Millis) -> u64 {
         let mut n = 0;
         for &d in devices {
             let Some(dev) = self.devices.get_mut(d) else {
                 continue;
             };
+            let before = dev.evidence.len();
+            dev.evidence.retain(|e| e.account != a || e.at <= ts);
+            n += (before - dev.evidence.len()) as u64;
             let mut changed = false;
             for e in dev.evidence.iter_mut().filter(|e| e.account == a) {
                 e.account = NONE;

@@ -2,13 +2,14 @@
 //! times are event-time milliseconds, weights are fixed-point.
 
 use crate::time::Millis;
+use serde::{Deserialize, Serialize};
 
 /// Fixed-point scale of evidence weights: 1.0 is `WEIGHT_ONE`. Integers
 /// make sums exact and independent of the order evidence arrived in.
 pub const WEIGHT_ONE: u32 = 10_000;
 
 /// A device's sign-in association with an account.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginLink {
     /// Account slot.
     pub account: u32,
@@ -21,7 +22,7 @@ pub struct LoginLink {
 }
 
 /// The device's inferred link as last decided.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InferredLink {
     /// Account slot.
     pub account: u32,
@@ -47,7 +48,7 @@ pub struct InferredLink {
 ///
 /// Only a keyed hash of the bucket is kept: state never holds the raw
 /// addresses evidence came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Evidence {
     /// Account slot, or [`super::intern::NONE`] for the anonymous total of
     /// removed (erased or opted-out) accounts.
@@ -69,7 +70,7 @@ pub struct Evidence {
 }
 
 /// Everything known about one device.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Device {
     /// Latest sighting, for idle eviction.
     pub last_seen: Millis,
@@ -120,7 +121,7 @@ impl Device {
 }
 
 /// Everything known about one account.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Account {
     /// Devices linked to it (sign-in or inferred), for the account view.
     pub devices: Vec<u32>,

@@ -1,0 +1,192 @@
+//! Engine behaviour that the golden files do not pin down: snapshots,
+//! provisional closes, watermarks over several sources.
+
+use super::*;
+use crate::event::EventKind;
+use crate::ids::{AccountId, DeviceId};
+
+fn t(day: i64, minute: i64) -> Millis {
+    // 2026-01-05T00:00Z plus days and minutes.
+    Millis(1_767_571_200_000 + day * DAY_MS + minute * MINUTE_MS)
+}
+
+fn sighting(ts: Millis, device: &str, ip: &str, account: Option<&str>) -> Event {
+    Event {
+        ts,
+        kind: EventKind::Activity,
+        device: Some(DeviceId::from(device)),
+        account: account.map(AccountId::from),
+        ip: Some(ip.parse().unwrap()),
+    }
+}
+
+/// A single-person household over four evenings, plus a noisy neighbour.
+fn stream() -> Vec<Event> {
+    let mut v = Vec::new();
+    for day in 0..4 {
+        v.push(sighting(t(day, 1200), "phone", "81.2.3.4", Some("alice")));
+        v.push(sighting(t(day, 1202), "laptop", "81.2.3.4", None));
+        v.push(sighting(t(day, 1230), "n-phone", "81.2.3.5", Some("bob")));
+    }
+    v
+}
+
+fn engine() -> Engine {
+    Engine::new(&Config::default(), AddressClassifier::new(64, &[]))
+}
+
+fn output(e: &Engine) -> (Vec<String>, Vec<String>) {
+    (e.device_lines().collect(), e.account_lines().collect())
+}
+
+fn straight() -> (Vec<String>, Vec<String>) {
+    let mut e = engine();
+    for ev in stream() {
+        e.ingest(0, ev);
+    }
+    e.finish();
+    output(&e)
+}
+
+#[test]
+fn the_household_laptop_is_inferred() {
+    let (devices, _) = straight();
+    assert!(
+        devices
+            .iter()
+            .any(|l| l.contains("\"device_id\":\"laptop\"") && l.contains("\"inferred\"")),
+        "{devices:#?}"
+    );
+}
+
+#[test]
+fn a_snapshot_mid_stream_restores_to_the_same_result() {
+    let events = stream();
+    for cut in [1, 4, 7, 11] {
+        let mut e = engine();
+        for ev in events[..cut].iter().cloned() {
+            e.ingest(0, ev);
+        }
+        let bytes = e.snapshot();
+        let mut r =
+            Engine::restore(&Config::default(), AddressClassifier::new(64, &[]), &bytes).unwrap();
+        for ev in events[cut..].iter().cloned() {
+            r.ingest(0, ev);
+        }
+        r.finish();
+        assert_eq!(output(&r), straight(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_corrupt_or_foreign_snapshot_is_refused() {
+    let bytes = engine().snapshot();
+    assert!(
+        Engine::restore(
+            &Config::default(),
+            AddressClassifier::new(64, &[]),
+            &bytes[..bytes.len() / 2]
+        )
+        .is_err()
+            || bytes.len() < 4
+    );
+    assert!(matches!(
+        Engine::restore(
+            &Config::default(),
+            AddressClassifier::new(64, &[]),
+            &[9, 1, 2]
+        ),
+        Err(SnapshotError::Version { found: 9 })
+    ));
+}
+
+#[test]
+fn flushing_when_caught_up_never_counts_a_day_twice() {
+    let events = stream();
+    for cut in [2, 5, 8, 12] {
+        let mut e = engine();
+        for (i, ev) in events.iter().cloned().enumerate() {
+            e.ingest(0, ev);
+            if i + 1 == cut || i % 3 == 0 {
+                e.flush();
+            }
+        }
+        e.finish();
+        assert_eq!(output(&e), straight(), "flushed at {cut}");
+    }
+}
+
+#[test]
+fn the_watermark_waits_for_every_active_source_but_not_idle_ones() {
+    let mut e = engine();
+    e.add_source(0);
+    e.add_source(1);
+    e.ingest(0, sighting(t(0, 100), "a", "81.2.3.4", None));
+    assert_eq!(e.watermark(), Millis::MIN, "source 1 has not spoken yet");
+    e.ingest(1, sighting(t(0, 10), "b", "81.2.3.4", None));
+    assert_eq!(e.watermark(), t(0, 0), "min over sources minus 10 minutes");
+    e.set_idle(1, true);
+    assert_eq!(e.watermark(), t(0, 90));
+    // A request on a slow partition is buffered, not late.
+    let req = Event {
+        ts: t(0, 95),
+        kind: EventKind::OptOut,
+        device: None,
+        account: Some(AccountId::from("x")),
+        ip: None,
+    };
+    assert_eq!(e.ingest(1, req), Ingested::Buffered);
+}
+
+#[test]
+fn late_activity_refreshes_sign_in_but_adds_no_evidence() {
+    let mut e = engine();
+    e.ingest(0, sighting(t(0, 600), "p", "81.2.3.4", Some("a")));
+    assert_eq!(
+        e.ingest(0, sighting(t(0, 100), "p", "81.2.3.4", Some("a"))),
+        Ingested::Late
+    );
+    e.finish();
+    let line = e.device_line("p").unwrap();
+    assert!(
+        line.contains("\"first_seen\":\"2026-01-05T01:40:00.000Z\""),
+        "{line}"
+    );
+    assert_eq!(e.stats().late_events, 1);
+}
+
+#[test]
+fn change_tracking_reports_updates_and_tombstones() {
+    let mut e = engine();
+    e.track_changes();
+    e.ingest(0, sighting(t(0, 0), "p", "81.2.3.4", Some("a")));
+    e.ingest(0, sighting(t(0, 30), "q", "81.2.3.9", None));
+    let c = e.take_changes();
+    assert_eq!(
+        c.devices.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+        ["p"],
+        "released by the watermark"
+    );
+    e.flush();
+    assert_eq!(
+        e.take_changes(),
+        Changes::default(),
+        "q has no links to publish"
+    );
+    assert!(c.accounts[0].1.is_some());
+    let erase = Event {
+        ts: t(0, 60),
+        kind: EventKind::Erase,
+        device: Some(DeviceId::from("p")),
+        account: None,
+        ip: None,
+    };
+    e.ingest(0, erase);
+    e.flush();
+    let c = e.take_changes();
+    assert_eq!(c.devices, vec![("p".to_string(), None)]);
+    assert_eq!(c.accounts, vec![("a".to_string(), None)]);
+    let acks = e.take_privacy_acks();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].removed.login_links, 1);
+}
