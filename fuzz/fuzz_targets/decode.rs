@@ -20,24 +20,53 @@ fuzz_target!(|data: &[u8]| {
             let input = &CONFIG.input;
             let floor = Millis::parse_rfc3339(&input.min_ts).expect("default min_ts parses");
             assert!(e.ts >= floor, "accepted ts {} before the floor", e.ts);
-            assert!(e.ts <= NOW.saturating_add(input.max_future_skew_minutes * 60_000), "accepted ts {} in the future", e.ts);
-            let ids = e.device.iter().map(|d| d.as_str()).chain(e.account.iter().map(|a| a.as_str()));
+            assert!(
+                e.ts <= NOW.saturating_add(input.max_future_skew_minutes * 60_000),
+                "accepted ts {} in the future",
+                e.ts
+            );
+            let ids = e
+                .device
+                .iter()
+                .map(|d| d.as_str())
+                .chain(e.account.iter().map(|a| a.as_str()));
             for id in ids {
-                assert!(!id.is_empty() && id.len() <= input.max_id_bytes, "bad id length: {id:?}");
-                assert!(!id.chars().any(char::is_control), "control characters in {id:?}");
+                assert!(
+                    !id.is_empty() && id.len() <= input.max_id_bytes,
+                    "bad id length: {id:?}"
+                );
+                assert!(
+                    !id.chars().any(char::is_control),
+                    "control characters in {id:?}"
+                );
                 assert!(!DECODER.is_junk(id), "junk id accepted: {id:?}");
             }
             match e.kind {
                 EventKind::OptOut | EventKind::OptIn => {
-                    assert!(e.account.is_some() && e.device.is_none() && e.ip.is_none(), "{e:?}")
+                    assert!(
+                        e.account.is_some() && e.device.is_none() && e.ip.is_none(),
+                        "{e:?}"
+                    )
                 }
-                EventKind::Erase => assert!(e.account.is_some() != e.device.is_some() && e.ip.is_none(), "{e:?}"),
-                EventKind::Login => assert!(e.device.is_some() && e.account.is_some() && e.ip.is_some(), "{e:?}"),
-                EventKind::Logout | EventKind::Activity => assert!(e.device.is_some() && e.ip.is_some(), "{e:?}"),
+                EventKind::Erase => assert!(
+                    e.account.is_some() != e.device.is_some() && e.ip.is_none(),
+                    "{e:?}"
+                ),
+                EventKind::Login => assert!(
+                    e.device.is_some() && e.account.is_some() && e.ip.is_some(),
+                    "{e:?}"
+                ),
+                EventKind::Logout | EventKind::Activity => {
+                    assert!(e.device.is_some() && e.ip.is_some(), "{e:?}")
+                }
             }
         }
         Err(r) => {
-            assert!(!r.detail.trim().is_empty(), "rejected as {} without a detail", r.reason);
+            assert!(
+                !r.detail.trim().is_empty(),
+                "rejected as {} without a detail",
+                r.reason
+            );
         }
     }
 });

@@ -42,10 +42,11 @@ write("signin-persistence", [
     ev(7, "10:00", "app_open", "tablet-1", "2a02:10:20:30::5", "bob", source="app"),
 ])
 
-# 2. One person at home: signed-in phone, unsigned laptop minutes apart on
-#    three evenings -> inferred link with its evidence.
-write("household-single", evenings([5, 6, 7], "81.2.3.10",
-    [("alice-phone", "alice", 0), ("alice-laptop", None, 2)]))
+# 2. One person at home: signed-in phone, unsigned laptop a minute apart on
+#    six evenings -> inferred link with its evidence.
+SIX = [5, 6, 7, 8, 9, 10]
+write("household-single", evenings(SIX, "81.2.3.10",
+    [("alice-phone", "alice", 0), ("alice-laptop", None, 1)]))
 
 # 3. A household where a member never signs in: the laptop could be
 #    anyone's among several unexplained devices -> no inferred link.
@@ -76,38 +77,38 @@ write("shared-tablet", [
 
 # 7. IPv6: privacy addresses rotate inside one /64 -> one bucket.
 v6 = []
-for d, iid in [(5, "1"), (6, "2"), (7, "3")]:
-    v6.append(ev(d, "21:00", "page_view", "v6-phone", f"2a02:10:20:31::a{iid}", "vera"))
-    v6.append(ev(d, "21:03", "page_view", "v6-laptop", f"2a02:10:20:31::b{iid}"))
+for d in SIX:
+    v6.append(ev(d, "21:00", "page_view", "v6-phone", f"2a02:10:20:31::a{d}", "vera"))
+    v6.append(ev(d, "21:01", "page_view", "v6-laptop", f"2a02:10:20:31::b{d}"))
 write("ipv6-prefix", v6)
 
 # 8. Opt-out removes the inferred link and its evidence; opt-in lets new
 #    evidence count from its ts on.
-oo = evenings([5, 6, 7], "81.2.3.14", [("o-phone", "olga", 0), ("o-laptop", None, 2)])
-oo.append(ev(8, "12:00", "opt_out", account="olga"))
-oo += evenings([8, 9], "81.2.3.14", [("o-phone", "olga", 0), ("o-laptop", None, 2)])
-oo.append(ev(10, "12:00", "opt_in", account="olga"))
-oo += evenings([10, 11, 12], "81.2.3.14", [("o-phone", "olga", 0), ("o-laptop", None, 2)])
+oo = evenings(SIX, "81.2.3.14", [("o-phone", "olga", 0), ("o-laptop", None, 1)])
+oo.append(ev(11, "12:00", "opt_out", account="olga"))
+oo += evenings([11, 12], "81.2.3.14", [("o-phone", "olga", 0), ("o-laptop", None, 1)])
+oo.append(ev(13, "12:00", "opt_in", account="olga"))
+oo += evenings([13, 14, 15], "81.2.3.14", [("o-phone", "olga", 0), ("o-laptop", None, 1)])
 write("opt-out-opt-in", oo)
 
 # 9. Erase: the account and a device disappear; an event from before the
 #    erase arriving afterwards does not bring them back.
-er = evenings([5, 6, 7], "81.2.3.15", [("e-phone", "erin", 0), ("e-laptop", None, 2)])
-er.append(ev(7, "23:00", "erase", account="erin"))
-er.append(ev(8, "09:00", "page_view", "other", "81.2.3.16", "zed"))
-er.append(ev(7, "22:59", "page_view", "e-phone", "81.2.3.15", "erin"))  # late, before the erase
-er.append(ev(8, "10:00", "page_view", "gone-device", "81.2.3.17", "zed"))
-er.append(ev(8, "11:00", "erase", device="gone-device"))
+er = evenings(SIX, "81.2.3.15", [("e-phone", "erin", 0), ("e-laptop", None, 1)])
+er.append(ev(10, "23:00", "erase", account="erin"))
+er.append(ev(11, "09:00", "page_view", "other", "81.2.3.16", "zed"))
+er.append(ev(10, "22:59", "page_view", "e-phone", "81.2.3.15", "erin"))  # late, before the erase
+er.append(ev(11, "10:00", "page_view", "gone-device", "81.2.3.17", "zed"))
+er.append(ev(11, "11:00", "erase", device="gone-device"))
 write("erase", er)
 
 # 10. Out-of-order within the lateness bound gives the household-single
 #     result; an event beyond the bound is late (refreshes sign-in only).
-hs = evenings([5, 6, 7], "81.2.3.10", [("alice-phone", "alice", 0), ("alice-laptop", None, 2)])
+hs = evenings(SIX, "81.2.3.10", [("alice-phone", "alice", 0), ("alice-laptop", None, 1)])
 shuffled = []
 for i in range(0, len(hs), 2):
-    shuffled += [hs[i + 1], hs[i]]  # laptop (2 min later) arrives first
-shuffled.append(ev(8, "12:00", "page_view", "late-phone", "81.2.3.20", "larry"))
-shuffled.append(ev(8, "11:00", "page_view", "late-phone", "81.2.3.20", "larry"))  # 60 min behind: late
+    shuffled += [hs[i + 1], hs[i]]  # laptop (a minute later) arrives first
+shuffled.append(ev(10, "23:00", "page_view", "late-phone", "81.2.3.20", "larry"))
+shuffled.append(ev(10, "22:00", "page_view", "late-phone", "81.2.3.20", "larry"))  # 60 min behind: late
 write("late-and-out-of-order", shuffled)
 
 # 11. Bad lines: each becomes a dead letter with its own reason.

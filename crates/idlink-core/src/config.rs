@@ -139,6 +139,10 @@ pub struct LinkingConfig {
     /// Time-gap weighting: a co-location `g` minutes apart weighs
     /// `exp(-g / gap_scale_minutes)`, so same-session use counts most.
     pub gap_scale_minutes: f64,
+    /// How strongly an address shared by several unexplained devices
+    /// weakens its evidence: weights divide by `unknown ^ exponent`
+    /// (0 ignores sharing, 1 splits evidence evenly among the devices).
+    pub ambiguity_exponent: f64,
     /// Evidence older than this many days is forgotten; younger evidence
     /// decays linearly towards it.
     pub evidence_horizon_days: i64,
@@ -169,10 +173,11 @@ impl Default for LinkingConfig {
     fn default() -> Self {
         Self {
             window_minutes: 30,
-            gap_scale_minutes: 10.0,
+            gap_scale_minutes: 2.0,
+            ambiguity_exponent: 0.5,
             evidence_horizon_days: 30,
             min_days: 2,
-            min_score: 0.6,
+            min_score: 2.5,
             min_share: 0.8,
             infer_for_signed_in_devices: false,
             login_link_ttl_days: 400,
@@ -294,6 +299,9 @@ impl Config {
         }
         if !(1..=365).contains(&l.evidence_horizon_days) {
             return bad("linking.evidence_horizon_days must be 1..=365".into());
+        }
+        if !(0.0..=2.0).contains(&l.ambiguity_exponent) {
+            return bad("linking.ambiguity_exponent must be 0..=2".into());
         }
         if l.min_days < 1 || i64::from(l.min_days) > l.evidence_horizon_days {
             return bad("linking.min_days must be 1..=evidence_horizon_days".into());

@@ -2,6 +2,7 @@
 
 mod lines;
 mod replay;
+mod service;
 mod settings;
 
 use anyhow::Result;
@@ -35,6 +36,12 @@ enum Command {
         /// Skip writing the graph files (engine benchmarks).
         #[arg(long, hide = true)]
         quiet: bool,
+    },
+    /// Run the linking service on Kafka until SIGTERM or SIGINT.
+    Run {
+        /// Config file (default: config/default.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Write a simulated population's events and ground truth.
     Simulate {
@@ -74,15 +81,35 @@ enum Command {
     },
 }
 
+/// Logs to stderr as text or JSON lines.
+fn init_logging(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IDLINK_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let level = std::env::var("IDLINK_LOG").unwrap_or_else(|_| "info".into());
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging("text", &level);
+    }
+    match cli.command {
+        Command::Run { config } => {
+            let settings = settings::Settings::load(config.as_deref())?;
+            let cfg = service::ServiceConfig::from_table(&settings.service)?;
+            init_logging(&cfg.log.format, &cfg.log.level);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(service::run(settings, cfg))?;
+        }
         Command::Replay {
             input,
             config,

@@ -17,12 +17,10 @@ pub struct Settings {
     pub classifier: AddressClassifier,
     /// The service sections, parsed by `run`.
     pub service: toml::Table,
-    /// Where the config came from, for messages.
-    pub path: Option<PathBuf>,
 }
 
 /// Service sections that the core does not know.
-const SERVICE_SECTIONS: [&str; 3] = ["kafka", "http", "log"];
+const SERVICE_SECTIONS: [&str; 4] = ["kafka", "service", "http", "log"];
 
 impl Settings {
     /// Loads `path`, or the default config if it exists, or built-in
@@ -87,7 +85,6 @@ impl Settings {
             core,
             classifier,
             service,
-            path: chosen,
         })
     }
 }

@@ -162,6 +162,7 @@ struct Params {
     lateness_ms: i64,
     window_ms: i64,
     gap_scale_ms: f64,
+    ambiguity_exponent: f64,
     horizon_days: i64,
     min_days: u16,
     min_score: f64,
@@ -186,6 +187,7 @@ impl Params {
             lateness_ms: c.time.allowed_lateness_minutes * MINUTE_MS,
             window_ms: c.linking.window_minutes * MINUTE_MS,
             gap_scale_ms: c.linking.gap_scale_minutes * MINUTE_MS as f64,
+            ambiguity_exponent: c.linking.ambiguity_exponent,
             horizon_days: c.linking.evidence_horizon_days,
             min_days: c.linking.min_days.min(u32::from(u16::MAX)) as u16,
             min_score: c.linking.min_score,
@@ -914,6 +916,7 @@ impl Engine {
                 .count()
         });
         let unknown = today.max(known).max(1);
+        let ambiguity = (unknown as f64).powf(self.p.ambiguity_exponent);
         let n_dev = humans + agg.anon_devices as usize;
         let n_acc = (agg.accounts.len() + agg.anon_accounts as usize).max(1);
         let tag = self.hasher.tag(&b.to_bytes());
@@ -926,7 +929,7 @@ impl Engine {
                 continue;
             }
             let tf = (-(p.gap_ms as f64) / self.p.gap_scale_ms).exp();
-            let w = tf / (unknown * n_acc) as f64;
+            let w = tf / (n_acc as f64 * ambiguity);
             let weight = (w * f64::from(WEIGHT_ONE))
                 .round()
                 .clamp(0.0, f64::from(WEIGHT_ONE)) as u16;
@@ -1023,7 +1026,7 @@ impl Engine {
             };
             if dev.is_empty() && i64::from(day) - dev.last_seen.day() >= horizon && !dev.is_bot(day)
             {
-                self.devices.remove(d);
+                self.free_device(d);
             }
         }
         capped_accounts.sort_unstable();

@@ -20,12 +20,12 @@ fn sighting(ts: Millis, device: &str, ip: &str, account: Option<&str>) -> Event 
     }
 }
 
-/// A single-person household over four evenings, plus a noisy neighbour.
+/// A single-person household over six evenings, plus a neighbour.
 fn stream() -> Vec<Event> {
     let mut v = Vec::new();
-    for day in 0..4 {
+    for day in 0..6 {
         v.push(sighting(t(day, 1200), "phone", "81.2.3.4", Some("alice")));
-        v.push(sighting(t(day, 1202), "laptop", "81.2.3.4", None));
+        v.push(sighting(t(day, 1201), "laptop", "81.2.3.4", None));
         v.push(sighting(t(day, 1230), "n-phone", "81.2.3.5", Some("bob")));
     }
     v
@@ -62,7 +62,7 @@ fn the_household_laptop_is_inferred() {
 #[test]
 fn a_snapshot_mid_stream_restores_to_the_same_result() {
     let events = stream();
-    for cut in [1, 4, 7, 11] {
+    for cut in [1, 4, 7, 11, 17] {
         let mut e = engine();
         for ev in events[..cut].iter().cloned() {
             e.ingest(0, ev);
@@ -103,7 +103,7 @@ fn a_corrupt_or_foreign_snapshot_is_refused() {
 #[test]
 fn flushing_when_caught_up_never_counts_a_day_twice() {
     let events = stream();
-    for cut in [2, 5, 8, 12] {
+    for cut in [2, 5, 8, 12, 16] {
         let mut e = engine();
         for (i, ev) in events.iter().cloned().enumerate() {
             e.ingest(0, ev);
@@ -189,4 +189,17 @@ fn change_tracking_reports_updates_and_tombstones() {
     let acks = e.take_privacy_acks();
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].removed.login_links, 1);
+}
+
+#[test]
+fn an_expired_sign_in_link_is_retracted_from_the_published_graph() {
+    let mut e = engine();
+    e.track_changes();
+    e.ingest(0, sighting(t(0, 60), "p", "81.2.3.4", Some("a")));
+    e.ingest(0, sighting(t(401, 0), "q", "81.2.3.9", None));
+    let first = e.take_changes();
+    assert_eq!(first.devices.len(), 1, "{first:?}");
+    e.finish();
+    let c = e.take_changes();
+    assert_eq!(c.devices, vec![("p".to_string(), None)], "{c:?}");
 }

@@ -1,0 +1,284 @@
+//! Kafka clients: configuration, the statistics context, and the topic
+//! check at start.
+
+use super::config::KafkaConfig;
+use super::telemetry::Telemetry;
+use anyhow::{Context, Result, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Base client config: brokers plus the pass-through `common` settings.
+pub fn client_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    for (key, v) in &k.common {
+        c.set(key, v);
+    }
+    c
+}
+
+/// Consumer config: manual commits only after outputs and a snapshot are
+/// acknowledged; offsets are never stored automatically.
+pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(k);
+    c.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "1000")
+        .set("enable.partition.eof", "false");
+    for (key, v) in &k.consumer {
+        c.set(key, v);
+    }
+    c
+}
+
+/// Producer config: idempotent, acknowledged by all in-sync replicas.
+pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(k);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "4000000")
+        .set("statistics.interval.ms", "1000");
+    for (key, v) in &k.producer {
+        c.set(key, v);
+    }
+    c
+}
+
+/// Shared view of the consumer's partitions, fed by librdkafka callbacks.
+#[derive(Default)]
+pub struct PartitionState {
+    /// Lag per (topic, partition) from the last statistics.
+    pub lag: Mutex<HashMap<(String, i32), i64>>,
+    /// Partitions currently assigned.
+    pub assigned: AtomicUsize,
+    /// Set when every broker is down; cleared when statistics flow again.
+    pub brokers_down: AtomicBool,
+}
+
+/// Consumer context: exports lag and tracks assignment and broker health.
+pub struct ServiceContext {
+    /// Where lag goes.
+    pub telemetry: Arc<Telemetry>,
+    /// Shared partition view.
+    pub partitions: Arc<PartitionState>,
+}
+
+impl ClientContext for ServiceContext {
+    fn stats(&self, stats: Statistics) {
+        let mut lag = self
+            .partitions
+            .lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p < 0 || part.fetch_state != "active" {
+                    continue;
+                }
+                let l = part.consumer_lag.max(0);
+                self.telemetry.lag(topic, *p, l);
+                lag.insert((topic.clone(), *p), l);
+            }
+        }
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        self.partitions.brokers_down.store(!up, Ordering::Relaxed);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.partitions.brokers_down.store(true, Ordering::Relaxed);
+        }
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for ServiceContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.partitions
+                    .assigned
+                    .store(tpl.count(), Ordering::Relaxed);
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                self.partitions.assigned.store(0, Ordering::Relaxed);
+                self.partitions
+                    .lag
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// One topic the service needs, and how.
+struct Wanted<'a> {
+    name: &'a str,
+    partitions: i32,
+    compacted: bool,
+}
+
+/// Waits for the brokers (up to the configured timeout), creates missing
+/// topics and refuses to start if an existing output topic has the wrong
+/// cleanup policy.
+pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(k)
+        .create()
+        .context("creating the admin client")?;
+    let timeout = Duration::from_secs(k.connect_timeout_seconds);
+    let metadata = tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, timeout))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the brokers at {} cannot be reached within {} s: {e}",
+                k.brokers,
+                k.connect_timeout_seconds
+            )
+        })?;
+    let existing: HashMap<String, usize> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().len()))
+        .collect();
+    let wanted = [
+        Wanted {
+            name: &k.events_topic,
+            partitions: k.input_partitions,
+            compacted: false,
+        },
+        Wanted {
+            name: &k.privacy_topic,
+            partitions: k.input_partitions,
+            compacted: false,
+        },
+        Wanted {
+            name: &k.device_links_topic,
+            partitions: k.output_partitions,
+            compacted: true,
+        },
+        Wanted {
+            name: &k.account_devices_topic,
+            partitions: k.output_partitions,
+            compacted: true,
+        },
+        Wanted {
+            name: &k.dead_letters_topic,
+            partitions: k.output_partitions,
+            compacted: false,
+        },
+        Wanted {
+            name: &k.privacy_acks_topic,
+            partitions: k.output_partitions,
+            compacted: false,
+        },
+        Wanted {
+            name: &k.snapshots_topic,
+            partitions: 1,
+            compacted: true,
+        },
+        Wanted {
+            name: &k.manifests_topic,
+            partitions: 1,
+            compacted: true,
+        },
+    ];
+    let missing: Vec<&Wanted> = wanted
+        .iter()
+        .filter(|w| !existing.contains_key(w.name))
+        .collect();
+    if !missing.is_empty() {
+        if !k.create_topics {
+            let names: Vec<&str> = missing.iter().map(|w| w.name).collect();
+            bail!("topics {names:?} do not exist and kafka.create_topics is off");
+        }
+        let new: Vec<NewTopic> = missing
+            .iter()
+            .map(|w| {
+                NewTopic::new(
+                    w.name,
+                    w.partitions,
+                    TopicReplication::Fixed(k.replication_factor),
+                )
+                .set(
+                    "cleanup.policy",
+                    if w.compacted { "compact" } else { "delete" },
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(timeout));
+        for r in admin
+            .create_topics(&new, &opts)
+            .await
+            .context("creating topics")?
+        {
+            match r {
+                Ok(name) => tracing::info!(topic = name, "created topic"),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::info!(topic = name, "topic exists")
+                }
+                Err((name, code)) => bail!("creating topic {name}: {code}"),
+            }
+        }
+    }
+    // Existing compacted outputs must really be compacted: with `delete`,
+    // consumers rebuilding the graph would silently lose devices.
+    let check: Vec<&Wanted> = wanted
+        .iter()
+        .filter(|w| w.compacted && existing.contains_key(w.name))
+        .collect();
+    if check.is_empty() {
+        return Ok(());
+    }
+    let specs: Vec<ResourceSpecifier> = check
+        .iter()
+        .map(|w| ResourceSpecifier::Topic(w.name))
+        .collect();
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    match admin.describe_configs(&specs, &opts).await {
+        Ok(results) => {
+            for (w, r) in check.iter().zip(results) {
+                let policy = match r {
+                    Ok(res) => res.get("cleanup.policy").and_then(|e| e.value.clone()),
+                    Err(e) => {
+                        tracing::warn!(topic = w.name, error = %e, "cannot read the topic's cleanup.policy; not checked");
+                        continue;
+                    }
+                };
+                match policy {
+                    Some(p) if p.split(',').any(|x| x.trim() == "compact") => {}
+                    Some(p) => bail!(
+                        "topic {} has cleanup.policy={p}, but idlink publishes a compacted graph there: set cleanup.policy=compact or choose another topic",
+                        w.name
+                    ),
+                    None => tracing::warn!(
+                        topic = w.name,
+                        "the broker did not report cleanup.policy; not checked"
+                    ),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the broker does not answer DescribeConfigs; cleanup policies not checked")
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,449 @@
+//! The processing loop: consume, decode, link, publish, snapshot, commit.
+//!
+//! One task owns the engine. Input is handled in batches; a batch's
+//! outputs (graph changes, dead letters, privacy acks) are all
+//! acknowledged by the brokers before the next batch starts, so the work
+//! in flight is bounded by `batch_max_messages` (backpressure: when the
+//! producer is slow, consumption waits). Input offsets are committed only
+//! with a snapshot, after the outputs of everything before them were
+//! acknowledged: a crash replays input from the last snapshot, and
+//! replaying recomputes the same records, which the compacted topics fold
+//! into the same graph.
+
+use super::config::ServiceConfig;
+use super::kafka::{PartitionState, ServiceContext, consumer_config, producer_config};
+use super::snapshots::Snapshots;
+use super::telemetry::Telemetry;
+use crate::settings::Settings;
+use anyhow::{Context, Result, bail};
+use futures::future::try_join_all;
+use idlink_core::{Decoder, Engine, Ingested, Millis, RejectReason, Rejected};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Version of every output record's format, sent as `schema-version`.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// The loop's state besides the engine.
+pub struct Pipeline {
+    /// Service settings.
+    cfg: ServiceConfig,
+    /// The linking engine.
+    engine: Engine,
+    /// Input validation.
+    decoder: Decoder,
+    /// Consumer of both input topics.
+    consumer: StreamConsumer<ServiceContext>,
+    /// Producer of every output topic.
+    producer: FutureProducer,
+    /// Snapshot store.
+    snapshots: Snapshots,
+    /// Metrics and readiness.
+    telemetry: Arc<Telemetry>,
+    /// Assignment and lag, from librdkafka callbacks.
+    partitions: Arc<PartitionState>,
+    /// Next offset per (topic, partition) of everything handed to the
+    /// engine.
+    positions: BTreeMap<(String, i32), i64>,
+    /// Offsets below which input is already in the restored snapshot.
+    restored: BTreeMap<(String, i32), i64>,
+    /// Deliveries of the open batch.
+    pending: Vec<DeliveryFuture>,
+    /// Input timestamps of the open batch, for the latency histogram.
+    batch_ts: Vec<i64>,
+    /// Messages in the open batch.
+    batch_len: usize,
+    /// When the open batch started.
+    batch_started: Instant,
+    /// Input handled since the last snapshot.
+    since_snapshot: u64,
+}
+
+/// Source id of a partition for the engine's watermark.
+fn source(topic_index: u32, partition: i32) -> u32 {
+    (topic_index << 16) | (partition.max(0) as u32 & 0xffff)
+}
+
+fn headers(extra: &[(&str, &str)]) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new().insert(Header {
+        key: "schema-version",
+        value: Some(SCHEMA_VERSION),
+    });
+    for (k, v) in extra {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    h
+}
+
+impl Pipeline {
+    /// Restores state and subscribes. Readiness follows assignment.
+    pub async fn start(
+        settings: &Settings,
+        cfg: ServiceConfig,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Pipeline> {
+        let k = &cfg.kafka;
+        super::kafka::ensure_topics(k).await?;
+        let mut snapshots = Snapshots::new(k, &cfg.service)?;
+        telemetry.restore_progress(0.0);
+        let started = Instant::now();
+        let (mut engine, restored) = match snapshots
+            .load(&telemetry)
+            .await
+            .context("restoring state")?
+        {
+            Some((bytes, manifest)) => {
+                let engine = Engine::restore(&settings.core, settings.classifier.clone(), &bytes)
+                    .context("the stored snapshot cannot be restored")?;
+                let restored: BTreeMap<(String, i32), i64> = manifest
+                    .positions
+                    .iter()
+                    .filter_map(|(tp, off)| {
+                        let (t, p) = tp.rsplit_once('/')?;
+                        Some(((t.to_string(), p.parse().ok()?), *off))
+                    })
+                    .collect();
+                tracing::info!(
+                    snapshot = manifest.id,
+                    bytes = manifest.bytes,
+                    devices = engine.device_count(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "state restored"
+                );
+                (engine, restored)
+            }
+            None => {
+                tracing::info!("no snapshot: starting with empty state");
+                (
+                    Engine::new(&settings.core, settings.classifier.clone()),
+                    BTreeMap::new(),
+                )
+            }
+        };
+        telemetry.restore_progress(1.0);
+        telemetry.baseline(&engine);
+        engine.track_changes();
+        let partitions = Arc::new(PartitionState::default());
+        let context = ServiceContext {
+            telemetry: telemetry.clone(),
+            partitions: partitions.clone(),
+        };
+        let consumer: StreamConsumer<ServiceContext> = consumer_config(k)
+            .create_with_context(context)
+            .context("creating the consumer")?;
+        consumer
+            .subscribe(&[&k.events_topic, &k.privacy_topic])
+            .context("subscribing")?;
+        let producer: FutureProducer = producer_config(k)
+            .create()
+            .context("creating the producer")?;
+        Ok(Pipeline {
+            decoder: Decoder::new(&settings.core.input),
+            positions: restored.clone(),
+            restored,
+            cfg,
+            engine,
+            consumer,
+            producer,
+            snapshots,
+            telemetry,
+            partitions,
+            pending: Vec::new(),
+            batch_ts: Vec::new(),
+            batch_len: 0,
+            batch_started: Instant::now(),
+            since_snapshot: 0,
+        })
+    }
+
+    /// Runs until shutdown; then publishes, snapshots and commits.
+    pub async fn run(mut self, mut shutdown: broadcast::Receiver<()>) -> Result<()> {
+        let rt = self.cfg.service.clone();
+        let batch_max = Duration::from_millis(rt.batch_max_ms);
+        let idle = Duration::from_millis(rt.idle_flush_ms);
+        let snapshot_every = Duration::from_secs(rt.snapshot_interval_seconds);
+        let mut last_message = Instant::now();
+        let mut last_snapshot = Instant::now();
+        let mut flushed = false;
+        loop {
+            self.update_readiness();
+            let wait = if self.batch_len > 0 {
+                batch_max.saturating_sub(self.batch_started.elapsed())
+            } else {
+                idle
+            };
+            let next = tokio::select! {
+                _ = shutdown.recv() => break,
+                r = tokio::time::timeout(wait.max(Duration::from_millis(1)), self.consumer.recv()) => r.map(|m| m.map(|m| m.detach())),
+            };
+            match next {
+                Ok(Ok(m)) => {
+                    self.handle(&m)?;
+                    last_message = Instant::now();
+                    flushed = false;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => {}
+            }
+            if self.batch_len >= rt.batch_max_messages
+                || (self.batch_len > 0 && self.batch_started.elapsed() >= batch_max)
+            {
+                self.publish().await?;
+            }
+            if !flushed && last_message.elapsed() >= idle && self.caught_up() {
+                self.mark_idle();
+                self.engine.flush();
+                self.publish().await?;
+                flushed = true;
+            }
+            if self.since_snapshot > 0 && last_snapshot.elapsed() >= snapshot_every {
+                self.checkpoint().await?;
+                last_snapshot = Instant::now();
+            }
+        }
+        tracing::info!("shutting down: publishing, snapshotting, committing");
+        self.telemetry.set_ready(false, "shutting down");
+        self.publish().await?;
+        if self.since_snapshot > 0 {
+            self.checkpoint().await?;
+        }
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Every assigned partition is at its end (from the last statistics).
+    fn caught_up(&self) -> bool {
+        let lag = self
+            .partitions
+            .lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        !lag.is_empty() && lag.values().all(|&l| l == 0)
+    }
+
+    /// Marks sources of partitions at their end idle, so an empty
+    /// partition never holds the watermark back.
+    fn mark_idle(&mut self) {
+        let lag = self
+            .partitions
+            .lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for ((topic, p), l) in lag {
+            if l == 0 {
+                let idx = u32::from(topic != self.cfg.kafka.events_topic);
+                self.engine.set_idle(source(idx, p), true);
+            }
+        }
+    }
+
+    fn update_readiness(&self) {
+        let assigned = self.partitions.assigned.load(Ordering::Relaxed) > 0;
+        let down = self.partitions.brokers_down.load(Ordering::Relaxed);
+        let why = if down {
+            "brokers unreachable"
+        } else if assigned {
+            "restored and assigned"
+        } else {
+            "no partitions assigned"
+        };
+        self.telemetry.set_ready(assigned && !down, why);
+    }
+
+    /// Decodes one input message and hands it to the engine.
+    fn handle(&mut self, m: &OwnedMessage) -> Result<()> {
+        let topic = m.topic().to_string();
+        let (partition, offset) = (m.partition(), m.offset());
+        let key = (topic.clone(), partition);
+        if self.restored.get(&key).is_some_and(|&next| offset < next) {
+            self.telemetry.skipped(&topic);
+            return Ok(());
+        }
+        self.positions.insert(key, offset + 1);
+        self.batch_len += 1;
+        self.since_snapshot += 1;
+        if let Some(ts) = m.timestamp().to_millis() {
+            self.batch_ts.push(ts);
+        }
+        let topic_index = u32::from(topic != self.cfg.kafka.events_topic);
+        let now = Millis(chrono::Utc::now().timestamp_millis());
+        let decoded = match m.payload() {
+            None => Err(Rejected {
+                reason: RejectReason::EmptyPayload,
+                detail: "the message has no value".into(),
+            }),
+            Some(p) => self.decoder.decode(p, now),
+        };
+        let decoded = decoded.and_then(|ev| {
+            let privacy_topic = topic_index == 1;
+            if ev.kind.is_privacy() != privacy_topic {
+                Err(Rejected {
+                    reason: RejectReason::InvalidKind,
+                    detail: format!(
+                        "a `{}` event does not belong on topic {topic}",
+                        ev.kind.as_str()
+                    ),
+                })
+            } else {
+                Ok(ev)
+            }
+        });
+        match decoded {
+            Ok(ev) => {
+                self.telemetry.accepted(&topic);
+                if self.engine.ingest(source(topic_index, partition), ev) == Ingested::Erased {
+                    tracing::debug!("event covered by an erase marker dropped");
+                }
+            }
+            Err(rej) => {
+                self.telemetry
+                    .rejected(&topic, partition, offset, rej.reason);
+                let (p, o) = (partition.to_string(), offset.to_string());
+                let h = headers(&[
+                    ("reason", rej.reason.as_str()),
+                    ("detail", &rej.detail),
+                    ("source-topic", &topic),
+                    ("source-partition", &p),
+                    ("source-offset", &o),
+                ]);
+                let dead_letters = self.cfg.kafka.dead_letters_topic.clone();
+                let mut record: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(&dead_letters).headers(h);
+                if let Some(k) = m.key() {
+                    record = record.key(k);
+                }
+                if let Some(v) = m.payload() {
+                    record = record.payload(v);
+                }
+                self.send(record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues one record; waits (backpressure) while the queue is full.
+    fn send<K, P>(&mut self, mut record: FutureRecord<'_, K, P>) -> Result<()>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    self.pending.push(f);
+                    return Ok(());
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => bail!("producing: {e}"),
+            }
+        }
+    }
+
+    /// Publishes the engine's changes and acks, and waits until every
+    /// record of the batch is acknowledged.
+    async fn publish(&mut self) -> Result<()> {
+        let changes = self.engine.take_changes();
+        let acks = self.engine.take_privacy_acks();
+        let k = self.cfg.kafka.clone();
+        let (nd, na, nk) = (
+            changes.devices.len() as u64,
+            changes.accounts.len() as u64,
+            acks.len() as u64,
+        );
+        for (topic, list) in [
+            (&k.device_links_topic, &changes.devices),
+            (&k.account_devices_topic, &changes.accounts),
+        ] {
+            for (key, value) in list {
+                let mut r: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+                    .key(key.as_str())
+                    .headers(headers(&[]));
+                if let Some(v) = value {
+                    r = r.payload(v.as_str());
+                }
+                self.send(r)?;
+            }
+        }
+        for ack in &acks {
+            let value = serde_json::to_string(ack)?;
+            let r: FutureRecord<'_, str, str> = FutureRecord::to(&k.privacy_acks_topic)
+                .key(ack.id_hash.as_str())
+                .payload(value.as_str())
+                .headers(headers(&[]));
+            self.send(r)?;
+            self.telemetry.privacy_ack(ack.kind);
+        }
+        self.telemetry
+            .producer_queue(self.producer.in_flight_count());
+        let pending = std::mem::take(&mut self.pending);
+        let results = try_join_all(pending)
+            .await
+            .map_err(|_| anyhow::anyhow!("the producer was dropped"))?;
+        for r in results {
+            if let Err((e, _)) = r {
+                bail!("an output record was not acknowledged: {e}");
+            }
+        }
+        self.telemetry.published(&k.device_links_topic, nd);
+        self.telemetry.published(&k.account_devices_topic, na);
+        self.telemetry.published(&k.privacy_acks_topic, nk);
+        let now = chrono::Utc::now().timestamp_millis();
+        for ts in self.batch_ts.drain(..) {
+            self.telemetry.latency((now - ts) as f64 / 1000.0);
+        }
+        self.telemetry.engine(&self.engine);
+        self.batch_len = 0;
+        self.batch_started = Instant::now();
+        Ok(())
+    }
+
+    /// Snapshots the engine and commits the input offsets it covers.
+    async fn checkpoint(&mut self) -> Result<()> {
+        self.publish().await?;
+        let started = Instant::now();
+        let bytes = self.engine.snapshot();
+        let positions: BTreeMap<String, i64> = self
+            .positions
+            .iter()
+            .map(|((t, p), o)| (format!("{t}/{p}"), *o))
+            .collect();
+        self.snapshots.save(&bytes, positions).await?;
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in &self.positions {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync)
+        {
+            // The snapshot holds the offsets too: a failed commit only means
+            // a restart reads a little more input and skips it.
+            tracing::warn!(error = %e, "committing offsets failed");
+        }
+        self.since_snapshot = 0;
+        self.telemetry
+            .snapshot(bytes.len(), started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
