@@ -10,6 +10,29 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt >/dev/null 2>&1 || true
 
+# librdkafka (built from source by rdkafka-sys) needs a C toolchain, make,
+# pkg-config and the OpenSSL headers for TLS/SASL support.
+need=()
+for pkg in libssl-dev pkg-config make gcc; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${need[@]}"
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq "${need[@]}"
+  fi
+fi
+
+# The Kafka tests start their own broker unless IDLINK_TEST_BROKERS names
+# an external one (a real Kafka cluster, e.g. from docker-compose.yml).
+if [ -z "${IDLINK_TEST_BROKERS:-}" ]; then
+  echo "== test broker"
+  NISSHI_BIN=$(bash scripts/install-nisshi.sh)
+  export NISSHI_BIN
+fi
+
 echo "== format check"
 cargo fmt --all -- --check
 

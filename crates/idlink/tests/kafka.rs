@@ -1,0 +1,228 @@
+//! `idlink run` end to end against a real Kafka-protocol broker.
+//!
+//! Each test simulates a small population, sorts it by `ts` (so its
+//! disorder is within the lateness bound), replays it to get the expected
+//! graph, then produces it to the input topics and checks that the output
+//! topics, read back and folded by key, equal replay's files byte for byte.
+
+mod support;
+
+use anyhow::Result;
+use std::time::Duration;
+use support::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Malformed input mixed into the stream: (payload, expected reason).
+fn poison() -> Vec<(Option<String>, &'static str)> {
+    vec![
+        (Some("{not json".into()), "invalid_json"),
+        (Some("[1,2,3]".into()), "not_an_object"),
+        (Some(r#"{"kind":"page_view","device_id":"x","ip":"81.2.3.4"}"#.into()), "missing_ts"),
+        (Some(r#"{"ts":"2026-01-05T10:00:00Z","kind":"page_view","device_id":"null","ip":"81.2.3.4"}"#.into()), "junk_device_id"),
+        (Some(r#"{"ts":"2026-01-05T10:00:00Z","kind":"page_view","device_id":"x","ip":"1.2.3.999"}"#.into()), "invalid_ip"),
+        (Some("{\"ts\":\"2026-01-05T10:00:00Z\",\"kind\":\"page_view\",\"device_id\":\"a\\u0007b\",\"ip\":\"81.2.3.4\"}".into()), "invalid_device_id"),
+        (Some(format!(r#"{{"ts":"2026-01-05T10:00:00Z","kind":"page_view","device_id":"x","ip":"81.2.3.4","pad":"{}"}}"#, "x".repeat(70_000))), "too_large"),
+        (None, "empty_payload"),
+    ]
+}
+
+#[test]
+fn run_publishes_the_same_graph_as_replay() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("clean");
+    let config = write_config(dir.path(), &names, "")?;
+    let s = stream(dir.path(), &config, 120, 8, 11)?;
+    let poison = poison();
+    let mut input: Vec<Option<String>> = Vec::new();
+    let step = s.lines.len() / (poison.len() + 1);
+    let mut bad = poison.iter();
+    for (i, l) in s.lines.iter().enumerate() {
+        input.push(Some(l.clone()));
+        if i % step == step / 2
+            && let Some((p, _)) = bad.next()
+        {
+            input.push(p.clone());
+        }
+    }
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    rt.block_on(produce(&producer, &names, &input))?;
+
+    let mut service = Service::start(&config, &broker.addr, &names, dir.path())?;
+    service.wait_ready(Duration::from_secs(60))?;
+    assert_eq!(http_get(&service.http, "/health/live")?.0, 200);
+    wait_for_graph(
+        &broker.addr,
+        &names,
+        &s,
+        &mut service,
+        Duration::from_secs(240),
+    )?;
+
+    // Every poison message is a dead letter with its reason and origin.
+    let dead = read_all(&broker.addr, &names.topic("dead-letters"))?;
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|r| r.headers.get("reason").cloned().unwrap_or_default())
+        .collect();
+    reasons.sort();
+    let mut expected: Vec<String> = poison.iter().map(|p| p.1.to_string()).collect();
+    expected.sort();
+    assert_eq!(reasons, expected);
+    for r in &dead {
+        assert_eq!(
+            r.headers.get("source-topic"),
+            Some(&names.topic("device-events"))
+        );
+        assert!(
+            r.headers.contains_key("source-offset") && r.headers.contains_key("source-partition")
+        );
+        assert_eq!(
+            r.headers.get("schema-version").map(String::as_str),
+            Some("1")
+        );
+    }
+    let raw: Vec<Option<&String>> = dead.iter().map(|r| r.value.as_ref()).collect();
+    assert!(
+        raw.contains(&Some(&"{not json".to_string())),
+        "dead letters carry the raw payload"
+    );
+
+    // Every privacy request is acknowledged once, with a keyed hash.
+    let acks = read_all(&broker.addr, &names.topic("privacy-acks"))?;
+    assert_eq!(acks.len(), s.privacy_requests);
+    for a in &acks {
+        let v: serde_json::Value = serde_json::from_str(a.value.as_deref().unwrap_or("null"))?;
+        assert_eq!(v["id_hash"].as_str().map(str::len), Some(64));
+        assert!(["erase", "opt_out", "opt_in"].contains(&v["kind"].as_str().unwrap_or("")));
+    }
+
+    // The metrics agree with what was sent.
+    let (status, metrics) = http_get(&service.http, "/metrics")?;
+    assert_eq!(status, 200);
+    let events_topic = names.topic("device-events");
+    let accepted = metric(
+        &metrics,
+        &format!("idlink_events_consumed_total{{outcome=\"accepted\",topic=\"{events_topic}\"}}"),
+    );
+    let rejected = metric(
+        &metrics,
+        &format!("idlink_events_consumed_total{{outcome=\"rejected\",topic=\"{events_topic}\"}}"),
+    );
+    assert_eq!(
+        accepted as usize,
+        s.lines.len() - s.privacy_requests,
+        "{metrics}"
+    );
+    assert_eq!(rejected as usize, poison.len());
+    assert_eq!(
+        metric(
+            &metrics,
+            "idlink_dead_letters_total{reason=\"invalid_json\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&metrics, "idlink_ready"), 1.0);
+    let login = metric(&metrics, "idlink_graph_links{type=\"login\"}");
+    assert!(login > 0.0);
+    assert!(metrics.contains("idlink_ingest_to_publish_seconds_bucket"));
+    assert!(metrics.contains("idlink_consumer_lag{"));
+
+    // Graceful shutdown: exit 0, well within the deadline.
+    let status = service.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "exit status {status}");
+    Ok(())
+}
+
+#[test]
+fn restarts_and_crashes_leave_the_same_graph() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("restart");
+    let config = write_config(dir.path(), &names, "")?;
+    let s = stream(dir.path(), &config, 120, 8, 12)?;
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    let (a, rest) = lines.split_at(lines.len() / 3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+
+    // First third, then a graceful stop mid-stream.
+    rt.block_on(produce(&producer, &names, a))?;
+    let mut first = Service::start(&config, &broker.addr, &names, dir.path())?;
+    first.wait_ready(Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_secs(3));
+    rt.block_on(produce(&producer, &names, b))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = first.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "graceful stop exit status {status}");
+
+    // Second run: crashes with kill -9 while the last third arrives.
+    let mut second = Service::start(&config, &broker.addr, &names, dir.path())?;
+    second.wait_ready(Duration::from_secs(60))?;
+    rt.block_on(produce(&producer, &names, c))?;
+    std::thread::sleep(Duration::from_millis(2500));
+    second.kill9()?;
+
+    // Third run restores the snapshot and finishes the stream.
+    let mut third = Service::start(&config, &broker.addr, &names, dir.path())?;
+    third.wait_ready(Duration::from_secs(60))?;
+    wait_for_graph(
+        &broker.addr,
+        &names,
+        &s,
+        &mut third,
+        Duration::from_secs(240),
+    )?;
+    let (_, metrics) = http_get(&third.http, "/metrics")?;
+    assert_eq!(metric(&metrics, "idlink_state_restore_progress"), 1.0);
+    Ok(())
+}
+
+#[test]
+fn refuses_to_start_when_the_brokers_cannot_be_reached() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("unreachable");
+    let config = write_config(dir.path(), &names, "")?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "connect_timeout_seconds = 20",
+        "connect_timeout_seconds = 2",
+    );
+    std::fs::write(&config, text)?;
+    let port = free_port()?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idlink"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("IDLINK_BROKERS", format!("127.0.0.1:{port}"))
+        .env("IDLINK_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?))
+        .env("IDLINK_LOG", "error")
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot be reached within 2 s"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn refuses_an_unknown_setting() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("badconfig");
+    let config = write_config(dir.path(), &names, "batch_max_msgs = 3")?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idlink"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("batch_max_msgs"));
+    Ok(())
+}

@@ -1,0 +1,578 @@
+//! Shared harness of the Kafka tests: a real broker (nisshi started on a
+//! free loopback port, or the cluster named by `IDLINK_TEST_BROKERS`), the
+//! service as a child process, and reading output topics back.
+
+#![allow(dead_code)]
+
+use anyhow::{Context, Result, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Kafka tests share two cores: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the serial lock for one test.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A free loopback port.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A broker for one test.
+pub struct Broker {
+    /// Bootstrap address.
+    pub addr: String,
+    /// The nisshi process, when the harness started one.
+    child: Option<Child>,
+    /// Its empty working directory (nisshi reads `.env` from there).
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts nisshi on a free port, or uses `IDLINK_TEST_BROKERS`.
+    pub fn start() -> Result<Broker> {
+        let dir = tempfile::tempdir()?;
+        if let Ok(addr) = std::env::var("IDLINK_TEST_BROKERS")
+            && !addr.is_empty()
+        {
+            return Ok(Broker {
+                addr,
+                child: None,
+                _dir: dir,
+            });
+        }
+        let bin = std::env::var("NISSHI_BIN")
+            .ok()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var("HOME").unwrap_or_default();
+                PathBuf::from(home).join(".cache/idlink/nisshi-0.8.1/bin/nisshi")
+            });
+        if !bin.exists() {
+            bail!(
+                "no Kafka broker for the tests: run scripts/install-nisshi.sh (or scripts/test.sh), \
+                 or set IDLINK_TEST_BROKERS to an external cluster"
+            );
+        }
+        let port = free_port()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("broker.log"))?;
+        let child = Command::new(&bin)
+            .current_dir(dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args([
+                "--storage-engine",
+                "memory://nisshi/",
+                "--group-initial-rebalance-delay",
+                "0s",
+            ])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("the broker did not listen on {addr} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Broker {
+            addr,
+            child: Some(child),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Topic names and group of one test, unique so tests never share state
+/// (even on an external cluster).
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub prefix: String,
+    pub group: String,
+}
+
+impl Names {
+    pub fn new(test: &str) -> Names {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            % 1_000_000_000;
+        let prefix = format!("{test}-{nonce}");
+        Names {
+            group: format!("{prefix}-group"),
+            prefix,
+        }
+    }
+    pub fn topic(&self, t: &str) -> String {
+        format!("{}-{t}", self.prefix)
+    }
+}
+
+/// Writes the config both `replay` and `run` use in a test.
+pub fn write_config(dir: &Path, names: &Names, extra: &str) -> Result<PathBuf> {
+    let cidr = root().join("config/cidr");
+    let text = format!(
+        r#"
+[addresses]
+exclude_cidr_files = ["{dc}", "{vpn}"]
+
+[kafka]
+events_topic = "{events}"
+privacy_topic = "{privacy}"
+device_links_topic = "{links}"
+account_devices_topic = "{accounts}"
+dead_letters_topic = "{dead}"
+privacy_acks_topic = "{acks}"
+snapshots_topic = "{snaps}"
+manifests_topic = "{manifests}"
+input_partitions = 3
+output_partitions = 2
+connect_timeout_seconds = 20
+
+[kafka.consumer]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+
+[service]
+batch_max_ms = 50
+idle_flush_ms = 500
+snapshot_interval_seconds = 1
+shutdown_deadline_seconds = 20
+{extra}
+"#,
+        dc = cidr.join("datacenter.txt").display(),
+        vpn = cidr.join("vpn.txt").display(),
+        events = names.topic("device-events"),
+        privacy = names.topic("privacy-requests"),
+        links = names.topic("device-links"),
+        accounts = names.topic("account-devices"),
+        dead = names.topic("dead-letters"),
+        acks = names.topic("privacy-acks"),
+        snaps = names.topic("snapshots"),
+        manifests = names.topic("manifests"),
+    );
+    let path = dir.join("idlink.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Runs an `idlink` subcommand to completion.
+pub fn idlink(args: &[&str]) -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_idlink"))
+        .args(args)
+        .env("IDLINK_LOG", "warn")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "idlink {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A small simulated stream, sorted by `ts` so that its disorder is
+/// within the lateness bound, and replay's graph of it.
+pub struct Stream {
+    pub lines: Vec<String>,
+    pub expected_devices: String,
+    pub expected_accounts: String,
+    pub privacy_requests: usize,
+}
+
+pub fn stream(dir: &Path, config: &Path, people: u32, days: u32, seed: u64) -> Result<Stream> {
+    let sim = dir.join("sim");
+    idlink(&[
+        "simulate",
+        "--people",
+        &people.to_string(),
+        "--days",
+        &days.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        sim.to_str().unwrap_or_default(),
+    ])?;
+    let text = std::fs::read_to_string(sim.join("events.jsonl"))?;
+    let mut keyed: Vec<(String, String)> = text
+        .lines()
+        .map(|l| {
+            let ts = serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["ts"].as_str().map(String::from))
+                .unwrap_or_default();
+            (ts, l.to_string())
+        })
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let lines: Vec<String> = keyed.into_iter().map(|(_, l)| l).collect();
+    let sorted = dir.join("sorted.jsonl");
+    std::fs::write(&sorted, lines.join("\n") + "\n")?;
+    let out = dir.join("replay");
+    idlink(&[
+        "replay",
+        "--input",
+        sorted.to_str().unwrap_or_default(),
+        "--config",
+        config.to_str().unwrap_or_default(),
+        "--out",
+        out.to_str().unwrap_or_default(),
+    ])?;
+    let privacy_requests = lines.iter().filter(|l| is_privacy(l)).count();
+    Ok(Stream {
+        lines,
+        expected_devices: std::fs::read_to_string(out.join("device-links.jsonl"))?,
+        expected_accounts: std::fs::read_to_string(out.join("account-devices.jsonl"))?,
+        privacy_requests,
+    })
+}
+
+/// Whether a line is a privacy request (it goes to the privacy topic).
+pub fn is_privacy(line: &str) -> bool {
+    ["\"opt_out\"", "\"opt_in\"", "\"erase\""]
+        .iter()
+        .any(|k| line.contains(&format!("\"kind\":{k}")))
+}
+
+pub fn producer(brokers: &str) -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?)
+}
+
+/// Produces lines to the input topics (privacy requests to theirs), keyed
+/// by their id; `None` produces a message with no value.
+pub async fn produce(p: &FutureProducer, names: &Names, lines: &[Option<String>]) -> Result<()> {
+    let events = names.topic("device-events");
+    let privacy = names.topic("privacy-requests");
+    let mut futures = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let topic = if line.as_deref().is_some_and(is_privacy) {
+            &privacy
+        } else {
+            &events
+        };
+        let key = line
+            .as_deref()
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| {
+                v["device_id"]
+                    .as_str()
+                    .or(v["account_id"].as_str())
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| format!("k{i}"));
+        let mut r: FutureRecord<'_, String, String> = FutureRecord::to(topic).key(&key);
+        if let Some(l) = line {
+            r = r.payload(l);
+        }
+        loop {
+            match p.send_result(r) {
+                Ok(f) => {
+                    futures.push(f);
+                    break;
+                }
+                Err((_, back)) => {
+                    r = back;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    for f in futures {
+        if let Err((e, _)) = f.await? {
+            bail!("producing test input: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// One record read back.
+pub struct Record {
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads every record of a topic up to its current end.
+pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<Record>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    let mut ends = BTreeMap::new();
+    for p in &partitions {
+        let (low, high) = c.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        if high > low {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(low))?;
+            remaining += high - low;
+            ends.insert(*p, high);
+        }
+    }
+    let mut out = Vec::new();
+    if remaining == 0 {
+        return Ok(out);
+    }
+    c.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done: BTreeMap<i32, bool> = ends.keys().map(|p| (*p, false)).collect();
+    while done.values().any(|d| !d) {
+        if Instant::now() > deadline {
+            bail!("reading {topic} timed out");
+        }
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for x in h.iter() {
+                        headers.insert(
+                            x.key.to_string(),
+                            x.value
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                                .unwrap_or_default(),
+                        );
+                    }
+                }
+                out.push(Record {
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                    headers,
+                });
+                if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
+                    done.insert(m.partition(), true);
+                }
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Folds a compacted topic by key (a tombstone removes the key) into the
+/// lines of replay's file: values sorted by key.
+pub fn fold(records: &[Record]) -> String {
+    let mut m: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for r in records {
+        if let Some(k) = &r.key {
+            m.insert(k.clone(), r.value.clone());
+        }
+    }
+    m.into_values().flatten().map(|v| v + "\n").collect()
+}
+
+/// Waits until both folded outputs equal replay's files.
+pub fn wait_for_graph(
+    brokers: &str,
+    names: &Names,
+    s: &Stream,
+    service: &mut Service,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let devices = fold(&read_all(brokers, &names.topic("device-links"))?);
+        let accounts = fold(&read_all(brokers, &names.topic("account-devices"))?);
+        if devices == s.expected_devices && accounts == s.expected_accounts {
+            return Ok(());
+        }
+        if let Some(status) = service.try_wait()? {
+            bail!(
+                "the service exited with {status} before the graph was complete:\n{}",
+                service.log_tail()
+            );
+        }
+        if Instant::now() > deadline {
+            let d = first_difference(&devices, &s.expected_devices);
+            bail!(
+                "the folded graph did not reach replay's within {timeout:?}: device-links {} lines vs {} expected ({d}); account-devices {} vs {}\n{}",
+                devices.lines().count(),
+                s.expected_devices.lines().count(),
+                accounts.lines().count(),
+                s.expected_accounts.lines().count(),
+                service.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+}
+
+fn first_difference(a: &str, b: &str) -> String {
+    for (x, y) in a.lines().zip(b.lines()) {
+        if x != y {
+            return format!("first difference:\n  got      {x}\n  expected {y}");
+        }
+    }
+    "one is a prefix of the other".into()
+}
+
+/// The service under test, as a child process.
+pub struct Service {
+    child: Child,
+    pub http: String,
+    log: PathBuf,
+}
+
+impl Service {
+    pub fn start(config: &Path, brokers: &str, names: &Names, dir: &Path) -> Result<Service> {
+        let port = free_port()?;
+        let log = dir.join(format!("service-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_idlink"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("IDLINK_BROKERS", brokers)
+            .env("IDLINK_GROUP_ID", &names.group)
+            .env("IDLINK_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("IDLINK_LOG", "info,librdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(Service {
+            child,
+            http: format!("127.0.0.1:{port}"),
+            log,
+        })
+    }
+
+    /// Waits for `/health/ready` to answer 200.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((200, _)) = http_get(&self.http, "/health/ready") {
+                return Ok(());
+            }
+            if let Some(status) = self.try_wait()? {
+                bail!("the service exited with {status}:\n{}", self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the service was not ready within {timeout:?}:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!(
+                    "no exit within {timeout:?} of SIGTERM:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns the status and body.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of one metric series in a Prometheus text exposition.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
