@@ -4,7 +4,8 @@
 #   bench/replay-bench.sh            # from the repository root
 #
 # Steps:
-#   1. cargo build --release -p idlink
+#   1. cargo build --release -p idlink, copied to $BENCH_DIR/idlink so a
+#      concurrent build cannot change the binary between runs
 #   2. simulate a population (default 600,000 people, 1 day, seed 7, which
 #      gives well over 1,000,000 devices and events); reused on later runs
 #      while the parameters and the simulator's sources are unchanged
@@ -12,6 +13,11 @@
 #   4. replay the simulated events      -> wall time, events/s, peak RSS
 #   5. replay again with --quiet        -> same without writing graph files
 #   6. print a table and write $BENCH_DIR/results.json
+#
+# Reported per run: wall seconds, events/s (wall), CPU seconds and
+# events per CPU-second (the fairer figure when other work shares the
+# core), peak RSS, and bytes per tracked device = (peak RSS - empty-input
+# peak RSS) / tracked_devices from summary.json.
 #
 # Every replay is pinned to one core (taskset -c $BENCH_CPU) when taskset
 # exists, and measured with /usr/bin/time -v; without it, peak RSS is read
@@ -47,7 +53,6 @@ if [[ -z $CONFIG && -f config/default.toml ]]; then
 fi
 TARGET_EPS=1000000
 TARGET_BPD=300
-BIN=target/release/idlink
 
 log() { printf '[replay-bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -74,6 +79,10 @@ mkdir -p "$DIR"
 # 1. Build.
 log "building: cargo build --release -p idlink"
 cargo build --release -p idlink >&2
+# Run a private copy: a concurrent build cannot swap the binary between runs.
+cp target/release/idlink "$DIR/idlink"
+BIN=$DIR/idlink
+BIN_SHA=$(sha256sum "$BIN" | cut -c1-16)
 
 # 2. Simulate (or reuse). The stamp names the parameters and a hash of the
 # simulator's sources, so a tuned simulator is never silently reused.
@@ -100,7 +109,7 @@ sim_line=$(grep -E '^events: [0-9]+, devices: [0-9]+' "$SIM/simulate.log" | tail
 log "simulator: $sim_line"
 
 # measure NAME OUTDIR ARGS...: runs "$BIN replay --out OUTDIR ARGS..." pinned,
-# writes "wall_seconds peak_rss_kb" to $DIR/NAME.measure.
+# writes "wall_seconds peak_rss_kb cpu_seconds" to $DIR/NAME.measure.
 measure() {
     local name=$1 out=$2
     shift 2
@@ -116,6 +125,7 @@ measure() {
         python3 - "$DIR/$name.time" > "$DIR/$name.measure" <<'EOF'
 import sys
 wall = rss = None
+cpu = 0.0
 for line in open(sys.argv[1]):
     k, _, v = line.strip().rpartition(": ")
     if k.startswith("Elapsed (wall clock) time"):
@@ -125,9 +135,11 @@ for line in open(sys.argv[1]):
         wall = secs
     elif k == "Maximum resident set size (kbytes)":
         rss = int(v)
+    elif k in ("User time (seconds)", "System time (seconds)"):
+        cpu += float(v)
 if wall is None or rss is None:
     sys.exit("cannot parse " + sys.argv[1])
-print(wall, rss)
+print(wall, rss, round(cpu, 2))
 EOF
     else
         # Poll VmHWM while the replay runs (Popen returns after the exec, so
@@ -136,12 +148,15 @@ EOF
         # sampled. (ru_maxrss is no use here: it inherits the forking
         # Python's peak across exec.)
         python3 - "$DIR/$name.log" "${cmd[@]}" > "$DIR/$name.measure" <<'EOF' || {
-import subprocess, sys, time
+import os, subprocess, sys, time
 with open(sys.argv[1], "w") as log:
     start = time.monotonic()
     p = subprocess.Popen(sys.argv[2:], stdin=subprocess.PIPE, stderr=log)
     hwm = 0
-    while p.poll() is None:
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
         if p.stdin and time.monotonic() - start > 0.5:
             p.stdin.close()
             p.stdin = None
@@ -154,14 +169,14 @@ with open(sys.argv[1], "w") as log:
             pass
         time.sleep(0.02)
     wall = time.monotonic() - start
-print(f"{wall:.3f} {hwm}")
-sys.exit(p.returncode)
+print(f"{wall:.3f} {hwm} {usage.ru_utime + usage.ru_stime:.2f}")
+sys.exit(os.waitstatus_to_exitcode(status))
 EOF
             cat "$DIR/$name.log" >&2
             die "$name failed"
         }
     fi
-    log "  $name: wall s, peak RSS kB = $(cat "$DIR/$name.measure")"
+    log "  $name: wall s, peak RSS kB, CPU s = $(cat "$DIR/$name.measure")"
 }
 
 # 3-5. Replays.
@@ -170,15 +185,15 @@ measure replay "$DIR/out" --input "$SIM/events.jsonl"
 measure quiet "$DIR/out-quiet" --input "$SIM/events.jsonl" --quiet
 
 # 6. Report.
-python3 - "$DIR" "$sim_line" "$PEOPLE" "$DAYS" "$SEED" "$MIN_DEVICES" "$TARGET_EPS" "$TARGET_BPD" "$HAVE_TIME" "${PIN[*]:-unpinned}" "${CONFIG:-<built-in defaults>}" <<'EOF'
+python3 - "$DIR" "$sim_line" "$PEOPLE" "$DAYS" "$SEED" "$MIN_DEVICES" "$TARGET_EPS" "$TARGET_BPD" "$HAVE_TIME" "${PIN[*]:-unpinned}" "${CONFIG:-<built-in defaults>}" "$BIN_SHA" <<'EOF'
 import json, os, platform, re, subprocess, sys, datetime
 
-d, sim_line, people, days, seed, min_devices, target_eps, target_bpd, have_time, pin, config = sys.argv[1:]
+d, sim_line, people, days, seed, min_devices, target_eps, target_bpd, have_time, pin, config, bin_sha = sys.argv[1:]
 min_devices, target_eps, target_bpd = int(min_devices), int(target_eps), int(target_bpd)
 
 def measure(name):
-    wall, rss = open(os.path.join(d, name + ".measure")).read().split()
-    return float(wall), int(rss)
+    wall, rss, cpu = open(os.path.join(d, name + ".measure")).read().split()
+    return float(wall), int(rss), float(cpu)
 
 def summary(out):
     with open(os.path.join(d, out, "summary.json")) as f:
@@ -200,15 +215,17 @@ except OSError:
     pass
 
 sim = {k: int(v) for k, v in re.findall(r"(\w[\w ]*?): (\d+)", sim_line)}
-empty_wall, empty_rss = measure("empty")
+empty_wall, empty_rss, _ = measure("empty")
 runs = {}
 for name, out in [("replay", "out"), ("quiet", "out-quiet")]:
-    wall, rss = measure(name)
+    wall, rss, cpu_s = measure(name)
     s = summary(out)
     runs[name] = {
         "wall_seconds": round(wall, 3),
         "events_read": s["events_read"],
         "events_per_second": round(s["events_read"] / wall) if wall > 0 else None,
+        "cpu_seconds": round(cpu_s, 2),
+        "events_per_cpu_second": round(s["events_read"] / cpu_s) if cpu_s > 0 else None,
         "internal_seconds": round(s["seconds"], 3),
         "internal_events_per_second": round(s["events_per_second"]),
         "peak_rss_kb": rss,
@@ -226,6 +243,7 @@ full = runs["replay"]
 result = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "git": {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain"))},
+    "binary_sha256": bin_sha,
     "host": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
     "pinning": pin,
     "measured_with": "/usr/bin/time -v" if have_time == "1" else "VmHWM polling",
@@ -263,6 +281,8 @@ rows = [
     ("tracked devices", n(full["tracked_devices"]), n(runs["quiet"]["tracked_devices"])),
     ("wall seconds", f"{full['wall_seconds']:.2f}", f"{runs['quiet']['wall_seconds']:.2f}"),
     ("events/s (wall)", n(full["events_per_second"]), n(runs["quiet"]["events_per_second"])),
+    ("CPU seconds", f"{full['cpu_seconds']:.2f}", f"{runs['quiet']['cpu_seconds']:.2f}"),
+    ("events/CPU-second", n(full["events_per_cpu_second"]), n(runs["quiet"]["events_per_cpu_second"])),
     ("peak RSS (MiB)", f"{full['peak_rss_kb'] / 1024:.1f}", f"{runs['quiet']['peak_rss_kb'] / 1024:.1f}"),
     ("empty-input RSS (MiB)", f"{empty_rss / 1024:.1f}", f"{empty_rss / 1024:.1f}"),
     ("bytes / tracked device", n(full["bytes_per_tracked_device"]), n(runs["quiet"]["bytes_per_tracked_device"])),
@@ -276,6 +296,10 @@ print()
 print(f"target >= {target_eps:,} events/s end to end: {ok(result['targets']['events_per_second_met'])}")
 print(f"target <= {target_bpd} bytes per tracked device: {ok(result['targets']['bytes_per_tracked_device_met'])}")
 print(f"results: {os.path.join(d, 'results.json')}")
+busy = [k for k, r in runs.items() if r["cpu_seconds"] and r["cpu_seconds"] < 0.9 * r["wall_seconds"]]
+if busy:
+    print(f"note: {', '.join(busy)} got under 90% of a core (CPU s < 0.9 x wall s): the machine was busy; "
+          "events/CPU-second is the fairer figure, or rerun on an idle machine")
 if min_devices and (full["tracked_devices"] or 0) < min_devices:
     print(f"warning: only {full['tracked_devices']:,} tracked devices (< {min_devices:,}); raise BENCH_PEOPLE", file=sys.stderr)
     sys.exit(2)

@@ -48,8 +48,7 @@ pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.max.bytes", "4000000")
-        .set("statistics.interval.ms", "1000");
+        .set("message.max.bytes", "4000000");
     for (key, v) in &k.producer {
         c.set(key, v);
     }
@@ -63,6 +62,11 @@ pub struct PartitionState {
     pub lag: Mutex<HashMap<(String, i32), i64>>,
     /// Partitions currently assigned.
     pub assigned: AtomicUsize,
+    /// The assignment itself, with a generation that changes with it, so
+    /// the pipeline can register every assigned partition as a watermark
+    /// source before its first message (an unseen partition must hold the
+    /// watermark back, or its first events would be late).
+    pub assignment: Mutex<(u64, Vec<(String, i32)>)>,
     /// Set when every broker is down; cleared when statistics flow again.
     pub brokers_down: AtomicBool,
 }
@@ -84,10 +88,26 @@ impl ClientContext for ServiceContext {
             .unwrap_or_else(|p| p.into_inner());
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
-                if *p < 0 || part.fetch_state != "active" {
+                tracing::trace!(
+                    topic,
+                    partition = p,
+                    state = %part.fetch_state,
+                    hi = part.hi_offset,
+                    lo = part.lo_offset,
+                    app = part.app_offset,
+                    committed = part.committed_offset,
+                    "partition statistics"
+                );
+                if *p < 0 || part.fetch_state != "active" || part.hi_offset < 0 {
                     continue;
                 }
-                let l = part.consumer_lag.max(0);
+                // Where this consumer stands: what it handed to the
+                // application, else its committed offset, else the start.
+                let position = [part.app_offset, part.committed_offset, part.lo_offset, 0]
+                    .into_iter()
+                    .find(|&o| o >= 0)
+                    .unwrap_or(0);
+                let l = (part.hi_offset - position).max(0);
                 self.telemetry.lag(topic, *p, l);
                 lag.insert((topic.clone(), *p), l);
             }
@@ -109,24 +129,38 @@ impl ClientContext for ServiceContext {
 
 impl ConsumerContext for ServiceContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
+        let assigned: Vec<(String, i32)> = match rebalance {
             Rebalance::Assign(tpl) => {
-                self.partitions
-                    .assigned
-                    .store(tpl.count(), Ordering::Relaxed);
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
             }
             Rebalance::Revoke(tpl) => {
-                self.partitions.assigned.store(0, Ordering::Relaxed);
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
                 self.partitions
                     .lag
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clear();
-                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                Vec::new()
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+                return;
+            }
+        };
+        self.partitions
+            .assigned
+            .store(assigned.len(), Ordering::Relaxed);
+        let mut a = self
+            .partitions
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        a.0 += 1;
+        a.1 = assigned;
     }
 }
 

@@ -64,6 +64,10 @@ pub struct Pipeline {
     batch_started: Instant,
     /// Input handled since the last snapshot.
     since_snapshot: u64,
+    /// Assignment generation last turned into watermark sources.
+    sources_generation: u64,
+    /// Watermark sources of the current assignment.
+    sources: Vec<u32>,
 }
 
 /// Source id of a partition for the engine's watermark.
@@ -163,6 +167,8 @@ impl Pipeline {
             batch_len: 0,
             batch_started: Instant::now(),
             since_snapshot: 0,
+            sources_generation: 0,
+            sources: Vec::new(),
         })
     }
 
@@ -177,6 +183,7 @@ impl Pipeline {
         let mut flushed = false;
         loop {
             self.update_readiness();
+            self.sync_sources();
             let wait = if self.batch_len > 0 {
                 batch_max.saturating_sub(self.batch_started.elapsed())
             } else {
@@ -198,13 +205,17 @@ impl Pipeline {
                 }
                 Err(_) => {}
             }
+            self.mark_idle();
             if self.batch_len >= rt.batch_max_messages
                 || (self.batch_len > 0 && self.batch_started.elapsed() >= batch_max)
             {
                 self.publish().await?;
             }
+            if !flushed && last_message.elapsed() >= idle && !self.caught_up() {
+                tracing::debug!(lag = ?self.partitions.lag.lock().map(|l| l.clone()).unwrap_or_default(), "idle but not caught up");
+            }
             if !flushed && last_message.elapsed() >= idle && self.caught_up() {
-                self.mark_idle();
+                tracing::debug!(watermark = %self.engine.watermark(), "caught up: flushing");
                 self.engine.flush();
                 self.publish().await?;
                 flushed = true;
@@ -224,14 +235,52 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Registers every assigned partition as a watermark source, and
+    /// drops revoked ones, when the assignment changes.
+    fn sync_sources(&mut self) {
+        let (generation, assigned) = {
+            let a = self
+                .partitions
+                .assignment
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if a.0 == self.sources_generation {
+                return;
+            }
+            (a.0, a.1.clone())
+        };
+        self.sources_generation = generation;
+        let events = &self.cfg.kafka.events_topic;
+        let now: Vec<u32> = assigned
+            .iter()
+            .map(|(t, p)| source(u32::from(t != events), *p))
+            .collect();
+        for s in &self.sources {
+            if !now.contains(s) {
+                self.engine.remove_source(*s);
+            }
+        }
+        for s in &now {
+            self.engine.add_source(*s);
+        }
+        self.sources = now;
+    }
+
     /// Every assigned partition is at its end (from the last statistics).
     fn caught_up(&self) -> bool {
+        let assigned = self
+            .partitions
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
         let lag = self
             .partitions
             .lag
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        !lag.is_empty() && lag.values().all(|&l| l == 0)
+        !assigned.is_empty() && assigned.iter().all(|tp| lag.get(tp) == Some(&0))
     }
 
     /// Marks sources of partitions at their end idle, so an empty
@@ -279,6 +328,10 @@ impl Pipeline {
         if let Some(ts) = m.timestamp().to_millis() {
             self.batch_ts.push(ts);
         }
+        // The rebalance that assigned this partition ran inside the same
+        // poll: register every assigned partition before the first event,
+        // or events of partitions not yet seen would count as late.
+        self.sync_sources();
         let topic_index = u32::from(topic != self.cfg.kafka.events_topic);
         let now = Millis(chrono::Utc::now().timestamp_millis());
         let decoded = match m.payload() {

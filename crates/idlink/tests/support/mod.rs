@@ -469,7 +469,10 @@ impl Service {
             .env("IDLINK_BROKERS", brokers)
             .env("IDLINK_GROUP_ID", &names.group)
             .env("IDLINK_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("IDLINK_LOG", "info,librdkafka=warn")
+            .env(
+                "IDLINK_LOG",
+                std::env::var("IDLINK_TEST_SERVICE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -536,7 +539,7 @@ impl Service {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 }
 
