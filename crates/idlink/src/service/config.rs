@@ -104,6 +104,9 @@ pub struct RuntimeConfig {
     /// With no input for this long, every partition is caught up: the
     /// engine is flushed so the published graph reflects all input.
     pub idle_flush_ms: u64,
+    /// A partition at its end and silent this long stops holding the
+    /// watermark back (an idle source, as in Flink).
+    pub source_idle_seconds: u64,
     /// Graceful shutdown must finish within this many seconds.
     pub shutdown_deadline_seconds: u64,
     /// Largest snapshot chunk in bytes (below the brokers' message limit).
@@ -117,6 +120,7 @@ impl Default for RuntimeConfig {
             batch_max_ms: 200,
             snapshot_interval_seconds: 30,
             idle_flush_ms: 1000,
+            source_idle_seconds: 30,
             shutdown_deadline_seconds: 30,
             snapshot_chunk_bytes: 512 * 1024,
         }
@@ -236,6 +240,9 @@ impl ServiceConfig {
         }
         if s.snapshot_interval_seconds == 0 || s.idle_flush_ms == 0 {
             bail!("service.snapshot_interval_seconds and idle_flush_ms must be positive");
+        }
+        if s.source_idle_seconds == 0 {
+            bail!("service.source_idle_seconds must be positive");
         }
         if s.idle_flush_ms < s.batch_max_ms {
             bail!("service.idle_flush_ms must be at least batch_max_ms");

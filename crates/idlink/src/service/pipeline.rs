@@ -68,6 +68,10 @@ pub struct Pipeline {
     sources_generation: u64,
     /// Watermark sources of the current assignment.
     sources: Vec<u32>,
+    /// When the current assignment arrived.
+    assigned_at: Instant,
+    /// When each source last delivered a message.
+    last_seen: std::collections::HashMap<u32, Instant>,
 }
 
 /// Source id of a partition for the engine's watermark.
@@ -169,6 +173,8 @@ impl Pipeline {
             since_snapshot: 0,
             sources_generation: 0,
             sources: Vec::new(),
+            assigned_at: Instant::now(),
+            last_seen: std::collections::HashMap::new(),
         })
     }
 
@@ -210,9 +216,6 @@ impl Pipeline {
                 || (self.batch_len > 0 && self.batch_started.elapsed() >= batch_max)
             {
                 self.publish().await?;
-            }
-            if !flushed && last_message.elapsed() >= idle && !self.caught_up() {
-                tracing::debug!(lag = ?self.partitions.lag.lock().map(|l| l.clone()).unwrap_or_default(), "idle but not caught up");
             }
             if !flushed && last_message.elapsed() >= idle && self.caught_up() {
                 tracing::debug!(watermark = %self.engine.watermark(), "caught up: flushing");
@@ -262,8 +265,10 @@ impl Pipeline {
         }
         for s in &now {
             self.engine.add_source(*s);
+            self.engine.set_idle(*s, false);
         }
         self.sources = now;
+        self.assigned_at = Instant::now();
     }
 
     /// Every assigned partition is at its end (from the last statistics).
@@ -283,9 +288,12 @@ impl Pipeline {
         !assigned.is_empty() && assigned.iter().all(|tp| lag.get(tp) == Some(&0))
     }
 
-    /// Marks sources of partitions at their end idle, so an empty
-    /// partition never holds the watermark back.
+    /// Marks a source idle when its partition is at its end and has been
+    /// silent for `source_idle_seconds`: a sparse partition (privacy
+    /// requests) must not hold the watermark back for ever, but a partition
+    /// that merely paused must not be overtaken by a burst on the others.
     fn mark_idle(&mut self) {
+        let quiet = Duration::from_secs(self.cfg.service.source_idle_seconds);
         let lag = self
             .partitions
             .lag
@@ -293,9 +301,14 @@ impl Pipeline {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         for ((topic, p), l) in lag {
-            if l == 0 {
-                let idx = u32::from(topic != self.cfg.kafka.events_topic);
-                self.engine.set_idle(source(idx, p), true);
+            let src = source(u32::from(topic != self.cfg.kafka.events_topic), p);
+            let last = self
+                .last_seen
+                .get(&src)
+                .copied()
+                .unwrap_or(self.assigned_at);
+            if l == 0 && last.elapsed() >= quiet {
+                self.engine.set_idle(src, true);
             }
         }
     }
@@ -333,6 +346,8 @@ impl Pipeline {
         // or events of partitions not yet seen would count as late.
         self.sync_sources();
         let topic_index = u32::from(topic != self.cfg.kafka.events_topic);
+        self.last_seen
+            .insert(source(topic_index, partition), Instant::now());
         let now = Millis(chrono::Utc::now().timestamp_millis());
         let decoded = match m.payload() {
             None => Err(Rejected {
