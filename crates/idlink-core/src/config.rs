@@ -150,6 +150,11 @@ pub struct LinkingConfig {
     pub min_days: u32,
     /// Minimum score (see ARCHITECTURE.md) of the leading account.
     pub min_score: f64,
+    /// Minimum score per day of evidence: the device must meet the
+    /// account's signed-in use minutes apart consistently, not merely
+    /// often. A housemate's phone meets it on many evenings by chance, with
+    /// weak weights; a person's own devices meet it in the same session.
+    pub min_mean_weight: f64,
     /// Minimum share of the device's total evidence (anonymous removed
     /// evidence included) that the leading account must hold.
     pub min_share: f64,
@@ -177,7 +182,8 @@ impl Default for LinkingConfig {
             ambiguity_exponent: 0.5,
             evidence_horizon_days: 30,
             min_days: 2,
-            min_score: 2.5,
+            min_score: 2.0,
+            min_mean_weight: 0.3,
             min_share: 0.8,
             infer_for_signed_in_devices: false,
             login_link_ttl_days: 400,
@@ -308,6 +314,9 @@ impl Config {
         }
         if !(l.min_score > 0.0 && l.min_score.is_finite()) {
             return bad("linking.min_score must be a positive number".into());
+        }
+        if !(0.0..=1.0).contains(&l.min_mean_weight) {
+            return bad("linking.min_mean_weight must be 0..=1".into());
         }
         if !(l.min_share > 0.5 && l.min_share <= 1.0) {
             return bad(

@@ -166,6 +166,7 @@ struct Params {
     horizon_days: i64,
     min_days: u16,
     min_score: f64,
+    min_mean_weight: f64,
     min_share: f64,
     infer_for_signed_in: bool,
     login_ttl_days: i64,
@@ -191,6 +192,7 @@ impl Params {
             horizon_days: c.linking.evidence_horizon_days,
             min_days: c.linking.min_days.min(u32::from(u16::MAX)) as u16,
             min_score: c.linking.min_score,
+            min_mean_weight: c.linking.min_mean_weight,
             min_share: c.linking.min_share,
             infer_for_signed_in: c.linking.infer_for_signed_in_devices,
             login_ttl_days: c.linking.login_link_ttl_days,
@@ -1072,7 +1074,11 @@ impl Engine {
                     .then_with(|| self.accounts.id(y.account).cmp(self.accounts.id(x.account)))
             })?;
         let share = if total > 0.0 { best.score / total } else { 0.0 };
-        if best.score < self.p.min_score || best.days < self.p.min_days || share < self.p.min_share
+        let mean = best.score / f64::from(best.days.max(1));
+        if best.score < self.p.min_score
+            || best.days < self.p.min_days
+            || share < self.p.min_share
+            || mean < self.p.min_mean_weight
         {
             return None;
         }
