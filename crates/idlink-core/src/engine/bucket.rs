@@ -124,22 +124,4 @@ impl DayAgg {
             at,
         });
     }
-
-    /// Forgets a device (erasure): its pairs go, its presence stays as a
-    /// count.
-    pub fn forget_device(&mut self, device: u32) {
-        if crate::engine::state::remove_value(&mut self.devices, device) {
-            self.anon_devices += 1;
-        }
-        crate::engine::state::remove_value(&mut self.signed_devices, device);
-        self.pairs.retain(|p| p.device != device);
-    }
-
-    /// Forgets an account (erasure), likewise.
-    pub fn forget_account(&mut self, account: u32) {
-        if crate::engine::state::remove_value(&mut self.accounts, account) {
-            self.anon_accounts += 1;
-        }
-        self.pairs.retain(|p| p.account != account);
-    }
 }

@@ -251,6 +251,8 @@ pub struct Engine {
     /// Evidence keys (device, account, day, bucket) written by the last
     /// provisional close, retracted before the day is counted again.
     provisional: Vec<(u32, u32, i32, u64)>,
+    /// Privacy work batched for one pass over the buckets.
+    pending: privacy::PendingPurge,
     /// Output changes, when the caller publishes incrementally.
     changes: Option<ChangeLog>,
     /// Privacy requests applied since the last `take_privacy_acks`.
@@ -284,6 +286,7 @@ impl Engine {
             markers: FxHashMap::default(),
             max_marker_ts: Millis::MIN,
             provisional: Vec::new(),
+            pending: privacy::PendingPurge::default(),
             changes: None,
             acks: Vec::new(),
             stats: EngineStats::default(),
@@ -399,6 +402,7 @@ impl Engine {
     /// seen are late afterwards. When the day later closes for real, its
     /// provisional evidence is replaced, never added twice.
     pub fn flush(&mut self) {
+        self.purge_pending();
         let Some(max) = self.sources.iter().map(|s| s.max_ts).max() else {
             return;
         };
@@ -492,6 +496,23 @@ impl Engine {
         let Some(device_id) = ev.device.as_ref() else {
             return;
         };
+        if !self.pending.is_empty() {
+            // An event about an id whose erasure is still being purged
+            // must not land in the slot about to be freed.
+            let waiting = |e: &Engine| {
+                e.devices
+                    .find(device_id.as_str())
+                    .is_some_and(|d| e.pending.has_device(d))
+                    || ev
+                        .account
+                        .as_ref()
+                        .and_then(|a| e.accounts.find(a.as_str()))
+                        .is_some_and(|a| e.pending.has_account(a))
+            };
+            if waiting(self) {
+                self.purge_pending();
+            }
+        }
         let (d, _) = self.devices.intern(device_id.as_str(), Device::new);
         let a = match &ev.account {
             Some(acc) => self.accounts.intern(acc.as_str(), Account::default).0,
@@ -590,10 +611,11 @@ impl Engine {
             }
         }
         let accounts = &self.accounts;
+        let pending = &self.pending;
         let opted = |acc: u32| accounts.get(acc).is_none_or(|x| x.opted_out);
         let me_opted = a != NONE && opted(a);
         for r in &st.recent {
-            if r.device == d {
+            if r.device == d || (!pending.is_empty() && pending.has_device(r.device)) {
                 continue;
             }
             let gap = ts.0 - r.ts.0;
@@ -820,6 +842,7 @@ impl Engine {
     /// state past its horizon is dropped. `now` is the first event of the
     /// next day (or the end), for pruning bucket windows.
     fn close_day(&mut self, day: i32, now: Millis) {
+        self.purge_pending();
         self.retract_provisional();
         let window = self.p.window_ms;
         let buckets = std::mem::take(&mut self.active_buckets);
@@ -1116,12 +1139,14 @@ impl Engine {
 
     /// Drains the privacy acknowledgements produced so far.
     pub fn take_privacy_acks(&mut self) -> Vec<PrivacyAck> {
+        self.purge_pending();
         std::mem::take(&mut self.acks)
     }
 
     /// Drains the output changes since the last call (change tracking
     /// must be on).
     pub fn take_changes(&mut self) -> Changes {
+        self.purge_pending();
         let Some(log) = self.changes.as_mut() else {
             return Changes::default();
         };

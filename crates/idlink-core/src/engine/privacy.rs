@@ -5,6 +5,7 @@ use super::intern::NONE;
 use super::state::{self, Evidence};
 use crate::event::{Event, EventKind, PrivacyTarget};
 use crate::time::Millis;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 /// Namespace of device ids in erase-marker fingerprints.
@@ -43,6 +44,43 @@ pub struct PrivacyAck {
     pub removed: Removed,
 }
 
+/// Privacy work that needs a pass over every bucket, done in batches: a
+/// request takes effect on links and evidence at once, and on windows,
+/// day aggregates, profiles and the reorder buffer at the next purge,
+/// which runs before anything could observe the difference (a day close,
+/// a flush, a snapshot, handing out acks or changes, or an event about the
+/// same id). Acknowledgements wait for their purge.
+#[derive(Debug, Default)]
+pub(super) struct PendingPurge {
+    /// Erased account slots (kept, opted out, until purged) and their ack.
+    accounts: Vec<(u32, usize)>,
+    /// Erased device slots and their ack.
+    devices: Vec<(u32, usize)>,
+    /// Opted-out accounts whose pending co-locations must go, and their ack.
+    opted_out: Vec<(u32, usize)>,
+    /// Fingerprints of erased ids, for counting purged buffered events.
+    fingerprints: Vec<(u128, usize)>,
+    /// Acknowledgements waiting for the purge.
+    acks: Vec<PrivacyAck>,
+}
+
+/// Requests a purge batch may hold before it runs.
+const PURGE_BATCH: usize = 256;
+
+impl PendingPurge {
+    pub(super) fn is_empty(&self) -> bool {
+        self.acks.is_empty()
+    }
+
+    pub(super) fn has_device(&self, d: u32) -> bool {
+        self.devices.iter().any(|x| x.0 == d)
+    }
+
+    pub(super) fn has_account(&self, a: u32) -> bool {
+        self.accounts.iter().any(|x| x.0 == a) || self.opted_out.iter().any(|x| x.0 == a)
+    }
+}
+
 impl Engine {
     pub(super) fn apply_privacy(&mut self, ev: Event) {
         let Some(target) = ev.privacy_target() else {
@@ -50,58 +88,62 @@ impl Engine {
         };
         self.stats.privacy_requests += 1;
         let mut removed = Removed::default();
-        let (subject, id): (&'static str, String) = match &target {
-            PrivacyTarget::Account(a) => ("account", a.as_str().to_owned()),
-            PrivacyTarget::Device(d) => ("device", d.as_str().to_owned()),
+        let (subject, ns, id): (&'static str, u8, String) = match &target {
+            PrivacyTarget::Account(a) => ("account", ACCOUNT_NS, a.as_str().to_owned()),
+            PrivacyTarget::Device(d) => ("device", DEVICE_NS, d.as_str().to_owned()),
         };
+        let ack = self.pending.acks.len();
         match (ev.kind, &target) {
             (EventKind::Erase, PrivacyTarget::Account(acc)) => {
                 self.add_marker(ACCOUNT_NS, acc.as_str(), ev.ts);
-                removed.buffered_events =
-                    self.purge_buffer(ev.ts, |e| e.account.as_ref() == Some(acc));
+                self.pending
+                    .fingerprints
+                    .push((self.hasher.fingerprint(ACCOUNT_NS, acc.as_str()), ack));
                 if let Some(a) = self.accounts.find(acc.as_str()) {
                     self.erase_account(a, ev.ts, &mut removed);
+                    self.pending.accounts.push((a, ack));
                 }
             }
             (EventKind::Erase, PrivacyTarget::Device(dev)) => {
                 self.add_marker(DEVICE_NS, dev.as_str(), ev.ts);
-                removed.buffered_events =
-                    self.purge_buffer(ev.ts, |e| e.device.as_ref() == Some(dev));
+                self.pending
+                    .fingerprints
+                    .push((self.hasher.fingerprint(DEVICE_NS, dev.as_str()), ack));
                 if let Some(d) = self.devices.find(dev.as_str()) {
                     self.erase_device(d, &mut removed);
+                    self.pending.devices.push((d, ack));
                 }
             }
             (EventKind::OptOut, PrivacyTarget::Account(acc)) => {
                 let (a, _) = self.accounts.intern(acc.as_str(), Default::default);
                 self.opt_out(a, ev.ts, &mut removed);
+                self.pending.opted_out.push((a, ack));
             }
             (EventKind::OptIn, PrivacyTarget::Account(acc)) => {
-                if let Some(a) = self.accounts.find(acc.as_str())
-                    && let Some(x) = self.accounts.get_mut(a)
-                {
-                    x.opted_out = false;
+                if let Some(a) = self.accounts.find(acc.as_str()) {
+                    // Pairs from before the opt-out must go before new
+                    // evidence may be collected.
+                    if self.pending.has_account(a) {
+                        self.purge_pending();
+                    }
+                    if let Some(x) = self.accounts.get_mut(a) {
+                        x.opted_out = false;
+                    }
                 }
             }
             _ => return,
         }
-        let tag = self.hasher.hmac(
-            &[
-                &[if subject == "account" {
-                    ACCOUNT_NS
-                } else {
-                    DEVICE_NS
-                }][..],
-                id.as_bytes(),
-            ]
-            .concat(),
-        );
-        self.acks.push(PrivacyAck {
+        let tag = self.hasher.hmac(&[&[ns][..], id.as_bytes()].concat());
+        self.pending.acks.push(PrivacyAck {
             ts: ev.ts,
             kind: ev.kind.as_str(),
             subject,
             id_hash: hex::encode(tag),
             removed,
         });
+        if self.pending.acks.len() >= PURGE_BATCH {
+            self.purge_pending();
+        }
     }
 
     fn add_marker(&mut self, ns: u8, id: &str, ts: Millis) {
@@ -111,17 +153,111 @@ impl Engine {
         self.max_marker_ts = self.max_marker_ts.max(ts);
     }
 
-    /// Drops buffered events at or before `ts` that match.
-    fn purge_buffer(&mut self, ts: Millis, matches: impl Fn(&Event) -> bool) -> u64 {
-        let before = self.buffer.len();
-        self.buffer.retain(|p| {
-            !(p.0.event.ts <= ts && !p.0.event.kind.is_privacy() && matches(&p.0.event))
-        });
-        (before - self.buffer.len()) as u64
+    /// Runs the pending purge: one pass over every bucket, profile and
+    /// buffered event for all requests since the last one; then frees the
+    /// erased slots and releases the acknowledgements.
+    pub(super) fn purge_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut p = std::mem::take(&mut self.pending);
+        let devices: FxHashMap<u32, usize> = p.devices.iter().copied().collect();
+        let accounts: FxHashMap<u32, usize> = p.accounts.iter().copied().collect();
+        let opted: FxHashMap<u32, usize> = p.opted_out.iter().copied().collect();
+        let mut count = |ack: usize| {
+            if let Some(a) = p.acks.get_mut(ack) {
+                a.removed.sightings += 1;
+            }
+        };
+        if !devices.is_empty() || !accounts.is_empty() || !opted.is_empty() {
+            for st in self.buckets.values_mut() {
+                st.recent.retain(
+                    |s| match (devices.get(&s.device), accounts.get(&s.account)) {
+                        (Some(&i), _) | (None, Some(&i)) => {
+                            count(i);
+                            false
+                        }
+                        (None, None) => true,
+                    },
+                );
+                let Some(agg) = st.agg.as_mut() else { continue };
+                let before = agg.devices.len();
+                agg.devices.retain(|d| !devices.contains_key(d));
+                agg.anon_devices += (before - agg.devices.len()) as u32;
+                agg.signed_devices.retain(|d| !devices.contains_key(d));
+                let before = agg.accounts.len();
+                agg.accounts.retain(|a| !accounts.contains_key(a));
+                agg.anon_accounts += (before - agg.accounts.len()) as u32;
+                agg.pairs.retain(|x| {
+                    match devices
+                        .get(&x.device)
+                        .or(accounts.get(&x.account))
+                        .or(opted.get(&x.account))
+                    {
+                        Some(&i) => {
+                            count(i);
+                            false
+                        }
+                        None => true,
+                    }
+                });
+            }
+        }
+        if !devices.is_empty() {
+            for prof in self.profiles.values_mut() {
+                prof.retain(|x| !devices.contains_key(&x.0));
+            }
+        }
+        if !p.fingerprints.is_empty() && !self.buffer.is_empty() {
+            let fps: FxHashMap<u128, usize> = p.fingerprints.iter().copied().collect();
+            let mut purged: Vec<usize> = Vec::new();
+            let markers = &self.markers;
+            let hasher = &self.hasher;
+            self.buffer.retain(|x| {
+                let e = &x.0.event;
+                if e.kind.is_privacy() {
+                    return true;
+                }
+                let hit = |ns: u8, id: &str| {
+                    let fp = hasher.fingerprint(ns, id);
+                    fps.get(&fp)
+                        .filter(|_| markers.get(&fp).is_some_and(|&t| e.ts <= t))
+                        .copied()
+                };
+                let found = e
+                    .device
+                    .as_ref()
+                    .and_then(|d| hit(DEVICE_NS, d.as_str()))
+                    .or_else(|| e.account.as_ref().and_then(|a| hit(ACCOUNT_NS, a.as_str())));
+                match found {
+                    Some(i) => {
+                        purged.push(i);
+                        false
+                    }
+                    None => true,
+                }
+            });
+            for i in purged {
+                if let Some(a) = p.acks.get_mut(i) {
+                    a.removed.buffered_events += 1;
+                }
+            }
+        }
+        for &d in devices.keys() {
+            self.mark_device(d);
+            self.free_device(d);
+        }
+        for &a in accounts.keys() {
+            self.mark_account(a);
+            self.free_account(a);
+        }
+        self.acks.append(&mut p.acks);
     }
 
-    /// Every trace of account `a` goes: links, evidence (kept only as an
-    /// anonymous total on each device), sightings and pending co-locations.
+    /// Every link and piece of evidence of account `a` goes now (evidence
+    /// kept only as an anonymous total on each device); its sightings and
+    /// pending co-locations go at the next purge. Until then it counts as
+    /// opted out, so it pairs with nothing.
     fn erase_account(&mut self, a: u32, ts: Millis, removed: &mut Removed) {
         let Some(acc) = self.accounts.get(a) else {
             return;
@@ -144,22 +280,16 @@ impl Engine {
             }
         }
         removed.evidence += self.anonymise_evidence(a, &holding, ts);
-        for st in self.buckets.values_mut() {
-            let before = st.recent.len();
-            st.recent.retain(|s| s.account != a);
-            removed.sightings += (before - st.recent.len()) as u64;
-            if let Some(agg) = st.agg.as_mut() {
-                let pairs = agg.pairs.len();
-                agg.forget_account(a);
-                removed.sightings += (pairs - agg.pairs.len()) as u64;
-            }
+        if let Some(acc) = self.accounts.get_mut(a) {
+            acc.opted_out = true;
+            acc.devices.clear();
         }
         self.mark_account(a);
-        self.free_account(a);
         self.redecide(&holding);
     }
 
-    /// Every trace of device `d` goes.
+    /// Every link and piece of evidence of device `d` goes now; its
+    /// sightings at the next purge, which also frees the slot.
     fn erase_device(&mut self, d: u32, removed: &mut Removed) {
         let Some(dev) = self.devices.get(d) else {
             return;
@@ -181,21 +311,10 @@ impl Engine {
                 state::remove_value(&mut acc.evidence_devices, d);
             }
         }
-        for st in self.buckets.values_mut() {
-            let before = st.recent.len();
-            st.recent.retain(|s| s.device != d);
-            removed.sightings += (before - st.recent.len()) as u64;
-            if let Some(agg) = st.agg.as_mut() {
-                let pairs = agg.pairs.len();
-                agg.forget_device(d);
-                removed.sightings += (pairs - agg.pairs.len()) as u64;
-            }
-        }
-        for prof in self.profiles.values_mut() {
-            prof.retain(|x| x.0 != d);
+        if let Some(dev) = self.devices.get_mut(d) {
+            dev.evidence.clear();
         }
         self.mark_device(d);
-        self.free_device(d);
     }
 
     /// Opt-out: inferred links to `a` go and its evidence becomes
@@ -219,13 +338,6 @@ impl Engine {
             }
         }
         removed.evidence += self.anonymise_evidence(a, &holding, ts);
-        for st in self.buckets.values_mut() {
-            if let Some(agg) = st.agg.as_mut() {
-                let pairs = agg.pairs.len();
-                agg.pairs.retain(|p| p.account != a);
-                removed.sightings += (pairs - agg.pairs.len()) as u64;
-            }
-        }
         self.redecide(&holding);
     }
 

@@ -82,8 +82,10 @@ struct State {
 }
 
 impl Engine {
-    /// Serializes the engine's state.
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// Serializes the engine's state (after finishing pending privacy
+    /// purges, so no snapshot holds what a request removed).
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        self.purge_pending();
         let state = StateRef {
             version: VERSION,
             devices: &self.devices,
