@@ -112,7 +112,7 @@ struct Pending {
     /// Ordering key: `ts`, kind priority, arrival sequence.
     key: (Millis, u8, u64),
     /// The event.
-    event: Event,
+    event: Box<Event>,
 }
 
 impl PartialEq for Pending {
@@ -442,7 +442,7 @@ impl Engine {
     fn push(&mut self, event: Event) {
         self.seq += 1;
         let key = (event.ts, event.kind.priority(), self.seq);
-        self.buffer.push(Reverse(Pending { key, event }));
+        self.buffer.push(Reverse(Pending { key, event: Box::new(event) }));
     }
 
     fn advance(&mut self) {
@@ -471,7 +471,7 @@ impl Engine {
             let Some(Reverse(p)) = self.buffer.pop() else {
                 break;
             };
-            let ev = p.event;
+            let ev = *p.event;
             let day = ev.ts.day() as i32;
             if day > self.current_day {
                 if self.current_day != i32::MIN {
