@@ -226,3 +226,37 @@ fn refuses_an_unknown_setting() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("batch_max_msgs"));
     Ok(())
 }
+
+#[test]
+fn refuses_an_output_topic_that_is_not_compacted() -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("policy");
+    let config = write_config(dir.path(), &names, "")?;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()?;
+    let links = names.topic("device-links");
+    let topic =
+        NewTopic::new(&links, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "delete");
+    let created = runtime().block_on(admin.create_topics(&[topic], &AdminOptions::new()))?;
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idlink"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("IDLINK_BROKERS", &broker.addr)
+        .env("IDLINK_GROUP_ID", &names.group)
+        .env("IDLINK_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?))
+        .env("IDLINK_LOG", "error")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started despite a delete-policy output topic"
+    );
+    assert!(stderr.contains("cleanup.policy=delete"), "{stderr}");
+    Ok(())
+}

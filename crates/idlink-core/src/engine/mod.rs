@@ -442,7 +442,10 @@ impl Engine {
     fn push(&mut self, event: Event) {
         self.seq += 1;
         let key = (event.ts, event.kind.priority(), self.seq);
-        self.buffer.push(Reverse(Pending { key, event: Box::new(event) }));
+        self.buffer.push(Reverse(Pending {
+            key,
+            event: Box::new(event),
+        }));
     }
 
     fn advance(&mut self) {
