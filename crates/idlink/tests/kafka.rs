@@ -11,6 +11,22 @@ use anyhow::Result;
 use std::time::Duration;
 use support::*;
 
+/// Runs `idlink run` expecting it to refuse to start, and returns its output.
+fn run_until_exit(
+    config: &std::path::Path,
+    brokers: &str,
+    names: &Names,
+) -> Result<std::process::Output> {
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_idlink"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("IDLINK_BROKERS", brokers)
+        .env("IDLINK_GROUP_ID", &names.group)
+        .env("IDLINK_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?))
+        .env("IDLINK_LOG", "error")
+        .output()?)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -199,14 +215,7 @@ fn refuses_to_start_when_the_brokers_cannot_be_reached() -> Result<()> {
         "connect_timeout_seconds = 2",
     );
     std::fs::write(&config, text)?;
-    let port = free_port()?;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idlink"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("IDLINK_BROKERS", format!("127.0.0.1:{port}"))
-        .env("IDLINK_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?))
-        .env("IDLINK_LOG", "error")
-        .output()?;
+    let out = run_until_exit(&config, &format!("127.0.0.1:{}", free_port()?), &names)?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot be reached within 2 s"), "{stderr}");
@@ -244,14 +253,7 @@ fn refuses_an_output_topic_that_is_not_compacted() -> Result<()> {
         NewTopic::new(&links, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "delete");
     let created = runtime().block_on(admin.create_topics(&[topic], &AdminOptions::new()))?;
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idlink"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("IDLINK_BROKERS", &broker.addr)
-        .env("IDLINK_GROUP_ID", &names.group)
-        .env("IDLINK_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?))
-        .env("IDLINK_LOG", "error")
-        .output()?;
+    let out = run_until_exit(&config, &broker.addr, &names)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
