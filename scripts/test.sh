@@ -8,7 +8,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2
   exit 1
 fi
-rustup component add rustfmt >/dev/null 2>&1 || true
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt >/dev/null 2>&1 || true
 
 # librdkafka (built from source by rdkafka-sys) needs a C toolchain, make,
 # pkg-config and the OpenSSL headers for TLS/SASL support.
@@ -34,7 +34,11 @@ if [ -z "${IDLINK_TEST_BROKERS:-}" ]; then
 fi
 
 echo "== format check"
-cargo fmt --all -- --check
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "rustfmt is not installed: format check skipped"
+fi
 
 echo "== tests"
 log=$(mktemp)
