@@ -1225,7 +1225,7 @@ impl Engine {
         crate::output::account_line(self.accounts.id(a), a, acc, &self.devices)
     }
 
-    /// Bytes of id text plus fixed per-slot costs, for diagnostics.
+    /// Address buckets holding window or day state, for diagnostics.
     pub fn bucket_count(&self) -> usize {
         self.buckets.len()
     }
