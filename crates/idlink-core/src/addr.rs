@@ -61,7 +61,7 @@ impl AddressClass {
 }
 
 /// Classifies addresses: built-in non-public ranges plus configured lists.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct AddressClassifier {
     /// Configured IPv4 exclusions as (network, mask), sorted by network so
     /// lookups can stop early.

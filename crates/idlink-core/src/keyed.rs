@@ -13,7 +13,9 @@ type HmacSha256 = Hmac<Sha256>;
 /// HMAC-SHA256 for anything published (bucket tags, privacy acks); a
 /// SipHash-1-3 key derived from the same secret for erase markers, which are
 /// checked on the hot path and never published.
-#[derive(Clone)]
+/// `Default` is an empty key, only a placeholder for deserialization;
+/// the engine replaces it from the config on restore.
+#[derive(Clone, Default)]
 pub struct KeyedHasher {
     /// The HMAC key, kept so each tag can be computed from scratch.
     secret: Vec<u8>,

@@ -157,7 +157,7 @@ pub struct Changes {
 }
 
 /// Settings derived once from the config, in the units the hot path uses.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Params {
     lateness_ms: i64,
     window_ms: i64,
@@ -212,13 +212,19 @@ impl Params {
 
 /// The linking engine: all state of the device graph for the events it
 /// was given.
-#[derive(Debug)]
+/// The snapshot format is this struct's serde form (see `snapshot.rs`):
+/// everything but the fields marked `skip`, which come from the config
+/// and are set again on restore.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
     /// Derived settings.
+    #[serde(skip)]
     p: Params,
     /// Decides which addresses may count and their bucket.
+    #[serde(skip)]
     classifier: AddressClassifier,
     /// Keyed hashes for bucket tags, acks and erase markers.
+    #[serde(skip)]
     hasher: KeyedHasher,
     /// Device state by slot.
     devices: Slots<Device>,
@@ -252,10 +258,13 @@ pub struct Engine {
     /// provisional close, retracted before the day is counted again.
     provisional: Vec<(u32, u32, i32, u64)>,
     /// Privacy work batched for one pass over the buckets.
+    #[serde(skip)]
     pending: privacy::PendingPurge,
     /// Output changes, when the caller publishes incrementally.
+    #[serde(skip)]
     changes: Option<ChangeLog>,
     /// Privacy requests applied since the last `take_privacy_acks`.
+    #[serde(skip)]
     acks: Vec<PrivacyAck>,
     /// Counters.
     stats: EngineStats,
