@@ -3,7 +3,7 @@
 use crate::lines::BoundedLines;
 use crate::settings::Settings;
 use anyhow::{Context, Result, bail};
-use idlink_core::{Decoder, Engine, Ingested, Millis, RejectReason};
+use idlink_core::{Decoder, Engine, Millis, RejectReason};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -123,9 +123,7 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
             match decoded {
                 Ok(ev) => {
                     summary.accepted += 1;
-                    if engine.ingest(0, ev) == Ingested::Erased {
-                        summary.erased_events += 1;
-                    }
+                    engine.ingest(0, ev);
                 }
                 Err(rej) => {
                     *by_reason.entry(rej.reason).or_default() += 1;
@@ -181,6 +179,7 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
         .map(|(r, n)| (r.as_str(), n))
         .collect();
     summary.late_events = stats.late_events;
+    summary.erased_events = stats.erased_events;
     summary.privacy_requests = stats.privacy_requests;
     summary.login_links = login;
     summary.inferred_links = inferred;
