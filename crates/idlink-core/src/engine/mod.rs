@@ -16,6 +16,7 @@
 mod bucket;
 pub mod intern;
 mod privacy;
+mod reorder;
 pub mod score;
 mod snapshot;
 pub mod state;
@@ -31,8 +32,6 @@ use bucket::BucketState;
 use intern::{NONE, Slots};
 use rustc_hash::{FxHashMap, FxHashSet};
 use state::{Account, Device, Evidence, InferredLink, LoginLink, WEIGHT_ONE};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
 
 pub use privacy::{PrivacyAck, Removed};
@@ -104,32 +103,6 @@ struct Source {
     max_ts: Millis,
     /// Caught up with its input: does not hold the watermark back.
     idle: bool,
-}
-
-/// An event waiting for the watermark.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Pending {
-    /// Ordering key: `ts`, kind priority, arrival sequence.
-    key: (Millis, u8, u64),
-    /// The event.
-    event: Box<Event>,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, o: &Self) -> bool {
-        self.key == o.key
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.key.cmp(&o.key)
-    }
 }
 
 /// Ids whose published view changed since the last [`Engine::take_changes`].
@@ -241,7 +214,7 @@ pub struct Engine {
     /// them from being handed to the member who does.
     profiles: FxHashMap<Bucket, Vec<(u32, i32)>>,
     /// Events waiting for the watermark, smallest key first.
-    buffer: BinaryHeap<Reverse<Pending>>,
+    buffer: reorder::Reorder,
     /// Arrival counter: the last tie-break of the buffer order.
     seq: u64,
     /// Sources feeding the watermark.
@@ -287,7 +260,7 @@ impl Engine {
             buckets: FxHashMap::default(),
             active_buckets: Vec::new(),
             profiles: FxHashMap::default(),
-            buffer: BinaryHeap::new(),
+            buffer: reorder::Reorder::default(),
             seq: 0,
             sources: Vec::new(),
             watermark: Millis::MIN,
@@ -451,10 +424,7 @@ impl Engine {
     fn push(&mut self, event: Event) {
         self.seq += 1;
         let key = (event.ts, event.kind.priority(), self.seq);
-        self.buffer.push(Reverse(Pending {
-            key,
-            event: Box::new(event),
-        }));
+        self.buffer.push(reorder::Pending { key, event });
     }
 
     fn advance(&mut self) {
@@ -479,11 +449,11 @@ impl Engine {
 
     fn release(&mut self, wm: Millis) {
         self.watermark = wm;
-        while self.buffer.peek().is_some_and(|p| p.0.key.0 < wm) {
-            let Some(Reverse(p)) = self.buffer.pop() else {
+        while self.buffer.peek_key().is_some_and(|k| k.0 < wm) {
+            let Some(p) = self.buffer.pop() else {
                 break;
             };
-            let ev = *p.event;
+            let ev = p.event;
             let day = ev.ts.day() as i32;
             if day > self.current_day {
                 if self.current_day != i32::MIN {
@@ -508,27 +478,32 @@ impl Engine {
         let Some(device_id) = ev.device.as_ref() else {
             return;
         };
-        if !self.pending.is_empty() {
+        let account_id = ev.account.as_ref();
+        let mut found = (
+            self.devices.find(device_id.as_str()),
+            account_id.and_then(|x| self.accounts.find(x.as_str())),
+        );
+        if !self.pending.is_empty()
+            && (found.0.is_some_and(|d| self.pending.has_device(d))
+                || found.1.is_some_and(|a| self.pending.has_erased_account(a)))
+        {
             // An event about an id whose erasure is still being purged
-            // must not land in the slot about to be freed.
-            let waiting = |e: &Engine| {
-                e.devices
-                    .find(device_id.as_str())
-                    .is_some_and(|d| e.pending.has_device(d))
-                    || ev
-                        .account
-                        .as_ref()
-                        .and_then(|a| e.accounts.find(a.as_str()))
-                        .is_some_and(|a| e.pending.has_account(a))
-            };
-            if waiting(self) {
-                self.purge_pending();
-            }
+            // must not land in the slot about to be freed. (An opted-out
+            // account keeps its slot and pairs with nothing meanwhile.)
+            self.purge_pending();
+            found = (
+                self.devices.find(device_id.as_str()),
+                account_id.and_then(|x| self.accounts.find(x.as_str())),
+            );
         }
-        let (d, _) = self.devices.intern(device_id.as_str(), Device::new);
-        let a = match &ev.account {
-            Some(acc) => self.accounts.intern(acc.as_str(), Account::default).0,
-            None => NONE,
+        let d = match found.0 {
+            Some(d) => d,
+            None => self.devices.intern(device_id.as_str(), Device::new).0,
+        };
+        let a = match (found.1, account_id) {
+            (Some(a), _) => a,
+            (None, Some(acc)) => self.accounts.intern(acc.as_str(), Account::default).0,
+            (None, None) => NONE,
         };
         if let Some(dev) = self.devices.get_mut(d) {
             dev.last_seen = dev.last_seen.max(ev.ts);

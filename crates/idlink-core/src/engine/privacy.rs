@@ -53,19 +53,24 @@ pub struct PrivacyAck {
 #[derive(Debug, Default)]
 pub(super) struct PendingPurge {
     /// Erased account slots (kept, opted out, until purged) and their ack.
-    accounts: Vec<(u32, usize)>,
+    /// Maps, not lists: every released event asks whether its ids are
+    /// waiting here.
+    accounts: FxHashMap<u32, usize>,
     /// Erased device slots and their ack.
-    devices: Vec<(u32, usize)>,
+    devices: FxHashMap<u32, usize>,
     /// Opted-out accounts whose pending co-locations must go, and their ack.
-    opted_out: Vec<(u32, usize)>,
+    opted_out: FxHashMap<u32, usize>,
     /// Fingerprints of erased ids, for counting purged buffered events.
     fingerprints: Vec<(u128, usize)>,
     /// Acknowledgements waiting for the purge.
     acks: Vec<PrivacyAck>,
 }
 
-/// Requests a purge batch may hold before it runs.
-const PURGE_BATCH: usize = 256;
+/// Requests a purge batch may hold before it runs. A purge is a pass over
+/// all bucket state, so a large batch keeps its cost per request small;
+/// the service hands out acknowledgements (which purges) after every
+/// consumed batch anyway, so this bounds replay, not ack latency.
+const PURGE_BATCH: usize = 8192;
 
 impl PendingPurge {
     pub(super) fn is_empty(&self) -> bool {
@@ -73,11 +78,16 @@ impl PendingPurge {
     }
 
     pub(super) fn has_device(&self, d: u32) -> bool {
-        self.devices.iter().any(|x| x.0 == d)
+        self.devices.contains_key(&d)
+    }
+
+    /// Whether account slot `a` is erased and waits to be freed.
+    pub(super) fn has_erased_account(&self, a: u32) -> bool {
+        self.accounts.contains_key(&a)
     }
 
     pub(super) fn has_account(&self, a: u32) -> bool {
-        self.accounts.iter().any(|x| x.0 == a) || self.opted_out.iter().any(|x| x.0 == a)
+        self.accounts.contains_key(&a) || self.opted_out.contains_key(&a)
     }
 }
 
@@ -101,7 +111,7 @@ impl Engine {
                     .push((self.hasher.fingerprint(ACCOUNT_NS, acc.as_str()), ack));
                 if let Some(a) = self.accounts.find(acc.as_str()) {
                     self.erase_account(a, ev.ts, &mut removed);
-                    self.pending.accounts.push((a, ack));
+                    self.pending.accounts.insert(a, ack);
                 }
             }
             (EventKind::Erase, PrivacyTarget::Device(dev)) => {
@@ -111,13 +121,13 @@ impl Engine {
                     .push((self.hasher.fingerprint(DEVICE_NS, dev.as_str()), ack));
                 if let Some(d) = self.devices.find(dev.as_str()) {
                     self.erase_device(d, &mut removed);
-                    self.pending.devices.push((d, ack));
+                    self.pending.devices.insert(d, ack);
                 }
             }
             (EventKind::OptOut, PrivacyTarget::Account(acc)) => {
                 let (a, _) = self.accounts.intern(acc.as_str(), Default::default);
                 self.opt_out(a, ev.ts, &mut removed);
-                self.pending.opted_out.push((a, ack));
+                self.pending.opted_out.insert(a, ack);
             }
             (EventKind::OptIn, PrivacyTarget::Account(acc)) => {
                 if let Some(a) = self.accounts.find(acc.as_str()) {
@@ -161,9 +171,9 @@ impl Engine {
             return;
         }
         let mut p = std::mem::take(&mut self.pending);
-        let devices: FxHashMap<u32, usize> = p.devices.iter().copied().collect();
-        let accounts: FxHashMap<u32, usize> = p.accounts.iter().copied().collect();
-        let opted: FxHashMap<u32, usize> = p.opted_out.iter().copied().collect();
+        let devices = std::mem::take(&mut p.devices);
+        let accounts = std::mem::take(&mut p.accounts);
+        let opted = std::mem::take(&mut p.opted_out);
         let mut count = |ack: usize| {
             if let Some(a) = p.acks.get_mut(ack) {
                 a.removed.sightings += 1;
@@ -213,8 +223,7 @@ impl Engine {
             let mut purged: Vec<usize> = Vec::new();
             let markers = &self.markers;
             let hasher = &self.hasher;
-            self.buffer.retain(|x| {
-                let e = &x.0.event;
+            self.buffer.retain(|e| {
                 if e.kind.is_privacy() {
                     return true;
                 }

@@ -1,0 +1,260 @@
+//! The reorder buffer: events waiting for the watermark, released in key
+//! order.
+//!
+//! A calendar queue: events are appended, unsorted, to one-second slots
+//! ahead of the release point; a slot is sorted once, when the watermark
+//! reaches it. Input is typically disordered by minutes but never by more
+//! than the allowed lateness, so nearly every event costs an append and
+//! its share of one small sort, not a heap's cache-missing sift through
+//! every event of the lateness window. Events that sort before the
+//! release point (their slot was already sorted) or far beyond the
+//! calendar go to a heap; releasing merges the heap with the sorted slots,
+//! so the order is exactly that of a single priority queue.
+
+use crate::event::Event;
+use crate::time::Millis;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+/// Ordering key: `ts`, kind priority, arrival sequence. Unique, because
+/// the sequence is.
+pub(super) type Key = (Millis, u8, u64);
+
+/// Width of a calendar slot, in milliseconds.
+const SLOT_MS: i64 = 1_000;
+
+/// Slots the calendar spans (about 68 minutes); events further ahead wait
+/// in the heap.
+const MAX_SLOTS: i64 = 4_096;
+
+/// An event waiting for the watermark.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Pending {
+    /// Where the event sorts.
+    pub key: Key,
+    /// The event, inline: boxing it costs an allocation per event.
+    pub event: Event,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&o.key)
+    }
+}
+
+/// Events waiting for the watermark.
+#[derive(Debug, Default)]
+pub(super) struct Reorder {
+    /// Sorted events, every one with `ts` below `base`: the slots the
+    /// release point has reached.
+    ready: VecDeque<Pending>,
+    /// Events that arrived below `base` after their slot was sorted, and
+    /// events beyond the calendar.
+    heap: BinaryHeap<Reverse<Pending>>,
+    /// `slots[i]` holds, unsorted, the events with `ts` in
+    /// `[base + i·SLOT_MS, base + (i+1)·SLOT_MS)`.
+    slots: VecDeque<Vec<Pending>>,
+    /// Start of the first slot, a multiple of `SLOT_MS`.
+    base: i64,
+    /// Events in `slots`.
+    in_slots: usize,
+}
+
+impl Reorder {
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.ready.len() + self.heap.len() + self.in_slots
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds an event.
+    pub fn push(&mut self, p: Pending) {
+        let t = p.key.0.0;
+        if self.in_slots == 0 && t >= self.base {
+            // Nothing in the calendar: move it forward to this event, so a
+            // gap in the input costs nothing. `ready` stays below `base`.
+            self.slots.clear();
+            self.base = t.div_euclid(SLOT_MS).saturating_mul(SLOT_MS);
+        }
+        let slot = match t.checked_sub(self.base) {
+            Some(d) if d >= 0 && d / SLOT_MS < MAX_SLOTS => (d / SLOT_MS) as usize,
+            _ => {
+                self.heap.push(Reverse(p));
+                return;
+            }
+        };
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, Vec::new);
+        }
+        self.slots[slot].push(p);
+        self.in_slots += 1;
+    }
+
+    /// Sorts the next non-empty slot into `ready` if `ready` is empty.
+    fn fill(&mut self) {
+        while self.ready.is_empty() && self.in_slots > 0 {
+            let Some(mut slot) = self.slots.pop_front() else {
+                return;
+            };
+            self.base = self.base.saturating_add(SLOT_MS);
+            if slot.is_empty() {
+                continue;
+            }
+            self.in_slots -= slot.len();
+            slot.sort_unstable_by_key(|p| p.key);
+            self.ready.extend(slot);
+        }
+    }
+
+    /// The smallest key waiting.
+    pub fn peek_key(&mut self) -> Option<Key> {
+        self.fill();
+        match (self.ready.front(), self.heap.peek()) {
+            (Some(r), Some(h)) => Some(r.key.min(h.0.key)),
+            (Some(r), None) => Some(r.key),
+            (None, Some(h)) => Some(h.0.key),
+            (None, None) => None,
+        }
+    }
+
+    /// Removes the event with the smallest key.
+    pub fn pop(&mut self) -> Option<Pending> {
+        self.fill();
+        let from_heap = match (self.ready.front(), self.heap.peek()) {
+            (Some(r), Some(h)) => h.0.key < r.key,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if from_heap {
+            self.heap.pop().map(|r| r.0)
+        } else {
+            self.ready.pop_front()
+        }
+    }
+
+    /// Keeps only the events `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Event) -> bool) {
+        self.ready.retain(|p| keep(&p.event));
+        self.heap.retain(|p| keep(&p.0.event));
+        for slot in &mut self.slots {
+            slot.retain(|p| keep(&p.event));
+        }
+        self.in_slots = self.slots.iter().map(Vec::len).sum();
+    }
+}
+
+impl Serialize for Reorder {
+    /// All waiting events as one sequence, in no particular order.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        // The length up front: postcard cannot write a sequence without.
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        let all = self.ready.iter().chain(self.heap.iter().map(|r| &r.0));
+        for p in all.chain(self.slots.iter().flatten()) {
+            seq.serialize_element(p)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Reorder {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let all: Vec<Pending> = Vec::deserialize(d)?;
+        let mut r = Reorder::default();
+        for p in all {
+            r.push(p);
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    fn pending(ts: i64, seq: u64) -> Pending {
+        Pending {
+            key: (Millis(ts), 3, seq),
+            event: Event {
+                ts: Millis(ts),
+                kind: EventKind::Activity,
+                device: None,
+                account: None,
+                ip: None,
+            },
+        }
+    }
+
+    #[test]
+    fn releases_in_key_order_whatever_the_arrival_order() {
+        let mut r = Reorder::default();
+        let ts = [5, 1, 9, 9, 3, 12, 2, 15, 14, 20];
+        for (seq, &t) in ts.iter().enumerate() {
+            r.push(pending(t, seq as u64));
+        }
+        assert_eq!(r.len(), ts.len());
+        let mut out = Vec::new();
+        while let Some(k) = r.peek_key() {
+            let p = r.pop().map(|p| p.key);
+            assert_eq!(p, Some(k));
+            out.push(k);
+        }
+        let mut sorted = out.clone();
+        sorted.sort();
+        assert_eq!(out, sorted);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn orders_across_the_calendar_the_heap_and_gaps() {
+        let mut r = Reorder::default();
+        // Far ahead (heap), a gap, out-of-order within a slot, and one that
+        // arrives after its slot was sorted.
+        let ts = [
+            10_000, 9_500, 10_400, 99_000_000, 12_345, -5, 11_000, 10_001,
+        ];
+        for (seq, &t) in ts.iter().enumerate() {
+            r.push(pending(t, seq as u64));
+        }
+        assert_eq!(r.pop().map(|p| p.key.0.0), Some(-5));
+        assert_eq!(r.pop().map(|p| p.key.0.0), Some(9_500));
+        r.push(pending(9_900, 100));
+        r.push(pending(i64::MAX, 101));
+        r.push(pending(i64::MIN, 102));
+        let keys: Vec<i64> = std::iter::from_fn(|| r.pop()).map(|p| p.key.0.0).collect();
+        assert_eq!(
+            keys,
+            [i64::MIN, 9_900, 10_000, 10_001, 10_400, 11_000, 12_345, 99_000_000, i64::MAX]
+        );
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn round_trips_through_serde() {
+        let mut r = Reorder::default();
+        for (seq, t) in [4, 2, 8, 1].into_iter().enumerate() {
+            r.push(pending(t, seq as u64));
+        }
+        let bytes = postcard::to_stdvec(&r).expect("serializes");
+        let mut back: Reorder = postcard::from_bytes(&bytes).expect("deserializes");
+        let keys: Vec<i64> = std::iter::from_fn(|| back.pop()).map(|p| p.key.0.0).collect();
+        assert_eq!(keys, [1, 2, 4, 8]);
+    }
+}
