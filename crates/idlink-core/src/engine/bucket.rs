@@ -4,7 +4,11 @@
 use super::intern::NONE;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use smallvec::SmallVec;
+
+/// Largest number of sightings a bucket keeps for its window; only a
+/// crowded bucket (which counts for nothing) could exceed it.
+const MAX_RECENT: usize = 256;
 
 /// A released sighting, kept for the window so later sightings can pair
 /// with it.
@@ -34,16 +38,20 @@ pub struct Pair {
 
 /// What one bucket saw on one UTC day. Decided only when the day is
 /// complete, so crowding seen at 18:00 also voids the morning's pairs.
+///
+/// Most buckets are homes with a handful of devices and one or two
+/// accounts, so the id lists are inline up to that size: a bucket costs
+/// one allocation, not five.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DayAgg {
     /// Too many devices or accounts: the day counts for nothing.
     pub crowded: bool,
     /// Distinct device slots seen.
-    pub devices: Vec<u32>,
+    pub devices: SmallVec<[u32; 4]>,
     /// Devices seen signed in here today (not candidates here).
-    pub signed_devices: Vec<u32>,
+    pub signed_devices: SmallVec<[u32; 2]>,
     /// Distinct signed-in account slots seen.
-    pub accounts: Vec<u32>,
+    pub accounts: SmallVec<[u32; 2]>,
     /// Erased devices that were here, counted without their ids so their
     /// removal never makes the bucket look more exclusive.
     pub anon_devices: u32,
@@ -56,12 +64,39 @@ pub struct DayAgg {
 /// State of one bucket.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct BucketState {
-    /// Sightings within the window, oldest first (released in ts order).
-    pub recent: VecDeque<Sighting>,
+    /// The latest sighting of each (device, account) within the window,
+    /// oldest first. Only the latest matters: sightings are applied in
+    /// `ts` order, so it gives every later sighting its smallest gap.
+    pub recent: SmallVec<[Sighting; 4]>,
     /// Day the aggregate belongs to.
     pub day: i32,
     /// Today's aggregate, while the day is open.
-    pub agg: Option<Box<DayAgg>>,
+    pub agg: Option<DayAgg>,
+}
+
+impl BucketState {
+    /// Forgets sightings before `from` (ms).
+    pub fn prune(&mut self, from: i64) {
+        let old = self.recent.iter().take_while(|r| r.ts.0 < from).count();
+        if old > 0 {
+            self.recent.drain(..old);
+        }
+    }
+
+    /// Remembers a sighting as the latest of its (device, account).
+    pub fn remember(&mut self, s: Sighting) {
+        if let Some(i) = self
+            .recent
+            .iter()
+            .position(|r| r.device == s.device && r.account == s.account)
+        {
+            self.recent.remove(i);
+        }
+        if self.recent.len() >= MAX_RECENT {
+            self.recent.remove(0);
+        }
+        self.recent.push(s);
+    }
 }
 
 impl DayAgg {

@@ -37,10 +37,6 @@ use std::hash::BuildHasher;
 pub use privacy::{PrivacyAck, Removed};
 pub use snapshot::SnapshotError;
 
-/// Largest number of sightings a bucket keeps for its window; only a
-/// crowded bucket (which counts for nothing) could exceed it.
-const MAX_RECENT: usize = 256;
-
 /// Most unsigned devices a bucket profile tracks; a bucket with more is
 /// so ambiguous that the exact number no longer matters.
 const MAX_PROFILE: usize = 16;
@@ -203,8 +199,9 @@ pub struct Engine {
     devices: Slots<Device>,
     /// Account state by slot.
     accounts: Slots<Account>,
-    /// Bucket state for buckets with sightings in the window or today.
-    buckets: FxHashMap<Bucket, BucketState>,
+    /// Bucket state for buckets with sightings in the window or today,
+    /// boxed so the table's empty slots cost a pointer, not a state.
+    buckets: FxHashMap<Bucket, Box<BucketState>>,
     /// Buckets holding state, visited when a day closes.
     active_buckets: Vec<Bucket>,
     /// Per bucket, the unsigned devices seen on it within the horizon
@@ -575,19 +572,18 @@ impl Engine {
         let window = self.p.window_ms;
         let st = self.buckets.entry(b).or_insert_with(|| {
             self.active_buckets.push(b);
-            BucketState::default()
+            Box::default()
         });
+        let st = &mut **st;
         if st.agg.is_none() || st.day != day {
             st.day = day;
-            st.agg = Some(Box::default());
+            st.agg = Some(bucket::DayAgg::default());
         }
+        st.prune(ts.0.saturating_sub(window));
         let Some(agg) = st.agg.as_mut() else { return };
         if !agg.see(d, a, self.p.max_bucket_devices, self.p.max_bucket_accounts) {
             st.recent.clear();
             return;
-        }
-        while st.recent.front().is_some_and(|r| r.ts.0 < ts.0 - window) {
-            st.recent.pop_front();
         }
         if a == NONE {
             let prof = self.profiles.entry(b).or_default();
@@ -612,14 +608,11 @@ impl Engine {
                 agg.pair(r.device, a, gap, ts);
             }
         }
-        st.recent.push_back(bucket::Sighting {
+        st.remember(bucket::Sighting {
             ts,
             device: d,
             account: a,
         });
-        if st.recent.len() > MAX_RECENT {
-            st.recent.pop_front();
-        }
     }
 
     /// Creates or refreshes the sign-in link `d`–`a`.
@@ -840,13 +833,7 @@ impl Engine {
             };
             let agg = st.agg.take();
             let bucket_day = st.day;
-            while st
-                .recent
-                .front()
-                .is_some_and(|r| r.ts.0 < now.0.saturating_sub(window))
-            {
-                st.recent.pop_front();
-            }
+            st.prune(now.0.saturating_sub(window));
             if st.recent.is_empty() {
                 self.buckets.remove(&b);
             } else {

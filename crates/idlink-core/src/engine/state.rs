@@ -3,6 +3,7 @@
 
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// Fixed-point scale of evidence weights: 1.0 is `WEIGHT_ONE`. Integers
 /// make sums exact and independent of the order evidence arrived in.
@@ -74,8 +75,9 @@ pub struct Evidence {
 pub struct Device {
     /// Latest sighting, for idle eviction.
     pub last_seen: Millis,
-    /// Sign-in links, sorted by account slot.
-    pub logins: Vec<LoginLink>,
+    /// Sign-in links, sorted by account slot. Nearly every signed-in
+    /// device has exactly one, kept inline.
+    pub logins: SmallVec<[LoginLink; 1]>,
     /// The inferred link, if the evidence supports one.
     pub inferred: Option<Box<InferredLink>>,
     /// Co-location evidence within the horizon, sorted.
