@@ -1,9 +1,12 @@
 //! Interning of ids into dense `u32` slots.
 //!
 //! The engine refers to devices and accounts by slot index everywhere, so
-//! the id text is stored exactly once, in its slot. The lookup table holds
-//! only indices and hashes through the slots (hashbrown's `HashTable`),
-//! which keeps the per-id overhead near 10 bytes.
+//! the id text is stored exactly once. All ids live back to back in one
+//! arena string; a slot holds its id's span (8 bytes) instead of a boxed
+//! string (16 bytes plus a heap block with its header and rounding). The
+//! lookup table holds only slot numbers and hashes through the arena
+//! (hashbrown's `HashTable`). Freed text is reclaimed by compacting the
+//! arena once more than half of it is garbage.
 
 use hashbrown::HashTable;
 use rustc_hash::FxHasher;
@@ -12,12 +15,39 @@ use std::hash::Hasher;
 /// Marker for "no slot" in compact fields.
 pub const NONE: u32 = u32::MAX;
 
+/// Arenas smaller than this are never compacted.
+const MIN_COMPACT: usize = 1 << 16;
+
+/// Where a slot's id lies in the arena: offset in the high 48 bits,
+/// length in the low 16 (ids are at most 256 bytes; longer ones are
+/// refused by the decoder, and truncated to 65,535 here if they ever
+/// came). An empty span marks a free slot.
+#[derive(Clone, Copy, Debug, Default)]
+struct Span(u64);
+
+impl Span {
+    fn new(at: usize, len: usize) -> Span {
+        Span(((at as u64) << 16) | len.min(usize::from(u16::MAX)) as u64)
+    }
+    fn range(self) -> std::ops::Range<usize> {
+        let at = (self.0 >> 16) as usize;
+        at..at + (self.0 & 0xffff) as usize
+    }
+    fn is_free(self) -> bool {
+        self.0 & 0xffff == 0
+    }
+}
+
 /// Slot storage with an id index and a free list.
 #[derive(Debug)]
 pub struct Slots<T> {
-    /// The slots; a free slot has an empty id.
-    slots: Vec<(Box<str>, T)>,
-    /// Index from id text to slot, hashed through `slots`.
+    /// The id text of every live slot, back to back.
+    text: String,
+    /// Bytes of `text` no live slot refers to any more.
+    garbage: usize,
+    /// Per slot: its id's span in `text` (empty when free) and its value.
+    slots: Vec<(Span, T)>,
+    /// Index from id text to slot, hashed through `text`.
     index: HashTable<u32>,
     /// Freed slot numbers, reused before the vector grows.
     free: Vec<u32>,
@@ -26,6 +56,8 @@ pub struct Slots<T> {
 impl<T> Default for Slots<T> {
     fn default() -> Self {
         Slots {
+            text: String::new(),
+            garbage: 0,
             slots: Vec::new(),
             index: HashTable::new(),
             free: Vec::new(),
@@ -40,31 +72,70 @@ fn hash(s: &str) -> u64 {
 }
 
 impl<T: serde::Serialize> serde::Serialize for Slots<T> {
-    /// The slots and the free list; the index is rebuilt on load.
+    /// The slots as (id, value) with "" for a free slot, and the free
+    /// list; the arena and the index are rebuilt on load.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (&self.slots, &self.free).serialize(s)
+        use serde::ser::SerializeTuple;
+        struct All<'a, T>(&'a Slots<T>);
+        impl<T: serde::Serialize> serde::Serialize for All<'_, T> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let slots = self.0;
+                s.collect_seq(slots.slots.iter().map(|(span, v)| (slots.text_of(*span), v)))
+            }
+        }
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&All(self))?;
+        t.serialize_element(&self.free)?;
+        t.end()
     }
 }
 
 impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Slots<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (slots, free): (Vec<(Box<str>, T)>, Vec<u32>) = serde::Deserialize::deserialize(d)?;
-        let mut index = HashTable::with_capacity(slots.len());
-        for (i, (id, _)) in slots.iter().enumerate() {
+        let (all, free): (Vec<(Box<str>, T)>, Vec<u32>) = serde::Deserialize::deserialize(d)?;
+        let mut s = Slots {
+            text: String::with_capacity(all.iter().map(|(id, _)| id.len()).sum()),
+            garbage: 0,
+            slots: Vec::with_capacity(all.len()),
+            index: HashTable::with_capacity(all.len()),
+            free,
+        };
+        for (id, value) in all {
+            let span = s.append(&id);
+            let i = s.slots.len() as u32;
+            s.slots.push((span, value));
             if !id.is_empty() {
-                index.insert_unique(hash(id), i as u32, |&j| hash(&slots[j as usize].0));
+                let (text, slots) = (&s.text, &s.slots);
+                s.index.insert_unique(hash(&id), i, |&j| {
+                    hash(&text[slots[j as usize].0.range()])
+                });
             }
         }
-        Ok(Slots { slots, index, free })
+        Ok(s)
     }
 }
 
 impl<T> Slots<T> {
+    fn text_of(&self, span: Span) -> &str {
+        self.text.get(span.range()).unwrap_or("")
+    }
+
+    /// Appends an id to the arena.
+    fn append(&mut self, id: &str) -> Span {
+        let id = match id.char_indices().nth(usize::from(u16::MAX)) {
+            Some((cut, _)) => &id[..cut],
+            None => id,
+        };
+        let at = self.text.len();
+        self.text.push_str(id);
+        Span::new(at, id.len())
+    }
+
     /// The slot of `id`, if interned.
     pub fn find(&self, id: &str) -> Option<u32> {
-        let slots = &self.slots;
+        let (text, slots) = (&self.text, &self.slots);
         self.index
-            .find(hash(id), |&i| &*slots[i as usize].0 == id)
+            .find(hash(id), |&i| text.get(slots[i as usize].0.range()) == Some(id))
             .copied()
     }
 
@@ -72,11 +143,15 @@ impl<T> Slots<T> {
     /// slot and whether it was created.
     pub fn intern(&mut self, id: &str, make: impl FnOnce() -> T) -> (u32, bool) {
         let h = hash(id);
-        let slots = &self.slots;
-        if let Some(&i) = self.index.find(h, |&i| &*slots[i as usize].0 == id) {
+        let (text, slots) = (&self.text, &self.slots);
+        if let Some(&i) = self
+            .index
+            .find(h, |&i| text.get(slots[i as usize].0.range()) == Some(id))
+        {
             return (i, false);
         }
-        let value = (Box::from(id), make());
+        let span = self.append(id);
+        let value = (span, make());
         let i = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = value;
@@ -87,9 +162,9 @@ impl<T> Slots<T> {
                 (self.slots.len() - 1) as u32
             }
         };
-        let slots = &self.slots;
+        let (text, slots) = (&self.text, &self.slots);
         self.index
-            .insert_unique(h, i, |&j| hash(&slots[j as usize].0));
+            .insert_unique(h, i, |&j| hash(&text[slots[j as usize].0.range()]));
         (i, true)
     }
 
@@ -98,29 +173,52 @@ impl<T> Slots<T> {
     where
         T: Default,
     {
-        let slot = self.slots.get_mut(i as usize)?;
-        if slot.0.is_empty() {
+        let span = self.slots.get(i as usize)?.0;
+        if span.is_free() {
             return None;
         }
-        let h = hash(&slot.0);
-        if let Ok(entry) = self.index.find_entry(h, |&j| j == i) {
+        let id: Box<str> = Box::from(self.text_of(span));
+        if let Ok(entry) = self.index.find_entry(hash(&id), |&j| j == i) {
             entry.remove();
         }
-        let taken = std::mem::replace(slot, (Box::from(""), T::default()));
+        let taken = std::mem::take(&mut self.slots[i as usize]);
         self.free.push(i);
-        Some(taken)
+        self.garbage += id.len();
+        self.compact_if_worth_it();
+        Some((id, taken.1))
+    }
+
+    /// Rewrites the arena without the text of freed slots once that is
+    /// more than half of it. Slot numbers and hashes do not change, so
+    /// the index stays valid.
+    fn compact_if_worth_it(&mut self) {
+        if self.text.len() < MIN_COMPACT || self.garbage * 2 <= self.text.len() {
+            return;
+        }
+        let mut text = String::with_capacity(self.text.len() - self.garbage);
+        for (span, _) in &mut self.slots {
+            if span.is_free() {
+                continue;
+            }
+            let at = text.len();
+            let id = self.text.get(span.range()).unwrap_or("");
+            text.push_str(id);
+            *span = Span::new(at, id.len());
+        }
+        self.text = text;
+        self.garbage = 0;
     }
 
     /// The id text of a slot.
     pub fn id(&self, i: u32) -> &str {
-        self.slots.get(i as usize).map_or("", |s| &*s.0)
+        self.slots.get(i as usize).map_or("", |s| self.text_of(s.0))
     }
 
     /// The value in a slot.
     pub fn get(&self, i: u32) -> Option<&T> {
         self.slots
             .get(i as usize)
-            .filter(|s| !s.0.is_empty())
+            .filter(|s| !s.0.is_free())
             .map(|s| &s.1)
     }
 
@@ -128,7 +226,7 @@ impl<T> Slots<T> {
     pub fn get_mut(&mut self, i: u32) -> Option<&mut T> {
         self.slots
             .get_mut(i as usize)
-            .filter(|s| !s.0.is_empty())
+            .filter(|s| !s.0.is_free())
             .map(|s| &mut s.1)
     }
 
@@ -147,7 +245,7 @@ impl<T> Slots<T> {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| !s.0.is_empty())
+            .filter(|(_, s)| !s.0.is_free())
             .map(|(i, _)| i as u32)
     }
 
@@ -177,5 +275,31 @@ mod tests {
         let (c, _) = s.intern("c", || 3);
         assert_eq!(c, a, "freed slot is reused");
         assert_eq!(s.sorted(), vec![b, c]);
+    }
+
+    #[test]
+    fn compacts_freed_text_and_survives_serde() {
+        let mut s: Slots<u32> = Slots::default();
+        let ids: Vec<String> = (0..20_000).map(|i| format!("device-{i:08}")).collect();
+        for (n, id) in ids.iter().enumerate() {
+            s.intern(id, || n as u32);
+        }
+        for id in ids.iter().step_by(3).chain(ids.iter().skip(1).step_by(3)) {
+            let slot = s.find(id).expect("interned");
+            assert_eq!(s.remove(slot).map(|x| x.0), Some(Box::from(id.as_str())));
+        }
+        assert!(s.text.len() < 20_000 * 15 / 2, "the arena was compacted");
+        for (n, id) in ids.iter().enumerate() {
+            let found = s.find(id).and_then(|i| s.get(i)).copied();
+            assert_eq!(found, (n % 3 == 2).then_some(n as u32), "{id}");
+        }
+        let bytes = postcard::to_stdvec(&s).expect("serializes");
+        let back: Slots<u32> = postcard::from_bytes(&bytes).expect("deserializes");
+        assert_eq!(back.len(), s.len());
+        let slot = back.find(&ids[2]).expect("kept");
+        assert_eq!(back.id(slot), ids[2]);
+        let (again, new) = s.intern(&ids[0], || 7);
+        assert!(new);
+        assert_eq!(s.id(again), ids[0]);
     }
 }

@@ -31,6 +31,7 @@ use crate::time::{DAY_MS, MINUTE_MS, Millis};
 use bucket::BucketState;
 use intern::{NONE, Slots};
 use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::SmallVec;
 use state::{Account, Device, Evidence, InferredLink, LoginLink, WEIGHT_ONE};
 use std::hash::BuildHasher;
 
@@ -209,7 +210,7 @@ pub struct Engine {
     /// over weeks, not just today. A household with a member who never
     /// signs in keeps that member's devices here, which is what keeps
     /// them from being handed to the member who does.
-    profiles: FxHashMap<Bucket, Vec<(u32, i32)>>,
+    profiles: FxHashMap<Bucket, SmallVec<[(u32, i32); 2]>>,
     /// Events waiting for the watermark, smallest key first.
     buffer: reorder::Reorder,
     /// Arrival counter: the last tie-break of the buffer order.
@@ -970,7 +971,7 @@ impl Engine {
         let horizon = self.p.horizon_days;
         let ttl = self.p.login_ttl_days;
         self.profiles.retain(|_, prof| {
-            prof.retain(|&(_, last)| i64::from(day) - i64::from(last) < horizon);
+            prof.retain(|&mut (_, last)| i64::from(day) - i64::from(last) < horizon);
             !prof.is_empty()
         });
         let slots: Vec<u32> = self.devices.live().collect();

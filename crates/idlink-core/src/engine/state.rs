@@ -4,6 +4,7 @@
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+use thin_vec::ThinVec;
 
 /// Fixed-point scale of evidence weights: 1.0 is `WEIGHT_ONE`. Integers
 /// make sums exact and independent of the order evidence arrived in.
@@ -80,8 +81,9 @@ pub struct Device {
     pub logins: SmallVec<[LoginLink; 1]>,
     /// The inferred link, if the evidence supports one.
     pub inferred: Option<Box<InferredLink>>,
-    /// Co-location evidence within the horizon, sorted.
-    pub evidence: Vec<Evidence>,
+    /// Co-location evidence within the horizon, sorted. A thin vector:
+    /// most devices have none, and an empty one is a single pointer.
+    pub evidence: ThinVec<Evidence>,
     /// UTC day the bot counters below refer to.
     pub bot_day: i32,
     /// Events on `bot_day` (saturating).
@@ -126,10 +128,10 @@ impl Device {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Account {
     /// Devices linked to it (sign-in or inferred), for the account view.
-    pub devices: Vec<u32>,
+    pub devices: IdList,
     /// Devices holding evidence for it, so opt-out and erase reach them
     /// without a scan of all devices.
-    pub evidence_devices: Vec<u32>,
+    pub evidence_devices: IdList,
     /// Whether the account opted out of inferred links.
     pub opted_out: bool,
 }
@@ -141,8 +143,12 @@ impl Account {
     }
 }
 
+/// A short list of slots: most accounts have one or two devices, kept
+/// inline.
+pub type IdList = SmallVec<[u32; 2]>;
+
 /// Removes one value from an unordered small vector.
-pub fn remove_value(v: &mut Vec<u32>, x: u32) -> bool {
+pub fn remove_value(v: &mut IdList, x: u32) -> bool {
     match v.iter().position(|&y| y == x) {
         Some(p) => {
             v.swap_remove(p);
@@ -153,7 +159,7 @@ pub fn remove_value(v: &mut Vec<u32>, x: u32) -> bool {
 }
 
 /// Adds a value to an unordered small vector if absent.
-pub fn add_value(v: &mut Vec<u32>, x: u32) {
+pub fn add_value(v: &mut IdList, x: u32) {
     if !v.contains(&x) {
         v.push(x);
     }
