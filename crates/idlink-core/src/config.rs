@@ -110,7 +110,8 @@ pub struct AddressConfig {
     pub exclude_cidrs: Vec<String>,
     /// A bucket with more distinct devices than this in one UTC day is
     /// crowded (public Wi-Fi, offices, carriers) and that day counts for
-    /// nothing.
+    /// nothing. At most 63: no household has more, and the engine keeps
+    /// a bucket-day's signed-in devices as a 64-bit mask.
     pub max_devices_per_bucket_day: u32,
     /// A bucket with more distinct signed-in accounts than this in one UTC
     /// day is crowded likewise.
@@ -290,8 +291,12 @@ impl Config {
                 ));
             }
         }
-        if a.max_devices_per_bucket_day < 2 {
-            return bad("addresses.max_devices_per_bucket_day must be at least 2".into());
+        if !(2..=63).contains(&a.max_devices_per_bucket_day) {
+            return bad(
+                "addresses.max_devices_per_bucket_day must be from 2 to 63 (more devices a day \
+                 is never one household)"
+                    .into(),
+            );
         }
         if a.max_accounts_per_bucket_day < 1 {
             return bad("addresses.max_accounts_per_bucket_day must be at least 1".into());

@@ -2,9 +2,13 @@
 //! day's aggregate that becomes evidence once the day is complete.
 
 use super::intern::NONE;
-use crate::time::Millis;
+use crate::addr::Bucket;
+use crate::time::{DAY_MS, Millis};
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+use std::hash::BuildHasher;
 
 /// Largest number of sightings a bucket keeps for its window; only a
 /// crowded bucket (which counts for nothing) could exceed it.
@@ -30,10 +34,24 @@ pub struct Pair {
     pub device: u32,
     /// The signed-in account.
     pub account: u32,
+    /// Smallest gap found that day, in milliseconds (at most the window,
+    /// which is at most a day).
+    gap_ms: u32,
+    /// When the closest pair happened (the later sighting), as
+    /// milliseconds into the bucket's UTC day: 16 bytes a pair, not 24.
+    at_in_day: u32,
+}
+
+impl Pair {
     /// Smallest gap found that day, in milliseconds.
-    pub gap_ms: i64,
-    /// When the closest pair happened (the later sighting).
-    pub at: Millis,
+    pub fn gap_ms(&self) -> i64 {
+        i64::from(self.gap_ms)
+    }
+
+    /// When the closest pair happened, given the bucket's UTC day.
+    pub fn at(&self, day: i32) -> Millis {
+        Millis(i64::from(day) * DAY_MS + i64::from(self.at_in_day))
+    }
 }
 
 /// What one bucket saw on one UTC day. Decided only when the day is
@@ -47,9 +65,11 @@ pub struct DayAgg {
     /// Too many devices or accounts: the day counts for nothing.
     pub crowded: bool,
     /// Distinct device slots seen.
-    pub devices: SmallVec<[u32; 4]>,
-    /// Devices seen signed in here today (not candidates here).
-    pub signed_devices: SmallVec<[u32; 2]>,
+    devices: SmallVec<[u32; 4]>,
+    /// Bit `i` set: `devices[i]` was seen signed in here today, so it is
+    /// no candidate here. Fits because the config caps the devices a
+    /// bucket-day may hold below 64.
+    signed: u64,
     /// Distinct signed-in account slots seen.
     pub accounts: SmallVec<[u32; 2]>,
     /// Erased devices that were here, counted without their ids so their
@@ -67,7 +87,7 @@ pub struct BucketState {
     /// The latest sighting of each (device, account) within the window,
     /// oldest first. Only the latest matters: sightings are applied in
     /// `ts` order, so it gives every later sighting its smallest gap.
-    pub recent: SmallVec<[Sighting; 4]>,
+    pub recent: SmallVec<[Sighting; 2]>,
     /// Day the aggregate belongs to.
     pub day: i32,
     /// Today's aggregate, while the day is open.
@@ -111,16 +131,18 @@ impl DayAgg {
         if self.crowded {
             return false;
         }
-        if !self.devices.contains(&device) {
-            self.devices.push(device);
-        }
+        let at = match self.devices.iter().position(|&d| d == device) {
+            Some(i) => i,
+            None => {
+                self.devices.push(device);
+                self.devices.len() - 1
+            }
+        };
         if account != NONE {
             if !self.accounts.contains(&account) {
                 self.accounts.push(account);
             }
-            if !self.signed_devices.contains(&device) {
-                self.signed_devices.push(device);
-            }
+            self.signed |= 1u64.checked_shl(at as u32).unwrap_or(0);
         }
         if self.devices.len() + self.anon_devices as usize > max_devices
             || self.accounts.len() + self.anon_accounts as usize > max_accounts
@@ -131,6 +153,42 @@ impl DayAgg {
         true
     }
 
+    /// Distinct device slots seen.
+    pub fn devices(&self) -> &[u32] {
+        &self.devices
+    }
+
+    /// Whether `device` was seen signed in here today.
+    pub fn is_signed(&self, device: u32) -> bool {
+        self.devices
+            .iter()
+            .position(|&d| d == device)
+            .is_some_and(|i| self.signed.checked_shr(i as u32).unwrap_or(0) & 1 == 1)
+    }
+
+    /// Removes the devices `gone` names (erased), counting them as
+    /// anonymous so the bucket never looks more exclusive than it was.
+    pub fn forget_devices(&mut self, gone: impl Fn(u32) -> bool) {
+        let mut signed = 0u64;
+        let mut kept = 0u32;
+        let mut removed = 0u32;
+        for (i, &d) in self.devices.iter().enumerate() {
+            if gone(d) {
+                removed += 1;
+                continue;
+            }
+            if self.signed.checked_shr(i as u32).unwrap_or(0) & 1 == 1 {
+                signed |= 1u64.checked_shl(kept).unwrap_or(0);
+            }
+            kept += 1;
+        }
+        if removed > 0 {
+            self.devices.retain(|d| !gone(*d));
+            self.signed = signed;
+            self.anon_devices += removed;
+        }
+    }
+
     /// Marks the day crowded and frees everything it held.
     pub fn crowd(&mut self) {
         *self = DayAgg {
@@ -139,8 +197,11 @@ impl DayAgg {
         };
     }
 
-    /// Records a co-location, keeping the smallest gap per pair.
+    /// Records a co-location, keeping the smallest gap per pair. `at`
+    /// lies in the bucket's day and `gap_ms` within the window.
     pub fn pair(&mut self, device: u32, account: u32, gap_ms: i64, at: Millis) {
+        let gap_ms = gap_ms.clamp(0, i64::from(u32::MAX)) as u32;
+        let at = at.0.rem_euclid(DAY_MS) as u32;
         if let Some(p) = self
             .pairs
             .iter_mut()
@@ -148,7 +209,7 @@ impl DayAgg {
         {
             if gap_ms < p.gap_ms {
                 p.gap_ms = gap_ms;
-                p.at = at;
+                p.at_in_day = at;
             }
             return;
         }
@@ -156,7 +217,116 @@ impl DayAgg {
             device,
             account,
             gap_ms,
-            at,
+            at_in_day: at,
         });
+    }
+}
+
+/// Bucket states in one vector, found through a compact index.
+///
+/// A map from bucket to boxed state would spend 24 bytes per table slot
+/// (at 50 % load, 48 per bucket) plus an allocation header per state;
+/// here a table slot is 4 bytes and the states sit back to back.
+#[derive(Debug, Default)]
+pub struct BucketTable {
+    /// States by slot; `None` is a free slot.
+    slots: Vec<Option<(Bucket, BucketState)>>,
+    /// Index from bucket to slot, hashed through `slots`.
+    index: HashTable<u32>,
+    /// Free slots, reused before the vector grows.
+    free: Vec<u32>,
+}
+
+fn hash_bucket(b: &Bucket) -> u64 {
+    FxBuildHasher.hash_one(b)
+}
+
+impl BucketTable {
+    fn key_hash(slots: &[Option<(Bucket, BucketState)>], i: u32) -> u64 {
+        slots
+            .get(i as usize)
+            .and_then(|s| s.as_ref())
+            .map_or(0, |s| hash_bucket(&s.0))
+    }
+
+    /// The slot of `b`, created empty if new; and whether it was created.
+    pub fn slot(&mut self, b: Bucket) -> (u32, bool) {
+        let h = hash_bucket(&b);
+        let slots = &self.slots;
+        let found = self.index.find(h, |&i| {
+            slots
+                .get(i as usize)
+                .and_then(|s| s.as_ref())
+                .is_some_and(|s| s.0 == b)
+        });
+        if let Some(&i) = found {
+            return (i, false);
+        }
+        let value = Some((b, BucketState::default()));
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = value;
+                i
+            }
+            None => {
+                self.slots.push(value);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        self.index
+            .insert_unique(h, i, |&j| Self::key_hash(slots, j));
+        (i, true)
+    }
+
+    /// The bucket and state in slot `i`.
+    pub fn get_mut(&mut self, i: u32) -> Option<(Bucket, &mut BucketState)> {
+        self.slots
+            .get_mut(i as usize)
+            .and_then(|s| s.as_mut())
+            .map(|s| (s.0, &mut s.1))
+    }
+
+    /// Frees slot `i`.
+    pub fn remove(&mut self, i: u32) {
+        let Some(Some((b, _))) = self.slots.get(i as usize) else {
+            return;
+        };
+        if let Ok(entry) = self.index.find_entry(hash_bucket(b), |&j| j == i) {
+            entry.remove();
+        }
+        self.slots[i as usize] = None;
+        self.free.push(i);
+    }
+
+    /// Every live state.
+    pub fn states_mut(&mut self) -> impl Iterator<Item = &mut BucketState> {
+        self.slots.iter_mut().flatten().map(|s| &mut s.1)
+    }
+
+    /// Live buckets.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
+impl Serialize for BucketTable {
+    /// The slots and the free list; the index is rebuilt on load.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.slots, &self.free).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for BucketTable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (slots, free): (Vec<Option<(Bucket, BucketState)>>, Vec<u32>) =
+            Deserialize::deserialize(d)?;
+        let mut index = HashTable::with_capacity(slots.len());
+        for (i, s) in slots.iter().enumerate() {
+            if let Some((b, _)) = s {
+                index.insert_unique(hash_bucket(b), i as u32, |&j| Self::key_hash(&slots, j));
+            }
+        }
+        Ok(BucketTable { slots, index, free })
     }
 }

@@ -28,7 +28,6 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::keyed::KeyedHasher;
 use crate::time::{DAY_MS, MINUTE_MS, Millis};
-use bucket::BucketState;
 use intern::{NONE, Slots};
 use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
@@ -202,9 +201,9 @@ pub struct Engine {
     accounts: Slots<Account>,
     /// Bucket state for buckets with sightings in the window or today,
     /// boxed so the table's empty slots cost a pointer, not a state.
-    buckets: FxHashMap<Bucket, Box<BucketState>>,
+    buckets: bucket::BucketTable,
     /// Buckets holding state, visited when a day closes.
-    active_buckets: Vec<Bucket>,
+    active_buckets: Vec<u32>,
     /// Per bucket, the unsigned devices seen on it within the horizon
     /// (slot, last day): how many unexplained devices share the address
     /// over weeks, not just today. A household with a member who never
@@ -255,7 +254,7 @@ impl Engine {
             hasher: KeyedHasher::new(config.privacy.hash_secret.as_bytes()),
             devices: Slots::default(),
             accounts: Slots::default(),
-            buckets: FxHashMap::default(),
+            buckets: bucket::BucketTable::default(),
             active_buckets: Vec::new(),
             profiles: FxHashMap::default(),
             buffer: reorder::Reorder::default(),
@@ -503,9 +502,6 @@ impl Engine {
             (None, Some(acc)) => self.accounts.intern(acc.as_str(), Account::default).0,
             (None, None) => NONE,
         };
-        if let Some(dev) = self.devices.get_mut(d) {
-            dev.last_seen = dev.last_seen.max(ev.ts);
-        }
         if a != NONE {
             self.touch_login(d, a, ev.ts);
         }
@@ -571,11 +567,13 @@ impl Engine {
     fn colocate(&mut self, b: Bucket, d: u32, a: u32, ts: Millis) {
         let day = ts.day() as i32;
         let window = self.p.window_ms;
-        let st = self.buckets.entry(b).or_insert_with(|| {
-            self.active_buckets.push(b);
-            Box::default()
-        });
-        let st = &mut **st;
+        let (slot, created) = self.buckets.slot(b);
+        if created {
+            self.active_buckets.push(slot);
+        }
+        let Some((_, st)) = self.buckets.get_mut(slot) else {
+            return;
+        };
         if st.agg.is_none() || st.day != day {
             st.day = day;
             st.agg = Some(bucket::DayAgg::default());
@@ -828,17 +826,17 @@ impl Engine {
         let window = self.p.window_ms;
         let buckets = std::mem::take(&mut self.active_buckets);
         let mut keep = Vec::with_capacity(buckets.len() / 4);
-        for b in buckets {
-            let Some(st) = self.buckets.get_mut(&b) else {
+        for slot in buckets {
+            let Some((b, st)) = self.buckets.get_mut(slot) else {
                 continue;
             };
             let agg = st.agg.take();
             let bucket_day = st.day;
             st.prune(now.0.saturating_sub(window));
             if st.recent.is_empty() {
-                self.buckets.remove(&b);
+                self.buckets.remove(slot);
             } else {
-                keep.push(b);
+                keep.push(slot);
             }
             if let Some(agg) = agg {
                 self.evidence_from(b, bucket_day, &agg, false);
@@ -853,8 +851,8 @@ impl Engine {
     fn close_provisionally(&mut self, day: i32) {
         self.retract_provisional();
         for i in 0..self.active_buckets.len() {
-            let b = self.active_buckets[i];
-            let Some(st) = self.buckets.get_mut(&b) else {
+            let slot = self.active_buckets[i];
+            let Some((b, st)) = self.buckets.get_mut(slot) else {
                 continue;
             };
             if st.day != day {
@@ -862,7 +860,7 @@ impl Engine {
             }
             let Some(agg) = st.agg.take() else { continue };
             self.evidence_from(b, day, &agg, true);
-            if let Some(st) = self.buckets.get_mut(&b) {
+            if let Some((_, st)) = self.buckets.get_mut(slot) {
                 st.agg = Some(agg);
             }
         }
@@ -891,17 +889,17 @@ impl Engine {
             return;
         }
         let bots: Vec<u32> = agg
-            .devices
+            .devices()
             .iter()
             .copied()
             .filter(|&d| self.devices.get(d).is_some_and(|x| x.is_bot(day)))
             .collect();
         let is_bot = |d: u32| bots.contains(&d);
-        let humans = agg.devices.iter().filter(|&&d| !is_bot(d)).count();
+        let humans = agg.devices().iter().filter(|&&d| !is_bot(d)).count();
         let today = agg
-            .devices
+            .devices()
             .iter()
-            .filter(|&&d| !is_bot(d) && !agg.signed_devices.contains(&d))
+            .filter(|&&d| !is_bot(d) && !agg.is_signed(d))
             .count();
         let horizon = self.p.horizon_days;
         let devices = &self.devices;
@@ -922,13 +920,13 @@ impl Engine {
         let tag = self.hasher.tag(&b.to_bytes());
         let mut produced = false;
         for p in &agg.pairs {
-            if agg.signed_devices.contains(&p.device) || is_bot(p.device) {
+            if agg.is_signed(p.device) || is_bot(p.device) {
                 continue;
             }
             if self.accounts.get(p.account).is_none_or(|a| a.opted_out) {
                 continue;
             }
-            let tf = (-(p.gap_ms as f64) / self.p.gap_scale_ms).exp();
+            let tf = (-(p.gap_ms() as f64) / self.p.gap_scale_ms).exp();
             let w = tf / (n_acc as f64 * ambiguity);
             let weight = (w * f64::from(WEIGHT_ONE))
                 .round()
@@ -941,10 +939,10 @@ impl Engine {
                 day,
                 bucket: tag,
                 weight,
-                gap_s: (p.gap_ms / 1000).clamp(0, i64::from(u16::MAX)) as u16,
+                gap_s: (p.gap_ms() / 1000).clamp(0, i64::from(u16::MAX)) as u16,
                 bucket_devices: n_dev.min(255) as u8,
                 bucket_accounts: n_acc.min(255) as u8,
-                at: p.at,
+                at: p.at(day),
             };
             let Some(dev) = self.devices.get_mut(p.device) else {
                 continue;
@@ -1024,7 +1022,7 @@ impl Engine {
             let Some(dev) = self.devices.get(d) else {
                 continue;
             };
-            if dev.is_empty() && i64::from(day) - dev.last_seen.day() >= horizon && !dev.is_bot(day)
+            if dev.is_empty() && i64::from(day) - i64::from(dev.bot_day) >= horizon && !dev.is_bot(day)
             {
                 self.free_device(d);
             }

@@ -180,7 +180,7 @@ impl Engine {
             }
         };
         if !devices.is_empty() || !accounts.is_empty() || !opted.is_empty() {
-            for st in self.buckets.values_mut() {
+            for st in self.buckets.states_mut() {
                 st.recent.retain(
                     |s| match (devices.get(&s.device), accounts.get(&s.account)) {
                         (Some(&i), _) | (None, Some(&i)) => {
@@ -191,10 +191,7 @@ impl Engine {
                     },
                 );
                 let Some(agg) = st.agg.as_mut() else { continue };
-                let before = agg.devices.len();
-                agg.devices.retain(|d| !devices.contains_key(d));
-                agg.anon_devices += (before - agg.devices.len()) as u32;
-                agg.signed_devices.retain(|d| !devices.contains_key(d));
+                agg.forget_devices(|d| devices.contains_key(&d));
                 let before = agg.accounts.len();
                 agg.accounts.retain(|a| !accounts.contains_key(a));
                 agg.anon_accounts += (before - agg.accounts.len()) as u32;

@@ -74,8 +74,6 @@ pub struct Evidence {
 /// Everything known about one device.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Device {
-    /// Latest sighting, for idle eviction.
-    pub last_seen: Millis,
     /// Sign-in links, sorted by account slot. Nearly every signed-in
     /// device has exactly one, kept inline.
     pub logins: SmallVec<[LoginLink; 1]>,
@@ -84,7 +82,8 @@ pub struct Device {
     /// Co-location evidence within the horizon, sorted. A thin vector:
     /// most devices have none, and an empty one is a single pointer.
     pub evidence: ThinVec<Evidence>,
-    /// UTC day the bot counters below refer to.
+    /// UTC day of the latest in-order sighting: the bot counters below
+    /// refer to it, and idle eviction counts from it.
     pub bot_day: i32,
     /// Events on `bot_day` (saturating).
     pub day_events: u32,
@@ -130,8 +129,8 @@ pub struct Account {
     /// Devices linked to it (sign-in or inferred), for the account view.
     pub devices: IdList,
     /// Devices holding evidence for it, so opt-out and erase reach them
-    /// without a scan of all devices.
-    pub evidence_devices: IdList,
+    /// without a scan of all devices. Thin: most accounts have none.
+    pub evidence_devices: ThinVec<u32>,
     /// Whether the account opted out of inferred links.
     pub opted_out: bool,
 }
@@ -147,20 +146,46 @@ impl Account {
 /// inline.
 pub type IdList = SmallVec<[u32; 2]>;
 
-/// Removes one value from an unordered small vector.
-pub fn remove_value(v: &mut IdList, x: u32) -> bool {
+/// The small unordered slot lists the engine keeps.
+pub trait SlotList: std::ops::Deref<Target = [u32]> {
+    /// Removes the element at `i`, moving the last one there.
+    fn swap_remove_at(&mut self, i: usize);
+    /// Appends `x`.
+    fn push_slot(&mut self, x: u32);
+}
+
+impl SlotList for IdList {
+    fn swap_remove_at(&mut self, i: usize) {
+        self.swap_remove(i);
+    }
+    fn push_slot(&mut self, x: u32) {
+        self.push(x);
+    }
+}
+
+impl SlotList for ThinVec<u32> {
+    fn swap_remove_at(&mut self, i: usize) {
+        self.swap_remove(i);
+    }
+    fn push_slot(&mut self, x: u32) {
+        self.push(x);
+    }
+}
+
+/// Removes one value from an unordered small list.
+pub fn remove_value(v: &mut impl SlotList, x: u32) -> bool {
     match v.iter().position(|&y| y == x) {
         Some(p) => {
-            v.swap_remove(p);
+            v.swap_remove_at(p);
             true
         }
         None => false,
     }
 }
 
-/// Adds a value to an unordered small vector if absent.
-pub fn add_value(v: &mut IdList, x: u32) {
+/// Adds a value to an unordered small list if absent.
+pub fn add_value(v: &mut impl SlotList, x: u32) {
     if !v.contains(&x) {
-        v.push(x);
+        v.push_slot(x);
     }
 }
