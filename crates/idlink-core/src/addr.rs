@@ -5,30 +5,43 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Where co-location is counted: an IPv4 address, or an IPv6 prefix
 /// (the /64 by default, which survives privacy-extension rotation).
+///
+/// Packed in 8 bytes, since the engine keys all its bucket state by it:
+/// an IPv4 address is stored as itself (below 2^32); an IPv6 bucket as
+/// the top 64 bits of its prefix. Only global unicast (2000::/3) IPv6 is
+/// ever usable and prefixes are at least /32, so an IPv6 bucket is at
+/// least 2^61 and the two families never meet.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
-pub enum Bucket {
-    /// A whole IPv4 address.
-    V4(u32),
-    /// The configured IPv6 prefix, as the top 64 bits (longer prefixes are
-    /// truncated to 64, which the config allows only as a coarsening).
-    V6(u64),
-}
+pub struct Bucket(u64);
 
 impl Bucket {
+    /// A whole IPv4 address.
+    pub fn v4(ip: u32) -> Bucket {
+        Bucket(u64::from(ip))
+    }
+
+    /// An IPv6 prefix of a global unicast address, as its top 64 bits
+    /// (longer prefixes are truncated to 64, which the config allows only
+    /// as a coarsening).
+    fn v6(top: u64) -> Bucket {
+        Bucket(top)
+    }
+
+    fn is_v4(self) -> bool {
+        self.0 <= u64::from(u32::MAX)
+    }
+
     /// Stable bytes for hashing (a tag distinguishes the families).
     pub fn to_bytes(self) -> [u8; 9] {
         let mut b = [0u8; 9];
-        match self {
-            Bucket::V4(v) => {
-                b[0] = 4;
-                b[1..5].copy_from_slice(&v.to_be_bytes());
-            }
-            Bucket::V6(v) => {
-                b[0] = 6;
-                b[1..9].copy_from_slice(&v.to_be_bytes());
-            }
+        if self.is_v4() {
+            b[0] = 4;
+            b[1..5].copy_from_slice(&(self.0 as u32).to_be_bytes());
+        } else {
+            b[0] = 6;
+            b[1..9].copy_from_slice(&self.0.to_be_bytes());
         }
         b
     }
@@ -151,7 +164,7 @@ impl AddressClassifier {
         if self.v4.iter().any(|&(net, mask)| v & mask == net) {
             return AddressClass::Excluded;
         }
-        AddressClass::Usable(Bucket::V4(v))
+        AddressClass::Usable(Bucket::v4(v))
     }
 
     fn classify_v6(&self, a: Ipv6Addr) -> AddressClass {
@@ -175,7 +188,7 @@ impl AddressClassifier {
         } else {
             !(u64::MAX >> self.v6_bucket_bits)
         };
-        AddressClass::Usable(Bucket::V6(top & mask))
+        AddressClass::Usable(Bucket::v6(top & mask))
     }
 }
 
@@ -226,6 +239,21 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, d);
         assert_eq!(classify(&c, "::ffff:10.0.0.1"), AddressClass::NonPublic);
+    }
+
+    #[test]
+    fn bucket_bytes_keep_the_family() {
+        let c = AddressClassifier::new(32, &[]);
+        let AddressClass::Usable(v4) = classify(&c, "81.2.3.4") else {
+            panic!("usable")
+        };
+        assert_eq!(v4.to_bytes(), [4, 81, 2, 3, 4, 0, 0, 0, 0]);
+        // The shortest prefix allowed still keeps the 2000::/3 bits, so an
+        // IPv6 bucket never reads as an IPv4 one.
+        let AddressClass::Usable(v6) = classify(&c, "2000:0:ffff::1") else {
+            panic!("usable")
+        };
+        assert_eq!(v6.to_bytes(), [6, 0x20, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
