@@ -2,35 +2,40 @@
 
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroU64;
 
 /// Where co-location is counted: an IPv4 address, or an IPv6 prefix
 /// (the /64 by default, which survives privacy-extension rotation).
 ///
-/// Packed in 8 bytes, since the engine keys all its bucket state by it:
-/// an IPv4 address is stored as itself (below 2^32); an IPv6 bucket as
-/// the top 64 bits of its prefix. Only global unicast (2000::/3) IPv6 is
-/// ever usable and prefixes are at least /32, so an IPv6 bucket is at
-/// least 2^61 and the two families never meet.
+/// Packed in 8 non-zero bytes, since the engine keys all its bucket
+/// state by it (and `Option<Bucket>` costs nothing extra): an IPv4
+/// address is stored as 2^32 + the address; an IPv6 bucket as the top 64
+/// bits of its prefix. Only global unicast (2000::/3) IPv6 is ever usable
+/// and prefixes are at least /32, so an IPv6 bucket is at least 2^61 and
+/// the two families never meet.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
-pub struct Bucket(u64);
+pub struct Bucket(NonZeroU64);
+
+/// Where IPv4 buckets start.
+const V4_BASE: u64 = 1 << 32;
 
 impl Bucket {
     /// A whole IPv4 address.
     pub fn v4(ip: u32) -> Bucket {
-        Bucket(u64::from(ip))
+        Bucket(NonZeroU64::MIN.saturating_add(V4_BASE - 1 + u64::from(ip)))
     }
 
     /// An IPv6 prefix of a global unicast address, as its top 64 bits
     /// (longer prefixes are truncated to 64, which the config allows only
     /// as a coarsening).
     fn v6(top: u64) -> Bucket {
-        Bucket(top)
+        Bucket(NonZeroU64::new(top).unwrap_or(NonZeroU64::MAX))
     }
 
     fn is_v4(self) -> bool {
-        self.0 <= u64::from(u32::MAX)
+        self.0.get() < 2 * V4_BASE
     }
 
     /// Stable bytes for hashing (a tag distinguishes the families).
@@ -38,10 +43,10 @@ impl Bucket {
         let mut b = [0u8; 9];
         if self.is_v4() {
             b[0] = 4;
-            b[1..5].copy_from_slice(&(self.0 as u32).to_be_bytes());
+            b[1..5].copy_from_slice(&(self.0.get() as u32).to_be_bytes());
         } else {
             b[0] = 6;
-            b[1..9].copy_from_slice(&self.0.to_be_bytes());
+            b[1..9].copy_from_slice(&self.0.get().to_be_bytes());
         }
         b
     }
@@ -254,6 +259,8 @@ mod tests {
             panic!("usable")
         };
         assert_eq!(v6.to_bytes(), [6, 0x20, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(v4 < v6);
+        assert_eq!(std::mem::size_of::<Option<Bucket>>(), 8);
     }
 
     #[test]

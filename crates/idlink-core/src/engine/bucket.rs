@@ -8,6 +8,7 @@ use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+use thin_vec::ThinVec;
 use std::hash::BuildHasher;
 
 /// Largest number of sightings a bucket keeps for its window; only a
@@ -77,8 +78,9 @@ pub struct DayAgg {
     pub anon_devices: u32,
     /// Erased accounts that were here, likewise.
     pub anon_accounts: u32,
-    /// Co-locations found, one per (device, account).
-    pub pairs: Vec<Pair>,
+    /// Co-locations found, one per (device, account). Thin: most
+    /// buckets have none.
+    pub pairs: ThinVec<Pair>,
 }
 
 /// State of one bucket.

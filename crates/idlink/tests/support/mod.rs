@@ -39,15 +39,37 @@ pub fn free_port() -> Result<u16> {
 pub struct Broker {
     /// Bootstrap address.
     pub addr: String,
-    /// The nisshi process, when the harness started one.
+    /// The nisshi process, when the harness started one and it runs.
     child: Option<Child>,
-    /// Its empty working directory (nisshi reads `.env` from there).
-    _dir: tempfile::TempDir,
+    /// How to start nisshi again after `stop`; `None` for an external
+    /// cluster.
+    launch: Option<Launch>,
+    /// Its working directory (nisshi reads `.env` from there; the sqlite
+    /// database of a persistent broker lives there).
+    dir: tempfile::TempDir,
+}
+
+/// What `Broker::restart` needs to start the same broker again.
+struct Launch {
+    bin: PathBuf,
+    port: u16,
+    storage: &'static str,
 }
 
 impl Broker {
-    /// Starts nisshi on a free port, or uses `IDLINK_TEST_BROKERS`.
+    /// Starts nisshi on a free port with in-memory storage, or uses
+    /// `IDLINK_TEST_BROKERS`.
     pub fn start() -> Result<Broker> {
+        Self::launch("memory://nisshi/")
+    }
+
+    /// Like `start`, with sqlite storage in the broker's directory, so
+    /// data survives `stop` and `restart`.
+    pub fn start_persistent() -> Result<Broker> {
+        Self::launch("sqlite://broker.db")
+    }
+
+    fn launch(storage: &'static str) -> Result<Broker> {
         let dir = tempfile::tempdir()?;
         if let Ok(addr) = std::env::var("IDLINK_TEST_BROKERS")
             && !addr.is_empty()
@@ -55,7 +77,8 @@ impl Broker {
             return Ok(Broker {
                 addr,
                 child: None,
-                _dir: dir,
+                launch: None,
+                dir,
             });
         }
         let bin = std::env::var("NISSHI_BIN")
@@ -72,10 +95,44 @@ impl Broker {
             );
         }
         let port = free_port()?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("broker.log"))?;
-        let child = Command::new(&bin)
-            .current_dir(dir.path())
+        let mut b = Broker {
+            addr: format!("127.0.0.1:{port}"),
+            child: None,
+            launch: Some(Launch { bin, port, storage }),
+            dir,
+        };
+        b.restart()?;
+        Ok(b)
+    }
+
+    /// Whether the harness runs this broker (and so can stop it).
+    pub fn is_managed(&self) -> bool {
+        self.launch.is_some()
+    }
+
+    /// Kills the broker process (a managed broker only).
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut c) = self.child.take() else {
+            bail!("the broker is not running under the harness");
+        };
+        c.kill()?;
+        c.wait()?;
+        Ok(())
+    }
+
+    /// Starts the managed broker (again) on its port and waits until it
+    /// listens.
+    pub fn restart(&mut self) -> Result<()> {
+        let Some(l) = self.launch.as_ref() else {
+            bail!("an external broker cannot be restarted");
+        };
+        let url = format!("tcp://127.0.0.1:{}", l.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))?;
+        let child = Command::new(&l.bin)
+            .current_dir(self.dir.path())
             .args([
                 "broker",
                 "--listener-url",
@@ -85,27 +142,23 @@ impl Broker {
             ])
             .args([
                 "--storage-engine",
-                "memory://nisshi/",
+                l.storage,
                 "--group-initial-rebalance-delay",
                 "0s",
             ])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let addr = format!("127.0.0.1:{port}");
+            .with_context(|| format!("starting {}", l.bin.display()))?;
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&addr).is_err() {
+        while TcpStream::connect(&self.addr).is_err() {
             if Instant::now() > deadline {
-                bail!("the broker did not listen on {addr} within 30 s");
+                bail!("the broker did not listen on {} within 30 s", self.addr);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(Broker {
-            addr,
-            child: Some(child),
-            _dir: dir,
-        })
+        Ok(())
     }
 }
 
