@@ -137,3 +137,163 @@ fn a_broker_outage_is_ridden_out() -> Result<()> {
     assert_eq!(metric(&metrics, "idlink_ready"), 1.0);
     Ok(())
 }
+
+/// Events that abuse the service without breaking the contract: one
+/// device flooding, one address flooded by thousands of devices, and ids
+/// in other scripts. All valid, so replay's graph includes them.
+fn floods(first_ts: &str) -> Vec<String> {
+    let Ok(start) = chrono::DateTime::parse_from_rfc3339(first_ts) else {
+        return Vec::new();
+    };
+    let at = |ms: i64| {
+        (start + chrono::Duration::milliseconds(ms))
+            .to_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let mut out = Vec::new();
+    // One device, 3,000 events in under two hours from one address.
+    for i in 0..3_000 {
+        out.push(format!(
+            r#"{{"ts":"{}","kind":"page_view","device_id":"flood-device","ip":"81.200.1.1"}}"#,
+            at(3_600_000 + i * 2_000)
+        ));
+    }
+    // One address, 2,000 devices within an hour, some signed in.
+    for i in 0..2_000 {
+        let account = if i % 50 == 0 {
+            format!(r#","account_id":"crowd-account-{i}""#)
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            r#"{{"ts":"{}","kind":"page_view","device_id":"crowd-{i}","ip":"81.200.2.2"{account}}}"#,
+            at(7_200_000 + i * 1_500)
+        ));
+    }
+    // Ids in other scripts, signed in and not, on one home address.
+    for i in 0..50 {
+        out.push(format!(
+            r#"{{"ts":"{}","kind":"login","device_id":"设备-ü-{i}","account_id":"账户-Ω-{i}","ip":"81.200.3.{i}"}}"#,
+            at(10_800_000 + i * 60_000)
+        ));
+        out.push(format!(
+            r#"{{"ts":"{}","kind":"widget_view","device_id":"جهاز-{i}","ip":"81.200.3.{i}"}}"#,
+            at(10_800_000 + i * 60_000 + 30_000)
+        ));
+    }
+    out
+}
+
+/// Malformed message number `i` and the reason it must be rejected with.
+fn malformed(i: usize) -> (Option<String>, &'static str) {
+    match i % 10 {
+        0 => (Some(format!("{{not json {i}")), "invalid_json"),
+        1 => (Some(format!("[{i}]")), "not_an_object"),
+        2 => (
+            Some(format!(r#"{{"kind":"page_view","device_id":"m{i}","ip":"81.2.3.4"}}"#)),
+            "missing_ts",
+        ),
+        3 => (
+            Some(r#"{"ts":"2026-01-05T10:00:00Z","kind":"page_view","device_id":"undefined","ip":"81.2.3.4"}"#.into()),
+            "junk_device_id",
+        ),
+        4 => (
+            Some(format!(r#"{{"ts":"2026-01-05T10:00:00Z","kind":"page_view","device_id":"m{i}","ip":"1.2.3.{}"}}"#, 256 + i)),
+            "invalid_ip",
+        ),
+        5 => (
+            Some(format!("{{\"ts\":\"2026-01-05T10:00:00Z\",\"kind\":\"page_view\",\"device_id\":\"m\\u0000{i}\",\"ip\":\"81.2.3.4\"}}")),
+            "invalid_device_id",
+        ),
+        6 if i % 500 == 6 => (
+            Some(format!(
+                r#"{{"ts":"2026-01-05T10:00:00Z","kind":"page_view","device_id":"m{i}","ip":"81.2.3.4","pad":"{}"}}"#,
+                "x".repeat(70_000)
+            )),
+            "too_large",
+        ),
+        6 => (Some(vec![0xff_u8, 0xfe, b'{'].iter().map(|&b| b as char).collect::<String>() + &i.to_string()), "invalid_json"),
+        7 if i % 100 == 7 => (None, "empty_payload"),
+        7 => (
+            Some(format!(r#"{{"ts":"not a time {i}","kind":"page_view","device_id":"m{i}","ip":"81.2.3.4"}}"#)),
+            "invalid_ts",
+        ),
+        8 => (
+            Some(format!(r#"{{"ts":1,"kind":"page_view","device_id":"m{i}","ip":"81.2.3.4"}}"#)),
+            "ts_too_old",
+        ),
+        _ => (
+            Some(format!(r#"{{"ts":"2026-01-05T10:00:00Z","kind":"login","device_id":"m{i}","ip":"81.2.3.4"}}"#)),
+            "missing_account_id",
+        ),
+    }
+}
+
+/// Resident memory the service may reach in the abuse test.
+const MEMORY_BOUND: u64 = 160 << 20;
+
+#[test]
+fn malformed_floods_and_odd_ids_are_handled() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("abuse");
+    let config = write_config(dir.path(), &names, "")?;
+    let s = stream_with(dir.path(), &config, 600, 8, 41, floods)?;
+    assert!(s.lines.len() > 100_000, "{} good lines", s.lines.len());
+
+    // 10,000 malformed messages spread evenly through the good ones.
+    let bad: Vec<(Option<String>, &str)> = (0..10_000).map(malformed).collect();
+    let every = s.lines.len() / bad.len() + 1;
+    let mut input: Vec<Option<String>> = Vec::with_capacity(s.lines.len() + bad.len());
+    let mut bad_iter = bad.iter();
+    for (i, l) in s.lines.iter().enumerate() {
+        if i % every == 0
+            && let Some((p, _)) = bad_iter.next()
+        {
+            input.push(p.clone());
+        }
+        input.push(Some(l.clone()));
+    }
+    input.extend(bad_iter.map(|(p, _)| p.clone()));
+
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    let mut service = Service::start(&config, &broker.addr, &names, dir.path())?;
+    service.wait_ready(Duration::from_secs(60))?;
+    rt.block_on(produce(&producer, &names, &input))?;
+    wait_for_graph(
+        &broker.addr,
+        &names,
+        &s,
+        &mut service,
+        Duration::from_secs(300),
+    )?;
+
+    // Every malformed message is a dead letter with its own reason.
+    let dead = read_all(&broker.addr, &names.topic("dead-letters"))?;
+    let mut got: Vec<String> = dead
+        .iter()
+        .map(|r| r.headers.get("reason").cloned().unwrap_or_default())
+        .collect();
+    got.sort();
+    let mut expected: Vec<String> = bad.iter().map(|b| b.1.to_string()).collect();
+    expected.sort();
+    assert_eq!(got.len(), expected.len(), "dead letters");
+    assert_eq!(got, expected);
+    let (_, metrics) = http_get(&service.http, "/metrics")?;
+    assert_eq!(
+        metric(&metrics, "idlink_dead_letters_total{reason=\"too_large\"}"),
+        bad.iter().filter(|b| b.1 == "too_large").count() as f64
+    );
+
+    let peak = service.peak_rss().unwrap_or(0);
+    eprintln!("service peak RSS {} MiB", peak >> 20);
+    assert!(
+        peak < MEMORY_BOUND,
+        "peak RSS {} MiB over the bound of {} MiB",
+        peak >> 20,
+        MEMORY_BOUND >> 20
+    );
+    Ok(())
+}

@@ -8,8 +8,8 @@ use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
-use thin_vec::ThinVec;
 use std::hash::BuildHasher;
+use thin_vec::ThinVec;
 
 /// Largest number of sightings a bucket keeps for its window; only a
 /// crowded bucket (which counts for nothing) could exceed it.

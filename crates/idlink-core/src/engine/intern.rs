@@ -80,7 +80,12 @@ impl<T: serde::Serialize> serde::Serialize for Slots<T> {
         impl<T: serde::Serialize> serde::Serialize for All<'_, T> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let slots = self.0;
-                s.collect_seq(slots.slots.iter().map(|(span, v)| (slots.text_of(*span), v)))
+                s.collect_seq(
+                    slots
+                        .slots
+                        .iter()
+                        .map(|(span, v)| (slots.text_of(*span), v)),
+                )
             }
         }
         let mut t = s.serialize_tuple(2)?;
@@ -106,9 +111,8 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Slots<T> {
             s.slots.push((span, value));
             if !id.is_empty() {
                 let (text, slots) = (&s.text, &s.slots);
-                s.index.insert_unique(hash(&id), i, |&j| {
-                    hash(&text[slots[j as usize].0.range()])
-                });
+                s.index
+                    .insert_unique(hash(&id), i, |&j| hash(&text[slots[j as usize].0.range()]));
             }
         }
         Ok(s)
@@ -135,7 +139,9 @@ impl<T> Slots<T> {
     pub fn find(&self, id: &str) -> Option<u32> {
         let (text, slots) = (&self.text, &self.slots);
         self.index
-            .find(hash(id), |&i| text.get(slots[i as usize].0.range()) == Some(id))
+            .find(hash(id), |&i| {
+                text.get(slots[i as usize].0.range()) == Some(id)
+            })
             .copied()
     }
 

@@ -1022,7 +1022,9 @@ impl Engine {
             let Some(dev) = self.devices.get(d) else {
                 continue;
             };
-            if dev.is_empty() && i64::from(day) - i64::from(dev.bot_day) >= horizon && !dev.is_bot(day)
+            if dev.is_empty()
+                && i64::from(day) - i64::from(dev.bot_day) >= horizon
+                && !dev.is_bot(day)
             {
                 self.free_device(d);
             }

@@ -241,7 +241,17 @@ mod tests {
         let keys: Vec<i64> = std::iter::from_fn(|| r.pop()).map(|p| p.key.0.0).collect();
         assert_eq!(
             keys,
-            [i64::MIN, 9_900, 10_000, 10_001, 10_400, 11_000, 12_345, 99_000_000, i64::MAX]
+            [
+                i64::MIN,
+                9_900,
+                10_000,
+                10_001,
+                10_400,
+                11_000,
+                12_345,
+                99_000_000,
+                i64::MAX
+            ]
         );
         assert!(r.is_empty());
     }
@@ -254,7 +264,9 @@ mod tests {
         }
         let bytes = postcard::to_stdvec(&r).expect("serializes");
         let mut back: Reorder = postcard::from_bytes(&bytes).expect("deserializes");
-        let keys: Vec<i64> = std::iter::from_fn(|| back.pop()).map(|p| p.key.0.0).collect();
+        let keys: Vec<i64> = std::iter::from_fn(|| back.pop())
+            .map(|p| p.key.0.0)
+            .collect();
         assert_eq!(keys, [1, 2, 4, 8]);
     }
 }

@@ -269,6 +269,19 @@ pub struct Stream {
 }
 
 pub fn stream(dir: &Path, config: &Path, people: u32, days: u32, seed: u64) -> Result<Stream> {
+    stream_with(dir, config, people, days, seed, |_| Vec::new())
+}
+
+/// Like `stream`, with lines that `extra` makes from the simulation's
+/// earliest `ts` merged in (and in replay's graph).
+pub fn stream_with(
+    dir: &Path,
+    config: &Path,
+    people: u32,
+    days: u32,
+    seed: u64,
+    extra: impl FnOnce(&str) -> Vec<String>,
+) -> Result<Stream> {
     let sim = dir.join("sim");
     idlink(&[
         "simulate",
@@ -292,6 +305,14 @@ pub fn stream(dir: &Path, config: &Path, people: u32, days: u32, seed: u64) -> R
             (ts, l.to_string())
         })
         .collect();
+    let first = keyed.iter().map(|k| k.0.clone()).min().unwrap_or_default();
+    for l in extra(&first) {
+        let ts = serde_json::from_str::<serde_json::Value>(&l)
+            .ok()
+            .and_then(|v| v["ts"].as_str().map(String::from))
+            .unwrap_or_default();
+        keyed.push((ts, l));
+    }
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     let lines: Vec<String> = keyed.into_iter().map(|(_, l)| l).collect();
     let sorted = dir.join("sorted.jsonl");
@@ -580,6 +601,20 @@ impl Service {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Peak resident memory of the service so far, in bytes (Linux).
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(kb * 1024)
     }
 
     /// SIGKILL: a crash.
