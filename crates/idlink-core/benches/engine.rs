@@ -141,7 +141,7 @@ fn valid_lines(n: usize) -> Vec<String> {
             75..90 => (
                 ACTIVITY_KINDS[rng.below(4) as usize],
                 IpAddr::V6(public_v6(&mut rng)),
-                roll % 2 == 0,
+                roll.is_multiple_of(2),
             ),
             _ => ("login", IpAddr::V4(public_v4(&mut rng)), true),
         };

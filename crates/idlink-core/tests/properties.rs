@@ -815,11 +815,12 @@ fn publish(
     }
 }
 
+/// Device lines and account lines.
+type Graph = (Vec<String>, Vec<String>);
+
 /// Drives `events` (in order) through a change-tracking engine, publishing
 /// after each, and returns the published view and the final snapshot.
-fn incremental_and_snapshot(
-    events: &[Event],
-) -> ((Vec<String>, Vec<String>), (Vec<String>, Vec<String>)) {
+fn incremental_and_snapshot(events: &[Event]) -> (Graph, Graph) {
     let mut e = engine(&Config::default());
     e.track_changes();
     let (mut devices, mut accounts) = (BTreeMap::new(), BTreeMap::new());

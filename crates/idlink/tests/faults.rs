@@ -212,7 +212,10 @@ fn malformed(i: usize) -> (Option<String>, &'static str) {
             )),
             "too_large",
         ),
-        6 => (Some(vec![0xff_u8, 0xfe, b'{'].iter().map(|&b| b as char).collect::<String>() + &i.to_string()), "invalid_json"),
+        6 => (
+            Some(format!(r#"{{"ts":"2999-01-01T00:00:00Z","kind":"page_view","device_id":"m{i}","ip":"81.2.3.4"}}"#)),
+            "ts_in_future",
+        ),
         7 if i % 100 == 7 => (None, "empty_payload"),
         7 => (
             Some(format!(r#"{{"ts":"not a time {i}","kind":"page_view","device_id":"m{i}","ip":"81.2.3.4"}}"#)),

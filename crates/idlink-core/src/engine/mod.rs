@@ -1014,10 +1014,10 @@ impl Engine {
             let Some(dev) = self.devices.get(d) else {
                 continue;
             };
-            if !dev.evidence.is_empty() || dev.inferred.is_some() {
-                if let Some(a) = self.decide(d, day) {
-                    capped_accounts.push(a);
-                }
+            if (!dev.evidence.is_empty() || dev.inferred.is_some())
+                && let Some(a) = self.decide(d, day)
+            {
+                capped_accounts.push(a);
             }
             let Some(dev) = self.devices.get(d) else {
                 continue;
