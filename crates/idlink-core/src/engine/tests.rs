@@ -203,3 +203,45 @@ fn an_expired_sign_in_link_is_retracted_from_the_published_graph() {
     let c = e.take_changes();
     assert_eq!(c.devices, vec![("p".to_string(), None)], "{c:?}");
 }
+
+/// State follows the active population, not all history: households
+/// whose laptops reset their cookie every day, and a stream of one-off
+/// visitors, run for four months. Evidence decays, idle devices are
+/// evicted by event time, and the tracked state stops growing once the
+/// horizon (30 days) is full.
+#[test]
+fn state_follows_the_active_population() {
+    let mut e = engine();
+    let mut sizes = Vec::new();
+    for day in 0..120 {
+        let mut events = Vec::new();
+        for h in 0..100 {
+            let ip = format!("81.3.{}.{}", h / 200, h % 200 + 1);
+            let phone = format!("phone-{h}");
+            let account = format!("acct-{h}");
+            events.push(sighting(t(day, 1200 + h), &phone, &ip, Some(&account)));
+            let cookie = format!("cookie-{h}-{day}");
+            events.push(sighting(t(day, 1203 + h), &cookie, &ip, None));
+            let visitor = format!("visitor-{h}-{day}");
+            events.push(sighting(t(day, 600 + h), &visitor, "82.9.9.9", None));
+        }
+        events.sort_by_key(|ev| ev.ts);
+        for ev in events {
+            e.ingest(0, ev);
+        }
+        sizes.push((e.device_count(), e.account_count(), e.bucket_count()));
+    }
+    e.finish();
+    let (early, mid, late) = (sizes[20], sizes[70], sizes[119]);
+    eprintln!("(devices, accounts, buckets) at days 20, 70, 119: {early:?} {mid:?} {late:?}");
+    assert!(mid.0 > early.0, "devices grow while the horizon fills: {sizes:?}");
+    assert!(
+        late.0 <= mid.0 + mid.0 / 20,
+        "devices plateau after the horizon: day 70 {mid:?}, day 119 {late:?}"
+    );
+    assert_eq!(late.1, 100, "accounts stay those of the households");
+    assert!(
+        late.2 <= mid.2 + mid.2 / 20,
+        "buckets do not accumulate: day 70 {mid:?}, day 119 {late:?}"
+    );
+}
