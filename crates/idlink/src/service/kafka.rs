@@ -139,6 +139,9 @@ impl ConsumerContext for ServiceContext {
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
+                for e in tpl.elements() {
+                    self.telemetry.forget_lag(e.topic(), e.partition());
+                }
                 self.partitions
                     .lag
                     .lock()

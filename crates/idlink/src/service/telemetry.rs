@@ -283,6 +283,14 @@ impl Telemetry {
             .set(lag);
     }
 
+    /// Drops the lag series of a partition this instance no longer owns,
+    /// so dashboards do not show a stale figure for it.
+    pub fn forget_lag(&self, topic: &str, partition: i32) {
+        let _ = self
+            .lag
+            .remove_label_values(&[topic, &partition.to_string()]);
+    }
+
     /// Producer queue depth.
     pub fn producer_queue(&self, depth: i32) {
         self.producer_queue.set(i64::from(depth));
