@@ -300,3 +300,48 @@ fn malformed_floods_and_odd_ids_are_handled() -> Result<()> {
     );
     Ok(())
 }
+
+/// Polls `/health/ready` until it answers `code`.
+fn wait_for_readiness(service: &mut Service, code: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((c, _)) = http_get(&service.http, "/health/ready")
+            && c == code
+        {
+            return Ok(());
+        }
+        if let Some(status) = service.try_wait()? {
+            bail!("the service exited with {status}:\n{}", service.log_tail());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "/health/ready did not answer {code} within {timeout:?}:\n{}",
+                service.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// idlink's state is the whole graph, so one instance must own every input
+/// partition. A second instance in the group splits them: both report
+/// not-ready (loudly, instead of publishing a graph with co-location
+/// split between them), and the survivor is ready again once the other
+/// leaves.
+#[test]
+fn a_second_instance_in_the_group_is_reported_not_ready() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("shared");
+    let config = write_config(dir.path(), &names, "")?;
+    let mut first = Service::start(&config, &broker.addr, &names, dir.path())?;
+    first.wait_ready(Duration::from_secs(60))?;
+    let mut second = Service::start(&config, &broker.addr, &names, dir.path())?;
+    wait_for_readiness(&mut first, 503, Duration::from_secs(60))?;
+    wait_for_readiness(&mut second, 503, Duration::from_secs(60))?;
+    let status = second.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "graceful stop exit status {status}");
+    wait_for_readiness(&mut first, 200, Duration::from_secs(60))?;
+    Ok(())
+}

@@ -234,7 +234,10 @@ fn state_follows_the_active_population() {
     e.finish();
     let (early, mid, late) = (sizes[20], sizes[70], sizes[119]);
     eprintln!("(devices, accounts, buckets) at days 20, 70, 119: {early:?} {mid:?} {late:?}");
-    assert!(mid.0 > early.0, "devices grow while the horizon fills: {sizes:?}");
+    assert!(
+        mid.0 > early.0,
+        "devices grow while the horizon fills: {sizes:?}"
+    );
     assert!(
         late.0 <= mid.0 + mid.0 / 20,
         "devices plateau after the horizon: day 70 {mid:?}, day 119 {late:?}"

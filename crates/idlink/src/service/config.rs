@@ -53,6 +53,12 @@ pub struct KafkaConfig {
     pub output_partitions: i32,
     /// Replication factor of created topics.
     pub replication_factor: i32,
+    /// `max.compaction.lag.ms` of the compacted topics idlink creates:
+    /// how long an overwritten or deleted value (an erased device's old
+    /// links, a superseded snapshot that still holds erased state) may
+    /// stay in the log before the broker compacts it away. This bounds
+    /// the time to complete erasure on the broker.
+    pub max_compaction_lag_hours: u64,
     /// Give up starting if the brokers do not answer within this time.
     pub connect_timeout_seconds: u64,
     /// librdkafka settings for every client (security.protocol, sasl.*,
@@ -81,6 +87,7 @@ impl Default for KafkaConfig {
             input_partitions: 4,
             output_partitions: 4,
             replication_factor: 1,
+            max_compaction_lag_hours: 24,
             connect_timeout_seconds: 30,
             common: BTreeMap::new(),
             consumer: BTreeMap::new(),
@@ -216,6 +223,9 @@ impl ServiceConfig {
         }
         if k.input_partitions < 1 || k.output_partitions < 1 || k.replication_factor < 1 {
             bail!("kafka partition counts and replication factor must be at least 1");
+        }
+        if !(1..=24 * 30).contains(&k.max_compaction_lag_hours) {
+            bail!("kafka.max_compaction_lag_hours must be from 1 to 720 (30 days)");
         }
         for key in k
             .common

@@ -62,6 +62,10 @@ pub struct PartitionState {
     pub lag: Mutex<HashMap<(String, i32), i64>>,
     /// Partitions currently assigned.
     pub assigned: AtomicUsize,
+    /// Partitions of both input topics. idlink's state is whole-graph, so
+    /// one instance must own them all; fewer means another instance
+    /// shares the group, and this one reports not-ready.
+    pub input_partitions: AtomicUsize,
     /// The assignment itself, with a generation that changes with it, so
     /// the pipeline can register every assigned partition as a watermark
     /// source before its first message (an unseen partition must hold the
@@ -176,8 +180,8 @@ struct Wanted<'a> {
 
 /// Waits for the brokers (up to the configured timeout), creates missing
 /// topics and refuses to start if an existing output topic has the wrong
-/// cleanup policy.
-pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
+/// cleanup policy. Returns the number of input partitions (both topics).
+pub async fn ensure_topics(k: &KafkaConfig) -> Result<usize> {
     let admin: AdminClient<DefaultClientContext> = client_config(k)
         .create()
         .context("creating the admin client")?;
@@ -196,6 +200,15 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
         .filter(|t| t.error().is_none())
         .map(|t| (t.name().to_string(), t.partitions().len()))
         .collect();
+    let input_partitions: usize = [&k.events_topic, &k.privacy_topic]
+        .iter()
+        .map(|t| {
+            existing
+                .get(t.as_str())
+                .copied()
+                .unwrap_or(k.input_partitions as usize)
+        })
+        .sum();
     let wanted = [
         Wanted {
             name: &k.events_topic,
@@ -242,6 +255,7 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
         .iter()
         .filter(|w| !existing.contains_key(w.name))
         .collect();
+    let compaction_lag_ms = (k.max_compaction_lag_hours * 3_600_000).to_string();
     if !missing.is_empty() {
         if !k.create_topics {
             let names: Vec<&str> = missing.iter().map(|w| w.name).collect();
@@ -250,15 +264,17 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
         let new: Vec<NewTopic> = missing
             .iter()
             .map(|w| {
-                NewTopic::new(
+                let t = NewTopic::new(
                     w.name,
                     w.partitions,
                     TopicReplication::Fixed(k.replication_factor),
-                )
-                .set(
-                    "cleanup.policy",
-                    if w.compacted { "compact" } else { "delete" },
-                )
+                );
+                if w.compacted {
+                    t.set("cleanup.policy", "compact")
+                        .set("max.compaction.lag.ms", &compaction_lag_ms)
+                } else {
+                    t.set("cleanup.policy", "delete")
+                }
             })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(timeout));
@@ -283,7 +299,7 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
         .filter(|w| w.compacted && existing.contains_key(w.name))
         .collect();
     if check.is_empty() {
-        return Ok(());
+        return Ok(input_partitions);
     }
     let specs: Vec<ResourceSpecifier> = check
         .iter()
@@ -317,5 +333,5 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
             tracing::warn!(error = %e, "the broker does not answer DescribeConfigs; cleanup policies not checked")
         }
     }
-    Ok(())
+    Ok(input_partitions)
 }

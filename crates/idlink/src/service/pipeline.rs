@@ -101,7 +101,7 @@ impl Pipeline {
         telemetry: Arc<Telemetry>,
     ) -> Result<Pipeline> {
         let k = &cfg.kafka;
-        super::kafka::ensure_topics(k).await?;
+        let input_partitions = super::kafka::ensure_topics(k).await?;
         let mut snapshots = Snapshots::new(k, &cfg.service)?;
         telemetry.restore_progress(0.0);
         let started = Instant::now();
@@ -142,6 +142,9 @@ impl Pipeline {
         telemetry.baseline(&engine);
         engine.track_changes();
         let partitions = Arc::new(PartitionState::default());
+        partitions
+            .input_partitions
+            .store(input_partitions, Ordering::Relaxed);
         let context = ServiceContext {
             telemetry: telemetry.clone(),
             partitions: partitions.clone(),
@@ -314,16 +317,22 @@ impl Pipeline {
     }
 
     fn update_readiness(&self) {
-        let assigned = self.partitions.assigned.load(Ordering::Relaxed) > 0;
+        let assigned = self.partitions.assigned.load(Ordering::Relaxed);
+        let all = self.partitions.input_partitions.load(Ordering::Relaxed);
         let down = self.partitions.brokers_down.load(Ordering::Relaxed);
         let why = if down {
             "brokers unreachable"
-        } else if assigned {
-            "restored and assigned"
-        } else {
+        } else if assigned == 0 {
             "no partitions assigned"
+        } else if assigned < all {
+            // Whole-graph state needs every input partition: a second
+            // instance in the group splits buckets across instances.
+            "another instance shares the consumer group (one instance per group is supported)"
+        } else {
+            "restored and assigned"
         };
-        self.telemetry.set_ready(assigned && !down, why);
+        self.telemetry
+            .set_ready(assigned >= all && assigned > 0 && !down, why);
     }
 
     /// Decodes one input message and hands it to the engine.
