@@ -2,20 +2,20 @@
 //! order.
 //!
 //! A calendar queue: events are appended, unsorted, to one-second slots
-//! ahead of the release point; a slot is sorted once, when the watermark
-//! reaches it. Input is typically disordered by minutes but never by more
-//! than the allowed lateness, so nearly every event costs an append and
-//! its share of one small sort, not a heap's cache-missing sift through
-//! every event of the lateness window. Events that sort before the
-//! release point (their slot was already sorted) or far beyond the
-//! calendar go to a heap; releasing merges the heap with the sorted slots,
-//! so the order is exactly that of a single priority queue.
+//! (kept in a small ordered map of slot numbers, so partitions days apart
+//! cost nothing extra); a slot is sorted once, when the watermark reaches
+//! it. Input is typically disordered by minutes, never by more than the
+//! allowed lateness, so nearly every event costs an append and its share
+//! of one small sort, not a heap's cache-missing sift through every event
+//! of the lateness window. The few events whose slot was already sorted
+//! go to a heap; releasing merges the heap with the sorted slots, so the
+//! order is exactly that of a single priority queue.
 
 use crate::event::Event;
 use crate::time::Millis;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 /// Ordering key: `ts`, kind priority, arrival sequence. Unique, because
 /// the sequence is.
@@ -23,10 +23,6 @@ pub(super) type Key = (Millis, u8, u64);
 
 /// Width of a calendar slot, in milliseconds.
 const SLOT_MS: i64 = 1_000;
-
-/// Slots the calendar spans (about 68 minutes); events further ahead wait
-/// in the heap.
-const MAX_SLOTS: i64 = 4_096;
 
 /// An event waiting for the watermark.
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,21 +51,32 @@ impl Ord for Pending {
 }
 
 /// Events waiting for the watermark.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Reorder {
-    /// Sorted events, every one with `ts` below `base`: the slots the
-    /// release point has reached.
+    /// Sorted events of the slots the release point has reached: every
+    /// one is in a slot below `next`.
     ready: VecDeque<Pending>,
-    /// Events that arrived below `base` after their slot was sorted, and
-    /// events beyond the calendar.
+    /// Events that arrived after their slot was sorted.
     heap: BinaryHeap<Reverse<Pending>>,
-    /// `slots[i]` holds, unsorted, the events with `ts` in
-    /// `[base + i·SLOT_MS, base + (i+1)·SLOT_MS)`.
-    slots: VecDeque<Vec<Pending>>,
-    /// Start of the first slot, a multiple of `SLOT_MS`.
-    base: i64,
+    /// Unsorted events by slot number (`ts` div `SLOT_MS`), all at or
+    /// above `next`.
+    slots: BTreeMap<i64, Vec<Pending>>,
+    /// The lowest slot number not yet sorted into `ready`.
+    next: i64,
     /// Events in `slots`.
     in_slots: usize,
+}
+
+impl Default for Reorder {
+    fn default() -> Self {
+        Reorder {
+            ready: VecDeque::new(),
+            heap: BinaryHeap::new(),
+            slots: BTreeMap::new(),
+            next: i64::MIN,
+            in_slots: 0,
+        }
+    }
 }
 
 impl Reorder {
@@ -85,41 +92,27 @@ impl Reorder {
 
     /// Adds an event.
     pub fn push(&mut self, p: Pending) {
-        let t = p.key.0.0;
-        if self.in_slots == 0 && t >= self.base {
-            // Nothing in the calendar: move it forward to this event, so a
-            // gap in the input costs nothing. `ready` stays below `base`.
-            self.slots.clear();
-            self.base = t.div_euclid(SLOT_MS).saturating_mul(SLOT_MS);
+        let slot = p.key.0.0.div_euclid(SLOT_MS);
+        if slot < self.next {
+            self.heap.push(Reverse(p));
+            return;
         }
-        let slot = match t.checked_sub(self.base) {
-            Some(d) if d >= 0 && d / SLOT_MS < MAX_SLOTS => (d / SLOT_MS) as usize,
-            _ => {
-                self.heap.push(Reverse(p));
-                return;
-            }
-        };
-        if self.slots.len() <= slot {
-            self.slots.resize_with(slot + 1, Vec::new);
-        }
-        self.slots[slot].push(p);
+        self.slots.entry(slot).or_default().push(p);
         self.in_slots += 1;
     }
 
-    /// Sorts the next non-empty slot into `ready` if `ready` is empty.
+    /// Sorts the next slot into `ready` if `ready` is empty.
     fn fill(&mut self) {
-        while self.ready.is_empty() && self.in_slots > 0 {
-            let Some(mut slot) = self.slots.pop_front() else {
-                return;
-            };
-            self.base = self.base.saturating_add(SLOT_MS);
-            if slot.is_empty() {
-                continue;
-            }
-            self.in_slots -= slot.len();
-            slot.sort_unstable_by_key(|p| p.key);
-            self.ready.extend(slot);
+        if !self.ready.is_empty() {
+            return;
         }
+        let Some((slot, mut events)) = self.slots.pop_first() else {
+            return;
+        };
+        self.next = slot.saturating_add(1);
+        self.in_slots -= events.len();
+        events.sort_unstable_by_key(|p| p.key);
+        self.ready.extend(events);
     }
 
     /// The smallest key waiting.
@@ -152,10 +145,11 @@ impl Reorder {
     pub fn retain(&mut self, mut keep: impl FnMut(&Event) -> bool) {
         self.ready.retain(|p| keep(&p.event));
         self.heap.retain(|p| keep(&p.0.event));
-        for slot in &mut self.slots {
-            slot.retain(|p| keep(&p.event));
-        }
-        self.in_slots = self.slots.iter().map(Vec::len).sum();
+        self.slots.retain(|_, events| {
+            events.retain(|p| keep(&p.event));
+            !events.is_empty()
+        });
+        self.in_slots = self.slots.values().map(Vec::len).sum();
     }
 }
 
@@ -166,7 +160,7 @@ impl Serialize for Reorder {
         // The length up front: postcard cannot write a sequence without.
         let mut seq = s.serialize_seq(Some(self.len()))?;
         let all = self.ready.iter().chain(self.heap.iter().map(|r| &r.0));
-        for p in all.chain(self.slots.iter().flatten()) {
+        for p in all.chain(self.slots.values().flatten()) {
             seq.serialize_element(p)?;
         }
         seq.end()

@@ -483,6 +483,9 @@ impl Pipeline {
                 bail!("an output record was not acknowledged: {e}");
             }
         }
+        // Again once acknowledged, so the gauge never shows a stale peak.
+        self.telemetry
+            .producer_queue(self.producer.in_flight_count());
         self.telemetry.published(&k.device_links_topic, nd);
         self.telemetry.published(&k.account_devices_topic, na);
         self.telemetry.published(&k.privacy_acks_topic, nk);

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of `idlink run` through a Kafka broker, with the two
+# ceilings it is compared with on the same broker and machine.
+#
+#   bench/kafka-bench.sh                 # from the repository root
+#
+# Steps:
+#   1. build `idlink` and the load tool (crates/idlink/examples/kafka_load.rs)
+#   2. start nisshi (in memory, on a free loopback port), or use
+#      $BENCH_BROKERS (e.g. the docker-compose Kafka, localhost:9094)
+#   3. simulate a population and replay it: the expected graph
+#   4. produce every event to fresh input topics as fast as possible
+#   5. ceiling 1: a plain consumer reads the events topic, nothing else
+#   6. ceiling 2: a pass-through consumer group moves every event to an
+#      output topic through idlink's hops (consume, produce, await the
+#      acknowledgements, commit), without linking work
+#   7. idlink run on the same topics: time from its first consumed record
+#      until every record is consumed and published, its peak RSS; then the
+#      folded output topics are compared with replay's files
+#   8. latency: fresh topics, idlink running, events produced at half of
+#      idlink's measured throughput; p50/p99 of
+#      idlink_ingest_to_publish_seconds (record timestamp to acknowledged
+#      publication of its effects, sign-in links included)
+#   9. print a table and write $BENCH_DIR/results.json
+#
+# One idlink instance: its state is the whole graph and one instance per
+# consumer group is what it supports today (a second one reports
+# not-ready), so the two-instance run waits for per-partition state.
+#
+# Environment (all optional):
+#   BENCH_DIR      work directory           (default target/kafka-bench)
+#   BENCH_PEOPLE   simulated people         (default 3000)
+#   BENCH_DAYS     simulated days           (default 7)
+#   BENCH_SEED     simulator seed           (default 7)
+#   BENCH_BROKERS  external bootstrap servers instead of nisshi
+#   NISSHI_BIN     nisshi binary (default ~/.cache/idlink/nisshi-0.8.1/bin/nisshi)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DIR=${BENCH_DIR:-target/kafka-bench}
+PEOPLE=${BENCH_PEOPLE:-3000}
+DAYS=${BENCH_DAYS:-7}
+SEED=${BENCH_SEED:-7}
+NISSHI=${NISSHI_BIN:-$HOME/.cache/idlink/nisshi-0.8.1/bin/nisshi}
+
+log() { printf '[kafka-bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+command -v python3 >/dev/null || die "python3 is required"
+
+rm -rf "$DIR"
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+json() { python3 -c "import json,sys; print(json.load(open('$1'))$2)"; }
+wait_port() {
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nothing listens on port $1"
+}
+
+# 1. Build.
+log "building: cargo build --release -p idlink --bin idlink --example kafka_load"
+cargo build --release -p idlink --bin idlink --example kafka_load >&2
+BIN=$PWD/target/release/idlink
+LOAD=$PWD/target/release/examples/kafka_load
+
+# 2. Broker.
+if [[ -n ${BENCH_BROKERS:-} ]]; then
+    BROKERS=$BENCH_BROKERS
+    log "broker: $BROKERS (external)"
+else
+    [[ -x $NISSHI ]] || die "no nisshi at $NISSHI: run scripts/install-nisshi.sh, or set BENCH_BROKERS"
+    port=$(free_port)
+    mkdir -p "$DIR/broker"
+    (cd "$DIR/broker" && exec "$NISSHI" broker --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://nisshi/ \
+        --group-initial-rebalance-delay 0s > broker.log 2>&1) &
+    PIDS+=($!)
+    wait_port "$port"
+    BROKERS=127.0.0.1:$port
+    log "broker: nisshi on $BROKERS"
+fi
+
+RUN=bench-$(date +%s)
+config() { # $1 = topic prefix, $2 = file
+    cat > "$2" <<EOF
+[addresses]
+exclude_cidr_files = ["$PWD/config/cidr/datacenter.txt", "$PWD/config/cidr/vpn.txt"]
+
+[kafka]
+events_topic = "$1-device-events"
+privacy_topic = "$1-privacy-requests"
+device_links_topic = "$1-device-links"
+account_devices_topic = "$1-account-devices"
+dead_letters_topic = "$1-dead-letters"
+privacy_acks_topic = "$1-privacy-acks"
+snapshots_topic = "$1-snapshots"
+manifests_topic = "$1-manifests"
+input_partitions = 4
+output_partitions = 4
+
+[service]
+idle_flush_ms = 200
+source_idle_seconds = 1
+snapshot_interval_seconds = 10
+EOF
+}
+
+# 3. Simulate and replay.
+log "simulating $PEOPLE people, $DAYS days, seed $SEED"
+"$BIN" simulate --people "$PEOPLE" --days "$DAYS" --seed "$SEED" --out "$DIR/sim" 2> "$DIR/simulate.log"
+config "$RUN" "$DIR/idlink.toml"
+"$BIN" replay --input "$DIR/sim/events.jsonl" --config "$DIR/idlink.toml" --out "$DIR/replay" 2> "$DIR/replay.log"
+TOTAL=$(grep -c . "$DIR/sim/events.jsonl")
+PRIVACY=$(grep -cE '"kind":"(opt_out|opt_in|erase)"' "$DIR/sim/events.jsonl" || true)
+EVENTS=$((TOTAL - PRIVACY))
+log "input: $TOTAL records ($EVENTS device events, $PRIVACY privacy requests)"
+
+# The service creates the topics with idlink's settings; start it once
+# briefly so the producer writes into them.
+start_idlink() { # $1 = config, $2 = log; sets IDLINK_PID, HTTP
+    local hp
+    hp=$(free_port)
+    HTTP=127.0.0.1:$hp
+    IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="$(basename "$1" .toml)-$RUN" IDLINK_HTTP_ADDR=$HTTP \
+        IDLINK_LOG=warn "$BIN" run --config "$1" > "$2" 2>&1 &
+    IDLINK_PID=$!
+    PIDS+=("$IDLINK_PID")
+    for _ in $(seq 1 600); do
+        curl -fsS -o /dev/null "http://$HTTP/health/ready" 2>/dev/null && return 0
+        kill -0 "$IDLINK_PID" 2>/dev/null || { cat "$2" >&2; die "idlink exited"; }
+        sleep 0.1
+    done
+    die "idlink not ready within 60 s"
+}
+metric_sum() { # sum of all series of a metric
+    curl -fsS "http://$HTTP/metrics" | python3 -c "
+import sys
+print(sum(float(l.rsplit(' ',1)[1]) for l in sys.stdin if l.startswith('$1') and not l.startswith('#')))"
+}
+
+# 4. Produce.
+log "creating topics (idlink start/stop), then producing $TOTAL records"
+start_idlink "$DIR/idlink.toml" "$DIR/idlink-create.log"
+kill -TERM "$IDLINK_PID"; wait "$IDLINK_PID" || true
+"$LOAD" --brokers "$BROKERS" produce --input "$DIR/sim/events.jsonl" \
+    --events-topic "$RUN-device-events" --privacy-topic "$RUN-privacy-requests" > "$DIR/produce.json"
+log "  produced: $(cat "$DIR/produce.json")"
+
+# 5. Plain consumer.
+"$LOAD" --brokers "$BROKERS" consume --topic "$RUN-device-events" --count "$EVENTS" > "$DIR/plain.json"
+log "  plain consumer: $(cat "$DIR/plain.json")"
+
+# 6. Pass-through.
+"$LOAD" --brokers "$BROKERS" passthrough --input "$RUN-device-events" --output "$RUN-passthrough" \
+    --group "$RUN-passthrough" --count "$EVENTS" > "$DIR/passthrough.json"
+log "  pass-through: $(cat "$DIR/passthrough.json")"
+
+# 7. idlink on the prefilled topics (a new group: it starts from the beginning).
+log "idlink run on the prefilled topics"
+cp "$DIR/idlink.toml" "$DIR/idlink-full.toml"
+start_idlink "$DIR/idlink-full.toml" "$DIR/idlink-full.log"
+first=""
+while :; do
+    consumed=$(metric_sum idlink_events_consumed_total)
+    now=$(date +%s.%N)
+    if [[ -z $first ]] && python3 -c "import sys; sys.exit(0 if $consumed > 0 else 1)"; then first=$now; fi
+    buffered=$(metric_sum idlink_reorder_buffer_events)
+    queued=$(metric_sum idlink_producer_queue_depth)
+    if python3 -c "import sys; sys.exit(0 if $consumed >= $TOTAL and $buffered == 0 and $queued == 0 else 1)"; then
+        done_at=$now
+        break
+    fi
+    kill -0 "$IDLINK_PID" 2>/dev/null || { tail -20 "$DIR/idlink-full.log" >&2; die "idlink exited"; }
+    sleep 0.1
+done
+rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$IDLINK_PID/status")
+idlink_s=$(python3 -c "print($done_at - $first)")
+log "  idlink: $TOTAL records in $idlink_s s (first consumed record to all published), peak RSS $rss_kb kB"
+for t in device-links account-devices; do
+    "$LOAD" --brokers "$BROKERS" fold --topic "$RUN-$t" --out "$DIR/folded-$t.jsonl" > /dev/null
+done
+same=true
+cmp -s "$DIR/folded-device-links.jsonl" "$DIR/replay/device-links.jsonl" || same=false
+cmp -s "$DIR/folded-account-devices.jsonl" "$DIR/replay/account-devices.jsonl" || same=false
+log "  folded outputs equal replay's: $same"
+kill -TERM "$IDLINK_PID"; wait "$IDLINK_PID" || true
+
+# 8. Latency at half of idlink's throughput, idlink live.
+rate=$(python3 -c "print(max(1, int($TOTAL / $idlink_s / 2)))")
+LAT=$RUN-lat
+config "$LAT" "$DIR/idlink-lat.toml"
+log "latency: producing at $rate records/s while idlink runs"
+start_idlink "$DIR/idlink-lat.toml" "$DIR/idlink-lat.log"
+"$LOAD" --brokers "$BROKERS" produce --input "$DIR/sim/events.jsonl" --rate "$rate" \
+    --events-topic "$LAT-device-events" --privacy-topic "$LAT-privacy-requests" > "$DIR/produce-lat.json"
+for _ in $(seq 1 600); do
+    consumed=$(metric_sum idlink_events_consumed_total)
+    python3 -c "import sys; sys.exit(0 if $consumed >= $TOTAL else 1)" && break
+    sleep 0.1
+done
+sleep 2
+curl -fsS "http://$HTTP/metrics" > "$DIR/metrics-lat.txt"
+kill -TERM "$IDLINK_PID"; wait "$IDLINK_PID" || true
+
+# 9. Report.
+python3 - "$DIR" "$TOTAL" "$idlink_s" "$rss_kb" "$same" "$rate" <<'EOF'
+import json, sys
+d, total, idlink_s, rss_kb, same, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+load = lambda f: json.load(open(f"{d}/{f}"))
+plain, passthrough, produced = load("plain.json"), load("passthrough.json"), load("produce.json")
+buckets = []
+for line in open(f"{d}/metrics-lat.txt"):
+    if line.startswith("idlink_ingest_to_publish_seconds_bucket"):
+        le = line.split('le="')[1].split('"')[0]
+        buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+buckets.sort()
+count = buckets[-1][1] if buckets else 0
+def quantile(q):
+    # Upper bound of the histogram bucket holding the q-quantile.
+    for le, c in buckets:
+        if count and c >= q * count:
+            return le
+    return None
+idlink_rps = total / idlink_s
+r = {
+    "records": total,
+    "producer_records_per_second": produced["records_per_second"],
+    "plain_consumer_records_per_second": plain["records_per_second"],
+    "passthrough_records_per_second": passthrough["records_per_second"],
+    "idlink_records_per_second": idlink_rps,
+    "idlink_vs_plain": idlink_rps / plain["records_per_second"],
+    "idlink_vs_passthrough": idlink_rps / passthrough["records_per_second"],
+    "idlink_peak_rss_mib": rss_kb / 1024,
+    "folded_outputs_equal_replay": same == "true",
+    "latency_rate_records_per_second": rate,
+    "latency_p50_seconds_at_most": quantile(0.5),
+    "latency_p99_seconds_at_most": quantile(0.99),
+    "latency_records": count,
+}
+json.dump(r, open(f"{d}/results.json", "w"), indent=2)
+print(f"""
+                                   records/s   vs idlink
+  producer (input)               {r['producer_records_per_second']:>11,.0f}
+  plain consumer (ceiling 1)     {r['plain_consumer_records_per_second']:>11,.0f}   idlink = {r['idlink_vs_plain']:.2f} of it
+  pass-through (ceiling 2)       {r['passthrough_records_per_second']:>11,.0f}   idlink = {r['idlink_vs_passthrough']:.2f} of it
+  idlink run, 1 instance         {idlink_rps:>11,.0f}
+  idlink peak RSS                {r['idlink_peak_rss_mib']:>10.1f} MiB
+  folded outputs equal replay    {r['folded_outputs_equal_replay']}
+  latency at {rate:,} records/s: p50 <= {r['latency_p50_seconds_at_most']} s, p99 <= {r['latency_p99_seconds_at_most']} s ({count:,.0f} records)
+  targets: >= 0.7 of pass-through; p99 < 1 s at half the maximum throughput
+results: {d}/results.json""")
+EOF

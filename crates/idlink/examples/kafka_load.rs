@@ -1,0 +1,331 @@
+//! Load tool for `bench/kafka-bench.sh`: produces a simulated event file
+//! to the input topics, and measures the two throughput ceilings idlink is
+//! compared with on the same broker and machine:
+//!
+//! * `consume`: a plain consumer that reads a topic and does nothing else;
+//! * `passthrough`: a consumer group that moves every record to an output
+//!   topic through the same hops as `idlink run` (consume, produce, await
+//!   the acknowledgements, commit), without any linking work.
+//!
+//! It also folds a compacted topic into a sorted JSON-lines file, to
+//! compare `idlink run`'s outputs with `idlink replay`'s. Every command
+//! prints one JSON object on stdout.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Cli {
+    /// Bootstrap servers.
+    #[arg(long)]
+    brokers: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Produce a JSON-lines file: privacy requests to one topic, the rest
+    /// to the other, keyed by device (or account) id.
+    Produce {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        events_topic: String,
+        #[arg(long)]
+        privacy_topic: String,
+        /// Records per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
+    /// Read `count` records of a topic from the start and nothing else.
+    Consume {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        count: u64,
+    },
+    /// Move `count` records from `input` to `output` in a consumer group,
+    /// in batches: produce, await acknowledgements, commit.
+    Passthrough {
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        count: u64,
+        /// Records per batch, as idlink's `service.batch_max_messages`.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+    },
+    /// Fold a compacted topic (latest value per key, tombstones delete)
+    /// into sorted lines.
+    Fold {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = match cli.command {
+        Command::Produce {
+            input,
+            events_topic,
+            privacy_topic,
+            rate,
+        } => rt.block_on(produce(
+            &cli.brokers,
+            &input,
+            &events_topic,
+            &privacy_topic,
+            rate,
+        ))?,
+        Command::Consume { topic, count } => consume(&cli.brokers, &topic, count)?,
+        Command::Passthrough {
+            input,
+            output,
+            group,
+            count,
+            batch,
+        } => rt.block_on(passthrough(
+            &cli.brokers,
+            &input,
+            &output,
+            &group,
+            count,
+            batch,
+        ))?,
+        Command::Fold { topic, out } => fold(&cli.brokers, &topic, &out)?,
+    };
+    println!("{report}");
+    Ok(())
+}
+
+fn producer(brokers: &str) -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "200000")
+        .create()?)
+}
+
+/// The key a record of `line` gets: its device id, else its account id.
+fn key_of(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    v["device_id"]
+        .as_str()
+        .or(v["account_id"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn is_privacy(line: &str) -> bool {
+    ["\"opt_out\"", "\"opt_in\"", "\"erase\""]
+        .iter()
+        .any(|k| line.contains(&format!("\"kind\":{k}")))
+}
+
+async fn produce(
+    brokers: &str,
+    input: &PathBuf,
+    events: &str,
+    privacy: &str,
+    rate: u64,
+) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let p = producer(brokers)?;
+    let start = Instant::now();
+    let mut pending = Vec::new();
+    let mut n = 0u64;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if rate > 0 {
+            let due = Duration::from_secs_f64(n as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let topic = if is_privacy(line) { privacy } else { events };
+        let key = key_of(line);
+        let mut r: FutureRecord<'_, String, str> = FutureRecord::to(topic).key(&key).payload(line);
+        loop {
+            match p.send_result(r) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((_, back)) => {
+                    r = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        n += 1;
+        if pending.len() >= 50_000 {
+            for f in pending.drain(..) {
+                if let Err((e, _)) = f.await? {
+                    bail!("producing: {e}");
+                }
+            }
+        }
+    }
+    for f in pending {
+        if let Err((e, _)) = f.await? {
+            bail!("producing: {e}");
+        }
+    }
+    let s = start.elapsed().as_secs_f64();
+    Ok(serde_json::json!({"records": n, "seconds": s, "records_per_second": n as f64 / s}))
+}
+
+/// Assigns every partition of `topic` from its start.
+fn assign_all(c: &BaseConsumer, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (low, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            if high > low {
+                tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+                ends.insert(p.id(), high);
+            }
+        }
+    }
+    c.assign(&tpl)?;
+    Ok(ends)
+}
+
+fn plain_consumer(brokers: &str, group: &str) -> Result<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?)
+}
+
+fn consume(brokers: &str, topic: &str, count: u64) -> Result<serde_json::Value> {
+    let c = plain_consumer(brokers, &format!("{topic}-plain-reader"))?;
+    assign_all(&c, topic)?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut bytes = 0usize;
+    while n < count {
+        match c.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                n += 1;
+                bytes += m.payload().map_or(0, <[u8]>::len);
+            }
+            Some(Err(e)) => bail!("consuming {topic}: {e}"),
+            None => bail!("{topic}: no record for 10 s after {n} of {count}"),
+        }
+    }
+    let s = start.elapsed().as_secs_f64();
+    Ok(
+        serde_json::json!({"records": n, "bytes": bytes, "seconds": s, "records_per_second": n as f64 / s}),
+    )
+}
+
+async fn passthrough(
+    brokers: &str,
+    input: &str,
+    output: &str,
+    group: &str,
+    count: u64,
+    batch: usize,
+) -> Result<serde_json::Value> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    c.subscribe(&[input])?;
+    let p = producer(brokers)?;
+    let mut n = 0u64;
+    let mut start = None;
+    let mut pending = Vec::with_capacity(batch);
+    while n < count {
+        let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .context("no record for 30 s")??;
+        start.get_or_insert_with(Instant::now);
+        let key = m.key().unwrap_or_default();
+        let value = m.payload().unwrap_or_default();
+        let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(output).key(key).payload(value);
+        loop {
+            match p.send_result(r) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((_, back)) => {
+                    r = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        n += 1;
+        if pending.len() >= batch || n == count {
+            for f in pending.drain(..) {
+                if let Err((e, _)) = f.await? {
+                    bail!("passthrough produce: {e}");
+                }
+            }
+            c.commit_consumer_state(CommitMode::Sync)?;
+        }
+    }
+    let s = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok(serde_json::json!({"records": n, "seconds": s, "records_per_second": n as f64 / s}))
+}
+
+fn fold(brokers: &str, topic: &str, out: &PathBuf) -> Result<serde_json::Value> {
+    let c = plain_consumer(brokers, &format!("{topic}-folder"))?;
+    let ends = assign_all(&c, topic)?;
+    let mut remaining: BTreeMap<i32, i64> = ends.clone();
+    let mut latest: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    let mut n = 0u64;
+    while !remaining.is_empty() {
+        match c.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                n += 1;
+                latest.insert(
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().map(<[u8]>::to_vec),
+                );
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|&e| m.offset() + 1 >= e)
+                {
+                    remaining.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => bail!("folding {topic}: {e}"),
+            None => bail!("{topic}: no record for 10 s while folding"),
+        }
+    }
+    let mut text = Vec::new();
+    for v in latest.into_values().flatten() {
+        text.extend_from_slice(&v);
+        text.push(b'\n');
+    }
+    std::fs::write(out, &text)?;
+    Ok(serde_json::json!({"records_read": n, "keys": text.iter().filter(|&&b| b == b'\n').count()}))
+}
