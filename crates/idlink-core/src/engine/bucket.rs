@@ -332,3 +332,50 @@ impl<'de> Deserialize<'de> for BucketTable {
         Ok(BucketTable { slots, index, free })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_mask_follows_devices_through_removal() {
+        let mut agg = DayAgg::default();
+        for (d, a) in [(1, NONE), (2, 7), (3, NONE), (4, 8), (5, NONE)] {
+            assert!(agg.see(d, a, 10, 3));
+        }
+        assert!(agg.is_signed(2) && agg.is_signed(4));
+        assert!(!agg.is_signed(1) && !agg.is_signed(3) && !agg.is_signed(5));
+        // Removing devices before and between the signed ones shifts
+        // positions; the mask must follow.
+        agg.forget_devices(|d| d == 1 || d == 3);
+        assert_eq!(agg.devices(), &[2, 4, 5]);
+        assert!(agg.is_signed(2) && agg.is_signed(4) && !agg.is_signed(5));
+        assert_eq!(agg.anon_devices, 2);
+        // Crowding counts the erased devices too.
+        assert!(agg.see(6, NONE, 6, 3), "2 anonymous + 4 named = 6");
+        assert!(!agg.see(9, NONE, 6, 3), "2 anonymous + 5 named > 6");
+        assert!(agg.crowded);
+    }
+
+    #[test]
+    fn window_keeps_the_latest_sighting_per_device_and_account() {
+        let mut st = BucketState::default();
+        let s = |ts: i64, device: u32, account: u32| Sighting {
+            ts: Millis(ts),
+            device,
+            account,
+        };
+        st.remember(s(1, 1, NONE));
+        st.remember(s(2, 2, 7));
+        st.remember(s(3, 1, NONE));
+        st.remember(s(4, 1, 7));
+        let seen: Vec<(i64, u32, u32)> = st
+            .recent
+            .iter()
+            .map(|r| (r.ts.0, r.device, r.account))
+            .collect();
+        assert_eq!(seen, [(2, 2, 7), (3, 1, NONE), (4, 1, 7)]);
+        st.prune(3);
+        assert_eq!(st.recent.len(), 2);
+    }
+}
