@@ -179,24 +179,32 @@ pub(crate) fn device_line(
     .ok()
 }
 
-/// Renders an account's line, or `None` if it has no devices.
+/// Renders an account's line, or `None` if it has no devices. `early`
+/// lists devices whose sign-ins to the account still wait in the reorder
+/// buffer, with the latest of them.
 pub(crate) fn account_line(
     id: &str,
     a: u32,
     acc: &Account,
     devices: &Slots<Device>,
+    early: &[(u32, crate::time::Millis)],
 ) -> Option<String> {
-    let mut out: Vec<AccountDevice> = acc
-        .devices
-        .iter()
-        .filter_map(|&d| {
+    let mut slots: Vec<u32> = acc.devices.iter().copied().collect();
+    slots.extend(early.iter().map(|e| e.0));
+    slots.sort_unstable();
+    slots.dedup();
+    let mut out: Vec<AccountDevice> = slots
+        .into_iter()
+        .filter_map(|d| {
             let dev = devices.get(d)?;
-            if let Some(l) = dev.login(a) {
+            let buffered = early.iter().find(|e| e.0 == d).map(|e| e.1);
+            let login = dev.login(a).map(|l| l.last_seen);
+            if let Some(last) = login.max(buffered) {
                 return Some(AccountDevice {
                     device_id: devices.id(d),
                     link_type: "login",
                     confidence: 1.0,
-                    last_seen: l.last_seen.to_string(),
+                    last_seen: last.to_string(),
                 });
             }
             let i = dev.inferred.as_ref().filter(|i| i.account == a)?;

@@ -262,3 +262,66 @@ fn refuses_an_output_topic_that_is_not_compacted() -> Result<()> {
     assert!(stderr.contains("cleanup.policy=delete"), "{stderr}");
     Ok(())
 }
+
+/// In a real-time stream the watermark trails the newest event by the
+/// allowed lateness (10 minutes), and a steady stream never lets the
+/// idle flush run. A sign-in must still reach `device-links` and
+/// `account-devices` at once.
+#[test]
+fn a_sign_in_is_published_at_once_while_the_stream_flows() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("realtime");
+    let config = write_config(dir.path(), &names, "")?;
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    let mut service = Service::start(&config, &broker.addr, &names, dir.path())?;
+    service.wait_ready(Duration::from_secs(60))?;
+    let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let login_at = chrono::Utc::now();
+    let login = format!(
+        r#"{{"ts":"{}","kind":"login","device_id":"rt-phone","account_id":"rt-alice","ip":"81.7.7.7"}}"#,
+        login_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    rt.block_on(produce(&producer, &names, &[Some(login)]))?;
+    // Keep the stream flowing (an event every 100 ms) and watch the
+    // outputs until the sign-in shows (the deadline only bounds a failing
+    // run); then check the watermark had not reached it.
+    let start = std::time::Instant::now();
+    let mut i = 0;
+    loop {
+        let tick = format!(
+            r#"{{"ts":"{}","kind":"page_view","device_id":"rt-other-{}","ip":"81.7.8.{}"}}"#,
+            now(),
+            i % 7,
+            i % 200 + 1
+        );
+        rt.block_on(produce(&producer, &names, &[Some(tick)]))?;
+        i += 1;
+        if i % 10 == 0 {
+            let devices = fold(&read_all(&broker.addr, &names.topic("device-links"))?);
+            let accounts = fold(&read_all(&broker.addr, &names.topic("account-devices"))?);
+            if devices.contains("\"device_id\":\"rt-phone\"")
+                && devices.contains("\"account_id\":\"rt-alice\"")
+                && accounts.contains("\"account_id\":\"rt-alice\"")
+            {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the sign-in was never published while the stream flowed:\n{}",
+            service.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = http_get(&service.http, "/metrics")?;
+    let watermark = metric(&metrics, "idlink_watermark_seconds");
+    assert!(
+        watermark < login_at.timestamp() as f64,
+        "published before the watermark ({watermark}) passed the sign-in ({login_at})"
+    );
+    assert!(metric(&metrics, "idlink_reorder_buffer_events") > 0.0);
+    Ok(())
+}

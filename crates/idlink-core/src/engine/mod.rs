@@ -14,6 +14,7 @@
 //! their evidence set ([`score`]).
 
 mod bucket;
+mod early;
 pub mod intern;
 mod privacy;
 mod reorder;
@@ -233,6 +234,11 @@ pub struct Engine {
     /// Output changes, when the caller publishes incrementally.
     #[serde(skip)]
     changes: Option<ChangeLog>,
+    /// Sign-ins still in the reorder buffer, merged into the published
+    /// view at once (only while publishing incrementally); rebuilt from
+    /// the buffer, never stored.
+    #[serde(skip)]
+    early: early::Early,
     /// Privacy requests applied since the last `take_privacy_acks`.
     #[serde(skip)]
     acks: Vec<PrivacyAck>,
@@ -267,6 +273,7 @@ impl Engine {
             provisional: Vec::new(),
             pending: privacy::PendingPurge::default(),
             changes: None,
+            early: early::Early::default(),
             acks: Vec::new(),
             stats: EngineStats::default(),
             login_links: 0,
@@ -276,7 +283,11 @@ impl Engine {
 
     /// Turns on change tracking for incremental publishing.
     pub fn track_changes(&mut self) {
-        self.changes.get_or_insert_with(ChangeLog::default);
+        if self.changes.is_none() {
+            self.changes = Some(ChangeLog::default());
+            // A restored buffer's sign-ins are published at once too.
+            self.rebuild_early();
+        }
     }
 
     /// The keyed hasher, for callers that publish hashed ids.
@@ -361,6 +372,7 @@ impl Engine {
             self.apply_sighting(&event, false);
             return Ingested::Late;
         }
+        self.register_early(&event);
         self.push(event);
         self.advance();
         Ingested::Buffered
@@ -459,6 +471,7 @@ impl Engine {
                 }
                 self.current_day = day;
             }
+            self.release_early(&ev);
             if ev.kind.is_privacy() {
                 self.apply_privacy(ev);
             } else if self.is_erased(&ev) {
@@ -1025,6 +1038,7 @@ impl Engine {
             if dev.is_empty()
                 && i64::from(day) - i64::from(dev.bot_day) >= horizon
                 && !dev.is_bot(day)
+                && !self.early.holds_device(d)
             {
                 self.free_device(d);
             }
@@ -1036,7 +1050,7 @@ impl Engine {
         }
         let accounts: Vec<u32> = self.accounts.live().collect();
         for a in accounts {
-            if self.accounts.get(a).is_some_and(Account::is_empty) {
+            if self.accounts.get(a).is_some_and(Account::is_empty) && !self.early.holds_account(a) {
                 self.free_account(a);
             }
         }
@@ -1127,27 +1141,41 @@ impl Engine {
         };
         let log = std::mem::take(log);
         let mut out = Changes::default();
-        for id in log.removed_devices {
-            out.devices.push((id.into(), None));
-        }
-        for id in log.removed_accounts {
-            out.accounts.push((id.into(), None));
-        }
         let mut ds: Vec<u32> = log.devices.into_iter().collect();
+        ds.retain(|&d| self.devices.get(d).is_some());
         ds.sort_unstable_by(|&x, &y| self.devices.id(x).cmp(self.devices.id(y)));
-        for d in ds {
-            if self.devices.get(d).is_some() {
-                out.devices
-                    .push((self.devices.id(d).into(), self.render_device(d)));
+        // A freed id interned again since (an erased device seen after its
+        // erasure) gets its new record, not a tombstone before it.
+        let rendered: FxHashSet<u32> = ds.iter().copied().collect();
+        for id in log.removed_devices {
+            if self
+                .devices
+                .find(&id)
+                .is_none_or(|d| !rendered.contains(&d))
+            {
+                out.devices.push((id.into(), None));
             }
+        }
+        for d in ds {
+            out.devices
+                .push((self.devices.id(d).into(), self.render_device(d)));
         }
         let mut accs: Vec<u32> = log.accounts.into_iter().collect();
+        accs.retain(|&a| self.accounts.get(a).is_some());
         accs.sort_unstable_by(|&x, &y| self.accounts.id(x).cmp(self.accounts.id(y)));
-        for a in accs {
-            if self.accounts.get(a).is_some() {
-                out.accounts
-                    .push((self.accounts.id(a).into(), self.render_account(a)));
+        let rendered: FxHashSet<u32> = accs.iter().copied().collect();
+        for id in log.removed_accounts {
+            if self
+                .accounts
+                .find(&id)
+                .is_none_or(|a| !rendered.contains(&a))
+            {
+                out.accounts.push((id.into(), None));
             }
+        }
+        for a in accs {
+            out.accounts
+                .push((self.accounts.id(a).into(), self.render_account(a)));
         }
         out
     }
@@ -1182,9 +1210,10 @@ impl Engine {
 
     fn render_device(&self, d: u32) -> Option<String> {
         let dev = self.devices.get(d)?;
+        let merged = self.with_early(d, dev);
         crate::output::device_line(
             self.devices.id(d),
-            dev,
+            merged.as_ref().unwrap_or(dev),
             &self.accounts,
             &self.hasher,
             self.p.horizon_days,
@@ -1194,7 +1223,8 @@ impl Engine {
 
     fn render_account(&self, a: u32) -> Option<String> {
         let acc = self.accounts.get(a)?;
-        crate::output::account_line(self.accounts.id(a), a, acc, &self.devices)
+        let early = self.early.devices_of(a);
+        crate::output::account_line(self.accounts.id(a), a, acc, &self.devices, &early)
     }
 
     /// Address buckets holding window or day state, for diagnostics.

@@ -257,6 +257,11 @@ impl Engine {
             self.mark_account(a);
             self.free_account(a);
         }
+        if !p.fingerprints.is_empty() {
+            // Buffered events and slots went: the published sign-ins
+            // that wait in the buffer are derived again.
+            self.rebuild_early();
+        }
         self.acks.append(&mut p.acks);
     }
 

@@ -141,6 +141,15 @@ impl Reorder {
         }
     }
 
+    /// Every waiting event, in no particular order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.ready
+            .iter()
+            .chain(self.heap.iter().map(|r| &r.0))
+            .chain(self.slots.values().flatten())
+            .map(|p| &p.event)
+    }
+
     /// Keeps only the events `keep` accepts.
     pub fn retain(&mut self, mut keep: impl FnMut(&Event) -> bool) {
         self.ready.retain(|p| keep(&p.event));

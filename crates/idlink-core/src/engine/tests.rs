@@ -248,3 +248,95 @@ fn state_follows_the_active_population() {
         "buckets do not accumulate: day 70 {mid:?}, day 119 {late:?}"
     );
 }
+
+/// A sign-in is published at once, not after the allowed lateness: the
+/// published view merges the sign-ins still waiting for the watermark,
+/// and the final graph is the same as without incremental publishing.
+#[test]
+fn sign_ins_are_published_before_the_watermark_passes_them() {
+    let mut e = engine();
+    e.track_changes();
+    e.ingest(0, sighting(t(0, 0), "tablet", "81.2.3.4", None));
+    e.ingest(0, sighting(t(0, 1), "phone", "81.2.3.4", Some("alice")));
+    assert!(e.watermark() < t(0, 0), "nothing released yet");
+    let c = e.take_changes();
+    let phone = c
+        .devices
+        .iter()
+        .find(|x| x.0 == "phone")
+        .and_then(|x| x.1.clone());
+    let phone = phone.unwrap_or_else(|| panic!("phone published at once: {c:?}"));
+    assert!(phone.contains("\"account_id\":\"alice\"") && phone.contains("\"events\":1"));
+    let alice = c
+        .accounts
+        .iter()
+        .find(|x| x.0 == "alice")
+        .and_then(|x| x.1.clone());
+    assert!(alice.is_some_and(|l| l.contains("\"device_id\":\"phone\"")));
+    // More sign-ins of the same pair merge into the published link.
+    e.ingest(0, sighting(t(0, 5), "phone", "81.2.3.4", Some("alice")));
+    let c = e.take_changes();
+    let phone = c
+        .devices
+        .iter()
+        .find(|x| x.0 == "phone")
+        .and_then(|x| x.1.clone());
+    assert!(phone.is_some_and(|l| l.contains("\"events\":2")), "{c:?}");
+    e.finish();
+    let mut plain = engine();
+    for ev in [
+        sighting(t(0, 0), "tablet", "81.2.3.4", None),
+        sighting(t(0, 1), "phone", "81.2.3.4", Some("alice")),
+        sighting(t(0, 5), "phone", "81.2.3.4", Some("alice")),
+    ] {
+        plain.ingest(0, ev);
+    }
+    plain.finish();
+    assert_eq!(output(&e), output(&plain));
+}
+
+/// A buffered sign-in after an erasure's `ts` survives it; one the
+/// erasure covers is withdrawn from the published view.
+#[test]
+fn an_erasure_keeps_later_buffered_sign_ins_and_withdraws_covered_ones() {
+    let erase = |ts: Millis, device: &str| Event {
+        ts,
+        kind: EventKind::Erase,
+        device: Some(DeviceId::from(device)),
+        account: None,
+        ip: None,
+    };
+    let mut e = engine();
+    e.track_changes();
+    e.ingest(0, sighting(t(0, 100), "phone", "81.2.3.4", Some("alice")));
+    e.ingest(0, sighting(t(0, 30), "laptop", "81.2.3.5", Some("bob")));
+    let c = e.take_changes();
+    assert_eq!(c.devices.len(), 2, "{c:?}");
+    // The watermark is at minute 90: an erase of the phone at minute 50 is
+    // late and applies at once; the phone's sign-in at 100 is after it.
+    assert_eq!(
+        e.ingest(0, erase(t(0, 50), "phone")),
+        Ingested::PrivacyApplied
+    );
+    let c = e.take_changes();
+    let phone = c
+        .devices
+        .iter()
+        .find(|x| x.0 == "phone")
+        .and_then(|x| x.1.clone());
+    assert!(phone.is_some_and(|l| l.contains("alice")), "{c:?}");
+    e.finish();
+    assert!(e.device_line("phone").is_some_and(|l| l.contains("alice")));
+    // The laptop's sign-in at 30 was released before the erase of it
+    // at 95 arrived (late: the watermark is past 95 only after finish),
+    // so the erase removes it.
+    let mut e = engine();
+    e.track_changes();
+    e.ingest(0, sighting(t(0, 120), "laptop", "81.2.3.5", Some("bob")));
+    e.ingest(0, erase(t(0, 125), "laptop"));
+    e.take_changes();
+    e.finish();
+    let c = e.take_changes();
+    assert_eq!(c.devices, vec![("laptop".to_string(), None)], "{c:?}");
+    assert_eq!(e.device_line("laptop"), None);
+}

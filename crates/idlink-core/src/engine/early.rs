@@ -1,0 +1,233 @@
+//! Sign-ins published at once.
+//!
+//! State changes in event-time order: an event waits in the reorder buffer
+//! until the watermark passes it, so in a real-time stream a new sign-in
+//! would reach the published graph only after the allowed lateness. When
+//! the caller publishes incrementally (`track_changes`), every buffered
+//! sign-in is also kept here, and the published view merges it into the
+//! device's and the account's lines at once. State itself is untouched:
+//! when the event is released it is applied as always and leaves this
+//! overlay, so the final graph is exactly that of event-time processing.
+//!
+//! The overlay is a function of the reorder buffer: after an erasure
+//! purge (which drops buffered events and frees slots) and after a
+//! restore it is rebuilt from the buffer, never stored.
+
+use super::Engine;
+use super::state::{Account, Device, LoginLink};
+use crate::event::Event;
+use crate::time::Millis;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+/// The buffered sign-ins of one device to one account.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EarlyLogin {
+    /// Account slot.
+    pub account: u32,
+    /// Earliest buffered sign-in.
+    pub first_seen: Millis,
+    /// Latest buffered sign-in.
+    pub last_seen: Millis,
+    /// Buffered signed-in events.
+    pub events: u32,
+}
+
+/// Buffered sign-ins, by device and by account.
+#[derive(Debug, Default)]
+pub(super) struct Early {
+    /// By device slot, for the device's line.
+    by_device: FxHashMap<u32, SmallVec<[EarlyLogin; 1]>>,
+    /// Devices by account slot, for the account's line.
+    by_account: FxHashMap<u32, SmallVec<[u32; 2]>>,
+}
+
+impl Early {
+    /// Whether device slot `d` has buffered sign-ins (its slot must live).
+    pub fn holds_device(&self, d: u32) -> bool {
+        self.by_device.contains_key(&d)
+    }
+
+    /// Whether account slot `a` has buffered sign-ins.
+    pub fn holds_account(&self, a: u32) -> bool {
+        self.by_account.contains_key(&a)
+    }
+
+    /// Buffered sign-ins of device `d`.
+    pub fn logins(&self, d: u32) -> &[EarlyLogin] {
+        self.by_device.get(&d).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Devices with buffered sign-ins to account `a`, with the latest.
+    pub fn devices_of(&self, a: u32) -> Vec<(u32, Millis)> {
+        let Some(ds) = self.by_account.get(&a) else {
+            return Vec::new();
+        };
+        ds.iter()
+            .filter_map(|&d| {
+                self.logins(d)
+                    .iter()
+                    .find(|e| e.account == a)
+                    .map(|e| (d, e.last_seen))
+            })
+            .collect()
+    }
+
+    fn add(&mut self, d: u32, a: u32, ts: Millis) {
+        let v = self.by_device.entry(d).or_default();
+        match v.iter_mut().find(|e| e.account == a) {
+            Some(e) => {
+                e.first_seen = e.first_seen.min(ts);
+                e.last_seen = e.last_seen.max(ts);
+                e.events = e.events.saturating_add(1);
+            }
+            None => {
+                v.push(EarlyLogin {
+                    account: a,
+                    first_seen: ts,
+                    last_seen: ts,
+                    events: 1,
+                });
+                let ds = self.by_account.entry(a).or_default();
+                if !ds.contains(&d) {
+                    ds.push(d);
+                }
+            }
+        }
+    }
+
+    /// One buffered sign-in of `d` to `a` left the buffer.
+    fn remove_one(&mut self, d: u32, a: u32) {
+        let Some(v) = self.by_device.get_mut(&d) else {
+            return;
+        };
+        let Some(i) = v.iter().position(|e| e.account == a) else {
+            return;
+        };
+        v[i].events -= 1;
+        if v[i].events > 0 {
+            return;
+        }
+        v.swap_remove(i);
+        if v.is_empty() {
+            self.by_device.remove(&d);
+        }
+        if let Some(ds) = self.by_account.get_mut(&a) {
+            ds.retain(|x| *x != d);
+            if ds.is_empty() {
+                self.by_account.remove(&a);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_device.is_empty()
+    }
+}
+
+impl Engine {
+    /// Keeps a sign-in that waits in the reorder buffer, so the next
+    /// published changes show it (only when publishing incrementally).
+    pub(super) fn register_early(&mut self, ev: &Event) {
+        if self.changes.is_none() || ev.kind.is_privacy() {
+            return;
+        }
+        let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
+            return;
+        };
+        if self.is_erased(ev) {
+            return;
+        }
+        let d = self.devices.find(device.as_str());
+        let a = self.accounts.find(account.as_str());
+        // An id whose slot waits to be freed by a purge gets nothing now;
+        // the purge rebuilds this overlay from the buffer.
+        if d.is_some_and(|d| self.pending.has_device(d))
+            || a.is_some_and(|a| self.pending.has_erased_account(a))
+        {
+            return;
+        }
+        let d = d.unwrap_or_else(|| self.devices.intern(device.as_str(), Device::new).0);
+        let a = a.unwrap_or_else(|| self.accounts.intern(account.as_str(), Account::default).0);
+        self.early.add(d, a, ev.ts);
+        self.mark_device(d);
+        self.mark_account(a);
+    }
+
+    /// `ev` left the reorder buffer (applied or dropped).
+    pub(super) fn release_early(&mut self, ev: &Event) {
+        if self.early.is_empty() || ev.kind.is_privacy() {
+            return;
+        }
+        let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
+            return;
+        };
+        if let (Some(d), Some(a)) = (
+            self.devices.find(device.as_str()),
+            self.accounts.find(account.as_str()),
+        ) && self.early.holds_device(d)
+        {
+            self.early.remove_one(d, a);
+            // Published again: the same link once applied, or gone if the
+            // event is dropped (an erase marker covers it).
+            self.mark_device(d);
+            self.mark_account(a);
+        }
+    }
+
+    /// Rebuilds the overlay from the reorder buffer.
+    pub(super) fn rebuild_early(&mut self) {
+        let old = std::mem::take(&mut self.early);
+        for (d, v) in &old.by_device {
+            self.mark_device(*d);
+            for e in v {
+                self.mark_account(e.account);
+            }
+        }
+        if self.changes.is_none() {
+            return;
+        }
+        let buffered: Vec<Event> = self
+            .buffer
+            .events()
+            .filter(|e| e.account.is_some() && !e.kind.is_privacy())
+            .cloned()
+            .collect();
+        for ev in &buffered {
+            self.register_early(ev);
+        }
+    }
+
+    /// Device `dev` (slot `d`) as published: its state with its buffered
+    /// sign-ins merged in.
+    pub(super) fn with_early(&self, d: u32, dev: &Device) -> Option<Device> {
+        let early = self.early.logins(d);
+        if early.is_empty() {
+            return None;
+        }
+        let mut m = dev.clone();
+        for e in early {
+            match m.logins.binary_search_by_key(&e.account, |l| l.account) {
+                Ok(i) => {
+                    let l = &mut m.logins[i];
+                    l.first_seen = l.first_seen.min(e.first_seen);
+                    l.last_seen = l.last_seen.max(e.last_seen);
+                    l.events = l.events.saturating_add(e.events);
+                }
+                Err(i) => m.logins.insert(
+                    i,
+                    LoginLink {
+                        account: e.account,
+                        first_seen: e.first_seen,
+                        last_seen: e.last_seen,
+                        events: e.events,
+                    },
+                ),
+            }
+        }
+        if !self.p.infer_for_signed_in {
+            m.inferred = None;
+        }
+        Some(m)
+    }
+}
