@@ -345,3 +345,91 @@ fn a_second_instance_in_the_group_is_reported_not_ready() -> Result<()> {
     wait_for_readiness(&mut first, 200, Duration::from_secs(60))?;
     Ok(())
 }
+
+/// Erasures, including requests that arrive long after the events they
+/// cover, leave no trace in the final state of any output topic nor in
+/// the state store: the newest snapshot holds none of the erased ids.
+#[test]
+fn erased_ids_leave_no_trace_in_outputs_or_the_snapshot() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("erasure");
+    let config = write_config(dir.path(), &names, "")?;
+    let s = stream(dir.path(), &config, 400, 10, 51)?;
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("sim/truth.json"))?)?;
+    let erased: Vec<String> = ["erased_devices", "erased_accounts"]
+        .iter()
+        .flat_map(|k| truth[*k].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    assert!(erased.len() >= 3, "the stream erases something: {erased:?}");
+
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    rt.block_on(produce(&producer, &names, &lines))?;
+    let mut service = Service::start(&config, &broker.addr, &names, dir.path())?;
+    service.wait_ready(Duration::from_secs(60))?;
+    wait_for_graph(
+        &broker.addr,
+        &names,
+        &s,
+        &mut service,
+        Duration::from_secs(240),
+    )?;
+    // A graceful stop writes a final snapshot.
+    let status = service.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "graceful stop exit status {status}");
+
+    let devices = fold(&read_all(&broker.addr, &names.topic("device-links"))?);
+    let accounts = fold(&read_all(&broker.addr, &names.topic("account-devices"))?);
+    let manifest = read_all(&broker.addr, &names.topic("manifests"))?
+        .into_iter()
+        .filter(|r| r.key.as_deref() == Some(names.group.as_str()))
+        .filter_map(|r| r.value)
+        .last()
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+        .unwrap_or_default();
+    let id = manifest["id"].as_u64().unwrap_or(0);
+    let chunks = manifest["chunks"].as_u64().unwrap_or(0);
+    assert!(id > 0 && chunks > 0, "a snapshot was written: {manifest}");
+    let mut parts: Vec<(u64, String)> = read_all(&broker.addr, &names.topic("snapshots"))?
+        .into_iter()
+        .filter_map(|r| {
+            let key = r.key?;
+            let i = key
+                .strip_prefix(&format!("{}/{id}/", names.group))?
+                .parse()
+                .ok()?;
+            Some((i, r.value.unwrap_or_default()))
+        })
+        .collect();
+    parts.sort();
+    assert_eq!(
+        parts.len() as u64,
+        chunks,
+        "every chunk of the newest snapshot"
+    );
+    let snapshot: String = parts.into_iter().map(|p| p.1).collect();
+    // The search can see ids: a linked device's id is in there.
+    let linked = s
+        .expected_devices
+        .lines()
+        .next()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["device_id"].as_str().map(String::from))
+        .unwrap_or_default();
+    assert!(
+        !linked.is_empty() && snapshot.contains(&linked),
+        "{linked} in the snapshot"
+    );
+    for e in &erased {
+        let quoted = format!("\"{e}\"");
+        assert!(!devices.contains(&quoted), "erased {e} in device-links");
+        assert!(!accounts.contains(&quoted), "erased {e} in account-devices");
+        assert!(!snapshot.contains(e.as_str()), "erased {e} in the snapshot");
+    }
+    Ok(())
+}
