@@ -355,7 +355,13 @@ fn bench_engine(c: &mut Criterion) {
         probe.account_count(),
         probe.link_counts()
     );
-    drop(probe);
+    let mut probe = probe;
+    let snapshot = probe.snapshot();
+    eprintln!(
+        "snapshot of that state: {} bytes ({:.0} per device)",
+        snapshot.len(),
+        snapshot.len() as f64 / probe.device_count().max(1) as f64
+    );
 
     let mut g = c.benchmark_group("engine");
     g.sample_size(10)
@@ -365,6 +371,18 @@ fn bench_engine(c: &mut Criterion) {
     g.throughput(Throughput::Elements(events.len() as u64));
     g.bench_function("ingest_finish_200k", |b| {
         b.iter_batched(|| events.clone(), run, BatchSize::LargeInput);
+    });
+    // State to bytes and back, what a restart or a partition move costs.
+    g.throughput(Throughput::Bytes(snapshot.len() as u64));
+    g.bench_function("snapshot", |b| b.iter(|| black_box(probe.snapshot())));
+    g.bench_function("restore", |b| {
+        b.iter(|| {
+            black_box(Engine::restore(
+                &config,
+                AddressClassifier::new(64, &[]),
+                &snapshot,
+            ))
+        })
     });
     g.finish();
 }
