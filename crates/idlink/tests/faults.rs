@@ -244,6 +244,7 @@ fn malformed_floods_and_odd_ids_are_handled() -> Result<()> {
     let config = write_config(dir.path(), &names, "")?;
     let s = stream_with(dir.path(), &config, 600, 8, 41, floods)?;
     assert!(s.lines.len() > 100_000, "{} good lines", s.lines.len());
+    eprintln!("{} good lines", s.lines.len());
 
     // 10,000 malformed messages spread evenly through the good ones.
     let bad: Vec<(Option<String>, &str)> = (0..10_000).map(malformed).collect();
