@@ -35,7 +35,10 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "1000")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Bound librdkafka's prefetch (64 MiB by default): in a burst the
+        // backlog stays in Kafka, not in this process.
+        .set("queued.max.messages.kbytes", "16384");
     for (key, v) in &k.consumer {
         c.set(key, v);
     }
