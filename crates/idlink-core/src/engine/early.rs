@@ -9,9 +9,10 @@
 //! when the event is released it is applied as always and leaves this
 //! overlay, so the final graph is exactly that of event-time processing.
 //!
-//! The overlay is a function of the reorder buffer: after an erasure
-//! purge (which drops buffered events and frees slots) and after a
-//! restore it is rebuilt from the buffer, never stored.
+//! The overlay is a function of the reorder buffer, never stored: a
+//! restore rebuilds it from the buffer, and an erasure purge (which drops
+//! buffered events and frees slots) drops the erased ids' entries and
+//! registers again the buffered events about them that it keeps.
 
 use super::Engine;
 use super::state::{Account, Device, LoginLink};
@@ -123,6 +124,57 @@ impl Early {
     fn is_empty(&self) -> bool {
         self.by_device.is_empty()
     }
+
+    /// Drops the entry of `d` signing in to `a`.
+    pub fn forget_pair(&mut self, d: u32, a: u32) {
+        if let Some(v) = self.by_device.get_mut(&d) {
+            v.retain(|e| e.account != a);
+            if v.is_empty() {
+                self.by_device.remove(&d);
+            }
+        }
+        if let Some(ds) = self.by_account.get_mut(&a) {
+            ds.retain(|x| *x != d);
+            if ds.is_empty() {
+                self.by_account.remove(&a);
+            }
+        }
+    }
+
+    /// Drops every entry of device `d`; returns the accounts they named.
+    pub fn forget_device(&mut self, d: u32) -> Vec<u32> {
+        let Some(v) = self.by_device.remove(&d) else {
+            return Vec::new();
+        };
+        let accounts: Vec<u32> = v.iter().map(|e| e.account).collect();
+        for &a in &accounts {
+            if let Some(ds) = self.by_account.get_mut(&a) {
+                ds.retain(|x| *x != d);
+                if ds.is_empty() {
+                    self.by_account.remove(&a);
+                }
+            }
+        }
+        accounts
+    }
+
+    /// Drops every entry naming account `a`; returns the devices.
+    pub fn forget_account(&mut self, a: u32) -> Vec<u32> {
+        let devices: Vec<u32> = self
+            .by_account
+            .remove(&a)
+            .map(Vec::from_iter)
+            .unwrap_or_default();
+        for &d in &devices {
+            if let Some(v) = self.by_device.get_mut(&d) {
+                v.retain(|e| e.account != a);
+                if v.is_empty() {
+                    self.by_device.remove(&d);
+                }
+            }
+        }
+        devices
+    }
 }
 
 impl Engine {
@@ -175,7 +227,38 @@ impl Engine {
         }
     }
 
-    /// Rebuilds the overlay from the reorder buffer.
+    /// Drops, before an erasure purge frees slots, the entries of the
+    /// erased slots and of every pair a surviving buffered event names
+    /// (all of that pair's buffered events survive with it: they name the
+    /// same ids); the survivors are registered again after the frees. The
+    /// next published changes re-render whatever lost an entry.
+    pub(super) fn forget_early(&mut self, devices: &[u32], accounts: &[u32], survivors: &[Event]) {
+        for ev in survivors {
+            let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
+                continue;
+            };
+            if let (Some(d), Some(a)) = (
+                self.devices.find(device.as_str()),
+                self.accounts.find(account.as_str()),
+            ) {
+                self.early.forget_pair(d, a);
+                self.mark_device(d);
+                self.mark_account(a);
+            }
+        }
+        for &d in devices {
+            for a in self.early.forget_device(d) {
+                self.mark_account(a);
+            }
+        }
+        for &a in accounts {
+            for d in self.early.forget_account(a) {
+                self.mark_device(d);
+            }
+        }
+    }
+
+    /// Rebuilds the overlay from the reorder buffer (after a restore).
     pub(super) fn rebuild_early(&mut self) {
         let old = std::mem::take(&mut self.early);
         for (d, v) in &old.by_device {

@@ -215,6 +215,7 @@ impl Engine {
                 prof.retain(|x| !devices.contains_key(&x.0));
             }
         }
+        let mut survivors: Vec<Event> = Vec::new();
         if !p.fingerprints.is_empty() && !self.buffer.is_empty() {
             let fps: FxHashMap<u128, usize> = p.fingerprints.iter().copied().collect();
             let mut purged: Vec<usize> = Vec::new();
@@ -224,11 +225,12 @@ impl Engine {
                 if e.kind.is_privacy() {
                     return true;
                 }
-                let hit = |ns: u8, id: &str| {
+                let mut mentions = false;
+                let mut hit = |ns: u8, id: &str| {
                     let fp = hasher.fingerprint(ns, id);
-                    fps.get(&fp)
-                        .filter(|_| markers.get(&fp).is_some_and(|&t| e.ts <= t))
-                        .copied()
+                    let i = fps.get(&fp).copied()?;
+                    mentions = true;
+                    markers.get(&fp).is_some_and(|&t| e.ts <= t).then_some(i)
                 };
                 let found = e
                     .device
@@ -240,7 +242,14 @@ impl Engine {
                         purged.push(i);
                         false
                     }
-                    None => true,
+                    None => {
+                        // Later than the erasure: stays, and its sign-in
+                        // is published again under the id's new slot.
+                        if mentions && e.account.is_some() {
+                            survivors.push(e.clone());
+                        }
+                        true
+                    }
                 }
             });
             for i in purged {
@@ -249,18 +258,19 @@ impl Engine {
                 }
             }
         }
-        for &d in devices.keys() {
+        let erased_devices: Vec<u32> = devices.keys().copied().collect();
+        let erased_accounts: Vec<u32> = accounts.keys().copied().collect();
+        self.forget_early(&erased_devices, &erased_accounts, &survivors);
+        for &d in &erased_devices {
             self.mark_device(d);
             self.free_device(d);
         }
-        for &a in accounts.keys() {
+        for &a in &erased_accounts {
             self.mark_account(a);
             self.free_account(a);
         }
-        if !p.fingerprints.is_empty() {
-            // Buffered events and slots went: the published sign-ins
-            // that wait in the buffer are derived again.
-            self.rebuild_early();
+        for ev in &survivors {
+            self.register_early(ev);
         }
         self.acks.append(&mut p.acks);
     }
