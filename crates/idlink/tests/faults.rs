@@ -93,10 +93,12 @@ fn a_broker_outage_is_ridden_out() -> Result<()> {
     let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
     let (before, after) = lines.split_at(lines.len() / 2);
 
-    rt.block_on(produce(&producer, &names, before))?;
+    // The broker goes away while the service is busy with the first half
+    // (consuming, and waiting for its outputs' acknowledgements).
     let mut service = Service::start(&config, &broker.addr, &names, dir.path())?;
     service.wait_ready(Duration::from_secs(60))?;
-    std::thread::sleep(Duration::from_secs(2));
+    rt.block_on(produce(&producer, &names, before))?;
+    std::thread::sleep(Duration::from_millis(100));
 
     if broker.is_managed() {
         broker.stop()?;

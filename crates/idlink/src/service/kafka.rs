@@ -121,6 +121,11 @@ impl ClientContext for ServiceContext {
         }
         let up = stats.brokers.values().any(|b| b.state == "UP");
         self.partitions.brokers_down.store(!up, Ordering::Relaxed);
+        if !up {
+            // Said here, not only by the pipeline: it may be waiting for
+            // acknowledgements that only the brokers' return will bring.
+            self.telemetry.set_ready(false, "brokers unreachable");
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -129,8 +134,33 @@ impl ClientContext for ServiceContext {
             Some(RDKafkaErrorCode::AllBrokersDown)
         ) {
             self.partitions.brokers_down.store(true, Ordering::Relaxed);
+            self.telemetry.set_ready(false, "brokers unreachable");
         }
         tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+/// Producer context. The producer's polling thread runs on its own, so it
+/// reports losing the brokers even while the pipeline waits for
+/// acknowledgements and does not poll the consumer (whose callbacks are
+/// then silent).
+pub struct ProducerHealth {
+    /// Where readiness goes.
+    pub telemetry: Arc<Telemetry>,
+    /// Shared broker-health flag.
+    pub partitions: Arc<PartitionState>,
+}
+
+impl ClientContext for ProducerHealth {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.partitions.brokers_down.store(true, Ordering::Relaxed);
+            self.telemetry.set_ready(false, "brokers unreachable");
+        }
+        tracing::warn!(error = %error, reason, "kafka producer error");
     }
 }
 

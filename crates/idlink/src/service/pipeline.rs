@@ -11,7 +11,9 @@
 //! into the same graph.
 
 use super::config::ServiceConfig;
-use super::kafka::{PartitionState, ServiceContext, consumer_config, producer_config};
+use super::kafka::{
+    PartitionState, ProducerHealth, ServiceContext, consumer_config, producer_config,
+};
 use super::snapshots::Snapshots;
 use super::telemetry::Telemetry;
 use crate::settings::Settings;
@@ -42,7 +44,7 @@ pub struct Pipeline {
     /// Consumer of both input topics.
     consumer: StreamConsumer<ServiceContext>,
     /// Producer of every output topic.
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerHealth>,
     /// Snapshot store.
     snapshots: Snapshots,
     /// Metrics and readiness.
@@ -50,10 +52,9 @@ pub struct Pipeline {
     /// Assignment and lag, from librdkafka callbacks.
     partitions: Arc<PartitionState>,
     /// Next offset per (topic, partition) of everything handed to the
-    /// engine.
+    /// engine (from the restored snapshot on): records below it are
+    /// skipped, whenever Kafka delivers them again.
     positions: BTreeMap<(String, i32), i64>,
-    /// Offsets below which input is already in the restored snapshot.
-    restored: BTreeMap<(String, i32), i64>,
     /// Deliveries of the open batch.
     pending: Vec<DeliveryFuture>,
     /// Input timestamps of the open batch, for the latency histogram.
@@ -155,13 +156,15 @@ impl Pipeline {
         consumer
             .subscribe(&[&k.events_topic, &k.privacy_topic])
             .context("subscribing")?;
-        let producer: FutureProducer = producer_config(k)
-            .create()
+        let producer: FutureProducer<ProducerHealth> = producer_config(k)
+            .create_with_context(ProducerHealth {
+                telemetry: telemetry.clone(),
+                partitions: partitions.clone(),
+            })
             .context("creating the producer")?;
         Ok(Pipeline {
             decoder: Decoder::new(&settings.core.input),
-            positions: restored.clone(),
-            restored,
+            positions: restored,
             cfg,
             engine,
             consumer,
@@ -340,7 +343,12 @@ impl Pipeline {
         let topic = m.topic().to_string();
         let (partition, offset) = (m.partition(), m.offset());
         let key = (topic.clone(), partition);
-        if self.restored.get(&key).is_some_and(|&next| offset < next) {
+        // Below the position: already in the state, from the restored
+        // snapshot or from earlier in this run. Kafka delivers such records
+        // again after the group is rejoined (a broker outage, a missed
+        // session timeout): the consumer restarts from the last commit,
+        // which trails what the engine has applied.
+        if self.positions.get(&key).is_some_and(|&next| offset < next) {
             self.telemetry.skipped(&topic);
             return Ok(());
         }
