@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -126,6 +126,23 @@ fn producer(brokers: &str) -> Result<FutureProducer> {
         .create()?)
 }
 
+/// Hands a record to the producer, waiting while its queue is full.
+async fn enqueue<K, P>(p: &FutureProducer, mut r: FutureRecord<'_, K, P>) -> DeliveryFuture
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match p.send_result(r) {
+            Ok(f) => return f,
+            Err((_, back)) => {
+                r = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
 /// The key a record of `line` gets: its device id, else its account id.
 fn key_of(line: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
@@ -164,19 +181,8 @@ async fn produce(
         }
         let topic = if is_privacy(line) { privacy } else { events };
         let key = key_of(line);
-        let mut r: FutureRecord<'_, String, str> = FutureRecord::to(topic).key(&key).payload(line);
-        loop {
-            match p.send_result(r) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err((_, back)) => {
-                    r = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
+        let r: FutureRecord<'_, String, str> = FutureRecord::to(topic).key(&key).payload(line);
+        pending.push(enqueue(&p, r).await);
         n += 1;
         if pending.len() >= 50_000 {
             for f in pending.drain(..) {
@@ -269,19 +275,8 @@ async fn passthrough(
         start.get_or_insert_with(Instant::now);
         let key = m.key().unwrap_or_default();
         let value = m.payload().unwrap_or_default();
-        let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(output).key(key).payload(value);
-        loop {
-            match p.send_result(r) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err((_, back)) => {
-                    r = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
+        let r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(output).key(key).payload(value);
+        pending.push(enqueue(&p, r).await);
         n += 1;
         if pending.len() >= batch || n == count {
             for f in pending.drain(..) {

@@ -129,15 +129,26 @@ impl ClientContext for ServiceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.partitions.brokers_down.store(true, Ordering::Relaxed);
-            self.telemetry.set_ready(false, "brokers unreachable");
-        }
-        tracing::warn!(error = %error, reason, "kafka client error");
+        client_error(&self.telemetry, &self.partitions, &error, reason);
     }
+}
+
+/// A client's error callback: losing every broker makes the service
+/// not-ready at once; everything is logged.
+fn client_error(
+    telemetry: &Telemetry,
+    partitions: &PartitionState,
+    error: &KafkaError,
+    reason: &str,
+) {
+    if matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AllBrokersDown)
+    ) {
+        partitions.brokers_down.store(true, Ordering::Relaxed);
+        telemetry.set_ready(false, "brokers unreachable");
+    }
+    tracing::warn!(error = %error, reason, "kafka client error");
 }
 
 /// Producer context. The producer's polling thread runs on its own, so it
@@ -153,14 +164,7 @@ pub struct ProducerHealth {
 
 impl ClientContext for ProducerHealth {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.partitions.brokers_down.store(true, Ordering::Relaxed);
-            self.telemetry.set_ready(false, "brokers unreachable");
-        }
-        tracing::warn!(error = %error, reason, "kafka producer error");
+        client_error(&self.telemetry, &self.partitions, &error, reason);
     }
 }
 

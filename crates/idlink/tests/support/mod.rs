@@ -469,6 +469,16 @@ pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<Record>> {
     Ok(out)
 }
 
+/// The `reason` header of every record of the dead-letters topic, sorted.
+pub fn dead_letter_reasons(brokers: &str, names: &Names) -> Result<Vec<String>> {
+    let mut reasons: Vec<String> = read_all(brokers, &names.topic("dead-letters"))?
+        .iter()
+        .map(|r| r.headers.get("reason").cloned().unwrap_or_default())
+        .collect();
+    reasons.sort();
+    Ok(reasons)
+}
+
 /// Folds a compacted topic by key (a tombstone removes the key) into the
 /// lines of replay's file: values sorted by key.
 pub fn fold(records: &[Record]) -> String {
