@@ -201,30 +201,38 @@ impl Engine {
         }
         let d = d.unwrap_or_else(|| self.devices.intern(device.as_str(), Device::new).0);
         let a = a.unwrap_or_else(|| self.accounts.intern(account.as_str(), Account::default).0);
+        // Only a new link is published now; a known one's refreshed
+        // counts go out when the event is applied, as before.
+        let known = self.devices.get(d).is_some_and(|x| x.login(a).is_some())
+            || self.early.logins(d).iter().any(|e| e.account == a);
         self.early.add(d, a, ev.ts);
-        self.mark_device(d);
-        self.mark_account(a);
-    }
-
-    /// `ev` left the reorder buffer (applied or dropped).
-    pub(super) fn release_early(&mut self, ev: &Event) {
-        if self.early.is_empty() || ev.kind.is_privacy() {
-            return;
-        }
-        let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
-            return;
-        };
-        if let (Some(d), Some(a)) = (
-            self.devices.find(device.as_str()),
-            self.accounts.find(account.as_str()),
-        ) && self.early.holds_device(d)
-        {
-            self.early.remove_one(d, a);
-            // Published again: the same link once applied, or gone if the
-            // event is dropped (an erase marker covers it).
+        if !known {
             self.mark_device(d);
             self.mark_account(a);
         }
+    }
+
+    /// `ev` left the reorder buffer. Returns the pair whose entry it
+    /// left: applying the event publishes the pair again anyway, and a
+    /// dropped event's caller must (the link may be gone).
+    pub(super) fn release_early(&mut self, ev: &Event) -> Option<(u32, u32)> {
+        if self.early.is_empty() || ev.kind.is_privacy() {
+            return None;
+        }
+        let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
+            return None;
+        };
+        let (Some(d), Some(a)) = (
+            self.devices.find(device.as_str()),
+            self.accounts.find(account.as_str()),
+        ) else {
+            return None;
+        };
+        if !self.early.holds_device(d) {
+            return None;
+        }
+        self.early.remove_one(d, a);
+        Some((d, a))
     }
 
     /// Drops, before an erasure purge frees slots, the entries of the

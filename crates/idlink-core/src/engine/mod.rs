@@ -471,11 +471,16 @@ impl Engine {
                 }
                 self.current_day = day;
             }
-            self.release_early(&ev);
+            let early = self.release_early(&ev);
             if ev.kind.is_privacy() {
                 self.apply_privacy(ev);
             } else if self.is_erased(&ev) {
                 self.stats.erased_events += 1;
+                if let Some((d, a)) = early {
+                    // Published early, dropped now: publish again.
+                    self.mark_device(d);
+                    self.mark_account(a);
+                }
             } else {
                 self.apply_sighting(&ev, true);
             }
