@@ -35,10 +35,7 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "1000")
-        .set("enable.partition.eof", "false")
-        // Bound librdkafka's prefetch (64 MiB by default): in a burst the
-        // backlog stays in Kafka, not in this process.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("enable.partition.eof", "false");
     for (key, v) in &k.consumer {
         c.set(key, v);
     }
