@@ -8,13 +8,6 @@ use anyhow::{Result, bail};
 use std::time::{Duration, Instant};
 use support::*;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("tokio runtime: {e}"))
-}
-
 /// The seed of the random fault points: `IDLINK_FAULT_SEED` reproduces a
 /// run; otherwise the clock picks one, printed with the test's output.
 fn fault_seed() -> u64 {
@@ -299,28 +292,6 @@ fn malformed_floods_and_odd_ids_are_handled() -> Result<()> {
     Ok(())
 }
 
-/// Polls `/health/ready` until it answers `code`.
-fn wait_for_readiness(service: &mut Service, code: u16, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok((c, _)) = http_get(&service.http, "/health/ready")
-            && c == code
-        {
-            return Ok(());
-        }
-        if let Some(status) = service.try_wait()? {
-            bail!("the service exited with {status}:\n{}", service.log_tail());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "/health/ready did not answer {code} within {timeout:?}:\n{}",
-                service.log_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// idlink's state is the whole graph, so one instance must own every input
 /// partition. A second instance in the group splits them: both report
 /// not-ready (loudly, instead of publishing a graph with co-location
@@ -336,11 +307,11 @@ fn a_second_instance_in_the_group_is_reported_not_ready() -> Result<()> {
     let mut first = Service::start(&config, &broker.addr, &names, dir.path())?;
     first.wait_ready(Duration::from_secs(60))?;
     let mut second = Service::start(&config, &broker.addr, &names, dir.path())?;
-    wait_for_readiness(&mut first, 503, Duration::from_secs(60))?;
-    wait_for_readiness(&mut second, 503, Duration::from_secs(60))?;
+    first.wait_for_readiness(503, Duration::from_secs(60))?;
+    second.wait_for_readiness(503, Duration::from_secs(60))?;
     let status = second.terminate(Duration::from_secs(30))?;
     assert!(status.success(), "graceful stop exit status {status}");
-    wait_for_readiness(&mut first, 200, Duration::from_secs(60))?;
+    first.wait_for_readiness(200, Duration::from_secs(60))?;
     Ok(())
 }
 

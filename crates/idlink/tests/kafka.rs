@@ -27,14 +27,6 @@ fn run_until_exit(
         .output()?)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
 /// Malformed input mixed into the stream: (payload, expected reason).
 fn poison() -> Vec<(Option<String>, &'static str)> {
     vec![

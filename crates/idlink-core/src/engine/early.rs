@@ -113,16 +113,21 @@ impl Early {
         if v.is_empty() {
             self.by_device.remove(&d);
         }
+        self.unlink(d, a);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_device.is_empty()
+    }
+
+    /// Removes `d` from account `a`'s device list (and an empty list).
+    fn unlink(&mut self, d: u32, a: u32) {
         if let Some(ds) = self.by_account.get_mut(&a) {
             ds.retain(|x| *x != d);
             if ds.is_empty() {
                 self.by_account.remove(&a);
             }
         }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.by_device.is_empty()
     }
 
     /// Drops the entry of `d` signing in to `a`.
@@ -133,12 +138,7 @@ impl Early {
                 self.by_device.remove(&d);
             }
         }
-        if let Some(ds) = self.by_account.get_mut(&a) {
-            ds.retain(|x| *x != d);
-            if ds.is_empty() {
-                self.by_account.remove(&a);
-            }
-        }
+        self.unlink(d, a);
     }
 
     /// Drops every entry of device `d`; returns the accounts they named.
@@ -148,12 +148,7 @@ impl Early {
         };
         let accounts: Vec<u32> = v.iter().map(|e| e.account).collect();
         for &a in &accounts {
-            if let Some(ds) = self.by_account.get_mut(&a) {
-                ds.retain(|x| *x != d);
-                if ds.is_empty() {
-                    self.by_account.remove(&a);
-                }
-            }
+            self.unlink(d, a);
         }
         accounts
     }

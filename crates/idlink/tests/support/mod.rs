@@ -20,6 +20,15 @@ use std::time::{Duration, Instant};
 /// Kafka tests share two cores: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// A runtime for the async parts of a test (producing input).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("a tokio runtime: {e}"))
+}
+
 /// Holds the serial lock for one test.
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
@@ -570,9 +579,16 @@ impl Service {
 
     /// Waits for `/health/ready` to answer 200.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_for_readiness(200, timeout)
+    }
+
+    /// Polls `/health/ready` until it answers `code`.
+    pub fn wait_for_readiness(&mut self, code: u16, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok((200, _)) = http_get(&self.http, "/health/ready") {
+            if let Ok((c, _)) = http_get(&self.http, "/health/ready")
+                && c == code
+            {
                 return Ok(());
             }
             if let Some(status) = self.try_wait()? {
@@ -580,7 +596,7 @@ impl Service {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the service was not ready within {timeout:?}:\n{}",
+                    "/health/ready did not answer {code} within {timeout:?}:\n{}",
                     self.log_tail()
                 );
             }
