@@ -402,3 +402,123 @@ fn erased_ids_leave_no_trace_in_outputs_or_the_snapshot() -> Result<()> {
     }
     Ok(())
 }
+
+/// What the burst test samples from `/metrics` while input arrives.
+#[derive(Debug, Default)]
+struct Pressure {
+    /// Largest producer queue (records awaiting acknowledgement).
+    max_queue: f64,
+    /// Largest total consumer lag over the input partitions.
+    max_lag: f64,
+    /// Total lag at the last sample.
+    last_lag: f64,
+    /// Samples taken.
+    samples: u32,
+}
+
+/// Input in three phases, as (multiple of the steady rate, seconds):
+/// steady, ten times steady, steady again until the input runs out. The
+/// steady rate is set so that the input lasts about 40 steady seconds.
+const PHASES: [(usize, u64); 3] = [(1, 5), (10, 3), (1, 600)];
+
+/// Records per batch in the burst test: the output of one batch is all
+/// that may wait for acknowledgement at once.
+const BURST_BATCH: usize = 1_000;
+
+#[test]
+fn a_burst_ten_times_the_steady_rate_is_absorbed_by_backpressure() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("burst");
+    let config = write_config(
+        dir.path(),
+        &names,
+        &format!("batch_max_messages = {BURST_BATCH}"),
+    )?;
+    let s = stream(dir.path(), &config, 500, 8, 61)?;
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    let steady = lines.len() / 40;
+    eprintln!("{} records, {steady} records/s steady", lines.len());
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    let mut service = Service::start(&config, &broker.addr, &names, dir.path())?;
+    service.wait_ready(Duration::from_secs(60))?;
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let pressure = std::sync::Mutex::new(Pressure::default());
+    let http = service.http.clone();
+    let produced_in = std::thread::scope(|scope| -> Result<Duration> {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((200, text)) = http_get(&http, "/metrics") {
+                    let lag = metric_sum(&text, "idlink_consumer_lag{");
+                    let queue = metric(&text, "idlink_producer_queue_depth");
+                    let mut p = pressure.lock().unwrap_or_else(|e| e.into_inner());
+                    p.max_queue = p.max_queue.max(queue);
+                    p.max_lag = p.max_lag.max(lag);
+                    p.last_lag = lag;
+                    p.samples += 1;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // Paced production: each phase sends its rate in 100 ms ticks.
+        let started = Instant::now();
+        let mut sent = 0;
+        for (times, seconds) in PHASES {
+            let rate = times * steady;
+            let phase = Instant::now();
+            while sent < lines.len() && phase.elapsed() < Duration::from_secs(seconds) {
+                let tick = Instant::now();
+                let end = (sent + rate / 10).min(lines.len());
+                rt.block_on(produce(&producer, &names, &lines[sent..end]))?;
+                sent = end;
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(tick.elapsed()));
+            }
+            eprintln!("phase of {rate} records/s ended after {sent} records");
+        }
+        let produced_in = started.elapsed();
+        let caught_up = Instant::now();
+        let r = wait_for_graph(
+            &broker.addr,
+            &names,
+            &s,
+            &mut service,
+            Duration::from_secs(240),
+        );
+        eprintln!(
+            "graph complete {:?} after the last record was produced",
+            caught_up.elapsed()
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r.map(|()| produced_in)
+    })?;
+
+    let p = pressure.into_inner().unwrap_or_else(|e| e.into_inner());
+    let peak = service.peak_rss().unwrap_or(0);
+    eprintln!(
+        "produced in {produced_in:?}; {p:?}; service peak RSS {} MiB",
+        peak >> 20
+    );
+    assert!(p.samples > 10, "metrics were sampled: {p:?}");
+    // Backpressure: the records awaiting acknowledgement never exceed one
+    // batch's output (a device and an account record per input, at most,
+    // plus its dead letters and acks), whatever the input rate.
+    assert!(
+        p.max_queue <= (3 * BURST_BATCH) as f64,
+        "producer queue reached {} records",
+        p.max_queue
+    );
+    assert!(
+        peak < MEMORY_BOUND,
+        "peak RSS {} MiB over the bound of {} MiB",
+        peak >> 20,
+        MEMORY_BOUND >> 20
+    );
+    // Caught up: the graph is replay's (checked above) and nothing is left.
+    let (_, metrics) = http_get(&service.http, "/metrics")?;
+    assert_eq!(metric_sum(&metrics, "idlink_consumer_lag{"), 0.0);
+    assert_eq!(metric(&metrics, "idlink_ready"), 1.0);
+    Ok(())
+}
