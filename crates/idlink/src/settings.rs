@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_CONFIG: &str = "config/default.toml";
 
 /// A loaded configuration.
+#[derive(Clone)]
 pub struct Settings {
     /// The core's validated config.
     pub core: Config,

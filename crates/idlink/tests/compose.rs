@@ -485,8 +485,8 @@ fn compose_has_every_service() -> Result<()> {
     for name in ["kafka", "idlink-1", "simulator", "prometheus", "grafana"] {
         ensure!(services.contains_key(name), "service {name} is missing");
     }
-    // The idlink instances are the services with IDLINK_HTTP_ADDR: one,
-    // since one instance per consumer group is what idlink supports.
+    // The idlink instances are the services with IDLINK_HTTP_ADDR: one
+    // owner; the demo runs no standby.
     let idlink = idlink_services(&services);
     ensure!(
         idlink == ["idlink-1"],

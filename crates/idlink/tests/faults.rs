@@ -292,29 +292,6 @@ fn malformed_floods_and_odd_ids_are_handled() -> Result<()> {
     Ok(())
 }
 
-/// idlink's state is the whole graph, so one instance must own every input
-/// partition. A second instance in the group splits them: both report
-/// not-ready (loudly, instead of publishing a graph with co-location
-/// split between them), and the survivor is ready again once the other
-/// leaves.
-#[test]
-fn a_second_instance_in_the_group_is_reported_not_ready() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("shared");
-    let config = write_config(dir.path(), &names, "")?;
-    let mut first = Service::start(&config, &broker.addr, &names, dir.path())?;
-    first.wait_ready(Duration::from_secs(60))?;
-    let mut second = Service::start(&config, &broker.addr, &names, dir.path())?;
-    first.wait_for_readiness(503, Duration::from_secs(60))?;
-    second.wait_for_readiness(503, Duration::from_secs(60))?;
-    let status = second.terminate(Duration::from_secs(30))?;
-    assert!(status.success(), "graceful stop exit status {status}");
-    first.wait_for_readiness(200, Duration::from_secs(60))?;
-    Ok(())
-}
-
 /// Erasures, including requests that arrive long after the events they
 /// cover, leave no trace in the final state of any output topic nor in
 /// the state store: the newest snapshot holds none of the erased ids.
@@ -354,22 +331,22 @@ fn erased_ids_leave_no_trace_in_outputs_or_the_snapshot() -> Result<()> {
 
     let devices = fold(&read_all(&broker.addr, &names.topic("device-links"))?);
     let accounts = fold(&read_all(&broker.addr, &names.topic("account-devices"))?);
-    let manifest = read_all(&broker.addr, &names.topic("manifests"))?
-        .into_iter()
-        .rev()
-        .filter(|r| r.key.as_deref() == Some(names.group.as_str()))
-        .find_map(|r| r.value)
-        .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
-        .unwrap_or_default();
-    let id = manifest["id"].as_u64().unwrap_or(0);
+    let manifest = newest_manifest(&broker.addr, &names)?;
+    let (epoch, id) = (
+        manifest["epoch"].as_u64().unwrap_or(0),
+        manifest["id"].as_u64().unwrap_or(0),
+    );
     let chunks = manifest["chunks"].as_u64().unwrap_or(0);
-    assert!(id > 0 && chunks > 0, "a snapshot was written: {manifest}");
+    assert!(
+        epoch > 0 && id > 0 && chunks > 0,
+        "a snapshot was written: {manifest}"
+    );
     let mut parts: Vec<(u64, String)> = read_all(&broker.addr, &names.topic("snapshots"))?
         .into_iter()
         .filter_map(|r| {
             let key = r.key?;
             let i = key
-                .strip_prefix(&format!("{}/{id}/", names.group))?
+                .strip_prefix(&format!("{}/{epoch}/{id}/", names.group))?
                 .parse()
                 .ok()?;
             Some((i, r.value.unwrap_or_default()))

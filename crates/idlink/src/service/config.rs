@@ -118,6 +118,10 @@ pub struct RuntimeConfig {
     pub shutdown_deadline_seconds: u64,
     /// Largest snapshot chunk in bytes (below the brokers' message limit).
     pub snapshot_chunk_bytes: usize,
+    /// How often a standby looks at the consumer group, in milliseconds:
+    /// it takes over this soon after the group empties (the owner left,
+    /// or missed its session timeout).
+    pub standby_poll_ms: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -130,6 +134,7 @@ impl Default for RuntimeConfig {
             source_idle_seconds: 30,
             shutdown_deadline_seconds: 30,
             snapshot_chunk_bytes: 512 * 1024,
+            standby_poll_ms: 1000,
         }
     }
 }
@@ -259,6 +264,9 @@ impl ServiceConfig {
         }
         if !(1024..=16 * 1024 * 1024).contains(&s.snapshot_chunk_bytes) {
             bail!("service.snapshot_chunk_bytes must be 1 KiB..16 MiB");
+        }
+        if !(100..=60_000).contains(&s.standby_poll_ms) {
+            bail!("service.standby_poll_ms must be from 100 to 60000");
         }
         self.http
             .addr

@@ -63,16 +63,28 @@ pub struct PartitionState {
     /// Partitions currently assigned.
     pub assigned: AtomicUsize,
     /// Partitions of both input topics. idlink's state is whole-graph, so
-    /// one instance must own them all; fewer means another instance
-    /// shares the group, and this one reports not-ready.
+    /// the active instance must own them all (see `ownership.rs`).
     pub input_partitions: AtomicUsize,
-    /// The assignment itself, with a generation that changes with it, so
-    /// the pipeline can register every assigned partition as a watermark
-    /// source before its first message (an unseen partition must hold the
-    /// watermark back, or its first events would be late).
-    pub assignment: Mutex<(u64, Vec<(String, i32)>)>,
+    /// The assignment itself, with a generation that changes with it.
+    pub assignment: Mutex<Assignment>,
     /// Set when every broker is down; cleared when statistics flow again.
     pub brokers_down: AtomicBool,
+}
+
+/// The consumer's current partitions, as the last rebalance left them.
+#[derive(Clone, Debug, Default)]
+pub struct Assignment {
+    /// Changes with every rebalance callback, so the pipeline can tell a
+    /// new assignment from the one it has acted on: it registers every
+    /// assigned partition as a watermark source before its first message
+    /// (an unseen partition must hold the watermark back, or its first
+    /// events would be late), and decides its role.
+    pub generation: u64,
+    /// The assigned (topic, partition)s.
+    pub partitions: Vec<(String, i32)>,
+    /// Set by a revocation: between a revocation and the next assignment
+    /// the group is rebalancing, which is not a decision to act on.
+    pub revoked: bool,
 }
 
 /// Consumer context: exports lag and tracks assignment and broker health.
@@ -200,8 +212,9 @@ impl ConsumerContext for ServiceContext {
             .assignment
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        a.0 += 1;
-        a.1 = assigned;
+        a.generation += 1;
+        a.revoked = matches!(rebalance, Rebalance::Revoke(_));
+        a.partitions = assigned;
     }
 }
 

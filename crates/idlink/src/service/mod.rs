@@ -3,6 +3,7 @@
 pub mod config;
 mod http;
 mod kafka;
+mod ownership;
 mod pipeline;
 mod snapshots;
 pub mod telemetry;

@@ -9,11 +9,19 @@
 //! acknowledged: a crash replays input from the last snapshot, and
 //! replaying recomputes the same records, which the compacted topics fold
 //! into the same graph.
+//!
+//! Only the group's active instance processes (see `ownership.rs`): a
+//! standby waits outside the group, and an instance that stops owning
+//! every input partition stops ingesting, publishing and snapshotting at
+//! once. When it owns them all again it keeps its state only if no other
+//! instance claimed the group meanwhile; otherwise it restores the newest
+//! snapshot first.
 
 use super::config::ServiceConfig;
 use super::kafka::{
     PartitionState, ProducerHealth, ServiceContext, consumer_config, producer_config,
 };
+use super::ownership::{GroupWatch, Role};
 use super::snapshots::Snapshots;
 use super::telemetry::Telemetry;
 use crate::settings::Settings;
@@ -37,6 +45,8 @@ pub const SCHEMA_VERSION: &str = "1";
 pub struct Pipeline {
     /// Service settings.
     cfg: ServiceConfig,
+    /// Engine config and address classifier, to build or restore engines.
+    settings: Settings,
     /// The linking engine.
     engine: Engine,
     /// Input validation.
@@ -73,6 +83,21 @@ pub struct Pipeline {
     assigned_at: Instant,
     /// When each source last delivered a message.
     last_seen: std::collections::HashMap<u32, Instant>,
+    /// Owns every input partition and has claimed its epoch: ingests,
+    /// publishes and snapshots. Nothing else does.
+    active: bool,
+    /// Assignment generation whose role was last acted on.
+    role_generation: u64,
+    /// Watches the group's membership while on standby.
+    watch: GroupWatch,
+}
+
+/// How serving the group ended.
+enum Served {
+    /// Shutdown was requested.
+    Shutdown,
+    /// Another instance owns the group: back to standby.
+    Yielded,
 }
 
 /// Source id of a partition for the engine's watermark.
@@ -95,7 +120,8 @@ fn headers(extra: &[(&str, &str)]) -> OwnedHeaders {
 }
 
 impl Pipeline {
-    /// Restores state and subscribes. Readiness follows assignment.
+    /// Creates the clients and checks the topics; state is restored when
+    /// this instance becomes the group's owner.
     pub async fn start(
         settings: &Settings,
         cfg: ServiceConfig,
@@ -103,11 +129,59 @@ impl Pipeline {
     ) -> Result<Pipeline> {
         let k = &cfg.kafka;
         let input_partitions = super::kafka::ensure_topics(k).await?;
-        let mut snapshots = Snapshots::new(k, &cfg.service)?;
-        telemetry.restore_progress(0.0);
+        let snapshots = Snapshots::new(k, &cfg.service)?;
+        let partitions = Arc::new(PartitionState::default());
+        partitions
+            .input_partitions
+            .store(input_partitions, Ordering::Relaxed);
+        let context = ServiceContext {
+            telemetry: telemetry.clone(),
+            partitions: partitions.clone(),
+        };
+        let consumer: StreamConsumer<ServiceContext> = consumer_config(k)
+            .create_with_context(context)
+            .context("creating the consumer")?;
+        let producer: FutureProducer<ProducerHealth> = producer_config(k)
+            .create_with_context(ProducerHealth {
+                telemetry: telemetry.clone(),
+                partitions: partitions.clone(),
+            })
+            .context("creating the producer")?;
+        Ok(Pipeline {
+            decoder: Decoder::new(&settings.core.input),
+            positions: BTreeMap::new(),
+            engine: Engine::new(&settings.core, settings.classifier.clone()),
+            settings: settings.clone(),
+            watch: GroupWatch::new(k)?,
+            cfg,
+            consumer,
+            producer,
+            snapshots,
+            telemetry,
+            partitions,
+            pending: Vec::new(),
+            batch_ts: Vec::new(),
+            batch_len: 0,
+            batch_started: Instant::now(),
+            since_snapshot: 0,
+            sources_generation: 0,
+            sources: Vec::new(),
+            assigned_at: Instant::now(),
+            last_seen: std::collections::HashMap::new(),
+            active: false,
+            role_generation: 0,
+        })
+    }
+
+    /// Replaces the engine with the newest snapshot (or an empty one) and
+    /// the positions with the snapshot's.
+    async fn restore(&mut self) -> Result<()> {
+        let settings = &self.settings;
+        self.telemetry.restore_progress(0.0);
         let started = Instant::now();
-        let (mut engine, restored) = match snapshots
-            .load(&telemetry)
+        let (mut engine, restored) = match self
+            .snapshots
+            .load(&self.telemetry)
             .await
             .context("restoring state")?
         {
@@ -123,6 +197,7 @@ impl Pipeline {
                     })
                     .collect();
                 tracing::info!(
+                    epoch = manifest.epoch,
                     snapshot = manifest.id,
                     bytes = manifest.bytes,
                     devices = engine.device_count(),
@@ -139,53 +214,76 @@ impl Pipeline {
                 )
             }
         };
-        telemetry.restore_progress(1.0);
-        telemetry.baseline(&engine);
+        self.telemetry.restore_progress(1.0);
+        self.telemetry.baseline(&engine);
         engine.track_changes();
-        let partitions = Arc::new(PartitionState::default());
-        partitions
-            .input_partitions
-            .store(input_partitions, Ordering::Relaxed);
-        let context = ServiceContext {
-            telemetry: telemetry.clone(),
-            partitions: partitions.clone(),
-        };
-        let consumer: StreamConsumer<ServiceContext> = consumer_config(k)
-            .create_with_context(context)
-            .context("creating the consumer")?;
-        consumer
-            .subscribe(&[&k.events_topic, &k.privacy_topic])
-            .context("subscribing")?;
-        let producer: FutureProducer<ProducerHealth> = producer_config(k)
-            .create_with_context(ProducerHealth {
-                telemetry: telemetry.clone(),
-                partitions: partitions.clone(),
-            })
-            .context("creating the producer")?;
-        Ok(Pipeline {
-            decoder: Decoder::new(&settings.core.input),
-            positions: restored,
-            cfg,
-            engine,
-            consumer,
-            producer,
-            snapshots,
-            telemetry,
-            partitions,
-            pending: Vec::new(),
-            batch_ts: Vec::new(),
-            batch_len: 0,
-            batch_started: Instant::now(),
-            since_snapshot: 0,
-            sources_generation: 0,
-            sources: Vec::new(),
-            assigned_at: Instant::now(),
-            last_seen: std::collections::HashMap::new(),
-        })
+        self.engine = engine;
+        self.positions = restored;
+        // Every assigned partition becomes a source of the new engine.
+        self.sources.clear();
+        self.sources_generation = 0;
+        self.batch_len = 0;
+        self.batch_ts.clear();
+        self.since_snapshot = 0;
+        Ok(())
     }
 
-    /// Runs until shutdown; then publishes, snapshots and commits.
+    /// Runs until shutdown: a standby until the group is free, then its
+    /// owner; back to standby if another instance wins the group.
     pub async fn run(mut self, mut shutdown: broadcast::Receiver<()>) -> Result<()> {
+        loop {
+            if !self.standby(&mut shutdown).await {
+                return Ok(());
+            }
+            self.restore().await?;
+            let k = &self.cfg.kafka;
+            self.consumer
+                .subscribe(&[&k.events_topic, &k.privacy_topic])
+                .context("subscribing")?;
+            let served = self.serve(&mut shutdown).await;
+            self.consumer.unsubscribe();
+            self.active = false;
+            match served? {
+                Served::Shutdown => return Ok(()),
+                Served::Yielded => {
+                    tracing::info!("another instance owns the group: standing by");
+                    // The state is stale from here on: drop it.
+                    self.engine =
+                        Engine::new(&self.settings.core, self.settings.classifier.clone());
+                    self.snapshots.release();
+                }
+            }
+        }
+    }
+
+    /// Waits, outside the group, until no instance is in it. Returns false
+    /// if shutdown was requested meanwhile.
+    async fn standby(&mut self, shutdown: &mut broadcast::Receiver<()>) -> bool {
+        let poll = Duration::from_millis(self.cfg.service.standby_poll_ms);
+        let mut said = false;
+        loop {
+            // `None`: the brokers cannot describe groups; join, and let the
+            // assignment break a tie.
+            match self.watch.members() {
+                Some(0) | None => return true,
+                Some(n) => {
+                    if !said {
+                        tracing::info!(members = n, "standby: another instance owns the group");
+                        said = true;
+                    }
+                    self.telemetry
+                        .set_ready(false, "standby: another instance owns the group");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.recv() => return false,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// Serves the group until shutdown or until another instance wins it.
+    async fn serve(&mut self, shutdown: &mut broadcast::Receiver<()>) -> Result<Served> {
         let rt = self.cfg.service.clone();
         let batch_max = Duration::from_millis(rt.batch_max_ms);
         let idle = Duration::from_millis(rt.idle_flush_ms);
@@ -194,6 +292,9 @@ impl Pipeline {
         let mut last_snapshot = Instant::now();
         let mut flushed = false;
         loop {
+            if !self.follow_assignment().await? {
+                return Ok(Served::Yielded);
+            }
             self.update_readiness();
             self.sync_sources();
             let wait = if self.batch_len > 0 {
@@ -217,31 +318,126 @@ impl Pipeline {
                 }
                 Err(_) => {}
             }
+            if !self.active {
+                continue;
+            }
             self.mark_idle();
-            if self.batch_len >= rt.batch_max_messages
-                || (self.batch_len > 0 && self.batch_started.elapsed() >= batch_max)
+            if (self.batch_len >= rt.batch_max_messages
+                || (self.batch_len > 0 && self.batch_started.elapsed() >= batch_max))
+                && !self.publish().await?
             {
-                self.publish().await?;
+                return Ok(Served::Yielded);
             }
             if !flushed && last_message.elapsed() >= idle && self.caught_up() {
                 tracing::debug!(watermark = %self.engine.watermark(), "caught up: flushing");
                 self.engine.flush();
-                self.publish().await?;
+                if !self.publish().await? {
+                    return Ok(Served::Yielded);
+                }
                 flushed = true;
             }
             if self.since_snapshot > 0 && last_snapshot.elapsed() >= snapshot_every {
-                self.checkpoint().await?;
+                if !self.checkpoint().await? {
+                    return Ok(Served::Yielded);
+                }
                 last_snapshot = Instant::now();
             }
         }
         tracing::info!("shutting down: publishing, snapshotting, committing");
         self.telemetry.set_ready(false, "shutting down");
-        self.publish().await?;
-        if self.since_snapshot > 0 {
+        if self.active && self.publish().await? && self.since_snapshot > 0 {
             self.checkpoint().await?;
         }
-        self.consumer.unsubscribe();
-        Ok(())
+        Ok(Served::Shutdown)
+    }
+
+    /// Acts on a new assignment: becomes active when it holds every input
+    /// partition, stops at once when it does not. Returns false when this
+    /// instance must leave the group.
+    async fn follow_assignment(&mut self) -> Result<bool> {
+        let a = self
+            .partitions
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if a.generation == self.role_generation {
+            return Ok(true);
+        }
+        self.role_generation = a.generation;
+        if a.revoked {
+            // Rebalancing: the next assignment decides.
+            self.active = false;
+            return Ok(true);
+        }
+        let all = self.partitions.input_partitions.load(Ordering::Relaxed);
+        match super::ownership::role(&a.partitions, all, &self.cfg.kafka.events_topic) {
+            Role::Active => self.activate(&a.partitions).await,
+            Role::Hold => {
+                tracing::warn!(
+                    assigned = a.partitions.len(),
+                    of = all,
+                    "another instance joined the group: holding until it leaves"
+                );
+                self.active = false;
+                Ok(true)
+            }
+            Role::Yield => Ok(false),
+        }
+    }
+
+    /// Becomes the group's owner: restores the newest snapshot if another
+    /// instance claimed the group since this state was current, claims a
+    /// new epoch with a snapshot if this instance holds no claim, and
+    /// starts every partition at the state's position.
+    async fn activate(&mut self, assigned: &[(String, i32)]) -> Result<bool> {
+        if self.superseded().await {
+            tracing::info!("another instance owned the group meanwhile: restoring its state");
+            self.restore().await?;
+        }
+        // Records that arrived before this moment were not processed (the
+        // instance was not active): start every partition at the state's
+        // position, or at its beginning if the state holds nothing of it
+        // (positions are committed only with a snapshot that covers them).
+        for (t, p) in assigned {
+            let at = match self.positions.get(&(t.clone(), *p)) {
+                Some(&o) => Offset::Offset(o),
+                None => Offset::Beginning,
+            };
+            let mut tries = 0;
+            while let Err(e) = self.consumer.seek(t, *p, at, Duration::from_secs(10)) {
+                tries += 1;
+                if tries == 5 {
+                    bail!("seeking {t}/{p} to {at:?}: {e}");
+                }
+                tracing::debug!(error = %e, topic = %t, partition = p, "seek failed: retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        self.active = true;
+        if !self.snapshots.claimed() {
+            let epoch = self.snapshots.claim();
+            tracing::info!(epoch, "owning the group");
+            self.since_snapshot = self.since_snapshot.max(1);
+            return self.checkpoint().await;
+        }
+        Ok(true)
+    }
+
+    /// Whether another instance claimed the group since this one's state
+    /// was current. Asks until the brokers answer: nothing may be written
+    /// before they do, and an outage is ridden out, not fatal.
+    async fn superseded(&mut self) -> bool {
+        loop {
+            match self.snapshots.superseded() {
+                Ok(s) => return s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "checking the group's owner failed: retrying");
+                    self.telemetry.set_ready(false, "brokers unreachable");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     /// Registers every assigned partition as a watermark source, and
@@ -253,10 +449,10 @@ impl Pipeline {
                 .assignment
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if a.0 == self.sources_generation {
+            if a.generation == self.sources_generation {
                 return;
             }
-            (a.0, a.1.clone())
+            (a.generation, a.partitions.clone())
         };
         self.sources_generation = generation;
         let events = &self.cfg.kafka.events_topic;
@@ -284,7 +480,7 @@ impl Pipeline {
             .assignment
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .1
+            .partitions
             .clone();
         let lag = self
             .partitions
@@ -321,26 +517,30 @@ impl Pipeline {
 
     fn update_readiness(&self) {
         let assigned = self.partitions.assigned.load(Ordering::Relaxed);
-        let all = self.partitions.input_partitions.load(Ordering::Relaxed);
         let down = self.partitions.brokers_down.load(Ordering::Relaxed);
         let why = if down {
             "brokers unreachable"
         } else if assigned == 0 {
             "no partitions assigned"
-        } else if assigned < all {
-            // Whole-graph state needs every input partition: a second
-            // instance in the group splits buckets across instances.
-            "another instance shares the consumer group (one instance per group is supported)"
+        } else if !self.active {
+            // Whole-graph state needs every input partition: another
+            // instance shares the group until one of them leaves.
+            "another instance shares the consumer group: holding until it leaves"
         } else {
-            "restored and assigned"
+            "owner of the group: restored and assigned"
         };
-        self.telemetry
-            .set_ready(assigned >= all && assigned > 0 && !down, why);
+        self.telemetry.set_ready(self.active && !down, why);
     }
 
     /// Decodes one input message and hands it to the engine.
     fn handle(&mut self, m: &OwnedMessage) -> Result<()> {
         let topic = m.topic().to_string();
+        if !self.active {
+            // Not the owner (yet): the record is left for whoever is; this
+            // instance reads it again from its position once it owns it.
+            self.telemetry.skipped(&topic);
+            return Ok(());
+        }
         let (partition, offset) = (m.partition(), m.offset());
         let key = (topic.clone(), partition);
         // Below the position: already in the state, from the restored
@@ -447,8 +647,18 @@ impl Pipeline {
     }
 
     /// Publishes the engine's changes and acks, and waits until every
-    /// record of the batch is acknowledged.
-    async fn publish(&mut self) -> Result<()> {
+    /// record of the batch is acknowledged. Returns false, publishing
+    /// nothing, if another instance has claimed the group since this one
+    /// did (it was paused past its session timeout: a zombie).
+    async fn publish(&mut self) -> Result<bool> {
+        if self.superseded().await {
+            tracing::warn!(
+                epoch = self.snapshots.epoch(),
+                "fenced: another instance claimed the group; publishing nothing"
+            );
+            self.active = false;
+            return Ok(false);
+        }
         let changes = self.engine.take_changes();
         let acks = self.engine.take_privacy_acks();
         let k = self.cfg.kafka.clone();
@@ -504,12 +714,15 @@ impl Pipeline {
         self.telemetry.engine(&self.engine);
         self.batch_len = 0;
         self.batch_started = Instant::now();
-        Ok(())
+        Ok(true)
     }
 
     /// Snapshots the engine and commits the input offsets it covers.
-    async fn checkpoint(&mut self) -> Result<()> {
-        self.publish().await?;
+    /// Returns false, writing nothing, if this instance was fenced.
+    async fn checkpoint(&mut self) -> Result<bool> {
+        if !self.publish().await? {
+            return Ok(false);
+        }
         let started = Instant::now();
         let bytes = self.engine.snapshot();
         let positions: BTreeMap<String, i64> = self
@@ -532,6 +745,6 @@ impl Pipeline {
         self.since_snapshot = 0;
         self.telemetry
             .snapshot(bytes.len(), started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(true)
     }
 }

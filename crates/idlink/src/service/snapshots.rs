@@ -6,6 +6,19 @@
 //! offsets committed. A restore reads the manifests (small: one record per
 //! snapshot), takes the newest for this group, and reads just that
 //! snapshot's chunks by offset: never the whole history.
+//!
+//! **Epochs fence stale owners.** Every instance that takes over the
+//! group's work claims an epoch one above the newest manifest's and
+//! writes a snapshot under it before it processes anything. "Newest"
+//! means the greatest `(epoch, id)`, not the last written: an instance
+//! that lost the group while paused (a zombie) and writes a manifest
+//! afterwards writes it under its old epoch, and restores ignore it.
+//! Manifests are keyed by group and epoch, so compaction never lets a
+//! zombie's manifest replace the current owner's, and chunks are keyed by
+//! group, epoch and snapshot id, so two owners never share a chunk key.
+//! Before each batch of output and each snapshot the owner checks that no
+//! newer epoch was claimed ([`Snapshots::superseded`]); a zombie finds
+//! its successor's claim and stops.
 
 use super::config::{KafkaConfig, RuntimeConfig};
 use super::kafka::{client_config, producer_config};
@@ -25,6 +38,10 @@ use std::time::Duration;
 pub struct Manifest {
     /// Owner of the snapshot (the consumer group).
     pub key: String,
+    /// Ownership epoch of the writer: a later owner's is greater.
+    /// (Manifests from before epochs have 0.)
+    #[serde(default)]
+    pub epoch: u64,
     /// Increasing snapshot number.
     pub id: u64,
     /// Offset of the first chunk in the snapshots topic.
@@ -49,6 +66,39 @@ pub struct Snapshots {
     /// The last snapshot written or restored, whose chunks are removed once
     /// a newer one is complete.
     last: Option<Manifest>,
+    /// Epoch of the state this instance holds: the restored manifest's,
+    /// then the one it claimed.
+    epoch: u64,
+    /// Whether `epoch` was claimed by this instance (it may write).
+    claimed: bool,
+    /// Greatest epoch among this group's manifests seen so far.
+    newest_epoch: u64,
+    /// Manifests before this offset have been read.
+    scanned_to: i64,
+    /// Reads manifests and chunks (never joins the group).
+    reader: BaseConsumer,
+}
+
+/// A manifest's record key: one per group and epoch.
+fn manifest_key(group: &str, epoch: u64) -> String {
+    format!("{group}/{epoch}")
+}
+
+/// Whether a manifest record key belongs to `group`.
+fn is_group_manifest(key: &[u8], group: &str) -> bool {
+    key == group.as_bytes()
+        || key
+            .strip_prefix(group.as_bytes())
+            .is_some_and(|rest| rest.first() == Some(&b'/'))
+}
+
+/// Prefix of a snapshot's chunk keys (before epochs: group and id only).
+fn chunk_prefix(m: &Manifest) -> String {
+    if m.epoch == 0 {
+        format!("{}/{}/", m.key, m.id)
+    } else {
+        format!("{}/{}/{}/", m.key, m.epoch, m.id)
+    }
 }
 
 fn headers() -> OwnedHeaders {
@@ -68,7 +118,60 @@ impl Snapshots {
             kafka: kafka.clone(),
             chunk_bytes: runtime.snapshot_chunk_bytes,
             last: None,
+            epoch: 0,
+            claimed: false,
+            newest_epoch: 0,
+            scanned_to: 0,
+            reader: reader(kafka)?,
         })
+    }
+
+    /// The epoch of the state this instance holds.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether this instance has claimed its epoch (and may write).
+    pub fn claimed(&self) -> bool {
+        self.claimed
+    }
+
+    /// Takes the next epoch: the caller is the group's owner from now on
+    /// and must write a snapshot before it processes anything.
+    pub fn claim(&mut self) -> u64 {
+        self.epoch = self.newest_epoch.max(self.epoch) + 1;
+        self.newest_epoch = self.epoch;
+        self.claimed = true;
+        self.epoch
+    }
+
+    /// Forgets the claim (ownership lost); the held state is stale.
+    pub fn release(&mut self) {
+        self.claimed = false;
+    }
+
+    /// Whether another instance claimed a newer epoch than the state this
+    /// one holds: reads the manifests written since the last look (one
+    /// offset lookup when there are none).
+    pub fn superseded(&mut self) -> Result<bool> {
+        let group = self.kafka.group_id.clone();
+        let topic = self.kafka.manifests_topic.clone();
+        let mut newest = self.newest_epoch;
+        let mut end = self.scanned_to;
+        tokio::task::block_in_place(|| {
+            read_range(&self.reader, &topic, self.scanned_to, |m| {
+                end = m.offset() + 1;
+                if m.key().is_some_and(|k| is_group_manifest(k, &group))
+                    && let Some(Ok(man)) = m.payload().map(serde_json::from_slice::<Manifest>)
+                {
+                    newest = newest.max(man.epoch);
+                }
+                true
+            })
+        })?;
+        self.newest_epoch = newest;
+        self.scanned_to = end;
+        Ok(newest > self.epoch)
     }
 
     /// Writes `bytes` covering input up to `positions`; returns once the
@@ -79,14 +182,16 @@ impl Snapshots {
         positions: BTreeMap<String, i64>,
     ) -> Result<Manifest> {
         let key = self.kafka.group_id.clone();
+        let epoch = self.epoch;
         let id = self.last.as_ref().map_or(1, |m| m.id + 1);
+        let prefix = format!("{key}/{epoch}/{id}/");
         let chunks: Vec<&[u8]> = if bytes.is_empty() {
             vec![&[][..]]
         } else {
             bytes.chunks(self.chunk_bytes).collect()
         };
         let sends = chunks.iter().enumerate().map(|(i, c)| {
-            let k = format!("{key}/{id}/{i}");
+            let k = format!("{prefix}{i}");
             let producer = &self.producer;
             let topic = &self.kafka.snapshots_topic;
             async move {
@@ -116,6 +221,7 @@ impl Snapshots {
         }
         let manifest = Manifest {
             key: key.clone(),
+            epoch,
             id,
             first_offset,
             chunks: chunks.len(),
@@ -123,8 +229,9 @@ impl Snapshots {
             positions,
         };
         let value = serde_json::to_vec(&manifest)?;
+        let mkey = manifest_key(&key, epoch);
         let record = FutureRecord::to(&self.kafka.manifests_topic)
-            .key(&key)
+            .key(&mkey)
             .payload(&value)
             .partition(0)
             .headers(headers());
@@ -133,28 +240,44 @@ impl Snapshots {
             .await
             .map_err(|(e, _)| anyhow::anyhow!("writing snapshot manifest: {e}"))?;
         if let Some(old) = self.last.replace(manifest.clone()) {
-            for i in 0..old.chunks {
-                let k = format!("{key}/{}/{i}", old.id);
+            // Best effort: a missed tombstone only leaves an unused record.
+            let mut stale: Vec<(&str, String)> = (0..old.chunks)
+                .map(|i| {
+                    (
+                        self.kafka.snapshots_topic.as_str(),
+                        format!("{}{i}", chunk_prefix(&old)),
+                    )
+                })
+                .collect();
+            if old.epoch != epoch {
+                // The previous owner's manifest key: this epoch's replaces it.
+                let k = if old.epoch == 0 {
+                    old.key.clone()
+                } else {
+                    manifest_key(&key, old.epoch)
+                };
+                stale.push((self.kafka.manifests_topic.as_str(), k));
+            }
+            for (topic, k) in stale {
                 let record: FutureRecord<'_, String, [u8]> =
-                    FutureRecord::to(&self.kafka.snapshots_topic)
-                        .key(&k)
-                        .partition(0);
-                // Best effort: a missed tombstone only leaves an unused chunk.
+                    FutureRecord::to(topic).key(&k).partition(0);
                 if let Err((e, _)) = self.producer.send(record, Duration::from_secs(10)).await {
-                    tracing::warn!(error = %e, "removing an old snapshot chunk failed");
+                    tracing::warn!(error = %e, "removing an old snapshot record failed");
                 }
             }
         }
         Ok(manifest)
     }
 
-    /// Reads this group's newest snapshot, if any.
+    /// Reads this group's newest snapshot, if any; the state it holds is
+    /// of that snapshot's epoch, and not claimed by this instance.
     pub async fn load(&mut self, telemetry: &Telemetry) -> Result<Option<(Vec<u8>, Manifest)>> {
         let kafka = self.kafka.clone();
-        let found = tokio::task::block_in_place(|| load_blocking(&kafka, telemetry))?;
-        if let Some((_, m)) = &found {
-            self.last = Some(m.clone());
-        }
+        let found = tokio::task::block_in_place(|| load_blocking(&self.reader, &kafka, telemetry))?;
+        self.last = found.as_ref().map(|(_, m)| m.clone());
+        self.epoch = self.last.as_ref().map_or(0, |m| m.epoch);
+        self.newest_epoch = self.newest_epoch.max(self.epoch);
+        self.claimed = false;
         Ok(found)
     }
 }
@@ -207,15 +330,18 @@ fn read_range(
 }
 
 fn load_blocking(
+    consumer: &BaseConsumer,
     kafka: &KafkaConfig,
     telemetry: &Telemetry,
 ) -> Result<Option<(Vec<u8>, Manifest)>> {
-    let consumer = reader(kafka)?;
     let mut newest: Option<Manifest> = None;
-    read_range(&consumer, &kafka.manifests_topic, 0, |m| {
-        if m.key() == Some(kafka.group_id.as_bytes())
+    read_range(consumer, &kafka.manifests_topic, 0, |m| {
+        if m.key()
+            .is_some_and(|k| is_group_manifest(k, &kafka.group_id))
             && let Some(Ok(man)) = m.payload().map(serde_json::from_slice::<Manifest>)
-            && newest.as_ref().is_none_or(|n| man.id > n.id)
+            && newest
+                .as_ref()
+                .is_none_or(|n| (man.epoch, man.id) > (n.epoch, n.id))
         {
             newest = Some(man);
         }
@@ -227,8 +353,8 @@ fn load_blocking(
     };
     let mut parts: Vec<Option<Vec<u8>>> = vec![None; man.chunks];
     let mut got = 0usize;
-    let prefix = format!("{}/{}/", man.key, man.id);
-    read_range(&consumer, &kafka.snapshots_topic, man.first_offset, |m| {
+    let prefix = chunk_prefix(&man);
+    read_range(consumer, &kafka.snapshots_topic, man.first_offset, |m| {
         if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok())
             && let Some(i) = k
                 .strip_prefix(&prefix)

@@ -238,7 +238,8 @@ impl Telemetry {
         self.consumed.with_label_values(&[topic, "accepted"]).inc();
     }
 
-    /// An input message was skipped because a snapshot already holds it.
+    /// An input message was skipped: the state already holds it, or this
+    /// instance does not own the group (yet).
     pub fn skipped(&self, topic: &str) {
         self.consumed
             .with_label_values(&[topic, "already_applied"])

@@ -235,6 +235,7 @@ batch_max_ms = 50
 idle_flush_ms = 500
 snapshot_interval_seconds = 1
 shutdown_deadline_seconds = 20
+standby_poll_ms = 200
 {extra}
 "#,
         dc = cidr.join("datacenter.txt").display(),
@@ -643,11 +644,42 @@ impl Service {
         Some(kb * 1024)
     }
 
+    /// SIGSTOP: the process freezes (a long GC pause, a stalled VM).
+    pub fn pause(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// SIGCONT: the frozen process carries on where it stopped.
+    pub fn resume(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill {sig} failed");
+        }
+        Ok(())
+    }
+
+    /// Whether `/health/ready` answers 200 now.
+    pub fn is_ready(&self) -> bool {
+        matches!(http_get(&self.http, "/health/ready"), Ok((200, _)))
+    }
+
     /// SIGKILL: a crash.
     pub fn kill9(mut self) -> Result<()> {
         self.child.kill()?;
         self.child.wait()?;
         Ok(())
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn log_tail(&self) -> String {
@@ -700,4 +732,19 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
         .sum()
+}
+
+/// The group's newest snapshot manifest: the greatest (epoch, id), as a
+/// restore picks it.
+pub fn newest_manifest(brokers: &str, names: &Names) -> Result<serde_json::Value> {
+    Ok(read_all(brokers, &names.topic("manifests"))?
+        .into_iter()
+        .filter(|r| {
+            r.key
+                .as_deref()
+                .is_some_and(|k| k.starts_with(&format!("{}/", names.group)))
+        })
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.value?).ok())
+        .max_by_key(|m| (m["epoch"].as_u64(), m["id"].as_u64()))
+        .unwrap_or_default())
 }

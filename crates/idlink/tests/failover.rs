@@ -1,0 +1,209 @@
+//! Several `idlink run` instances in one consumer group, against a real
+//! broker: one owns the group, the others stand by; instances join, die,
+//! stop and freeze (a zombie), and every run ends in the folded outputs
+//! equal to `idlink replay` of the same input.
+
+mod support;
+
+use anyhow::{Result, bail};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Waits until exactly one of `services` is ready (the group's owner) and
+/// returns its index. The others must say why they are not.
+fn wait_for_owner(services: &mut [Service], timeout: Duration) -> Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ready: Vec<usize> = (0..services.len())
+            .filter(|&i| services[i].is_ready())
+            .collect();
+        if let [one] = ready[..] {
+            return Ok(one);
+        }
+        for s in services.iter_mut() {
+            if let Some(status) = s.try_wait()? {
+                bail!("an instance exited with {status}:\n{}", s.log_tail());
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = services.iter().map(Service::log_tail).collect();
+            bail!(
+                "no single owner within {timeout:?} ({} ready):\n{}",
+                ready.len(),
+                logs.join("\n----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits for the graph with `owner` watched for an early exit.
+fn wait_for_graph_of(
+    broker: &Broker,
+    names: &Names,
+    s: &Stream,
+    owner: &mut Service,
+) -> Result<()> {
+    wait_for_graph(&broker.addr, names, s, owner, Duration::from_secs(240))
+}
+
+#[test]
+fn two_or_three_instances_started_at_once_give_replays_graph() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    for n in [2, 3] {
+        let dir = tempfile::tempdir()?;
+        let names = Names::new(&format!("together{n}"));
+        let config = write_config(dir.path(), &names, "")?;
+        let s = stream(dir.path(), &config, 120, 6, 70 + n as u64)?;
+        // Started together, they race into the group; the assignment
+        // breaks the tie and the others go back to standby.
+        let mut services: Vec<Service> = (0..n)
+            .map(|_| Service::start(&config, &broker.addr, &names, dir.path()))
+            .collect::<Result<_>>()?;
+        let owner = wait_for_owner(&mut services, Duration::from_secs(90))?;
+        eprintln!("{n} instances: instance {owner} owns the group");
+        let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+        runtime().block_on(produce(&producer(&broker.addr)?, &names, &lines))?;
+        wait_for_graph_of(&broker, &names, &s, &mut services[owner])?;
+        assert_eq!(
+            wait_for_owner(&mut services, Duration::from_secs(5))?,
+            owner
+        );
+        let (_, metrics) = http_get(&services[(owner + 1) % n].http, "/metrics")?;
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "idlink_events_consumed_total{outcome=\"accepted\""
+            ),
+            0.0,
+            "a standby processes nothing"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn instances_join_mid_stream_and_the_owner_dies_then_stops() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("joins");
+    let config = write_config(dir.path(), &names, "")?;
+    let s = stream(dir.path(), &config, 150, 8, 81)?;
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    let parts: Vec<&[Option<String>]> = lines.chunks(lines.len() / 4 + 1).collect();
+    assert_eq!(parts.len(), 4);
+
+    let mut services = vec![Service::start(&config, &broker.addr, &names, dir.path())?];
+    services[0].wait_ready(Duration::from_secs(60))?;
+    rt.block_on(produce(&producer, &names, parts[0]))?;
+
+    // A second and a third instance join while the first is busy: they
+    // stand by, and the owner is never disturbed.
+    for _ in 0..2 {
+        services.push(Service::start(&config, &broker.addr, &names, dir.path())?);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(wait_for_owner(&mut services, Duration::from_secs(5))?, 0);
+    rt.block_on(produce(&producer, &names, parts[1]))?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The owner dies: a standby takes over once its session times out.
+    let died = Instant::now();
+    services.remove(0).kill9()?;
+    let owner = wait_for_owner(&mut services, Duration::from_secs(60))?;
+    eprintln!(
+        "a standby took over {:?} after the owner died",
+        died.elapsed()
+    );
+    rt.block_on(produce(&producer, &names, parts[2]))?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The new owner stops gracefully: the last standby takes over at once.
+    let stopped = Instant::now();
+    let status = services.remove(owner).terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "graceful stop exit status {status}");
+    let owner = wait_for_owner(&mut services, Duration::from_secs(60))?;
+    eprintln!(
+        "the last standby took over {:?} after a graceful stop",
+        stopped.elapsed()
+    );
+    rt.block_on(produce(&producer, &names, parts[3]))?;
+    wait_for_graph_of(&broker, &names, &s, &mut services[owner])
+}
+
+#[test]
+fn a_zombie_owner_corrupts_nothing() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("zombie");
+    let config = write_config(dir.path(), &names, "")?;
+    let s = stream(dir.path(), &config, 150, 8, 91)?;
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    let (before, after) = lines.split_at(lines.len() / 2);
+
+    let mut zombie = Service::start(&config, &broker.addr, &names, dir.path())?;
+    zombie.wait_ready(Duration::from_secs(60))?;
+    let mut successor = Service::start(&config, &broker.addr, &names, dir.path())?;
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(zombie.is_ready() && !successor.is_ready());
+
+    // The owner freezes in the middle of the first half, with work in
+    // flight, and stays frozen past its session timeout (6 s).
+    rt.block_on(produce(&producer, &names, before))?;
+    std::thread::sleep(Duration::from_millis(150));
+    zombie.pause()?;
+    let frozen = Instant::now();
+    successor.wait_ready(Duration::from_secs(60))?;
+    eprintln!(
+        "the successor took over {:?} after the freeze",
+        frozen.elapsed()
+    );
+    rt.block_on(produce(&producer, &names, after))?;
+    wait_for_graph_of(&broker, &names, &s, &mut successor)?;
+    let claimed = newest_manifest(&broker.addr, &names)?["epoch"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // The zombie wakes with its old state and unpublished work. It must
+    // find that it was fenced, publish nothing, and go back to standby.
+    zombie.resume()?;
+    let mut both = [successor, zombie];
+    std::thread::sleep(Duration::from_secs(10));
+    let owner = wait_for_owner(&mut both, Duration::from_secs(60))?;
+    eprintln!("after the zombie woke, instance {owner} owns the group (0: the successor)");
+    wait_for_graph_of(&broker, &names, &s, &mut both[owner])?;
+    // Restores take the newest epoch: the zombie's old epoch never wins.
+    let newest = newest_manifest(&broker.addr, &names)?;
+    assert!(
+        newest["epoch"].as_u64().unwrap_or(0) >= claimed,
+        "newest manifest {newest} older than the successor's epoch {claimed}"
+    );
+    let log = both[1].log_text();
+    for l in log.lines().filter(|l| {
+        [
+            "fenced",
+            "owning",
+            "standby",
+            "restored",
+            "holding",
+            "meanwhile",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+    }) {
+        eprintln!("zombie: {l}");
+    }
+    assert!(
+        log.contains("fenced") || log.contains("another instance owned the group meanwhile"),
+        "the zombie noticed it was replaced:\n{}",
+        both[1].log_tail()
+    );
+    Ok(())
+}
