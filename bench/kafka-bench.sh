@@ -23,9 +23,13 @@
 #      publication of its effects, sign-in links included)
 #   9. print a table and write $BENCH_DIR/results.json
 #
-# One idlink instance: its state is the whole graph and one instance per
-# consumer group is what it supports today (a second one reports
-# not-ready), so the two-instance run waits for per-partition state.
+#   7b. the same with two instances in one group: one owns the group and
+#      does the work, the other stands by (ARCHITECTURE.md, "Several
+#      instances"), so the throughput should equal step 7's; reported with
+#      the standby's peak RSS
+#
+# idlink's state is the whole graph: a second instance adds availability,
+# not throughput, until the partitioned stages exist (ARCHITECTURE.md).
 #
 # Environment (all optional):
 #   BENCH_DIR      work directory           (default target/kafka-bench)
@@ -125,14 +129,17 @@ log "input: $TOTAL records ($EVENTS device events, $PRIVACY privacy requests)"
 
 # The service creates the topics with idlink's settings; start it once
 # briefly so the producer writes into them.
-start_idlink() { # $1 = config, $2 = log; sets IDLINK_PID, HTTP
+spawn_idlink() { # $1 = config, $2 = log, $3 = group; sets IDLINK_PID, HTTP
     local hp
     hp=$(free_port)
     HTTP=127.0.0.1:$hp
-    IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="$(basename "$1" .toml)-$RUN" IDLINK_HTTP_ADDR=$HTTP \
+    IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="$3" IDLINK_HTTP_ADDR=$HTTP \
         IDLINK_LOG=warn "$BIN" run --config "$1" > "$2" 2>&1 &
     IDLINK_PID=$!
     PIDS+=("$IDLINK_PID")
+}
+start_idlink() { # $1 = config, $2 = log, [$3 = group]; waits until ready
+    spawn_idlink "$1" "$2" "${3:-$(basename "$1" .toml)-$RUN}"
     for _ in $(seq 1 600); do
         curl -fsS -o /dev/null "http://$HTTP/health/ready" 2>/dev/null && return 0
         kill -0 "$IDLINK_PID" 2>/dev/null || { cat "$2" >&2; die "idlink exited"; }
@@ -164,34 +171,56 @@ log "  plain consumer: $(cat "$DIR/plain.json")"
 log "  pass-through: $(cat "$DIR/passthrough.json")"
 
 # 7. idlink on the prefilled topics (a new group: it starts from the beginning).
+# measure_run NAME: waits until every record is consumed and published;
+# sets RUN_S (first consumed record to all published), RSS_KB, SAME.
+measure_run() {
+    local name=$1 first="" consumed now buffered queued done_at t
+    while :; do
+        consumed=$(metric_sum idlink_events_consumed_total)
+        now=$(date +%s.%N)
+        if [[ -z $first ]] && python3 -c "import sys; sys.exit(0 if $consumed > 0 else 1)"; then first=$now; fi
+        buffered=$(metric_sum idlink_reorder_buffer_events)
+        queued=$(metric_sum idlink_producer_queue_depth)
+        if python3 -c "import sys; sys.exit(0 if $consumed >= $TOTAL and $buffered == 0 and $queued == 0 else 1)"; then
+            done_at=$now
+            break
+        fi
+        kill -0 "$IDLINK_PID" 2>/dev/null || { tail -20 "$DIR/idlink-$name.log" >&2; die "idlink exited"; }
+        sleep 0.1
+    done
+    RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$IDLINK_PID/status")
+    RUN_S=$(python3 -c "print($done_at - $first)")
+    log "  idlink ($name): $TOTAL records in $RUN_S s (first consumed record to all published), peak RSS $RSS_KB kB"
+    for t in device-links account-devices; do
+        "$LOAD" --brokers "$BROKERS" fold --topic "$RUN-$t" --out "$DIR/folded-$name-$t.jsonl" > /dev/null
+    done
+    SAME=true
+    cmp -s "$DIR/folded-$name-device-links.jsonl" "$DIR/replay/device-links.jsonl" || SAME=false
+    cmp -s "$DIR/folded-$name-account-devices.jsonl" "$DIR/replay/account-devices.jsonl" || SAME=false
+    log "  folded outputs equal replay's: $SAME"
+}
 log "idlink run on the prefilled topics"
 cp "$DIR/idlink.toml" "$DIR/idlink-full.toml"
 start_idlink "$DIR/idlink-full.toml" "$DIR/idlink-full.log"
-first=""
-while :; do
-    consumed=$(metric_sum idlink_events_consumed_total)
-    now=$(date +%s.%N)
-    if [[ -z $first ]] && python3 -c "import sys; sys.exit(0 if $consumed > 0 else 1)"; then first=$now; fi
-    buffered=$(metric_sum idlink_reorder_buffer_events)
-    queued=$(metric_sum idlink_producer_queue_depth)
-    if python3 -c "import sys; sys.exit(0 if $consumed >= $TOTAL and $buffered == 0 and $queued == 0 else 1)"; then
-        done_at=$now
-        break
-    fi
-    kill -0 "$IDLINK_PID" 2>/dev/null || { tail -20 "$DIR/idlink-full.log" >&2; die "idlink exited"; }
-    sleep 0.1
-done
-rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$IDLINK_PID/status")
-idlink_s=$(python3 -c "print($done_at - $first)")
-log "  idlink: $TOTAL records in $idlink_s s (first consumed record to all published), peak RSS $rss_kb kB"
-for t in device-links account-devices; do
-    "$LOAD" --brokers "$BROKERS" fold --topic "$RUN-$t" --out "$DIR/folded-$t.jsonl" > /dev/null
-done
-same=true
-cmp -s "$DIR/folded-device-links.jsonl" "$DIR/replay/device-links.jsonl" || same=false
-cmp -s "$DIR/folded-account-devices.jsonl" "$DIR/replay/account-devices.jsonl" || same=false
-log "  folded outputs equal replay's: $same"
+measure_run full
+idlink_s=$RUN_S; rss_kb=$RSS_KB; same=$SAME
 kill -TERM "$IDLINK_PID"; wait "$IDLINK_PID" || true
+
+# 7b. Two instances in a new group: the first to be ready owns it.
+log "idlink run with two instances in one group"
+cp "$DIR/idlink.toml" "$DIR/idlink-two.toml"
+start_idlink "$DIR/idlink-two.toml" "$DIR/idlink-two.log" "two-$RUN"
+OWNER_PID=$IDLINK_PID; OWNER_HTTP=$HTTP
+spawn_idlink "$DIR/idlink-two.toml" "$DIR/idlink-standby.log" "two-$RUN"
+STANDBY_PID=$IDLINK_PID
+IDLINK_PID=$OWNER_PID; HTTP=$OWNER_HTTP
+# The folded topics already hold step 7's graph; what matters here is
+# the time and that the standby did none of the work.
+measure_run two
+two_s=$RUN_S; two_same=$SAME
+standby_kb=$(awk '/VmHWM/ {print $2}' "/proc/$STANDBY_PID/status")
+log "  standby peak RSS $standby_kb kB"
+kill -TERM "$OWNER_PID" "$STANDBY_PID"; wait "$OWNER_PID" "$STANDBY_PID" || true
 
 # 8. Latency at half of idlink's throughput, idlink live.
 rate=$(python3 -c "print(max(1, int($TOTAL / $idlink_s / 2)))")
@@ -211,9 +240,10 @@ curl -fsS "http://$HTTP/metrics" > "$DIR/metrics-lat.txt"
 kill -TERM "$IDLINK_PID"; wait "$IDLINK_PID" || true
 
 # 9. Report.
-python3 - "$DIR" "$TOTAL" "$idlink_s" "$rss_kb" "$same" "$rate" <<'EOF'
+python3 - "$DIR" "$TOTAL" "$idlink_s" "$rss_kb" "$same" "$rate" "$two_s" "$standby_kb" "$two_same" <<'EOF'
 import json, sys
 d, total, idlink_s, rss_kb, same, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+two_s, standby_kb, two_same = float(sys.argv[7]), int(sys.argv[8]), sys.argv[9]
 load = lambda f: json.load(open(f"{d}/{f}"))
 plain, passthrough, produced = load("plain.json"), load("passthrough.json"), load("produce.json")
 buckets = []
@@ -240,6 +270,9 @@ r = {
     "idlink_vs_passthrough": idlink_rps / passthrough["records_per_second"],
     "idlink_peak_rss_mib": rss_kb / 1024,
     "folded_outputs_equal_replay": same == "true",
+    "two_instances_records_per_second": total / two_s,
+    "two_instances_standby_peak_rss_mib": standby_kb / 1024,
+    "two_instances_folded_outputs_equal_replay": two_same == "true",
     "latency_rate_records_per_second": rate,
     "latency_p50_seconds_at_most": quantile(0.5),
     "latency_p99_seconds_at_most": quantile(0.99),
@@ -252,6 +285,7 @@ print(f"""
   plain consumer (ceiling 1)     {r['plain_consumer_records_per_second']:>11,.0f}   idlink = {r['idlink_vs_plain']:.2f} of it
   pass-through (ceiling 2)       {r['passthrough_records_per_second']:>11,.0f}   idlink = {r['idlink_vs_passthrough']:.2f} of it
   idlink run, 1 instance         {idlink_rps:>11,.0f}
+  idlink run, 2 instances        {r['two_instances_records_per_second']:>11,.0f}   (one owner, one standby: peak RSS {r['two_instances_standby_peak_rss_mib']:.1f} MiB)
   idlink peak RSS                {r['idlink_peak_rss_mib']:>10.1f} MiB
   folded outputs equal replay    {r['folded_outputs_equal_replay']}
   latency at {rate:,} records/s: p50 <= {r['latency_p50_seconds_at_most']} s, p99 <= {r['latency_p99_seconds_at_most']} s ({count:,.0f} records)

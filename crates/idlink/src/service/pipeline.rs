@@ -382,7 +382,19 @@ impl Pipeline {
                 self.active = false;
                 Ok(true)
             }
-            Role::Yield => Ok(false),
+            // Only another member can hold the rest. Alone in the group,
+            // a partial assignment is a broker's passing view (partitions
+            // still loading after a restart): hold for the next one.
+            Role::Yield if self.watch.members().is_some_and(|n| n >= 2) => Ok(false),
+            Role::Yield => {
+                tracing::warn!(
+                    assigned = a.partitions.len(),
+                    of = all,
+                    "partial assignment while alone in the group: holding"
+                );
+                self.active = false;
+                Ok(true)
+            }
         }
     }
 
