@@ -229,6 +229,15 @@ impl ServiceConfig {
         if k.input_partitions < 1 || k.output_partitions < 1 || k.replication_factor < 1 {
             bail!("kafka partition counts and replication factor must be at least 1");
         }
+        let session = super::kafka::session_timeout_ms(k);
+        let output = super::kafka::output_timeout_ms(k);
+        if output >= session || output < 1000 {
+            bail!(
+                "kafka.producer message.timeout.ms ({output}) must be at least 1000 and below the \
+                 consumer's session.timeout.ms ({session}): a paused owner's queued output must \
+                 expire before another instance can take the group over"
+            );
+        }
         if !(1..=24 * 30).contains(&k.max_compaction_lag_hours) {
             bail!("kafka.max_compaction_lag_hours must be from 1 to 720 (30 days)");
         }

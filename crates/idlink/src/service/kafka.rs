@@ -55,6 +55,36 @@ pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The consumer's session timeout in milliseconds (librdkafka's default
+/// unless `[kafka.consumer]` sets it).
+pub fn session_timeout_ms(k: &KafkaConfig) -> u64 {
+    k.consumer
+        .get("session.timeout.ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(45_000)
+}
+
+/// The output producer's `message.timeout.ms`: what `[kafka.producer]`
+/// sets (`validate` keeps it below the session timeout), else half the
+/// session timeout.
+pub fn output_timeout_ms(k: &KafkaConfig) -> u64 {
+    ["message.timeout.ms", "delivery.timeout.ms"]
+        .iter()
+        .find_map(|key| k.producer.get(*key).and_then(|v| v.parse().ok()))
+        .unwrap_or(session_timeout_ms(k) / 2)
+}
+
+/// Config of the producer of the output topics. Its records expire in
+/// the queue before the session timeout: an owner paused past its
+/// session timeout (a zombie) wakes to expired records, not to records
+/// appended after its successor's (the pipeline re-sends a timed-out
+/// record only after checking it still owns the group).
+pub fn output_producer_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = producer_config(k);
+    c.set("message.timeout.ms", output_timeout_ms(k).to_string());
+    c
+}
+
 /// Shared view of the consumer's partitions, fed by librdkafka callbacks.
 #[derive(Default)]
 pub struct PartitionState {

@@ -19,14 +19,13 @@
 
 use super::config::ServiceConfig;
 use super::kafka::{
-    PartitionState, ProducerHealth, ServiceContext, consumer_config, producer_config,
+    PartitionState, ProducerHealth, ServiceContext, consumer_config, output_producer_config,
 };
 use super::ownership::{GroupWatch, Role};
 use super::snapshots::Snapshots;
 use super::telemetry::Telemetry;
 use crate::settings::Settings;
 use anyhow::{Context, Result, bail};
-use futures::future::try_join_all;
 use idlink_core::{Decoder, Engine, Ingested, Millis, RejectReason, Rejected};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
@@ -65,8 +64,9 @@ pub struct Pipeline {
     /// engine (from the restored snapshot on): records below it are
     /// skipped, whenever Kafka delivers them again.
     positions: BTreeMap<(String, i32), i64>,
-    /// Deliveries of the open batch.
-    pending: Vec<DeliveryFuture>,
+    /// Records of the open batch with their deliveries, kept until
+    /// acknowledged so a delivery that timed out can be sent again.
+    pending: Vec<(Outgoing, DeliveryFuture)>,
     /// Input timestamps of the open batch, for the latency histogram.
     batch_ts: Vec<i64>,
     /// Messages in the open batch.
@@ -90,6 +90,41 @@ pub struct Pipeline {
     role_generation: u64,
     /// Watches the group's membership while on standby.
     watch: GroupWatch,
+    /// When the group's newest claim was last looked up.
+    last_fence_check: Instant,
+}
+
+/// Longest time between two looks at the group's newest claim before
+/// output is published; well below any session timeout (6 s at least).
+const FENCE_CHECK: Duration = Duration::from_millis(500);
+
+/// An output record, owned, so that it can be sent again.
+struct Outgoing {
+    /// Destination topic.
+    topic: String,
+    /// Record key.
+    key: Option<Vec<u8>>,
+    /// Record value; `None` is a tombstone.
+    payload: Option<Vec<u8>>,
+    /// `schema-version` and, for dead letters, the reason headers.
+    headers: OwnedHeaders,
+}
+
+impl Outgoing {
+    /// A record with the common headers plus `extra`.
+    fn new(
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        Outgoing {
+            topic: topic.to_string(),
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+            headers: headers(extra),
+        }
+    }
 }
 
 /// How serving the group ended.
@@ -141,7 +176,7 @@ impl Pipeline {
         let consumer: StreamConsumer<ServiceContext> = consumer_config(k)
             .create_with_context(context)
             .context("creating the consumer")?;
-        let producer: FutureProducer<ProducerHealth> = producer_config(k)
+        let producer: FutureProducer<ProducerHealth> = output_producer_config(k)
             .create_with_context(ProducerHealth {
                 telemetry: telemetry.clone(),
                 partitions: partitions.clone(),
@@ -170,6 +205,7 @@ impl Pipeline {
             last_seen: std::collections::HashMap::new(),
             active: false,
             role_generation: 0,
+            last_fence_check: Instant::now(),
         })
     }
 
@@ -265,12 +301,16 @@ impl Pipeline {
             // `None`: the brokers cannot describe groups; join, and let the
             // assignment break a tie.
             match self.watch.members() {
-                Some(0) | None => return true,
+                Some(0) | None => {
+                    self.telemetry.set_standby(false);
+                    return true;
+                }
                 Some(n) => {
                     if !said {
                         tracing::info!(members = n, "standby: another instance owns the group");
                         said = true;
                     }
+                    self.telemetry.set_standby(true);
                     self.telemetry
                         .set_ready(false, "standby: another instance owns the group");
                 }
@@ -442,7 +482,10 @@ impl Pipeline {
     async fn superseded(&mut self) -> bool {
         loop {
             match self.snapshots.superseded() {
-                Ok(s) => return s,
+                Ok(s) => {
+                    self.last_fence_check = Instant::now();
+                    return s;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "checking the group's owner failed: retrying");
                     self.telemetry.set_ready(false, "brokers unreachable");
@@ -617,15 +660,12 @@ impl Pipeline {
                     ("source-partition", &p),
                     ("source-offset", &o),
                 ]);
-                let dead_letters = self.cfg.kafka.dead_letters_topic.clone();
-                let mut record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&dead_letters).headers(h);
-                if let Some(k) = m.key() {
-                    record = record.key(k);
-                }
-                if let Some(v) = m.payload() {
-                    record = record.payload(v);
-                }
+                let record = Outgoing {
+                    topic: self.cfg.kafka.dead_letters_topic.clone(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers: h,
+                };
                 self.send(record)?;
             }
         }
@@ -633,27 +673,71 @@ impl Pipeline {
     }
 
     /// Enqueues one record; waits (backpressure) while the queue is full.
-    fn send<K, P>(&mut self, mut record: FutureRecord<'_, K, P>) -> Result<()>
-    where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
-    {
+    fn send(&mut self, out: Outgoing) -> Result<()> {
         loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&out.topic).headers(out.headers.clone());
+            if let Some(k) = &out.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &out.payload {
+                record = record.payload(v.as_slice());
+            }
             match self.producer.send_result(record) {
                 Ok(f) => {
-                    self.pending.push(f);
+                    self.pending.push((out, f));
                     return Ok(());
                 }
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(
                         rdkafka::types::RDKafkaErrorCode::QueueFull,
                     ),
-                    r,
+                    _,
                 )) => {
-                    record = r;
                     self.producer.poll(Duration::from_millis(50));
                 }
                 Err((e, _)) => bail!("producing: {e}"),
+            }
+        }
+    }
+
+    /// Waits for every delivery of the batch. A record whose delivery
+    /// timed out (`message.timeout.ms`, below the session timeout) is sent
+    /// again, after a look at the group's claim: a record queued by an
+    /// owner that was then paused past its session timeout has expired by
+    /// the time it wakes, so it is never appended after its successor's
+    /// records. Returns false if this instance was fenced meanwhile.
+    async fn await_deliveries(&mut self) -> Result<bool> {
+        loop {
+            let (outs, futures): (Vec<Outgoing>, Vec<DeliveryFuture>) =
+                std::mem::take(&mut self.pending).into_iter().unzip();
+            let results = futures::future::join_all(futures).await;
+            let mut again = Vec::new();
+            for (out, r) in outs.into_iter().zip(results) {
+                match r {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                        ),
+                        _,
+                    ))) => again.push(out),
+                    Ok(Err((e, _))) => bail!("an output record was not acknowledged: {e}"),
+                    Err(_) => bail!("the producer was dropped"),
+                }
+            }
+            if again.is_empty() {
+                return Ok(true);
+            }
+            tracing::warn!(
+                records = again.len(),
+                "deliveries timed out: sending them again if this instance still owns the group"
+            );
+            if self.superseded().await {
+                return Ok(false);
+            }
+            for out in again {
+                self.send(out)?;
             }
         }
     }
@@ -662,8 +746,15 @@ impl Pipeline {
     /// record of the batch is acknowledged. Returns false, publishing
     /// nothing, if another instance has claimed the group since this one
     /// did (it was paused past its session timeout: a zombie).
+    ///
+    /// The claim is looked up when [`FENCE_CHECK`] has passed since the
+    /// last look. That is as safe as looking every time: an owner loses
+    /// the group only by missing its session timeout (seconds), so a
+    /// paused owner always wakes to a look (the monotonic clock runs on
+    /// while a process is stopped), and a look costs a broker round trip
+    /// that every batch need not pay.
     async fn publish(&mut self) -> Result<bool> {
-        if self.superseded().await {
+        if self.last_fence_check.elapsed() >= FENCE_CHECK && self.superseded().await {
             tracing::warn!(
                 epoch = self.snapshots.epoch(),
                 "fenced: another instance claimed the group; publishing nothing"
@@ -684,34 +775,30 @@ impl Pipeline {
             (&k.account_devices_topic, &changes.accounts),
         ] {
             for (key, value) in list {
-                let mut r: FutureRecord<'_, str, str> = FutureRecord::to(topic)
-                    .key(key.as_str())
-                    .headers(headers(&[]));
-                if let Some(v) = value {
-                    r = r.payload(v.as_str());
-                }
-                self.send(r)?;
+                let value = value.as_deref().map(str::as_bytes);
+                self.send(Outgoing::new(topic, Some(key.as_bytes()), value, &[]))?;
             }
         }
         for ack in &acks {
             let value = serde_json::to_string(ack)?;
-            let r: FutureRecord<'_, str, str> = FutureRecord::to(&k.privacy_acks_topic)
-                .key(ack.id_hash.as_str())
-                .payload(value.as_str())
-                .headers(headers(&[]));
-            self.send(r)?;
+            let record = Outgoing::new(
+                &k.privacy_acks_topic,
+                Some(ack.id_hash.as_bytes()),
+                Some(value.as_bytes()),
+                &[],
+            );
+            self.send(record)?;
             self.telemetry.privacy_ack(ack.kind);
         }
         self.telemetry
             .producer_queue(self.producer.in_flight_count());
-        let pending = std::mem::take(&mut self.pending);
-        let results = try_join_all(pending)
-            .await
-            .map_err(|_| anyhow::anyhow!("the producer was dropped"))?;
-        for r in results {
-            if let Err((e, _)) = r {
-                bail!("an output record was not acknowledged: {e}");
-            }
+        if !self.await_deliveries().await? {
+            tracing::warn!(
+                epoch = self.snapshots.epoch(),
+                "fenced: another instance claimed the group; its timed-out records are dropped"
+            );
+            self.active = false;
+            return Ok(false);
         }
         // Again once acknowledged, so the gauge never shows a stale peak.
         self.telemetry

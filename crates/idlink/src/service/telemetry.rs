@@ -53,6 +53,9 @@ pub struct Telemetry {
     ready: IntGauge,
     /// Readiness for `/health/ready`.
     ready_flag: AtomicBool,
+    /// 1 while this instance stands by outside the group: its not being
+    /// ready is by design, not an incident.
+    standby: IntGauge,
     /// Engine counters already exported, to turn totals into increments.
     last: std::sync::Mutex<EngineStats>,
 }
@@ -194,10 +197,15 @@ impl Telemetry {
                 "Output records acknowledged by the brokers, by topic.",
                 &["topic"],
             ),
+            standby: gauge(
+                &r,
+                "idlink_standby",
+                "1 while this instance is a standby: another instance owns the consumer group.",
+            ),
             ready: gauge(
                 &r,
                 "idlink_ready",
-                "1 when state is restored and partitions are assigned.",
+                "1 when this instance owns the consumer group: state restored, every input partition assigned, brokers reachable.",
             ),
             ready_flag: AtomicBool::new(false),
             last: std::sync::Mutex::new(EngineStats::default()),
@@ -231,6 +239,11 @@ impl Telemetry {
             tracing::info!(ready, why, "readiness changed");
         }
         self.ready.set(i64::from(ready));
+    }
+
+    /// Standing by (another instance owns the group), or not.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.set(i64::from(standby));
     }
 
     /// An input message was accepted.
