@@ -28,6 +28,7 @@ use futures::future::try_join_all;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -320,6 +321,21 @@ fn read_range(
                 if !f(&m) || offset + 1 >= high {
                     break;
                 }
+            }
+            // Connection errors are reported as events in the consumer's
+            // queue and may be stale (from an outage already over): the
+            // deadline, not one such event, decides that reading failed.
+            Some(Err(e))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::AllBrokersDown
+                            | RDKafkaErrorCode::BrokerTransportFailure
+                            | RDKafkaErrorCode::OperationTimedOut
+                    )
+                ) =>
+            {
+                tracing::debug!(error = %e, topic, "reading: connection trouble, still trying");
             }
             Some(Err(e)) => bail!("reading {topic}: {e}"),
             None => {}
