@@ -13,8 +13,7 @@
 //! paused instance comes back): the assignment then splits the
 //! partitions. The one assigned partition 0 of the events topic holds
 //! (processes nothing, waits for the others to leave); every other one
-//! yields: it leaves the group and becomes a standby again, unless it is
-//! alone in the group (the partial view is the broker's, not a rival's).
+//! yields: it leaves the group and becomes a standby again.
 
 use super::config::KafkaConfig;
 use super::kafka::client_config;

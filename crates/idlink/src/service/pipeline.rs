@@ -94,6 +94,10 @@ pub struct Pipeline {
     last_fence_check: Instant,
 }
 
+/// How long a standby that cannot describe the group (the brokers do not
+/// answer, or do not support it) waits before it joins the group anyway.
+const GROUP_BLIND: Duration = Duration::from_secs(30);
+
 /// Longest time between two looks at the group's newest claim before
 /// output is published; well below any session timeout (6 s at least).
 const FENCE_CHECK: Duration = Duration::from_millis(500);
@@ -297,29 +301,49 @@ impl Pipeline {
     async fn standby(&mut self, shutdown: &mut broadcast::Receiver<()>) -> bool {
         let poll = Duration::from_millis(self.cfg.service.standby_poll_ms);
         let mut said = false;
+        // Consecutive looks that found the group empty: two are needed, so
+        // a group caught between two states does not draw a standby in
+        // while its owner is at work.
+        let mut empty = 0;
+        // When describing the group started failing: after a while the
+        // standby joins anyway and lets the assignment break any tie.
+        let mut failing_since: Option<Instant> = None;
         loop {
-            // `None`: the brokers cannot describe groups; join, and let the
-            // assignment break a tie.
             match self.watch.members() {
-                Some(0) | None => {
-                    self.telemetry.set_standby(false);
-                    return true;
+                Some(0) => {
+                    failing_since = None;
+                    empty += 1;
                 }
                 Some(n) => {
+                    failing_since = None;
+                    empty = 0;
                     if !said {
                         tracing::info!(members = n, "standby: another instance owns the group");
                         said = true;
                     }
-                    self.telemetry.set_standby(true);
-                    self.telemetry
-                        .set_ready(false, "standby: another instance owns the group");
+                }
+                None => {
+                    empty = 0;
+                    if failing_since.get_or_insert_with(Instant::now).elapsed() >= GROUP_BLIND {
+                        tracing::warn!("the group cannot be described: joining it");
+                        break;
+                    }
                 }
             }
+            if empty >= 2 {
+                break;
+            }
+            self.telemetry.set_standby(true);
+            self.telemetry
+                .set_ready(false, "standby: another instance owns the group");
             tokio::select! {
                 _ = shutdown.recv() => return false,
                 _ = tokio::time::sleep(poll) => {}
             }
         }
+        tracing::info!("the group is free: taking it over");
+        self.telemetry.set_standby(false);
+        true
     }
 
     /// Serves the group until shutdown or until another instance wins it.
@@ -422,19 +446,7 @@ impl Pipeline {
                 self.active = false;
                 Ok(true)
             }
-            // Only another member can hold the rest. Alone in the group,
-            // a partial assignment is a broker's passing view (partitions
-            // still loading after a restart): hold for the next one.
-            Role::Yield if self.watch.members().is_some_and(|n| n >= 2) => Ok(false),
-            Role::Yield => {
-                tracing::warn!(
-                    assigned = a.partitions.len(),
-                    of = all,
-                    "partial assignment while alone in the group: holding"
-                );
-                self.active = false;
-                Ok(true)
-            }
+            Role::Yield => Ok(false),
         }
     }
 
