@@ -331,6 +331,17 @@ fn erased_ids_leave_no_trace_in_outputs_or_the_snapshot() -> Result<()> {
 
     let devices = fold(&read_all(&broker.addr, &names.topic("device-links"))?);
     let accounts = fold(&read_all(&broker.addr, &names.topic("account-devices"))?);
+    // Every request is acknowledged (acks are at-least-once: distinct).
+    let acks: std::collections::BTreeSet<String> =
+        read_all(&broker.addr, &names.topic("privacy-acks"))?
+            .into_iter()
+            .filter_map(|r| r.value)
+            .collect();
+    assert_eq!(
+        acks.len(),
+        s.privacy_requests,
+        "privacy requests acknowledged"
+    );
     let manifest = newest_manifest(&broker.addr, &names)?;
     let (epoch, id) = (
         manifest["epoch"].as_u64().unwrap_or(0),

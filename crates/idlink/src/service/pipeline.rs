@@ -372,6 +372,14 @@ impl Pipeline {
             };
             match next {
                 Ok(Ok(m)) => {
+                    // A rebalance runs inside the poll that returns the
+                    // first message of its partitions: act on it first,
+                    // or that message would be skipped as not owned and
+                    // the seek on activation could not be trusted to
+                    // bring it back.
+                    if !self.follow_assignment().await? {
+                        return Ok(Served::Yielded);
+                    }
                     self.handle(&m)?;
                     last_message = Instant::now();
                     flushed = false;
