@@ -407,6 +407,11 @@ impl Pipeline {
                     return Ok(Served::Yielded);
                 }
                 flushed = true;
+                // The flush changed the state (released events, applied
+                // the privacy requests among them): the store must follow,
+                // or the newest snapshot would keep what an erasure
+                // removed until more input arrives.
+                self.since_snapshot = self.since_snapshot.max(1);
             }
             if self.since_snapshot > 0 && last_snapshot.elapsed() >= snapshot_every {
                 if !self.checkpoint().await? {
