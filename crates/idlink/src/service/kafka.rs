@@ -101,6 +101,20 @@ pub struct PartitionState {
     pub brokers_down: AtomicBool,
 }
 
+impl PartitionState {
+    /// The assignment, unless its generation is still `seen`.
+    pub fn assignment_since(&self, seen: u64) -> Option<Assignment> {
+        let a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+        (a.generation != seen).then(|| a.clone())
+    }
+
+    /// The partitions assigned now.
+    pub fn assigned_partitions(&self) -> Vec<(String, i32)> {
+        let a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+        a.partitions.clone()
+    }
+}
+
 /// The consumer's current partitions, as the last rebalance left them.
 #[derive(Clone, Debug, Default)]
 pub struct Assignment {

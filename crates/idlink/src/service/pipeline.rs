@@ -432,15 +432,9 @@ impl Pipeline {
     /// partition, stops at once when it does not. Returns false when this
     /// instance must leave the group.
     async fn follow_assignment(&mut self) -> Result<bool> {
-        let a = self
-            .partitions
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if a.generation == self.role_generation {
+        let Some(a) = self.partitions.assignment_since(self.role_generation) else {
             return Ok(true);
-        }
+        };
         self.role_generation = a.generation;
         if a.revoked {
             // Rebalancing: the next assignment decides.
@@ -523,17 +517,10 @@ impl Pipeline {
     /// Registers every assigned partition as a watermark source, and
     /// drops revoked ones, when the assignment changes.
     fn sync_sources(&mut self) {
-        let (generation, assigned) = {
-            let a = self
-                .partitions
-                .assignment
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if a.generation == self.sources_generation {
-                return;
-            }
-            (a.generation, a.partitions.clone())
+        let Some(a) = self.partitions.assignment_since(self.sources_generation) else {
+            return;
         };
+        let (generation, assigned) = (a.generation, a.partitions);
         self.sources_generation = generation;
         let events = &self.cfg.kafka.events_topic;
         let now: Vec<u32> = assigned
@@ -555,13 +542,7 @@ impl Pipeline {
 
     /// Every assigned partition is at its end (from the last statistics).
     fn caught_up(&self) -> bool {
-        let assigned = self
-            .partitions
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .partitions
-            .clone();
+        let assigned = self.partitions.assigned_partitions();
         let lag = self
             .partitions
             .lag
