@@ -139,6 +139,21 @@ enum Served {
     Yielded,
 }
 
+/// The group consumer of both input topics.
+fn new_consumer(
+    k: &super::config::KafkaConfig,
+    telemetry: &Arc<Telemetry>,
+    partitions: &Arc<PartitionState>,
+) -> Result<StreamConsumer<ServiceContext>> {
+    let context = ServiceContext {
+        telemetry: telemetry.clone(),
+        partitions: partitions.clone(),
+    };
+    consumer_config(k)
+        .create_with_context(context)
+        .context("creating the consumer")
+}
+
 /// Source id of a partition for the engine's watermark.
 fn source(topic_index: u32, partition: i32) -> u32 {
     (topic_index << 16) | (partition.max(0) as u32 & 0xffff)
@@ -173,13 +188,7 @@ impl Pipeline {
         partitions
             .input_partitions
             .store(input_partitions, Ordering::Relaxed);
-        let context = ServiceContext {
-            telemetry: telemetry.clone(),
-            partitions: partitions.clone(),
-        };
-        let consumer: StreamConsumer<ServiceContext> = consumer_config(k)
-            .create_with_context(context)
-            .context("creating the consumer")?;
+        let consumer = new_consumer(k, &telemetry, &partitions)?;
         let producer: FutureProducer<ProducerHealth> = output_producer_config(k)
             .create_with_context(ProducerHealth {
                 telemetry: telemetry.clone(),
@@ -287,6 +296,14 @@ impl Pipeline {
                 Served::Shutdown => return Ok(()),
                 Served::Yielded => {
                     tracing::info!("another instance owns the group: standing by");
+                    // Leave the group for good: closing the consumer waits
+                    // for a join still in flight (a woken zombie's client
+                    // rejoins by itself) and then leaves, where a bare
+                    // unsubscribe could leave a member behind that holds
+                    // partitions and keeps the owner waiting.
+                    let fresh = new_consumer(&self.cfg.kafka, &self.telemetry, &self.partitions)?;
+                    let old = std::mem::replace(&mut self.consumer, fresh);
+                    tokio::task::block_in_place(|| drop(old));
                     // The state is stale from here on: drop it.
                     self.engine =
                         Engine::new(&self.settings.core, self.settings.classifier.clone());
