@@ -16,9 +16,9 @@
 //! Manifests are keyed by group and epoch, so compaction never lets a
 //! zombie's manifest replace the current owner's, and chunks are keyed by
 //! group, epoch and snapshot id, so two owners never share a chunk key.
-//! Before each batch of output and each snapshot the owner checks that no
-//! newer epoch was claimed ([`Snapshots::superseded`]); a zombie finds
-//! its successor's claim and stops.
+//! Before publishing, the owner looks for a newer claim
+//! ([`Snapshots::superseded`]); a zombie finds its successor's claim and
+//! stops.
 
 use super::config::{KafkaConfig, RuntimeConfig};
 use super::kafka::{client_config, producer_config};
@@ -85,20 +85,26 @@ fn manifest_key(group: &str, epoch: u64) -> String {
     format!("{group}/{epoch}")
 }
 
-/// Whether a manifest record key belongs to `group`.
-fn is_group_manifest(key: &[u8], group: &str) -> bool {
-    key == group.as_bytes()
+/// The manifest in a record of the manifests topic, if it is one of
+/// `group`'s (keyed by the group, or by group and epoch).
+fn group_manifest(m: &rdkafka::message::BorrowedMessage<'_>, group: &str) -> Option<Manifest> {
+    let key = m.key()?;
+    let ours = key == group.as_bytes()
         || key
             .strip_prefix(group.as_bytes())
-            .is_some_and(|rest| rest.first() == Some(&b'/'))
+            .is_some_and(|rest| rest.first() == Some(&b'/'));
+    if !ours {
+        return None;
+    }
+    serde_json::from_slice(m.payload()?).ok()
 }
 
 /// Prefix of a snapshot's chunk keys (before epochs: group and id only).
-fn chunk_prefix(m: &Manifest) -> String {
-    if m.epoch == 0 {
-        format!("{}/{}/", m.key, m.id)
+fn chunk_prefix(group: &str, epoch: u64, id: u64) -> String {
+    if epoch == 0 {
+        format!("{group}/{id}/")
     } else {
-        format!("{}/{}/{}/", m.key, m.epoch, m.id)
+        format!("{group}/{epoch}/{id}/")
     }
 }
 
@@ -162,9 +168,7 @@ impl Snapshots {
         tokio::task::block_in_place(|| {
             read_range(&self.reader, &topic, self.scanned_to, |m| {
                 end = m.offset() + 1;
-                if m.key().is_some_and(|k| is_group_manifest(k, &group))
-                    && let Some(Ok(man)) = m.payload().map(serde_json::from_slice::<Manifest>)
-                {
+                if let Some(man) = group_manifest(m, &group) {
                     newest = newest.max(man.epoch);
                 }
                 true
@@ -185,7 +189,7 @@ impl Snapshots {
         let key = self.kafka.group_id.clone();
         let epoch = self.epoch;
         let id = self.last.as_ref().map_or(1, |m| m.id + 1);
-        let prefix = format!("{key}/{epoch}/{id}/");
+        let prefix = chunk_prefix(&key, epoch, id);
         let chunks: Vec<&[u8]> = if bytes.is_empty() {
             vec![&[][..]]
         } else {
@@ -246,7 +250,7 @@ impl Snapshots {
                 .map(|i| {
                     (
                         self.kafka.snapshots_topic.as_str(),
-                        format!("{}{i}", chunk_prefix(&old)),
+                        format!("{}{i}", chunk_prefix(&old.key, old.epoch, old.id)),
                     )
                 })
                 .collect();
@@ -274,7 +278,13 @@ impl Snapshots {
     /// of that snapshot's epoch, and not claimed by this instance.
     pub async fn load(&mut self, telemetry: &Telemetry) -> Result<Option<(Vec<u8>, Manifest)>> {
         let kafka = self.kafka.clone();
-        let found = tokio::task::block_in_place(|| load_blocking(&self.reader, &kafka, telemetry))?;
+        let mut scanned_to = self.scanned_to;
+        let found = tokio::task::block_in_place(|| {
+            load_blocking(&self.reader, &kafka, telemetry, &mut scanned_to)
+        })?;
+        // The restored manifest is the newest up to here: the next look for
+        // newer claims need not read these manifests again.
+        self.scanned_to = self.scanned_to.max(scanned_to);
         self.last = found.as_ref().map(|(_, m)| m.clone());
         self.epoch = self.last.as_ref().map_or(0, |m| m.epoch);
         self.newest_epoch = self.newest_epoch.max(self.epoch);
@@ -345,16 +355,18 @@ fn read_range(
     Ok(())
 }
 
+/// Also sets `scanned_to` past the last manifest read, so the next look
+/// for newer claims starts there.
 fn load_blocking(
     consumer: &BaseConsumer,
     kafka: &KafkaConfig,
     telemetry: &Telemetry,
+    scanned_to: &mut i64,
 ) -> Result<Option<(Vec<u8>, Manifest)>> {
     let mut newest: Option<Manifest> = None;
     read_range(consumer, &kafka.manifests_topic, 0, |m| {
-        if m.key()
-            .is_some_and(|k| is_group_manifest(k, &kafka.group_id))
-            && let Some(Ok(man)) = m.payload().map(serde_json::from_slice::<Manifest>)
+        *scanned_to = m.offset() + 1;
+        if let Some(man) = group_manifest(m, &kafka.group_id)
             && newest
                 .as_ref()
                 .is_none_or(|n| (man.epoch, man.id) > (n.epoch, n.id))
@@ -369,7 +381,7 @@ fn load_blocking(
     };
     let mut parts: Vec<Option<Vec<u8>>> = vec![None; man.chunks];
     let mut got = 0usize;
-    let prefix = chunk_prefix(&man);
+    let prefix = chunk_prefix(&man.key, man.epoch, man.id);
     read_range(consumer, &kafka.snapshots_topic, man.first_offset, |m| {
         if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok())
             && let Some(i) = k
