@@ -71,6 +71,12 @@ pub struct DayAgg {
     /// no candidate here. Fits because the config caps the devices a
     /// bucket-day may hold below 64.
     signed: u64,
+    /// Bit `i` set: `devices[i]` behaved like a bot when it was seen
+    /// here. Carried with the sighting, so the day is decided from what
+    /// the bucket saw, never by reading device state at the close: a
+    /// bucket stage of its own (ARCHITECTURE.md, "Partitioned scale-out")
+    /// decides it the same way.
+    bots: u64,
     /// Distinct signed-in account slots seen.
     pub accounts: SmallVec<[u32; 2]>,
     /// Erased devices that were here, counted without their ids so their
@@ -122,11 +128,14 @@ impl BucketState {
 }
 
 impl DayAgg {
-    /// Records a sighting; returns false if the day is (now) crowded.
+    /// Records a sighting of `device` (signed in to `account`, or
+    /// `NONE`; a bot at the time if `bot`); returns false if the day is
+    /// (now) crowded.
     pub fn see(
         &mut self,
         device: u32,
         account: u32,
+        bot: bool,
         max_devices: usize,
         max_accounts: usize,
     ) -> bool {
@@ -146,6 +155,9 @@ impl DayAgg {
             }
             self.signed |= 1u64.checked_shl(at as u32).unwrap_or(0);
         }
+        if bot {
+            self.bots |= 1u64.checked_shl(at as u32).unwrap_or(0);
+        }
         if self.devices.len() + self.anon_devices as usize > max_devices
             || self.accounts.len() + self.anon_accounts as usize > max_accounts
         {
@@ -162,16 +174,25 @@ impl DayAgg {
 
     /// Whether `device` was seen signed in here today.
     pub fn is_signed(&self, device: u32) -> bool {
+        self.flag(self.signed, device)
+    }
+
+    /// Whether `device` behaved like a bot when it was seen here today.
+    pub fn is_bot(&self, device: u32) -> bool {
+        self.flag(self.bots, device)
+    }
+
+    fn flag(&self, mask: u64, device: u32) -> bool {
         self.devices
             .iter()
             .position(|&d| d == device)
-            .is_some_and(|i| self.signed.checked_shr(i as u32).unwrap_or(0) & 1 == 1)
+            .is_some_and(|i| bit(mask, i))
     }
 
     /// Removes the devices `gone` names (erased), counting them as
     /// anonymous so the bucket never looks more exclusive than it was.
     pub fn forget_devices(&mut self, gone: impl Fn(u32) -> bool) {
-        let mut signed = 0u64;
+        let (mut signed, mut bots) = (0u64, 0u64);
         let mut kept = 0u32;
         let mut removed = 0u32;
         for (i, &d) in self.devices.iter().enumerate() {
@@ -179,14 +200,19 @@ impl DayAgg {
                 removed += 1;
                 continue;
             }
-            if self.signed.checked_shr(i as u32).unwrap_or(0) & 1 == 1 {
-                signed |= 1u64.checked_shl(kept).unwrap_or(0);
+            let to = 1u64.checked_shl(kept).unwrap_or(0);
+            if bit(self.signed, i) {
+                signed |= to;
+            }
+            if bit(self.bots, i) {
+                bots |= to;
             }
             kept += 1;
         }
         if removed > 0 {
             self.devices.retain(|d| !gone(*d));
             self.signed = signed;
+            self.bots = bots;
             self.anon_devices += removed;
         }
     }
@@ -221,6 +247,47 @@ impl DayAgg {
             gap_ms,
             at_in_day: at,
         });
+    }
+}
+
+/// Bit `i` of `mask` (false past 63).
+fn bit(mask: u64, i: usize) -> bool {
+    mask.checked_shr(i as u32).unwrap_or(0) & 1 == 1
+}
+
+/// An unsigned device a bucket has seen within the evidence horizon: its
+/// slot, the day it was last seen there unsigned, and whether it was
+/// unexplained then (no sign-in link, no bot). A bucket that many
+/// unexplained devices share over weeks (a household member who never
+/// signs in) is ambiguous even on a day only one of them shows up.
+/// Like the day aggregate's flags, what is known about the device travels
+/// with its sighting: deciding a bucket-day never reads device state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Regular {
+    /// Device slot.
+    pub device: u32,
+    /// Day last seen, shifted left once, with the unexplained flag in
+    /// bit 0: 8 bytes an entry.
+    day_unexplained: i32,
+}
+
+impl Regular {
+    /// `device` seen unsigned on `day`, unexplained or not.
+    pub fn new(device: u32, day: i32, unexplained: bool) -> Self {
+        Regular {
+            device,
+            day_unexplained: (day << 1) | i32::from(unexplained),
+        }
+    }
+
+    /// Day last seen.
+    pub fn day(self) -> i32 {
+        self.day_unexplained >> 1
+    }
+
+    /// Neither signed in anywhere nor a bot when last seen.
+    pub fn unexplained(self) -> bool {
+        self.day_unexplained & 1 == 1
     }
 }
 
@@ -338,22 +405,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signed_mask_follows_devices_through_removal() {
+    fn device_masks_follow_devices_through_removal() {
         let mut agg = DayAgg::default();
-        for (d, a) in [(1, NONE), (2, 7), (3, NONE), (4, 8), (5, NONE)] {
-            assert!(agg.see(d, a, 10, 3));
+        for (d, a, bot) in [
+            (1, NONE, false),
+            (2, 7, false),
+            (3, NONE, true),
+            (4, 8, false),
+            (5, NONE, true),
+        ] {
+            assert!(agg.see(d, a, bot, 10, 3));
         }
         assert!(agg.is_signed(2) && agg.is_signed(4));
         assert!(!agg.is_signed(1) && !agg.is_signed(3) && !agg.is_signed(5));
-        // Removing devices before and between the signed ones shifts
-        // positions; the mask must follow.
+        assert!(agg.is_bot(3) && agg.is_bot(5) && !agg.is_bot(2));
+        // Removing devices before and between the flagged ones shifts
+        // positions; the masks must follow.
         agg.forget_devices(|d| d == 1 || d == 3);
         assert_eq!(agg.devices(), &[2, 4, 5]);
         assert!(agg.is_signed(2) && agg.is_signed(4) && !agg.is_signed(5));
+        assert!(agg.is_bot(5) && !agg.is_bot(2) && !agg.is_bot(4));
         assert_eq!(agg.anon_devices, 2);
+        // A later sighting as a bot flags the device for the day.
+        assert!(agg.see(2, NONE, true, 10, 3));
+        assert!(agg.is_bot(2) && agg.is_signed(2));
         // Crowding counts the erased devices too.
-        assert!(agg.see(6, NONE, 6, 3), "2 anonymous + 4 named = 6");
-        assert!(!agg.see(9, NONE, 6, 3), "2 anonymous + 5 named > 6");
+        assert!(agg.see(6, NONE, false, 6, 3), "2 anonymous + 4 named = 6");
+        assert!(!agg.see(9, NONE, false, 6, 3), "2 anonymous + 5 named > 6");
         assert!(agg.crowded);
     }
 

@@ -205,12 +205,13 @@ pub struct Engine {
     buckets: bucket::BucketTable,
     /// Buckets holding state, visited when a day closes.
     active_buckets: Vec<u32>,
-    /// Per bucket, the unsigned devices seen on it within the horizon
-    /// (slot, last day): how many unexplained devices share the address
+    /// Per bucket, the unsigned devices seen on it within the horizon,
+    /// with whether each was unexplained (no sign-in link, no bot) when
+    /// last seen there: how many unexplained devices share the address
     /// over weeks, not just today. A household with a member who never
     /// signs in keeps that member's devices here, which is what keeps
     /// them from being handed to the member who does.
-    profiles: FxHashMap<Bucket, SmallVec<[(u32, i32); 2]>>,
+    profiles: FxHashMap<Bucket, SmallVec<[bucket::Regular; 2]>>,
     /// Events waiting for the watermark, smallest key first.
     buffer: reorder::Reorder,
     /// Arrival counter: the last tie-break of the buffer order.
@@ -585,6 +586,12 @@ impl Engine {
     fn colocate(&mut self, b: Bucket, d: u32, a: u32, ts: Millis) {
         let day = ts.day() as i32;
         let window = self.p.window_ms;
+        // What is known about the device travels with the sighting: the
+        // bucket-day is later decided from it alone (see `weigh`).
+        let (bot, signed_in) = self
+            .devices
+            .get(d)
+            .map_or((false, false), |x| (x.is_bot(day), !x.logins.is_empty()));
         let (slot, created) = self.buckets.slot(b);
         if created {
             self.active_buckets.push(slot);
@@ -598,17 +605,30 @@ impl Engine {
         }
         st.prune(ts.0.saturating_sub(window));
         let Some(agg) = st.agg.as_mut() else { return };
-        if !agg.see(d, a, self.p.max_bucket_devices, self.p.max_bucket_accounts) {
+        if !agg.see(
+            d,
+            a,
+            bot,
+            self.p.max_bucket_devices,
+            self.p.max_bucket_accounts,
+        ) {
             st.recent.clear();
             return;
         }
         if a == NONE {
             let prof = self.profiles.entry(b).or_default();
-            match prof.iter().position(|x| x.0 == d) {
-                Some(i) => prof[i].1 = prof[i].1.max(day),
-                None if prof.len() < MAX_PROFILE => prof.push((d, day)),
+            let seen = bucket::Regular::new(d, day, !bot && !signed_in);
+            match prof.iter().position(|x| x.device == d) {
+                Some(i) if prof[i].day() <= day => prof[i] = seen,
+                Some(_) => {}
+                None if prof.len() < MAX_PROFILE => prof.push(seen),
                 None => {}
             }
+        } else if let Some(prof) = self.profiles.get_mut(&b)
+            && let Some(x) = prof.iter_mut().find(|x| x.device == d)
+        {
+            // A regular that signs in here is explained from now on.
+            *x = bucket::Regular::new(d, x.day(), false);
         }
         let accounts = &self.accounts;
         let pending = &self.pending;
@@ -888,14 +908,25 @@ impl Engine {
     /// Removes evidence written by the last provisional close.
     fn retract_provisional(&mut self) {
         for (d, a, day, bucket) in std::mem::take(&mut self.provisional) {
-            if let Some(dev) = self.devices.get_mut(d) {
-                dev.evidence
-                    .retain(|e| (e.account, e.day, e.bucket) != (a, day, bucket));
+            let Some(dev) = self.devices.get_mut(d) else {
+                continue;
+            };
+            dev.evidence
+                .retain(|e| (e.account, e.day, e.bucket) != (a, day, bucket));
+            if !dev.evidence.iter().any(|e| e.account == a)
+                && let Some(acc) = self.accounts.get_mut(a)
+            {
+                state::remove_value(&mut acc.evidence_devices, d);
             }
         }
     }
 
-    /// Turns one complete bucket-day into evidence on its devices.
+    /// Turns one complete bucket-day into evidence on its devices: the
+    /// bucket side weighs every pair from what the bucket saw
+    /// ([`Engine::weigh`]), the device side keeps what it may
+    /// ([`Engine::accept_evidence`]). Provisional evidence is remembered,
+    /// so the real close can take back what it no longer finds (a day that
+    /// turned crowded).
     fn evidence_from(&mut self, b: Bucket, day: i32, agg: &bucket::DayAgg, provisional: bool) {
         if agg.crowded {
             if !provisional {
@@ -906,29 +937,35 @@ impl Engine {
         if agg.pairs.is_empty() {
             return;
         }
-        let bots: Vec<u32> = agg
-            .devices()
+        let mut produced = false;
+        for (d, e) in self.weigh(b, day, agg) {
+            if self.accept_evidence(d, e) {
+                if provisional {
+                    self.provisional.push((d, e.account, e.day, e.bucket));
+                }
+                produced = true;
+            }
+        }
+        if produced && !provisional {
+            self.stats.evidence_bucket_days += 1;
+        }
+    }
+
+    /// The evidence one complete bucket-day offers, as `(device,
+    /// evidence)`. Reads only the bucket's own state (the day aggregate
+    /// and the bucket's regulars, with the device facts their sightings
+    /// carried), so a bucket stage can compute it on its own.
+    fn weigh(&self, b: Bucket, day: i32, agg: &bucket::DayAgg) -> Vec<(u32, Evidence)> {
+        let devices = agg.devices();
+        let humans = devices.iter().filter(|&&d| !agg.is_bot(d)).count();
+        let today = devices
             .iter()
-            .copied()
-            .filter(|&d| self.devices.get(d).is_some_and(|x| x.is_bot(day)))
-            .collect();
-        let is_bot = |d: u32| bots.contains(&d);
-        let humans = agg.devices().iter().filter(|&&d| !is_bot(d)).count();
-        let today = agg
-            .devices()
-            .iter()
-            .filter(|&&d| !is_bot(d) && !agg.is_signed(d))
+            .filter(|&&d| !agg.is_bot(d) && !agg.is_signed(d))
             .count();
         let horizon = self.p.horizon_days;
-        let devices = &self.devices;
         let known = self.profiles.get(&b).map_or(0, |prof| {
             prof.iter()
-                .filter(|&&(d, last)| {
-                    i64::from(day) - i64::from(last) < horizon
-                        && devices
-                            .get(d)
-                            .is_some_and(|x| x.logins.is_empty() && !x.is_bot(day))
-                })
+                .filter(|x| i64::from(day) - i64::from(x.day()) < horizon && x.unexplained())
                 .count()
         });
         let unknown = today.max(known).max(1);
@@ -936,12 +973,9 @@ impl Engine {
         let n_dev = humans + agg.anon_devices as usize;
         let n_acc = (agg.accounts.len() + agg.anon_accounts as usize).max(1);
         let tag = self.hasher.tag(&b.to_bytes());
-        let mut produced = false;
+        let mut offers = Vec::with_capacity(agg.pairs.len());
         for p in &agg.pairs {
-            if agg.is_signed(p.device) || is_bot(p.device) {
-                continue;
-            }
-            if self.accounts.get(p.account).is_none_or(|a| a.opted_out) {
+            if agg.is_signed(p.device) || agg.is_bot(p.device) {
                 continue;
             }
             let tf = (-(p.gap_ms() as f64) / self.p.gap_scale_ms).exp();
@@ -952,33 +986,47 @@ impl Engine {
             if weight == 0 {
                 continue;
             }
-            let e = Evidence {
-                account: p.account,
-                day,
-                bucket: tag,
-                weight,
-                gap_s: (p.gap_ms() / 1000).clamp(0, i64::from(u16::MAX)) as u16,
-                bucket_devices: n_dev.min(255) as u8,
-                bucket_accounts: n_acc.min(255) as u8,
-                at: p.at(day),
-            };
-            let Some(dev) = self.devices.get_mut(p.device) else {
-                continue;
-            };
-            match dev.evidence.binary_search_by(|x| {
-                (x.account, x.day, x.bucket).cmp(&(e.account, e.day, e.bucket))
-            }) {
-                Ok(i) => dev.evidence[i] = e,
-                Err(i) => dev.evidence.insert(i, e),
-            }
-            if let Some(acc) = self.accounts.get_mut(p.account) {
-                state::add_value(&mut acc.evidence_devices, p.device);
-            }
-            produced = true;
+            offers.push((
+                p.device,
+                Evidence {
+                    account: p.account,
+                    day,
+                    bucket: tag,
+                    weight,
+                    gap_s: (p.gap_ms() / 1000).clamp(0, i64::from(u16::MAX)) as u16,
+                    bucket_devices: n_dev.min(255) as u8,
+                    bucket_accounts: n_acc.min(255) as u8,
+                    at: p.at(day),
+                },
+            ));
         }
-        if produced && !provisional {
-            self.stats.evidence_bucket_days += 1;
+        offers
+    }
+
+    /// Keeps one piece of evidence on device `d`, unless the device is a
+    /// bot that day (it may have been flagged after its sightings on the
+    /// bucket) or the account opted out. Returns whether it was kept.
+    fn accept_evidence(&mut self, d: u32, e: Evidence) -> bool {
+        if self.accounts.get(e.account).is_none_or(|a| a.opted_out) {
+            return false;
         }
+        let Some(dev) = self.devices.get_mut(d) else {
+            return false;
+        };
+        if dev.is_bot(e.day) {
+            return false;
+        }
+        match dev
+            .evidence
+            .binary_search_by(|x| (x.account, x.day, x.bucket).cmp(&(e.account, e.day, e.bucket)))
+        {
+            Ok(i) => dev.evidence[i] = e,
+            Err(i) => dev.evidence.insert(i, e),
+        }
+        if let Some(acc) = self.accounts.get_mut(e.account) {
+            state::add_value(&mut acc.evidence_devices, d);
+        }
+        true
     }
 
     /// Daily maintenance at the close of `day`: expire evidence, sign-in
@@ -987,7 +1035,7 @@ impl Engine {
         let horizon = self.p.horizon_days;
         let ttl = self.p.login_ttl_days;
         self.profiles.retain(|_, prof| {
-            prof.retain(|&mut (_, last)| i64::from(day) - i64::from(last) < horizon);
+            prof.retain(|x| i64::from(day) - i64::from(x.day()) < horizon);
             !prof.is_empty()
         });
         let slots: Vec<u32> = self.devices.live().collect();

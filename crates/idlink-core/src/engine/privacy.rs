@@ -212,7 +212,7 @@ impl Engine {
         }
         if !devices.is_empty() {
             for prof in self.profiles.values_mut() {
-                prof.retain(|x| !devices.contains_key(&x.0));
+                prof.retain(|x| !devices.contains_key(&x.device));
             }
         }
         let mut survivors: Vec<Event> = Vec::new();

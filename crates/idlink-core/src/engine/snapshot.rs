@@ -12,7 +12,7 @@ use crate::engine::Engine;
 use thiserror::Error;
 
 /// Bumped whenever the state layout changes.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// A snapshot that cannot be restored.
 #[derive(Debug, Error)]

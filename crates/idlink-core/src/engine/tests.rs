@@ -116,6 +116,46 @@ fn flushing_when_caught_up_never_counts_a_day_twice() {
     }
 }
 
+/// Flushes count the open day provisionally; when that day then turns
+/// out crowded (the evening brings a crowd of signed-in visitors), the
+/// real close must take the provisional evidence back, or a flushed `run`
+/// would link what replay does not.
+#[test]
+fn a_flushed_day_that_turns_crowded_counts_for_nothing() {
+    let mut events = stream();
+    for day in 0..6 {
+        for n in 0..4 {
+            let (device, account) = (format!("visitor-{n}"), format!("guest-{n}"));
+            events.push(sighting(
+                t(day, 1300 + n),
+                &device,
+                "81.2.3.4",
+                Some(&account),
+            ));
+        }
+    }
+    events.sort_by_key(|e| e.ts);
+    let mut straight = engine();
+    for ev in events.iter().cloned() {
+        straight.ingest(0, ev);
+    }
+    straight.finish();
+    assert!(
+        !straight.device_lines().any(|l| l.contains("\"inferred\"")),
+        "crowded every day: nothing to infer"
+    );
+    let mut flushed = engine();
+    for ev in events {
+        let before_crowd = ev.device.as_ref().is_some_and(|d| d.as_str() == "laptop");
+        flushed.ingest(0, ev);
+        if before_crowd {
+            flushed.flush();
+        }
+    }
+    flushed.finish();
+    assert_eq!(output(&flushed), output(&straight));
+}
+
 #[test]
 fn the_watermark_waits_for_every_active_source_but_not_idle_ones() {
     let mut e = engine();
