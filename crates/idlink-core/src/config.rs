@@ -168,8 +168,10 @@ pub struct LinkingConfig {
     /// Most sign-in links one device keeps (a family tablet has several);
     /// the least recently used goes first.
     pub max_accounts_per_device: usize,
-    /// Most devices one account keeps; inferred links are evicted before
-    /// sign-in links, weakest and oldest first.
+    /// Most devices one account shows, on both output topics: its sign-in
+    /// devices, most recently used first, then its inferred devices,
+    /// strongest first. A link past the cap stays in state unpublished
+    /// (the cap is a view, see `engine/cap.rs`).
     pub max_devices_per_account: usize,
     /// How many strongest supporting sightings an inferred link explains.
     pub max_support: usize,

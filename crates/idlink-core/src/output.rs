@@ -8,7 +8,7 @@
 use crate::engine::intern::Slots;
 use crate::engine::score::{decay, round4};
 use crate::engine::state::{Account, Device, Evidence, WEIGHT_ONE};
-use crate::keyed::{KeyedHasher, tag_hex};
+use crate::keyed::tag_hex;
 use crate::time::format_day;
 use serde::Serialize;
 
@@ -95,21 +95,20 @@ fn fixed(x: u32) -> f64 {
     round4(f64::from(x) / f64::from(WEIGHT_ONE))
 }
 
-/// Renders a device's line, or `None` if it has no links.
+/// Renders a device's line, or `None` if it shows no links. `shown`
+/// says whether an account (slot) shows this device (its device cap).
 pub(crate) fn device_line(
     id: &str,
     dev: &Device,
     accounts: &Slots<Account>,
-    hasher: &KeyedHasher,
+    shown: &mut dyn FnMut(u32) -> bool,
     horizon_days: i64,
     max_support: usize,
 ) -> Option<String> {
-    if dev.logins.is_empty() && dev.inferred.is_none() {
-        return None;
-    }
     let mut links: Vec<Link> = dev
         .logins
         .iter()
+        .filter(|l| shown(l.account))
         .map(|l| Link {
             account_id: accounts.id(l.account),
             link_type: "login",
@@ -122,7 +121,7 @@ pub(crate) fn device_line(
             },
         })
         .collect();
-    if let Some(i) = &dev.inferred {
+    if let Some(i) = dev.inferred.as_ref().filter(|i| shown(i.account)) {
         let mut support: Vec<(f64, &Evidence)> = dev
             .evidence
             .iter()
@@ -169,7 +168,9 @@ pub(crate) fn device_line(
                     .collect(),
             },
         });
-        let _ = hasher;
+    }
+    if links.is_empty() {
+        return None;
     }
     links.sort_by(|a, b| a.account_id.cmp(b.account_id));
     serde_json::to_string(&DeviceLine {
@@ -181,18 +182,21 @@ pub(crate) fn device_line(
 
 /// Renders an account's line, or `None` if it has no devices. `early`
 /// lists devices whose sign-ins to the account still wait in the reorder
-/// buffer, with the latest of them.
+/// buffer, with the latest of them; `shown` says whether the account
+/// shows a device (slot) under its device cap.
 pub(crate) fn account_line(
     id: &str,
     a: u32,
     acc: &Account,
     devices: &Slots<Device>,
     early: &[(u32, crate::time::Millis)],
+    shown: &mut dyn FnMut(u32) -> bool,
 ) -> Option<String> {
     let mut slots: Vec<u32> = acc.devices.iter().copied().collect();
     slots.extend(early.iter().map(|e| e.0));
     slots.sort_unstable();
     slots.dedup();
+    slots.retain(|&d| shown(d));
     let mut out: Vec<AccountDevice> = slots
         .into_iter()
         .filter_map(|d| {

@@ -1054,12 +1054,24 @@ proptest! {
     #[test]
     fn no_panic_on_wild_input(config in edgy_config(), steps in wild_steps()) {
         let (out, used, _) = drive(&config, &steps, false);
-        let (from_devices, _) = check_lines(&out);
+        let (from_devices, from_accounts) = check_lines(&out);
         let (known_devices, known_accounts) = ids_in_events(&used);
         for l in &from_devices {
             prop_assert!(known_accounts.contains(&l.account), "link to unknown account {:?}", l);
             prop_assert!(known_devices.contains(&l.device), "link of unknown device {:?}", l);
         }
+        // The account cap holds on both topics, and they agree.
+        let mut per_account: BTreeMap<&str, usize> = BTreeMap::new();
+        for l in &from_accounts {
+            *per_account.entry(&l.account).or_default() += 1;
+        }
+        for (a, n) in per_account {
+            prop_assert!(
+                n <= config.linking.max_devices_per_account,
+                "{} shows {} devices", a, n
+            );
+        }
+        prop_assert_eq!(from_devices, from_accounts, "device-links and account-devices disagree");
     }
 
     /// Snapshot and restore anywhere in a wild call sequence change
@@ -1074,11 +1086,14 @@ proptest! {
         prop_assert_eq!(&straight.stats, &restarted.stats);
     }
 
-    /// Over years of event time (links expire, idle state is evicted)
+    /// Over years of event time (links expire, idle state is evicted) and
+    /// under small caps (a device moves into or out of an account's view)
     /// incremental publishing still ends with the snapshot's records.
     #[test]
-    fn incremental_changes_match_the_snapshot_on_wild_input(steps in wild_steps()) {
-        let config = Config::default();
+    fn incremental_changes_match_the_snapshot_on_wild_input(
+        config in edgy_config(),
+        steps in wild_steps(),
+    ) {
         let mut e = engine(&config);
         e.track_changes();
         let (mut devices, mut accounts) = (BTreeMap::new(), BTreeMap::new());

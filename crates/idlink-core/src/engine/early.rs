@@ -59,6 +59,11 @@ impl Early {
         self.by_device.get(&d).map_or(&[], |v| v.as_slice())
     }
 
+    /// How many devices have buffered sign-ins to account `a`.
+    pub fn count_of(&self, a: u32) -> usize {
+        self.by_account.get(&a).map_or(0, |v| v.len())
+    }
+
     /// Devices with buffered sign-ins to account `a`, with the latest.
     pub fn devices_of(&self, a: u32) -> Vec<(u32, Millis)> {
         let Some(ds) = self.by_account.get(&a) else {

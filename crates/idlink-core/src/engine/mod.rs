@@ -14,6 +14,7 @@
 //! their evidence set ([`score`]).
 
 mod bucket;
+mod cap;
 mod early;
 pub mod intern;
 mod privacy;
@@ -688,7 +689,6 @@ impl Engine {
                 state::add_value(&mut acc.devices, d);
             }
             self.enforce_device_cap(d);
-            self.enforce_account_cap(a);
             if had_inferred && !self.p.infer_for_signed_in {
                 self.set_inferred(d, None);
             }
@@ -719,46 +719,6 @@ impl Engine {
                 return;
             };
             self.remove_login(d, victim);
-        }
-    }
-
-    /// Keeps at most `max_devices_per_account` devices on `a`: inferred
-    /// links go first (weakest, then oldest), then the oldest sign-in links.
-    fn enforce_account_cap(&mut self, a: u32) {
-        loop {
-            let Some(acc) = self.accounts.get(a) else {
-                return;
-            };
-            if acc.devices.len() <= self.p.max_devices_per_account {
-                return;
-            }
-            let mut victim: Option<(bool, u32, Millis, &str, u32)> = None;
-            for &d in &acc.devices {
-                let Some(dev) = self.devices.get(d) else {
-                    continue;
-                };
-                let key = match (&dev.inferred, dev.login(a)) {
-                    (_, Some(l)) => (true, WEIGHT_ONE, l.last_seen, self.devices.id(d), d),
-                    (Some(i), None) if i.account == a => {
-                        (false, i.confidence, i.last_seen, self.devices.id(d), d)
-                    }
-                    _ => continue,
-                };
-                if victim
-                    .as_ref()
-                    .is_none_or(|v| (key.0, key.1, key.2, key.3) < (v.0, v.1, v.2, v.3))
-                {
-                    victim = Some(key);
-                }
-            }
-            let Some((is_login, _, _, _, d)) = victim else {
-                return;
-            };
-            if is_login {
-                self.remove_login(d, a);
-            } else {
-                self.set_inferred(d, None);
-            }
         }
     }
 
@@ -1039,7 +999,6 @@ impl Engine {
             !prof.is_empty()
         });
         let slots: Vec<u32> = self.devices.live().collect();
-        let mut capped_accounts: Vec<u32> = Vec::new();
         for d in slots {
             let Some(dev) = self.devices.get_mut(d) else {
                 continue;
@@ -1080,10 +1039,8 @@ impl Engine {
             let Some(dev) = self.devices.get(d) else {
                 continue;
             };
-            if (!dev.evidence.is_empty() || dev.inferred.is_some())
-                && let Some(a) = self.decide(d, day)
-            {
-                capped_accounts.push(a);
+            if !dev.evidence.is_empty() || dev.inferred.is_some() {
+                self.decide(d, day);
             }
             let Some(dev) = self.devices.get(d) else {
                 continue;
@@ -1095,11 +1052,6 @@ impl Engine {
             {
                 self.free_device(d);
             }
-        }
-        capped_accounts.sort_unstable();
-        capped_accounts.dedup();
-        for a in capped_accounts {
-            self.enforce_account_cap(a);
         }
         let accounts: Vec<u32> = self.accounts.live().collect();
         for a in accounts {
@@ -1113,13 +1065,9 @@ impl Engine {
     }
 
     /// Decides the inferred link of `d` on `day` from its evidence.
-    /// Returns the account if the new link may exceed its device cap.
-    fn decide(&mut self, d: u32, day: i32) -> Option<u32> {
+    fn decide(&mut self, d: u32, day: i32) {
         let want = self.wanted_link(d, day);
-        let account = want.as_ref().map(|w| w.account);
         self.set_inferred(d, want);
-        let acc = self.accounts.get(account?)?;
-        (acc.devices.len() > self.p.max_devices_per_account).then_some(account?)
     }
 
     fn wanted_link(&self, d: u32, day: i32) -> Option<InferredLink> {
@@ -1192,8 +1140,17 @@ impl Engine {
         let Some(log) = self.changes.as_mut() else {
             return Changes::default();
         };
-        let log = std::mem::take(log);
+        let mut log = std::mem::take(log);
+        // A change to an account at its cap may move other devices into or
+        // out of its view: their lines are published again too.
+        let followers: Vec<u32> = log
+            .accounts
+            .iter()
+            .flat_map(|&a| self.cap_followers(a))
+            .collect();
+        log.devices.extend(followers);
         let mut out = Changes::default();
+        let mut shown = cap::Shown::default();
         let mut ds: Vec<u32> = log.devices.into_iter().collect();
         ds.retain(|&d| self.devices.get(d).is_some());
         ds.sort_unstable_by(|&x, &y| self.devices.id(x).cmp(self.devices.id(y)));
@@ -1211,7 +1168,7 @@ impl Engine {
         }
         for d in ds {
             out.devices
-                .push((self.devices.id(d).into(), self.render_device(d)));
+                .push((self.devices.id(d).into(), self.render_device(d, &mut shown)));
         }
         let mut accs: Vec<u32> = log.accounts.into_iter().collect();
         accs.retain(|&a| self.accounts.get(a).is_some());
@@ -1227,8 +1184,10 @@ impl Engine {
             }
         }
         for a in accs {
-            out.accounts
-                .push((self.accounts.id(a).into(), self.render_account(a)));
+            out.accounts.push((
+                self.accounts.id(a).into(),
+                self.render_account(a, &mut shown),
+            ));
         }
         out
     }
@@ -1236,48 +1195,57 @@ impl Engine {
     /// Every device line, sorted by device id (replay's
     /// `device-links.jsonl`).
     pub fn device_lines(&self) -> impl Iterator<Item = String> + '_ {
+        let mut shown = cap::Shown::default();
         self.devices
             .sorted()
             .into_iter()
-            .filter_map(|d| self.render_device(d))
+            .filter_map(move |d| self.render_device(d, &mut shown))
     }
 
     /// Every account line, sorted by account id (replay's
     /// `account-devices.jsonl`).
     pub fn account_lines(&self) -> impl Iterator<Item = String> + '_ {
+        let mut shown = cap::Shown::default();
         self.accounts
             .sorted()
             .into_iter()
-            .filter_map(|a| self.render_account(a))
+            .filter_map(move |a| self.render_account(a, &mut shown))
     }
 
     /// The `device-links` line of one device, if it has links.
     pub fn device_line(&self, device_id: &str) -> Option<String> {
-        self.render_device(self.devices.find(device_id)?)
+        self.render_device(self.devices.find(device_id)?, &mut cap::Shown::default())
     }
 
     /// The `account-devices` line of one account, if it has devices.
     pub fn account_line(&self, account_id: &str) -> Option<String> {
-        self.render_account(self.accounts.find(account_id)?)
+        self.render_account(self.accounts.find(account_id)?, &mut cap::Shown::default())
     }
 
-    fn render_device(&self, d: u32) -> Option<String> {
+    fn render_device(&self, d: u32, shown: &mut cap::Shown) -> Option<String> {
         let dev = self.devices.get(d)?;
         let merged = self.with_early(d, dev);
         crate::output::device_line(
             self.devices.id(d),
             merged.as_ref().unwrap_or(dev),
             &self.accounts,
-            &self.hasher,
+            &mut |a| self.shows(a, d, shown),
             self.p.horizon_days,
             self.p.max_support,
         )
     }
 
-    fn render_account(&self, a: u32) -> Option<String> {
+    fn render_account(&self, a: u32, shown: &mut cap::Shown) -> Option<String> {
         let acc = self.accounts.get(a)?;
         let early = self.early.devices_of(a);
-        crate::output::account_line(self.accounts.id(a), a, acc, &self.devices, &early)
+        crate::output::account_line(
+            self.accounts.id(a),
+            a,
+            acc,
+            &self.devices,
+            &early,
+            &mut |d| self.shows(a, d, shown),
+        )
     }
 
     /// Address buckets holding window or day state, for diagnostics.

@@ -406,10 +406,8 @@ impl Engine {
     fn redecide(&mut self, devices: &[u32]) {
         let day = self.decision_day();
         for &d in devices {
-            if self.devices.get(d).is_some()
-                && let Some(a) = self.decide(d, day)
-            {
-                self.enforce_account_cap(a);
+            if self.devices.get(d).is_some() {
+                self.decide(d, day);
             }
         }
     }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::event::EventKind;
 use crate::ids::{AccountId, DeviceId};
+use std::collections::BTreeMap;
 
 fn t(day: i64, minute: i64) -> Millis {
     // 2026-01-05T00:00Z plus days and minutes.
@@ -379,4 +380,66 @@ fn an_erasure_keeps_later_buffered_sign_ins_and_withdraws_covered_ones() {
     let c = e.take_changes();
     assert_eq!(c.devices, vec![("laptop".to_string(), None)], "{c:?}");
     assert_eq!(e.device_line("laptop"), None);
+}
+
+/// The account cap is a view: an account shows its most recently used
+/// sign-in devices up to the cap, on both topics; a device that falls out
+/// of view is withdrawn (a tombstone when it shows nothing else), and it
+/// comes back when it is used again. Hidden links stay in state: the
+/// hidden device still counts as signed in.
+#[test]
+fn the_account_cap_shows_the_most_recently_used_devices() {
+    let mut config = Config::default();
+    config.linking.max_devices_per_account = 2;
+    let mut e = Engine::new(&config, AddressClassifier::new(64, &[]));
+    e.track_changes();
+    let mut devices: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut accounts: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut step = |e: &mut Engine, ev: Event| {
+        e.ingest(0, ev);
+        e.flush();
+        let c = e.take_changes();
+        devices.extend(c.devices);
+        accounts.extend(c.accounts);
+        (devices.clone(), accounts.clone())
+    };
+    let shown = |accounts: &BTreeMap<String, Option<String>>| -> Vec<String> {
+        let line = accounts["alice"].clone().unwrap_or_default();
+        ["tablet", "phone", "laptop"]
+            .into_iter()
+            .filter(|d| line.contains(&format!("\"device_id\":\"{d}\"")))
+            .map(String::from)
+            .collect()
+    };
+    step(
+        &mut e,
+        sighting(t(0, 600), "tablet", "81.2.3.4", Some("alice")),
+    );
+    step(
+        &mut e,
+        sighting(t(0, 610), "phone", "81.2.3.4", Some("alice")),
+    );
+    let (d, a) = step(
+        &mut e,
+        sighting(t(0, 620), "laptop", "81.2.3.4", Some("alice")),
+    );
+    assert_eq!(shown(&a), ["phone", "laptop"]);
+    assert_eq!(d["tablet"], None, "the least recently used is withdrawn");
+    assert!(d["laptop"].is_some() && d["phone"].is_some());
+    let (d, a) = step(
+        &mut e,
+        sighting(t(0, 630), "tablet", "81.2.3.4", Some("alice")),
+    );
+    assert_eq!(shown(&a), ["tablet", "laptop"]);
+    assert_eq!(d["phone"], None);
+    assert!(d["tablet"].is_some());
+    e.finish();
+    let c = e.take_changes();
+    devices.extend(c.devices);
+    accounts.extend(c.accounts);
+    let published: Vec<String> = devices.into_values().flatten().collect();
+    assert_eq!(published, e.device_lines().collect::<Vec<_>>());
+    let published: Vec<String> = accounts.into_values().flatten().collect();
+    assert_eq!(published, e.account_lines().collect::<Vec<_>>());
+    assert_eq!(e.link_counts(), (3, 0), "the hidden link stays in state");
 }
