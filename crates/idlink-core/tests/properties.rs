@@ -1490,3 +1490,36 @@ fn decoder_size_limits() {
     assert_eq!(r.reason, idlink_core::RejectReason::TooLarge);
     assert!(!r.detail.is_empty());
 }
+
+proptest! {
+    // Cheap cases, and the failures they guard against need a privacy
+    // request right after a flush in an open day: many cases.
+    #![proptest_config(cases(2000))]
+
+    /// Flushing (what `idlink run` does whenever it has caught up: the open
+    /// day counts provisionally) changes nothing in the final graph on
+    /// input in `ts` order, privacy requests included: the real close
+    /// takes back what a provisional one wrote.
+    #[test]
+    fn flushing_is_invisible_on_ordered_input(
+        events in scenario(true),
+        flushes in prop::collection::vec(any::<bool>(), 64),
+        lenient_thresholds in any::<bool>(),
+    ) {
+        let config = config_for(lenient_thresholds);
+        let straight = run(&config, &events);
+        let mut e = engine(&config);
+        for (i, ev) in events.iter().enumerate() {
+            e.ingest(0, ev.clone());
+            // Only where nothing of the same `ts` follows: after a flush,
+            // an event no newer than what was seen is late.
+            let next_is_newer = events.get(i + 1).is_none_or(|n| n.ts > ev.ts);
+            if next_is_newer && flushes[i % flushes.len()] {
+                e.flush();
+            }
+        }
+        let flushed = collect(e);
+        prop_assert_eq!(&straight.devices, &flushed.devices);
+        prop_assert_eq!(&straight.accounts, &flushed.accounts);
+    }
+}

@@ -866,7 +866,7 @@ impl Engine {
     }
 
     /// Removes evidence written by the last provisional close.
-    fn retract_provisional(&mut self) {
+    pub(super) fn retract_provisional(&mut self) {
         for (d, a, day, bucket) in std::mem::take(&mut self.provisional) {
             let Some(dev) = self.devices.get_mut(d) else {
                 continue;

@@ -102,6 +102,13 @@ impl Engine {
             PrivacyTarget::Account(a) => ("account", ACCOUNT_NS, a.as_str().to_owned()),
             PrivacyTarget::Device(d) => ("device", DEVICE_NS, d.as_str().to_owned()),
         };
+        if matches!(ev.kind, EventKind::Erase | EventKind::OptOut) {
+            // Evidence a flush counted for the open day is taken back
+            // rather than made anonymous: the day's real close recounts it
+            // from aggregates this request purges, as it would have without
+            // the flush.
+            self.retract_provisional();
+        }
         let ack = self.pending.acks.len();
         match (ev.kind, &target) {
             (EventKind::Erase, PrivacyTarget::Account(acc)) => {
