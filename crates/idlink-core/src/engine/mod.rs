@@ -593,6 +593,12 @@ impl Engine {
             .devices
             .get(d)
             .map_or((false, false), |x| (x.is_bot(day), !x.logins.is_empty()));
+        if a != NONE
+            && let Some(acc) = self.accounts.get_mut(a)
+        {
+            // The bucket refers to the account's slot from here on.
+            acc.seen_day = acc.seen_day.max(day);
+        }
         let (slot, created) = self.buckets.slot(b);
         if created {
             self.active_buckets.push(slot);
@@ -1055,7 +1061,12 @@ impl Engine {
         }
         let accounts: Vec<u32> = self.accounts.live().collect();
         for a in accounts {
-            if self.accounts.get(a).is_some_and(Account::is_empty) && !self.early.holds_account(a) {
+            if self
+                .accounts
+                .get(a)
+                .is_some_and(|x| x.is_empty() && x.seen_day < day)
+                && !self.early.holds_account(a)
+            {
                 self.free_account(a);
             }
         }

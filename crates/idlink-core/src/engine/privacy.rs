@@ -109,6 +109,16 @@ impl Engine {
             // the flush.
             self.retract_provisional();
         }
+        if let (EventKind::OptOut, PrivacyTarget::Account(acc)) = (ev.kind, &target)
+            && self
+                .accounts
+                .find(acc.as_str())
+                .is_some_and(|a| self.pending.has_erased_account(a))
+        {
+            // The account's erasure is still being purged: its slot is about
+            // to be freed, and the opt-out must outlive it.
+            self.purge_pending();
+        }
         let ack = self.pending.acks.len();
         match (ev.kind, &target) {
             (EventKind::Erase, PrivacyTarget::Account(acc)) => {

@@ -133,6 +133,12 @@ pub struct Account {
     pub evidence_devices: ThinVec<u32>,
     /// Whether the account opted out of inferred links.
     pub opted_out: bool,
+    /// UTC day of its latest signed-in sighting on an address bucket.
+    /// Bucket windows and the open day's aggregate refer to its slot
+    /// until that day is closed and its windows have passed, so an empty
+    /// account is freed only at a later day's close: a slot reused sooner
+    /// would hand its sightings to another account.
+    pub seen_day: i32,
 }
 
 impl Account {
