@@ -1497,9 +1497,10 @@ proptest! {
     #![proptest_config(cases(2000))]
 
     /// Flushing (what `idlink run` does whenever it has caught up: the open
-    /// day counts provisionally) changes nothing in the final graph on
-    /// input in `ts` order, privacy requests included: the real close
-    /// takes back what a provisional one wrote.
+    /// day counts provisionally) and handing out changes and acks after
+    /// any event change nothing in the final graph on input in `ts` order,
+    /// privacy requests included: the real close takes back what a
+    /// provisional one wrote, and no freed slot is still referred to.
     #[test]
     fn flushing_is_invisible_on_ordered_input(
         events in scenario(true),
@@ -1509,6 +1510,7 @@ proptest! {
         let config = config_for(lenient_thresholds);
         let straight = run(&config, &events);
         let mut e = engine(&config);
+        e.track_changes();
         for (i, ev) in events.iter().enumerate() {
             e.ingest(0, ev.clone());
             // Only where nothing of the same `ts` follows: after a flush,
@@ -1517,9 +1519,69 @@ proptest! {
             if next_is_newer && flushes[i % flushes.len()] {
                 e.flush();
             }
+            // Handing out changes and acks (which runs pending privacy
+            // purges early) as the service does after every batch.
+            if flushes[(i + 7) % flushes.len()] {
+                e.take_changes();
+                e.take_privacy_acks();
+            }
         }
         let flushed = collect(e);
         prop_assert_eq!(&straight.devices, &flushed.devices);
         prop_assert_eq!(&straight.accounts, &flushed.accounts);
+    }
+
+    /// Events split over partitions as `idlink run` reads them (device
+    /// events by device over three partitions, privacy requests on a
+    /// fourth), each partition in `ts` order and the partitions
+    /// interleaved any way, give replay's graph.
+    #[test]
+    fn partitions_interleaved_any_way_give_replays_graph(
+        events in scenario(true),
+        picks in prop::collection::vec(0usize..4, 256),
+        lenient_thresholds in any::<bool>(),
+    ) {
+        let config = config_for(lenient_thresholds);
+        let straight = run(&config, &events);
+        let partition = |e: &Event| -> usize {
+            match &e.device {
+                _ if e.kind.is_privacy() => 3,
+                Some(d) => d.as_str().bytes().map(usize::from).sum::<usize>() % 3,
+                None => 3,
+            }
+        };
+        let mut queues: Vec<std::collections::VecDeque<&Event>> = vec![Default::default(); 4];
+        for e in &events {
+            queues[partition(e)].push_back(e);
+        }
+        let mut e = engine(&config);
+        for p in 0..4 {
+            e.add_source(p);
+        }
+        // A partition with nothing (left) to read is idle, as in the
+        // service: it does not hold the watermark back.
+        let idle = |e: &mut Engine, queues: &[std::collections::VecDeque<&Event>]| {
+            for (p, q) in queues.iter().enumerate() {
+                if q.is_empty() {
+                    e.set_idle(p as u32, true);
+                }
+            }
+        };
+        idle(&mut e, &queues);
+        let mut k = 0;
+        while queues.iter().any(|q| !q.is_empty()) {
+            let mut p = picks[k % picks.len()];
+            k += 1;
+            while queues[p].is_empty() {
+                p = (p + 1) % 4;
+            }
+            if let Some(ev) = queues[p].pop_front() {
+                e.ingest(p as u32, ev.clone());
+            }
+            idle(&mut e, &queues);
+        }
+        let split = collect(e);
+        prop_assert_eq!(&straight.devices, &split.devices);
+        prop_assert_eq!(&straight.accounts, &split.accounts);
     }
 }
