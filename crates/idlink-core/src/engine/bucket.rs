@@ -349,6 +349,14 @@ impl BucketTable {
     }
 
     /// The bucket and state in slot `i`.
+    pub fn get(&self, i: u32) -> Option<(Bucket, &BucketState)> {
+        self.slots
+            .get(i as usize)
+            .and_then(|s| s.as_ref())
+            .map(|s| (s.0, &s.1))
+    }
+
+    /// The bucket and state in slot `i`, to change.
     pub fn get_mut(&mut self, i: u32) -> Option<(Bucket, &mut BucketState)> {
         self.slots
             .get_mut(i as usize)

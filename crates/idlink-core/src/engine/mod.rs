@@ -15,6 +15,7 @@
 
 mod bucket;
 mod cap;
+mod colocation;
 mod early;
 pub mod intern;
 mod privacy;
@@ -32,16 +33,11 @@ use crate::keyed::KeyedHasher;
 use crate::time::{DAY_MS, MINUTE_MS, Millis};
 use intern::{NONE, Slots};
 use rustc_hash::{FxHashMap, FxHashSet};
-use smallvec::SmallVec;
 use state::{Account, Device, Evidence, InferredLink, LoginLink, WEIGHT_ONE};
 use std::hash::BuildHasher;
 
 pub use privacy::{PrivacyAck, Removed};
 pub use snapshot::SnapshotError;
-
-/// Most unsigned devices a bucket profile tracks; a bucket with more is
-/// so ambiguous that the exact number no longer matters.
-const MAX_PROFILE: usize = 16;
 
 /// What happened to an ingested event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,18 +197,8 @@ pub struct Engine {
     devices: Slots<Device>,
     /// Account state by slot.
     accounts: Slots<Account>,
-    /// Bucket state for buckets with sightings in the window or today,
-    /// boxed so the table's empty slots cost a pointer, not a state.
-    buckets: bucket::BucketTable,
-    /// Buckets holding state, visited when a day closes.
-    active_buckets: Vec<u32>,
-    /// Per bucket, the unsigned devices seen on it within the horizon,
-    /// with whether each was unexplained (no sign-in link, no bot) when
-    /// last seen there: how many unexplained devices share the address
-    /// over weeks, not just today. A household with a member who never
-    /// signs in keeps that member's devices here, which is what keeps
-    /// them from being handed to the member who does.
-    profiles: FxHashMap<Bucket, SmallVec<[bucket::Regular; 2]>>,
+    /// Address buckets: windows, day aggregates, regulars.
+    coloc: colocation::Colocation,
     /// Events waiting for the watermark, smallest key first.
     buffer: reorder::Reorder,
     /// Arrival counter: the last tie-break of the buffer order.
@@ -262,9 +248,7 @@ impl Engine {
             hasher: KeyedHasher::new(config.privacy.hash_secret.as_bytes()),
             devices: Slots::default(),
             accounts: Slots::default(),
-            buckets: bucket::BucketTable::default(),
-            active_buckets: Vec::new(),
-            profiles: FxHashMap::default(),
+            coloc: colocation::Colocation::default(),
             buffer: reorder::Reorder::default(),
             seq: 0,
             sources: Vec::new(),
@@ -586,9 +570,8 @@ impl Engine {
 
     fn colocate(&mut self, b: Bucket, d: u32, a: u32, ts: Millis) {
         let day = ts.day() as i32;
-        let window = self.p.window_ms;
         // What is known about the device travels with the sighting: the
-        // bucket-day is later decided from it alone (see `weigh`).
+        // bucket side decides from it alone.
         let (bot, signed_in) = self
             .devices
             .get(d)
@@ -599,64 +582,21 @@ impl Engine {
             // The bucket refers to the account's slot from here on.
             acc.seen_day = acc.seen_day.max(day);
         }
-        let (slot, created) = self.buckets.slot(b);
-        if created {
-            self.active_buckets.push(slot);
-        }
-        let Some((_, st)) = self.buckets.get_mut(slot) else {
-            return;
-        };
-        if st.agg.is_none() || st.day != day {
-            st.day = day;
-            st.agg = Some(bucket::DayAgg::default());
-        }
-        st.prune(ts.0.saturating_sub(window));
-        let Some(agg) = st.agg.as_mut() else { return };
-        if !agg.see(
-            d,
-            a,
-            bot,
-            self.p.max_bucket_devices,
-            self.p.max_bucket_accounts,
-        ) {
-            st.recent.clear();
-            return;
-        }
-        if a == NONE {
-            let prof = self.profiles.entry(b).or_default();
-            let seen = bucket::Regular::new(d, day, !bot && !signed_in);
-            match prof.iter().position(|x| x.device == d) {
-                Some(i) if prof[i].day() <= day => prof[i] = seen,
-                Some(_) => {}
-                None if prof.len() < MAX_PROFILE => prof.push(seen),
-                None => {}
-            }
-        } else if let Some(prof) = self.profiles.get_mut(&b)
-            && let Some(x) = prof.iter_mut().find(|x| x.device == d)
-        {
-            // A regular that signs in here is explained from now on.
-            *x = bucket::Regular::new(d, x.day(), false);
-        }
-        let accounts = &self.accounts;
-        let pending = &self.pending;
-        let opted = |acc: u32| accounts.get(acc).is_none_or(|x| x.opted_out);
-        let me_opted = a != NONE && opted(a);
-        for r in &st.recent {
-            if r.device == d || (!pending.is_empty() && pending.has_device(r.device)) {
-                continue;
-            }
-            let gap = ts.0 - r.ts.0;
-            if a == NONE && r.account != NONE && !opted(r.account) {
-                agg.pair(d, r.account, gap, ts);
-            } else if a != NONE && !me_opted && r.account == NONE {
-                agg.pair(r.device, a, gap, ts);
-            }
-        }
-        st.remember(bucket::Sighting {
-            ts,
+        let seen = colocation::Seen {
             device: d,
             account: a,
-        });
+            ts,
+            bot,
+            signed_in,
+        };
+        let (accounts, pending) = (&self.accounts, &self.pending);
+        self.coloc.see(
+            b,
+            seen,
+            &self.p,
+            |acc| accounts.get(acc).is_some_and(|x| !x.opted_out),
+            |dev| !pending.is_empty() && pending.has_device(dev),
+        );
     }
 
     /// Creates or refreshes the sign-in link `d`–`a`.
@@ -827,26 +767,12 @@ impl Engine {
     fn close_day(&mut self, day: i32, now: Millis) {
         self.purge_pending();
         self.retract_provisional();
-        let window = self.p.window_ms;
-        let buckets = std::mem::take(&mut self.active_buckets);
-        let mut keep = Vec::with_capacity(buckets.len() / 4);
-        for slot in buckets {
-            let Some((b, st)) = self.buckets.get_mut(slot) else {
-                continue;
-            };
-            let agg = st.agg.take();
-            let bucket_day = st.day;
-            st.prune(now.0.saturating_sub(window));
-            if st.recent.is_empty() {
-                self.buckets.remove(slot);
-            } else {
-                keep.push(slot);
-            }
-            if let Some(agg) = agg {
-                self.evidence_from(b, bucket_day, &agg, false);
-            }
+        let window_from = now.0.saturating_sub(self.p.window_ms);
+        let closed = self.coloc.close(window_from, &self.p, &self.hasher);
+        self.stats.crowded_bucket_days += closed.crowded;
+        for offers in closed.days {
+            self.take_evidence(offers, false);
         }
-        self.active_buckets = keep;
         self.sweep(day);
     }
 
@@ -854,19 +780,8 @@ impl Engine {
     /// wrote so the real close can replace it.
     fn close_provisionally(&mut self, day: i32) {
         self.retract_provisional();
-        for i in 0..self.active_buckets.len() {
-            let slot = self.active_buckets[i];
-            let Some((b, st)) = self.buckets.get_mut(slot) else {
-                continue;
-            };
-            if st.day != day {
-                continue;
-            }
-            let Some(agg) = st.agg.take() else { continue };
-            self.evidence_from(b, day, &agg, true);
-            if let Some((_, st)) = self.buckets.get_mut(slot) {
-                st.agg = Some(agg);
-            }
+        for offers in self.coloc.offers_so_far(day, &self.p, &self.hasher) {
+            self.take_evidence(offers, true);
         }
         self.sweep(day);
     }
@@ -887,24 +802,12 @@ impl Engine {
         }
     }
 
-    /// Turns one complete bucket-day into evidence on its devices: the
-    /// bucket side weighs every pair from what the bucket saw
-    /// ([`Engine::weigh`]), the device side keeps what it may
-    /// ([`Engine::accept_evidence`]). Provisional evidence is remembered,
-    /// so the real close can take back what it no longer finds (a day that
-    /// turned crowded).
-    fn evidence_from(&mut self, b: Bucket, day: i32, agg: &bucket::DayAgg, provisional: bool) {
-        if agg.crowded {
-            if !provisional {
-                self.stats.crowded_bucket_days += 1;
-            }
-            return;
-        }
-        if agg.pairs.is_empty() {
-            return;
-        }
+    /// Keeps what one bucket-day offers as evidence on its devices.
+    /// Provisional evidence is remembered, so the real close can take
+    /// back what it no longer finds (a day that turned crowded).
+    fn take_evidence(&mut self, offers: colocation::Offers, provisional: bool) {
         let mut produced = false;
-        for (d, e) in self.weigh(b, day, agg) {
+        for (d, e) in offers {
             if self.accept_evidence(d, e) {
                 if provisional {
                     self.provisional.push((d, e.account, e.day, e.bucket));
@@ -915,58 +818,6 @@ impl Engine {
         if produced && !provisional {
             self.stats.evidence_bucket_days += 1;
         }
-    }
-
-    /// The evidence one complete bucket-day offers, as `(device,
-    /// evidence)`. Reads only the bucket's own state (the day aggregate
-    /// and the bucket's regulars, with the device facts their sightings
-    /// carried), so a bucket stage can compute it on its own.
-    fn weigh(&self, b: Bucket, day: i32, agg: &bucket::DayAgg) -> Vec<(u32, Evidence)> {
-        let devices = agg.devices();
-        let humans = devices.iter().filter(|&&d| !agg.is_bot(d)).count();
-        let today = devices
-            .iter()
-            .filter(|&&d| !agg.is_bot(d) && !agg.is_signed(d))
-            .count();
-        let horizon = self.p.horizon_days;
-        let known = self.profiles.get(&b).map_or(0, |prof| {
-            prof.iter()
-                .filter(|x| i64::from(day) - i64::from(x.day()) < horizon && x.unexplained())
-                .count()
-        });
-        let unknown = today.max(known).max(1);
-        let ambiguity = (unknown as f64).powf(self.p.ambiguity_exponent);
-        let n_dev = humans + agg.anon_devices as usize;
-        let n_acc = (agg.accounts.len() + agg.anon_accounts as usize).max(1);
-        let tag = self.hasher.tag(&b.to_bytes());
-        let mut offers = Vec::with_capacity(agg.pairs.len());
-        for p in &agg.pairs {
-            if agg.is_signed(p.device) || agg.is_bot(p.device) {
-                continue;
-            }
-            let tf = (-(p.gap_ms() as f64) / self.p.gap_scale_ms).exp();
-            let w = tf / (n_acc as f64 * ambiguity);
-            let weight = (w * f64::from(WEIGHT_ONE))
-                .round()
-                .clamp(0.0, f64::from(WEIGHT_ONE)) as u16;
-            if weight == 0 {
-                continue;
-            }
-            offers.push((
-                p.device,
-                Evidence {
-                    account: p.account,
-                    day,
-                    bucket: tag,
-                    weight,
-                    gap_s: (p.gap_ms() / 1000).clamp(0, i64::from(u16::MAX)) as u16,
-                    bucket_devices: n_dev.min(255) as u8,
-                    bucket_accounts: n_acc.min(255) as u8,
-                    at: p.at(day),
-                },
-            ));
-        }
-        offers
     }
 
     /// Keeps one piece of evidence on device `d`, unless the device is a
@@ -1000,10 +851,7 @@ impl Engine {
     fn sweep(&mut self, day: i32) {
         let horizon = self.p.horizon_days;
         let ttl = self.p.login_ttl_days;
-        self.profiles.retain(|_, prof| {
-            prof.retain(|x| i64::from(day) - i64::from(x.day()) < horizon);
-            !prof.is_empty()
-        });
+        self.coloc.expire(day, horizon);
         let slots: Vec<u32> = self.devices.live().collect();
         for d in slots {
             let Some(dev) = self.devices.get_mut(d) else {
@@ -1261,7 +1109,7 @@ impl Engine {
 
     /// Address buckets holding window or day state, for diagnostics.
     pub fn bucket_count(&self) -> usize {
-        self.buckets.len()
+        self.coloc.len()
     }
 
     /// Day used for decisions made outside a day close (privacy).

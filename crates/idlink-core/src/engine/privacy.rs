@@ -46,7 +46,7 @@ pub struct PrivacyAck {
 
 /// Privacy work that needs a pass over every bucket, done in batches: a
 /// request takes effect on links and evidence at once, and on windows,
-/// day aggregates, profiles and the reorder buffer at the next purge,
+/// day aggregates, bucket regulars and the reorder buffer at the next purge,
 /// which runs before anything could observe the difference (a day close,
 /// a flush, a snapshot, handing out acks or changes, or an event about the
 /// same id). Acknowledgements wait for their purge.
@@ -196,42 +196,7 @@ impl Engine {
                 a.removed.sightings += 1;
             }
         };
-        if !devices.is_empty() || !accounts.is_empty() || !opted.is_empty() {
-            for st in self.buckets.states_mut() {
-                st.recent.retain(
-                    |s| match (devices.get(&s.device), accounts.get(&s.account)) {
-                        (Some(&i), _) | (None, Some(&i)) => {
-                            count(i);
-                            false
-                        }
-                        (None, None) => true,
-                    },
-                );
-                let Some(agg) = st.agg.as_mut() else { continue };
-                agg.forget_devices(|d| devices.contains_key(&d));
-                let before = agg.accounts.len();
-                agg.accounts.retain(|a| !accounts.contains_key(a));
-                agg.anon_accounts += (before - agg.accounts.len()) as u32;
-                agg.pairs.retain(|x| {
-                    match devices
-                        .get(&x.device)
-                        .or(accounts.get(&x.account))
-                        .or(opted.get(&x.account))
-                    {
-                        Some(&i) => {
-                            count(i);
-                            false
-                        }
-                        None => true,
-                    }
-                });
-            }
-        }
-        if !devices.is_empty() {
-            for prof in self.profiles.values_mut() {
-                prof.retain(|x| !devices.contains_key(&x.device));
-            }
-        }
+        self.coloc.forget(&devices, &accounts, &opted, &mut count);
         let mut survivors: Vec<Event> = Vec::new();
         if !p.fingerprints.is_empty() && !self.buffer.is_empty() {
             let fps: FxHashMap<u128, usize> = p.fingerprints.iter().copied().collect();

@@ -1,0 +1,302 @@
+//! Co-location: the bucket side of the engine.
+//!
+//! Everything the engine keeps per address bucket (the sightings within
+//! the window, the open day's aggregate, the bucket's regulars) and every
+//! decision made from it alone: which sightings pair, when a day turns
+//! crowded, and what each complete bucket-day weighs. It reads no device
+//! or account state. What it needs to know about a device travels with
+//! the sighting ([`Seen`]), and whether an account may pair is asked
+//! through a callback that a partitioned deployment answers from the
+//! privacy requests every stage receives. This is the state and the logic
+//! of the bucket stage in ARCHITECTURE.md ("Partitioned scale-out"); the
+//! engine turns what it offers into evidence on devices.
+
+use super::Params;
+use super::bucket::{self, BucketTable, DayAgg, Regular};
+use super::intern::NONE;
+use super::state::{Evidence, WEIGHT_ONE};
+use crate::addr::Bucket;
+use crate::keyed::KeyedHasher;
+use crate::time::Millis;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+/// Most unsigned devices a bucket's regulars list tracks; a bucket with
+/// more is so ambiguous that the exact number no longer matters.
+const MAX_REGULARS: usize = 16;
+
+/// One in-order sighting on a usable bucket, with what was known about
+/// its device at the time.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Seen {
+    /// Device slot.
+    pub device: u32,
+    /// Signed-in account slot, or `NONE`.
+    pub account: u32,
+    /// When.
+    pub ts: Millis,
+    /// The device behaved like a bot that day, as of this sighting.
+    pub bot: bool,
+    /// The device held a sign-in link, as of this sighting.
+    pub signed_in: bool,
+}
+
+/// What one complete bucket-day offers: `(device, evidence)` for each of
+/// its pairs that weighs anything.
+pub(super) type Offers = Vec<(u32, Evidence)>;
+
+/// What closing a day produced.
+#[derive(Debug, Default)]
+pub(super) struct Closed {
+    /// Bucket-days voided as crowded.
+    pub crowded: u64,
+    /// The offers of every other bucket-day with pairs, bucket by bucket.
+    pub days: Vec<Offers>,
+}
+
+/// The bucket side's state.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Colocation {
+    /// Bucket state for buckets with sightings in the window or today.
+    buckets: BucketTable,
+    /// Buckets holding state, visited when a day closes.
+    active: Vec<u32>,
+    /// Per bucket, the unsigned devices seen on it within the horizon and
+    /// whether each was unexplained (no sign-in link, no bot) when last
+    /// seen there: how many unexplained devices share the address over
+    /// weeks, not just today. A household with a member who never signs
+    /// in keeps that member's devices here, which is what keeps them from
+    /// being handed to the member who does.
+    regulars: FxHashMap<Bucket, SmallVec<[Regular; 2]>>,
+}
+
+impl Colocation {
+    /// Records a sighting on bucket `b` and the pairs it makes with the
+    /// sightings in the window. `may_pair(account)` is false for accounts
+    /// that must not collect evidence (opted out, being erased);
+    /// `gone(device)` is true for devices whose erasure is pending.
+    pub fn see(
+        &mut self,
+        b: Bucket,
+        s: Seen,
+        p: &Params,
+        may_pair: impl Fn(u32) -> bool,
+        gone: impl Fn(u32) -> bool,
+    ) {
+        let (d, a, ts) = (s.device, s.account, s.ts);
+        let day = ts.day() as i32;
+        let (slot, created) = self.buckets.slot(b);
+        if created {
+            self.active.push(slot);
+        }
+        let Some((_, st)) = self.buckets.get_mut(slot) else {
+            return;
+        };
+        if st.agg.is_none() || st.day != day {
+            st.day = day;
+            st.agg = Some(DayAgg::default());
+        }
+        st.prune(ts.0.saturating_sub(p.window_ms));
+        let Some(agg) = st.agg.as_mut() else { return };
+        if !agg.see(d, a, s.bot, p.max_bucket_devices, p.max_bucket_accounts) {
+            st.recent.clear();
+            return;
+        }
+        if a == NONE {
+            let list = self.regulars.entry(b).or_default();
+            let seen = Regular::new(d, day, !s.bot && !s.signed_in);
+            match list.iter().position(|x| x.device == d) {
+                Some(i) if list[i].day() <= day => list[i] = seen,
+                Some(_) => {}
+                None if list.len() < MAX_REGULARS => list.push(seen),
+                None => {}
+            }
+        } else if let Some(list) = self.regulars.get_mut(&b)
+            && let Some(x) = list.iter_mut().find(|x| x.device == d)
+        {
+            // A regular that signs in here is explained from now on.
+            *x = Regular::new(d, x.day(), false);
+        }
+        let me_may_pair = a != NONE && may_pair(a);
+        for r in &st.recent {
+            if r.device == d || gone(r.device) {
+                continue;
+            }
+            let gap = ts.0 - r.ts.0;
+            if a == NONE && r.account != NONE && may_pair(r.account) {
+                agg.pair(d, r.account, gap, ts);
+            } else if me_may_pair && r.account == NONE {
+                agg.pair(r.device, a, gap, ts);
+            }
+        }
+        st.remember(bucket::Sighting {
+            ts,
+            device: d,
+            account: a,
+        });
+    }
+
+    /// Closes every open bucket-day: its aggregate is weighed (or counted
+    /// as crowded) and dropped, windows are pruned to sightings from
+    /// `window_from` (ms) on, and buckets left with nothing are freed.
+    pub fn close(&mut self, window_from: i64, p: &Params, hasher: &KeyedHasher) -> Closed {
+        let mut closed = Closed::default();
+        let active = std::mem::take(&mut self.active);
+        let mut keep = Vec::with_capacity(active.len() / 4);
+        for slot in active {
+            let Some((b, st)) = self.buckets.get_mut(slot) else {
+                continue;
+            };
+            let agg = st.agg.take();
+            let day = st.day;
+            st.prune(window_from);
+            if st.recent.is_empty() {
+                self.buckets.remove(slot);
+            } else {
+                keep.push(slot);
+            }
+            match agg {
+                Some(agg) if agg.crowded => closed.crowded += 1,
+                Some(agg) if !agg.pairs.is_empty() => {
+                    closed.days.push(self.weigh(b, day, &agg, p, hasher));
+                }
+                _ => {}
+            }
+        }
+        self.active = keep;
+        closed
+    }
+
+    /// What the open `day` would offer if it closed now (a provisional
+    /// close); the state is untouched.
+    pub fn offers_so_far(&self, day: i32, p: &Params, hasher: &KeyedHasher) -> Vec<Offers> {
+        self.active
+            .iter()
+            .filter_map(|&slot| self.buckets.get(slot))
+            .filter(|(_, st)| st.day == day)
+            .filter_map(|(b, st)| {
+                let agg = st
+                    .agg
+                    .as_ref()
+                    .filter(|a| !a.crowded && !a.pairs.is_empty())?;
+                Some(self.weigh(b, day, agg, p, hasher))
+            })
+            .collect()
+    }
+
+    /// The evidence one complete bucket-day offers. A pair weighs
+    /// `exp(-gap / gap_scale) / (accounts × unknown^exponent)`, where
+    /// `unknown` is the larger of today's unexplained devices and the
+    /// bucket's unexplained regulars within the horizon.
+    fn weigh(&self, b: Bucket, day: i32, agg: &DayAgg, p: &Params, hasher: &KeyedHasher) -> Offers {
+        let devices = agg.devices();
+        let humans = devices.iter().filter(|&&d| !agg.is_bot(d)).count();
+        let today = devices
+            .iter()
+            .filter(|&&d| !agg.is_bot(d) && !agg.is_signed(d))
+            .count();
+        let known = self.regulars.get(&b).map_or(0, |list| {
+            list.iter()
+                .filter(|x| i64::from(day) - i64::from(x.day()) < p.horizon_days && x.unexplained())
+                .count()
+        });
+        let unknown = today.max(known).max(1);
+        let ambiguity = (unknown as f64).powf(p.ambiguity_exponent);
+        let n_dev = humans + agg.anon_devices as usize;
+        let n_acc = (agg.accounts.len() + agg.anon_accounts as usize).max(1);
+        let tag = hasher.tag(&b.to_bytes());
+        let mut offers = Vec::with_capacity(agg.pairs.len());
+        for pair in &agg.pairs {
+            if agg.is_signed(pair.device) || agg.is_bot(pair.device) {
+                continue;
+            }
+            let tf = (-(pair.gap_ms() as f64) / p.gap_scale_ms).exp();
+            let w = tf / (n_acc as f64 * ambiguity);
+            let weight = (w * f64::from(WEIGHT_ONE))
+                .round()
+                .clamp(0.0, f64::from(WEIGHT_ONE)) as u16;
+            if weight == 0 {
+                continue;
+            }
+            offers.push((
+                pair.device,
+                Evidence {
+                    account: pair.account,
+                    day,
+                    bucket: tag,
+                    weight,
+                    gap_s: (pair.gap_ms() / 1000).clamp(0, i64::from(u16::MAX)) as u16,
+                    bucket_devices: n_dev.min(255) as u8,
+                    bucket_accounts: n_acc.min(255) as u8,
+                    at: pair.at(day),
+                },
+            ));
+        }
+        offers
+    }
+
+    /// Forgets regulars last seen `horizon_days` or more before `day`.
+    pub fn expire(&mut self, day: i32, horizon_days: i64) {
+        self.regulars.retain(|_, list| {
+            list.retain(|x| i64::from(day) - i64::from(x.day()) < horizon_days);
+            !list.is_empty()
+        });
+    }
+
+    /// Removes erased devices and accounts (by slot, with the index of the
+    /// request that erased them) and the pending pairs of opted-out
+    /// accounts. Erased ids stay counted, anonymously, where they made a
+    /// bucket-day crowded or ambiguous. `count(request)` is called for
+    /// every sighting or pair dropped.
+    pub fn forget(
+        &mut self,
+        devices: &FxHashMap<u32, usize>,
+        accounts: &FxHashMap<u32, usize>,
+        opted: &FxHashMap<u32, usize>,
+        mut count: impl FnMut(usize),
+    ) {
+        if devices.is_empty() && accounts.is_empty() && opted.is_empty() {
+            return;
+        }
+        for st in self.buckets.states_mut() {
+            st.recent.retain(
+                |s| match (devices.get(&s.device), accounts.get(&s.account)) {
+                    (Some(&i), _) | (None, Some(&i)) => {
+                        count(i);
+                        false
+                    }
+                    (None, None) => true,
+                },
+            );
+            let Some(agg) = st.agg.as_mut() else { continue };
+            agg.forget_devices(|d| devices.contains_key(&d));
+            let before = agg.accounts.len();
+            agg.accounts.retain(|a| !accounts.contains_key(a));
+            agg.anon_accounts += (before - agg.accounts.len()) as u32;
+            agg.pairs.retain(|x| {
+                match devices
+                    .get(&x.device)
+                    .or(accounts.get(&x.account))
+                    .or(opted.get(&x.account))
+                {
+                    Some(&i) => {
+                        count(i);
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
+        if !devices.is_empty() {
+            for list in self.regulars.values_mut() {
+                list.retain(|x| !devices.contains_key(&x.device));
+            }
+        }
+    }
+
+    /// Buckets holding window or day state.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+}
