@@ -375,9 +375,10 @@ impl Engine {
 
     /// Everything available has been read: releases every buffered event
     /// and makes the open day's evidence count provisionally, so the
-    /// published graph reflects all input. Events older than what was
-    /// seen are late afterwards. When the day later closes for real, its
-    /// provisional evidence is replaced, never added twice.
+    /// published graph reflects all input. Events older than the newest
+    /// one seen are late afterwards; one of the same millisecond is not
+    /// (the watermark rests on it). When the day later closes for real,
+    /// its provisional evidence is replaced, never added twice.
     pub fn flush(&mut self) {
         self.purge_pending();
         let Some(max) = self.sources.iter().map(|s| s.max_ts).max() else {
@@ -386,9 +387,9 @@ impl Engine {
         if max == Millis::MIN {
             return;
         }
-        let to = max.saturating_add(1);
-        if to > self.watermark {
-            self.release(to);
+        if max >= self.watermark {
+            self.release(max.saturating_add(1));
+            self.watermark = max;
         }
         if self.current_day != i32::MIN {
             let day = self.current_day;
