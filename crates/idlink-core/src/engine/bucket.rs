@@ -398,13 +398,91 @@ impl<'de> Deserialize<'de> for BucketTable {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (slots, free): (Vec<Option<(Bucket, BucketState)>>, Vec<u32>) =
             Deserialize::deserialize(d)?;
+        Ok(BucketTable::from_parts(slots, free))
+    }
+}
+
+impl BucketTable {
+    /// A table of `slots` (with `free` listing the empty ones), its index
+    /// rebuilt.
+    pub fn from_parts(slots: Vec<Option<(Bucket, BucketState)>>, free: Vec<u32>) -> Self {
         let mut index = HashTable::with_capacity(slots.len());
         for (i, s) in slots.iter().enumerate() {
             if let Some((b, _)) = s {
                 index.insert_unique(hash_bucket(b), i as u32, |&j| Self::key_hash(&slots, j));
             }
         }
-        Ok(BucketTable { slots, index, free })
+        BucketTable { slots, index, free }
+    }
+}
+
+/// The bucket state of snapshot format 2, before device facts travelled
+/// with sightings: read by the migration in `snapshot.rs`.
+pub mod v2 {
+    use super::{Bucket, BucketState, DayAgg, NONE, Pair, Sighting};
+    use serde::Deserialize;
+    use smallvec::SmallVec;
+    use thin_vec::ThinVec;
+
+    /// A day aggregate without the bot mask.
+    #[derive(Deserialize)]
+    pub struct DayAggV2 {
+        crowded: bool,
+        devices: SmallVec<[u32; 4]>,
+        signed: u64,
+        accounts: SmallVec<[u32; 2]>,
+        anon_devices: u32,
+        anon_accounts: u32,
+        pairs: ThinVec<Pair>,
+    }
+
+    /// A bucket's state holding a format-2 aggregate.
+    #[derive(Deserialize)]
+    pub struct BucketStateV2 {
+        recent: SmallVec<[Sighting; 2]>,
+        day: i32,
+        agg: Option<DayAggV2>,
+    }
+
+    /// The table as format 2 stored it.
+    pub type TableV2 = (Vec<Option<(Bucket, BucketStateV2)>>, Vec<u32>);
+
+    /// Today's state; `is_bot(device)` says whether a device of an open
+    /// aggregate is a bot now (format 2 did not keep it per sighting).
+    pub fn migrate(table: TableV2, is_bot: impl Fn(u32) -> bool) -> super::BucketTable {
+        let (slots, free) = table;
+        let slots = slots
+            .into_iter()
+            .map(|s| {
+                s.map(|(b, st)| {
+                    let agg = st.agg.map(|a| {
+                        let mut bots = 0u64;
+                        for (i, &d) in a.devices.iter().enumerate() {
+                            if d != NONE && is_bot(d) {
+                                bots |= 1u64.checked_shl(i as u32).unwrap_or(0);
+                            }
+                        }
+                        DayAgg {
+                            crowded: a.crowded,
+                            devices: a.devices,
+                            signed: a.signed,
+                            bots,
+                            accounts: a.accounts,
+                            anon_devices: a.anon_devices,
+                            anon_accounts: a.anon_accounts,
+                            pairs: a.pairs,
+                        }
+                    });
+                    let state = BucketState {
+                        recent: st.recent,
+                        day: st.day,
+                        agg,
+                    };
+                    (b, state)
+                })
+            })
+            .collect();
+        super::BucketTable::from_parts(slots, free)
     }
 }
 

@@ -72,6 +72,19 @@ pub(super) struct Colocation {
 }
 
 impl Colocation {
+    /// State from its parts (a snapshot migration).
+    pub fn from_parts(
+        buckets: BucketTable,
+        active: Vec<u32>,
+        regulars: FxHashMap<Bucket, SmallVec<[Regular; 2]>>,
+    ) -> Self {
+        Colocation {
+            buckets,
+            active,
+            regulars,
+        }
+    }
+
     /// Records a sighting on bucket `b` and the pairs it makes with the
     /// sightings in the window. `may_pair(account)` is false for accounts
     /// that must not collect evidence (opted out, being erased);

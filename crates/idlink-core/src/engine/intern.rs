@@ -135,6 +135,18 @@ impl<T> Slots<T> {
         Span::new(at, id.len())
     }
 
+    /// The same slots with every value mapped (a snapshot migration):
+    /// ids, slot numbers and the index stay as they are.
+    pub fn map_values<U>(self, mut f: impl FnMut(T) -> U) -> Slots<U> {
+        Slots {
+            text: self.text,
+            garbage: self.garbage,
+            slots: self.slots.into_iter().map(|(s, v)| (s, f(v))).collect(),
+            index: self.index,
+            free: self.free,
+        }
+    }
+
     /// The slot of `id`, if interned.
     pub fn find(&self, id: &str) -> Option<u32> {
         let (text, slots) = (&self.text, &self.slots);

@@ -101,6 +101,31 @@ fn a_corrupt_or_foreign_snapshot_is_refused() {
     ));
 }
 
+/// A snapshot of the previous format (written by the engine before device
+/// facts travelled with sightings, from the first ten events of
+/// [`stream`]) is migrated: carrying on from it gives today's result.
+#[test]
+fn a_snapshot_of_the_previous_format_is_migrated() {
+    let v2 = include_bytes!("../../tests/fixtures/snapshot-v2.bin");
+    assert_eq!(postcard::take_from_bytes::<u32>(v2).unwrap().0, 2);
+    let mut e = Engine::restore(&Config::default(), AddressClassifier::new(64, &[]), v2)
+        .expect("format 2 restores");
+    assert!(e.device_count() > 0 && e.buffered() > 0 && e.bucket_count() > 0);
+    for ev in stream()[10..].iter().cloned() {
+        e.ingest(0, ev);
+    }
+    e.finish();
+    assert_eq!(output(&e), straight());
+    // And it is written back in today's format.
+    let again = Engine::restore(
+        &Config::default(),
+        AddressClassifier::new(64, &[]),
+        &e.snapshot(),
+    )
+    .expect("format 3 restores");
+    assert_eq!(output(&again), straight());
+}
+
 #[test]
 fn flushing_when_caught_up_never_counts_a_day_twice() {
     let events = stream();
