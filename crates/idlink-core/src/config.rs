@@ -110,8 +110,8 @@ pub struct AddressConfig {
     pub exclude_cidrs: Vec<String>,
     /// A bucket with more distinct devices than this in one UTC day is
     /// crowded (public Wi-Fi, offices, carriers) and that day counts for
-    /// nothing. At most 63: no household has more, and the engine keeps
-    /// a bucket-day's signed-in devices as a 64-bit mask.
+    /// nothing. At most 32: no household has more, and the engine keeps
+    /// facts about a bucket-day's devices (signed in, bot) as 32-bit masks.
     pub max_devices_per_bucket_day: u32,
     /// A bucket with more distinct signed-in accounts than this in one UTC
     /// day is crowded likewise.
@@ -293,9 +293,9 @@ impl Config {
                 ));
             }
         }
-        if !(2..=63).contains(&a.max_devices_per_bucket_day) {
+        if !(2..=32).contains(&a.max_devices_per_bucket_day) {
             return bad(
-                "addresses.max_devices_per_bucket_day must be from 2 to 63 (more devices a day \
+                "addresses.max_devices_per_bucket_day must be from 2 to 32 (more devices a day \
                  is never one household)"
                     .into(),
             );

@@ -69,14 +69,14 @@ pub struct DayAgg {
     devices: SmallVec<[u32; 4]>,
     /// Bit `i` set: `devices[i]` was seen signed in here today, so it is
     /// no candidate here. Fits because the config caps the devices a
-    /// bucket-day may hold below 64.
-    signed: u64,
+    /// bucket-day may hold at 32.
+    signed: u32,
     /// Bit `i` set: `devices[i]` behaved like a bot when it was seen
     /// here. Carried with the sighting, so the day is decided from what
     /// the bucket saw, never by reading device state at the close: a
     /// bucket stage of its own (ARCHITECTURE.md, "Partitioned scale-out")
     /// decides it the same way.
-    bots: u64,
+    bots: u32,
     /// Distinct signed-in account slots seen.
     pub accounts: SmallVec<[u32; 2]>,
     /// Erased devices that were here, counted without their ids so their
@@ -153,10 +153,10 @@ impl DayAgg {
             if !self.accounts.contains(&account) {
                 self.accounts.push(account);
             }
-            self.signed |= 1u64.checked_shl(at as u32).unwrap_or(0);
+            self.signed |= 1u32.checked_shl(at as u32).unwrap_or(0);
         }
         if bot {
-            self.bots |= 1u64.checked_shl(at as u32).unwrap_or(0);
+            self.bots |= 1u32.checked_shl(at as u32).unwrap_or(0);
         }
         if self.devices.len() + self.anon_devices as usize > max_devices
             || self.accounts.len() + self.anon_accounts as usize > max_accounts
@@ -182,7 +182,7 @@ impl DayAgg {
         self.flag(self.bots, device)
     }
 
-    fn flag(&self, mask: u64, device: u32) -> bool {
+    fn flag(&self, mask: u32, device: u32) -> bool {
         self.devices
             .iter()
             .position(|&d| d == device)
@@ -192,7 +192,7 @@ impl DayAgg {
     /// Removes the devices `gone` names (erased), counting them as
     /// anonymous so the bucket never looks more exclusive than it was.
     pub fn forget_devices(&mut self, gone: impl Fn(u32) -> bool) {
-        let (mut signed, mut bots) = (0u64, 0u64);
+        let (mut signed, mut bots) = (0u32, 0u32);
         let mut kept = 0u32;
         let mut removed = 0u32;
         for (i, &d) in self.devices.iter().enumerate() {
@@ -200,7 +200,7 @@ impl DayAgg {
                 removed += 1;
                 continue;
             }
-            let to = 1u64.checked_shl(kept).unwrap_or(0);
+            let to = 1u32.checked_shl(kept).unwrap_or(0);
             if bit(self.signed, i) {
                 signed |= to;
             }
@@ -250,8 +250,8 @@ impl DayAgg {
     }
 }
 
-/// Bit `i` of `mask` (false past 63).
-fn bit(mask: u64, i: usize) -> bool {
+/// Bit `i` of `mask` (false past 31).
+fn bit(mask: u32, i: usize) -> bool {
     mask.checked_shr(i as u32).unwrap_or(0) & 1 == 1
 }
 
@@ -456,16 +456,19 @@ pub mod v2 {
             .map(|s| {
                 s.map(|(b, st)| {
                     let agg = st.agg.map(|a| {
-                        let mut bots = 0u64;
+                        let mut bots = 0u32;
                         for (i, &d) in a.devices.iter().enumerate() {
                             if d != NONE && is_bot(d) {
-                                bots |= 1u64.checked_shl(i as u32).unwrap_or(0);
+                                bots |= 1u32.checked_shl(i as u32).unwrap_or(0);
                             }
                         }
                         DayAgg {
                             crowded: a.crowded,
                             devices: a.devices,
-                            signed: a.signed,
+                            // Format 2 allowed 63 devices a bucket-day;
+                            // today's limit is 32, so no live bit is lost
+                            // unless a config went past it.
+                            signed: a.signed as u32,
                             bots,
                             accounts: a.accounts,
                             anon_devices: a.anon_devices,
