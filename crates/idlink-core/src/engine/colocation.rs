@@ -46,15 +46,6 @@ pub(super) struct Seen {
 /// its pairs that weighs anything.
 pub(super) type Offers = Vec<(u32, Evidence)>;
 
-/// What closing a day produced.
-#[derive(Debug, Default)]
-pub(super) struct Closed {
-    /// Bucket-days voided as crowded.
-    pub crowded: u64,
-    /// The offers of every other bucket-day with pairs, bucket by bucket.
-    pub days: Vec<Offers>,
-}
-
 /// The bucket side's state.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct Colocation {
@@ -150,11 +141,19 @@ impl Colocation {
         });
     }
 
-    /// Closes every open bucket-day: its aggregate is weighed (or counted
-    /// as crowded) and dropped, windows are pruned to sightings from
-    /// `window_from` (ms) on, and buckets left with nothing are freed.
-    pub fn close(&mut self, window_from: i64, p: &Params, hasher: &KeyedHasher) -> Closed {
-        let mut closed = Closed::default();
+    /// Closes every open bucket-day: what it offers goes to `take`, one
+    /// bucket-day at a time (or it counts as crowded), and its aggregate
+    /// is dropped; windows are pruned to sightings from `window_from` (ms)
+    /// on, and buckets left with nothing are freed. Returns the number of
+    /// crowded bucket-days.
+    pub fn close(
+        &mut self,
+        window_from: i64,
+        p: &Params,
+        hasher: &KeyedHasher,
+        mut take: impl FnMut(Offers),
+    ) -> u64 {
+        let mut crowded = 0;
         let active = std::mem::take(&mut self.active);
         let mut keep = Vec::with_capacity(active.len() / 4);
         for slot in active {
@@ -170,32 +169,39 @@ impl Colocation {
                 keep.push(slot);
             }
             match agg {
-                Some(agg) if agg.crowded => closed.crowded += 1,
-                Some(agg) if !agg.pairs.is_empty() => {
-                    closed.days.push(self.weigh(b, day, &agg, p, hasher));
-                }
+                Some(agg) if agg.crowded => crowded += 1,
+                Some(agg) if !agg.pairs.is_empty() => take(self.weigh(b, day, &agg, p, hasher)),
                 _ => {}
             }
         }
         self.active = keep;
-        closed
+        crowded
     }
 
     /// What the open `day` would offer if it closed now (a provisional
-    /// close); the state is untouched.
-    pub fn offers_so_far(&self, day: i32, p: &Params, hasher: &KeyedHasher) -> Vec<Offers> {
-        self.active
-            .iter()
-            .filter_map(|&slot| self.buckets.get(slot))
-            .filter(|(_, st)| st.day == day)
-            .filter_map(|(b, st)| {
-                let agg = st
-                    .agg
-                    .as_ref()
-                    .filter(|a| !a.crowded && !a.pairs.is_empty())?;
-                Some(self.weigh(b, day, agg, p, hasher))
-            })
-            .collect()
+    /// close), to `take` one bucket-day at a time; the state is untouched.
+    pub fn offers_so_far(
+        &self,
+        day: i32,
+        p: &Params,
+        hasher: &KeyedHasher,
+        mut take: impl FnMut(Offers),
+    ) {
+        for &slot in &self.active {
+            let Some((b, st)) = self.buckets.get(slot) else {
+                continue;
+            };
+            if st.day != day {
+                continue;
+            }
+            if let Some(agg) = st
+                .agg
+                .as_ref()
+                .filter(|a| !a.crowded && !a.pairs.is_empty())
+            {
+                take(self.weigh(b, day, agg, p, hasher));
+            }
+        }
     }
 
     /// The evidence one complete bucket-day offers. A pair weighs

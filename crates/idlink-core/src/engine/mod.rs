@@ -33,7 +33,7 @@ use crate::keyed::KeyedHasher;
 use crate::time::{DAY_MS, MINUTE_MS, Millis};
 use intern::{NONE, Slots};
 use rustc_hash::{FxHashMap, FxHashSet};
-use state::{Account, Device, Evidence, InferredLink, LoginLink, WEIGHT_ONE};
+use state::{Account, Device, InferredLink, LoginLink, WEIGHT_ONE};
 use std::hash::BuildHasher;
 
 pub use privacy::{PrivacyAck, Removed};
@@ -236,6 +236,60 @@ pub struct Engine {
     login_links: u64,
     /// Live inferred links.
     inferred_links: u64,
+}
+
+/// Evidence arriving at devices from closed (or provisionally counted)
+/// bucket-days. It borrows only the fields it writes, so the bucket side
+/// can hand offers over one bucket-day at a time while it walks its own
+/// state.
+struct Intake<'a> {
+    /// Where evidence is kept.
+    devices: &'a mut Slots<Device>,
+    /// Opted-out accounts get none; the others learn which devices hold
+    /// evidence for them.
+    accounts: &'a mut Slots<Account>,
+    /// Provisional evidence written, for the real close to take back.
+    written: &'a mut Vec<(u32, u32, i32, u64)>,
+    /// Counts bucket-days that produced evidence.
+    stats: &'a mut EngineStats,
+    /// Whether this is a provisional count of the open day.
+    provisional: bool,
+}
+
+impl Intake<'_> {
+    /// Keeps what one bucket-day offers: each piece of evidence, unless
+    /// its device is a bot that day (it may have been flagged after its
+    /// sightings on the bucket) or its account opted out.
+    fn keep(&mut self, offers: colocation::Offers) {
+        let mut produced = false;
+        for (d, e) in offers {
+            if self.accounts.get(e.account).is_none_or(|a| a.opted_out) {
+                continue;
+            }
+            let Some(dev) = self.devices.get_mut(d) else {
+                continue;
+            };
+            if dev.is_bot(e.day) {
+                continue;
+            }
+            match dev.evidence.binary_search_by(|x| {
+                (x.account, x.day, x.bucket).cmp(&(e.account, e.day, e.bucket))
+            }) {
+                Ok(i) => dev.evidence[i] = e,
+                Err(i) => dev.evidence.insert(i, e),
+            }
+            if let Some(acc) = self.accounts.get_mut(e.account) {
+                state::add_value(&mut acc.evidence_devices, d);
+            }
+            if self.provisional {
+                self.written.push((d, e.account, e.day, e.bucket));
+            }
+            produced = true;
+        }
+        if produced && !self.provisional {
+            self.stats.evidence_bucket_days += 1;
+        }
+    }
 }
 
 impl Engine {
@@ -769,11 +823,19 @@ impl Engine {
         self.purge_pending();
         self.retract_provisional();
         let window_from = now.0.saturating_sub(self.p.window_ms);
-        let closed = self.coloc.close(window_from, &self.p, &self.hasher);
-        self.stats.crowded_bucket_days += closed.crowded;
-        for offers in closed.days {
-            self.take_evidence(offers, false);
-        }
+        let mut intake = Intake {
+            devices: &mut self.devices,
+            accounts: &mut self.accounts,
+            written: &mut self.provisional,
+            stats: &mut self.stats,
+            provisional: false,
+        };
+        let crowded = self
+            .coloc
+            .close(window_from, &self.p, &self.hasher, |offers| {
+                intake.keep(offers)
+            });
+        self.stats.crowded_bucket_days += crowded;
         self.sweep(day);
     }
 
@@ -781,9 +843,15 @@ impl Engine {
     /// wrote so the real close can replace it.
     fn close_provisionally(&mut self, day: i32) {
         self.retract_provisional();
-        for offers in self.coloc.offers_so_far(day, &self.p, &self.hasher) {
-            self.take_evidence(offers, true);
-        }
+        let mut intake = Intake {
+            devices: &mut self.devices,
+            accounts: &mut self.accounts,
+            written: &mut self.provisional,
+            stats: &mut self.stats,
+            provisional: true,
+        };
+        self.coloc
+            .offers_so_far(day, &self.p, &self.hasher, |offers| intake.keep(offers));
         self.sweep(day);
     }
 
@@ -801,50 +869,6 @@ impl Engine {
                 state::remove_value(&mut acc.evidence_devices, d);
             }
         }
-    }
-
-    /// Keeps what one bucket-day offers as evidence on its devices.
-    /// Provisional evidence is remembered, so the real close can take
-    /// back what it no longer finds (a day that turned crowded).
-    fn take_evidence(&mut self, offers: colocation::Offers, provisional: bool) {
-        let mut produced = false;
-        for (d, e) in offers {
-            if self.accept_evidence(d, e) {
-                if provisional {
-                    self.provisional.push((d, e.account, e.day, e.bucket));
-                }
-                produced = true;
-            }
-        }
-        if produced && !provisional {
-            self.stats.evidence_bucket_days += 1;
-        }
-    }
-
-    /// Keeps one piece of evidence on device `d`, unless the device is a
-    /// bot that day (it may have been flagged after its sightings on the
-    /// bucket) or the account opted out. Returns whether it was kept.
-    fn accept_evidence(&mut self, d: u32, e: Evidence) -> bool {
-        if self.accounts.get(e.account).is_none_or(|a| a.opted_out) {
-            return false;
-        }
-        let Some(dev) = self.devices.get_mut(d) else {
-            return false;
-        };
-        if dev.is_bot(e.day) {
-            return false;
-        }
-        match dev
-            .evidence
-            .binary_search_by(|x| (x.account, x.day, x.bucket).cmp(&(e.account, e.day, e.bucket)))
-        {
-            Ok(i) => dev.evidence[i] = e,
-            Err(i) => dev.evidence.insert(i, e),
-        }
-        if let Some(acc) = self.accounts.get_mut(e.account) {
-            state::add_value(&mut acc.evidence_devices, d);
-        }
-        true
     }
 
     /// Daily maintenance at the close of `day`: expire evidence, sign-in
