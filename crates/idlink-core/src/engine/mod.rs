@@ -822,20 +822,7 @@ impl Engine {
     fn close_day(&mut self, day: i32, now: Millis) {
         self.purge_pending();
         self.retract_provisional();
-        let window_from = now.0.saturating_sub(self.p.window_ms);
-        let mut intake = Intake {
-            devices: &mut self.devices,
-            accounts: &mut self.accounts,
-            written: &mut self.provisional,
-            stats: &mut self.stats,
-            provisional: false,
-        };
-        let crowded = self
-            .coloc
-            .close(window_from, &self.p, &self.hasher, |offers| {
-                intake.keep(offers)
-            });
-        self.stats.crowded_bucket_days += crowded;
+        self.count_bucket_days(day, Some(now.0.saturating_sub(self.p.window_ms)));
         self.sweep(day);
     }
 
@@ -843,16 +830,31 @@ impl Engine {
     /// wrote so the real close can replace it.
     fn close_provisionally(&mut self, day: i32) {
         self.retract_provisional();
+        self.count_bucket_days(day, None);
+        self.sweep(day);
+    }
+
+    /// Turns bucket-days into evidence on devices, one bucket-day at a
+    /// time: every open one, closing it and pruning windows to sightings
+    /// from `close_from` (ms) on; or, with `None`, the open `day`'s
+    /// provisionally, leaving the bucket state as it is.
+    fn count_bucket_days(&mut self, day: i32, close_from: Option<i64>) {
         let mut intake = Intake {
             devices: &mut self.devices,
             accounts: &mut self.accounts,
             written: &mut self.provisional,
             stats: &mut self.stats,
-            provisional: true,
+            provisional: close_from.is_none(),
         };
-        self.coloc
-            .offers_so_far(day, &self.p, &self.hasher, |offers| intake.keep(offers));
-        self.sweep(day);
+        let take = |offers| intake.keep(offers);
+        let crowded = match close_from {
+            Some(from) => self.coloc.close(from, &self.p, &self.hasher, take),
+            None => {
+                self.coloc.offers_so_far(day, &self.p, &self.hasher, take);
+                0
+            }
+        };
+        self.stats.crowded_bucket_days += crowded;
     }
 
     /// Removes evidence written by the last provisional close.
