@@ -77,8 +77,6 @@ pub struct Pipeline {
     since_snapshot: u64,
     /// Assignment generation last turned into watermark sources.
     sources_generation: u64,
-    /// Watermark sources of the current assignment.
-    sources: Vec<u32>,
     /// When the current assignment arrived.
     assigned_at: Instant,
     /// When each source last delivered a message.
@@ -213,7 +211,6 @@ impl Pipeline {
             batch_started: Instant::now(),
             since_snapshot: 0,
             sources_generation: 0,
-            sources: Vec::new(),
             assigned_at: Instant::now(),
             last_seen: std::collections::HashMap::new(),
             active: false,
@@ -269,7 +266,6 @@ impl Pipeline {
         self.engine = engine;
         self.positions = restored;
         // Every assigned partition becomes a source of the new engine.
-        self.sources.clear();
         self.sources_generation = 0;
         self.batch_len = 0;
         self.batch_ts.clear();
@@ -531,29 +527,26 @@ impl Pipeline {
         }
     }
 
-    /// Registers every assigned partition as a watermark source, and
-    /// drops revoked ones, when the assignment changes.
+    /// Registers every assigned partition as a watermark source when the
+    /// assignment changes, while this instance owns the group. Sources are
+    /// never removed: the engine's state covers every input partition, and
+    /// an instance that loses some stops processing, so dropping their
+    /// sources would only let the watermark run ahead of them and make
+    /// their records late when this instance owns them again.
     fn sync_sources(&mut self) {
+        if !self.active {
+            return;
+        }
         let Some(a) = self.partitions.assignment_since(self.sources_generation) else {
             return;
         };
-        let (generation, assigned) = (a.generation, a.partitions);
-        self.sources_generation = generation;
+        self.sources_generation = a.generation;
         let events = &self.cfg.kafka.events_topic;
-        let now: Vec<u32> = assigned
-            .iter()
-            .map(|(t, p)| source(u32::from(t != events), *p))
-            .collect();
-        for s in &self.sources {
-            if !now.contains(s) {
-                self.engine.remove_source(*s);
-            }
+        for (t, p) in &a.partitions {
+            let s = source(u32::from(t != events), *p);
+            self.engine.add_source(s);
+            self.engine.set_idle(s, false);
         }
-        for s in &now {
-            self.engine.add_source(*s);
-            self.engine.set_idle(*s, false);
-        }
-        self.sources = now;
         self.assigned_at = Instant::now();
     }
 
