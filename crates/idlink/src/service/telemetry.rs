@@ -130,7 +130,10 @@ impl Telemetry {
             graph_accounts: gauge(&r, "idlink_graph_accounts", "Accounts held in state."),
             graph_links: {
                 let g = IntGaugeVec::new(
-                    Opts::new("idlink_graph_links", "Live links by type."),
+                    Opts::new(
+                        "idlink_graph_links",
+                        "Live links in state by type (links past an account's device cap included).",
+                    ),
                     &["type"],
                 )
                 .expect("valid metric");
