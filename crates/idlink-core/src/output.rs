@@ -182,14 +182,17 @@ pub(crate) fn device_line(
 
 /// Renders an account's line, or `None` if it has no devices. `early`
 /// lists devices whose sign-ins to the account still wait in the reorder
-/// buffer, with the latest of them; `shown` says whether the account
-/// shows a device (slot) under its device cap.
+/// buffer, with the latest of them; `inferred_hidden` says whether a
+/// device's buffered sign-ins (to any account) hide its inferred link, as
+/// its own line does; `shown` says whether the account shows a device
+/// (slot) under its device cap.
 pub(crate) fn account_line(
     id: &str,
     a: u32,
     acc: &Account,
     devices: &Slots<Device>,
     early: &[(u32, crate::time::Millis)],
+    inferred_hidden: &dyn Fn(u32) -> bool,
     shown: &mut dyn FnMut(u32) -> bool,
 ) -> Option<String> {
     let mut slots: Vec<u32> = acc.devices.iter().copied().collect();
@@ -210,6 +213,9 @@ pub(crate) fn account_line(
                     confidence: 1.0,
                     last_seen: last.to_string(),
                 });
+            }
+            if inferred_hidden(d) {
+                return None;
             }
             let i = dev.inferred.as_ref().filter(|i| i.account == a)?;
             Some(AccountDevice {

@@ -57,14 +57,19 @@ impl Engine {
         slots.extend(early.iter().map(|e| e.0));
         slots.sort_unstable();
         slots.dedup();
-        // (sign-in, confidence, last seen), greatest first; then the id.
+        // (sign-in, confidence, last seen), greatest first; then the id. A
+        // sign-in link ranks by its state; a buffered sign-in only when it
+        // is a new link. A buffered refresh of a known link publishes
+        // nothing until it is applied (`early.rs`), so letting it move the
+        // boundary would change a view that nobody is told about.
         let mut ranked: Vec<((bool, u32, Millis), &str, u32)> = slots
             .into_iter()
             .filter_map(|d| {
                 let dev = self.devices.get(d)?;
                 let buffered = early.iter().find(|e| e.0 == d).map(|e| e.1);
-                let key = match dev.login(a).map(|l| l.last_seen).max(buffered) {
+                let key = match dev.login(a).map(|l| l.last_seen).or(buffered) {
                     Some(last) => (true, WEIGHT_ONE, last),
+                    None if self.inferred_hidden(d) => return None,
                     None => {
                         let i = dev.inferred.as_ref().filter(|i| i.account == a)?;
                         (false, i.confidence, i.last_seen)

@@ -205,10 +205,20 @@ impl Engine {
         // counts go out when the event is applied, as before.
         let known = self.devices.get(d).is_some_and(|x| x.login(a).is_some())
             || self.early.logins(d).iter().any(|e| e.account == a);
+        let hides = !self.inferred_hidden(d);
         self.early.add(d, a, ev.ts);
         if !known {
             self.mark_device(d);
             self.mark_account(a);
+        }
+        if hides
+            && self.inferred_hidden(d)
+            && let Some(x) = self.devices.get(d).and_then(|x| x.inferred.as_ref())
+        {
+            // The inferred link disappears from view: its account's line
+            // changes too.
+            let x = x.account;
+            self.mark_account(x);
         }
     }
 
@@ -289,6 +299,13 @@ impl Engine {
         }
     }
 
+    /// Whether buffered sign-ins hide device `d`'s inferred link: a
+    /// device about to be signed in gets none (unless configured
+    /// otherwise), on both topics and in its accounts' cap.
+    pub(super) fn inferred_hidden(&self, d: u32) -> bool {
+        !self.p.infer_for_signed_in && !self.early.logins(d).is_empty()
+    }
+
     /// Device `dev` (slot `d`) as published: its state with its buffered
     /// sign-ins merged in.
     pub(super) fn with_early(&self, d: u32, dev: &Device) -> Option<Device> {
@@ -316,7 +333,7 @@ impl Engine {
                 ),
             }
         }
-        if !self.p.infer_for_signed_in {
+        if self.inferred_hidden(d) {
             m.inferred = None;
         }
         Some(m)

@@ -1130,6 +1130,7 @@ impl Engine {
             acc,
             &self.devices,
             &early,
+            &|d| self.inferred_hidden(d),
             &mut |d| self.shows(a, d, shown),
         )
     }

@@ -468,3 +468,43 @@ fn the_account_cap_shows_the_most_recently_used_devices() {
     assert_eq!(published, e.account_lines().collect::<Vec<_>>());
     assert_eq!(e.link_counts(), (3, 0), "the hidden link stays in state");
 }
+
+/// A buffered sign-in hides the device's inferred link at once, on both
+/// topics: the inferred account's line is published again without it.
+#[test]
+fn a_buffered_sign_in_withdraws_the_inferred_link_from_both_topics() {
+    let mut e = engine();
+    e.track_changes();
+    for ev in stream() {
+        e.ingest(0, ev);
+    }
+    e.flush();
+    let before = e.take_changes();
+    let alice = |c: &Changes| {
+        c.accounts
+            .iter()
+            .find(|(k, _)| k == "alice")
+            .and_then(|(_, v)| v.clone())
+    };
+    assert!(
+        alice(&before).is_some_and(|l| l.contains("\"device_id\":\"laptop\"")),
+        "the laptop is inferred to alice: {before:?}"
+    );
+    e.ingest(0, sighting(t(5, 1300), "laptop", "81.2.3.4", Some("carol")));
+    let after = e.take_changes();
+    let laptop = after
+        .devices
+        .iter()
+        .find(|(k, _)| k == "laptop")
+        .and_then(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(
+        laptop.contains("carol") && !laptop.contains("inferred"),
+        "{laptop}"
+    );
+    let alice_now = alice(&after);
+    assert!(
+        alice_now.is_some_and(|l| l.contains("phone") && !l.contains("laptop")),
+        "alice's line is published again without the laptop: {after:?}"
+    );
+}
