@@ -1626,4 +1626,74 @@ proptest! {
             }
         }
     }
+
+    /// An erase is acknowledged only in a batch whose published changes
+    /// already remove every trace of the id: a consumer that sees the ack
+    /// on `privacy-acks` finds the id in neither topic (the service
+    /// publishes a batch's changes and acks together, changes first).
+    #[test]
+    fn an_acknowledged_erase_is_already_gone(
+        (events, order) in scenario_with_disorder(lateness_ms(&Config::default())),
+        target in 0usize..12,
+        after in prop_oneof![Just(0i64), 1i64..DAY],
+        arrival in any::<prop::sample::Index>(),
+        every in 1usize..5,
+    ) {
+        let config = config_for(true);
+        let (id, erase_device) = if target < 8 {
+            (format!("dev{target}"), true)
+        } else {
+            (format!("acct{}", target - 8), false)
+        };
+        let mentions = |e: &Event| {
+            e.device.as_ref().is_some_and(|d| d.as_str() == id)
+                || e.account.as_ref().is_some_and(|a| a.as_str() == id)
+        };
+        let last = events.iter().filter(|e| mentions(e)).map(|e| e.ts.0).max().unwrap_or(BASE);
+        let request = Event {
+            ts: Millis(last + after),
+            kind: EventKind::Erase,
+            device: erase_device.then(|| DeviceId::from(id.as_str())),
+            account: (!erase_device).then(|| AccountId::from(id.as_str())),
+            ip: None,
+        };
+        let mut all = events.clone();
+        all.push(request.clone());
+        let mut ord = order.clone();
+        ord.insert(arrival.index(ord.len() + 1), all.len() - 1);
+        let mut e = engine(&config);
+        e.track_changes();
+        let (mut devices, mut accounts) = (BTreeMap::new(), BTreeMap::new());
+        let quoted = format!("\"{id}\"");
+        let mut acked = false;
+        for (n, &i) in ord.iter().enumerate() {
+            e.ingest(0, all[i].clone());
+            if n % every != 0 && n + 1 != ord.len() {
+                continue;
+            }
+            publish(&mut e, &mut devices, &mut accounts);
+            acked |= e
+                .take_privacy_acks()
+                .iter()
+                .any(|a| a.kind == "erase" && a.ts == request.ts);
+            if acked {
+                for line in devices.values().chain(accounts.values()) {
+                    prop_assert!(
+                        !line.contains(&quoted),
+                        "{} is acknowledged erased but still published: {}", id, line
+                    );
+                }
+            }
+        }
+        e.finish();
+        publish(&mut e, &mut devices, &mut accounts);
+        acked |= e
+            .take_privacy_acks()
+            .iter()
+            .any(|a| a.kind == "erase" && a.ts == request.ts);
+        prop_assert!(acked, "the erase was never acknowledged");
+        for line in devices.values().chain(accounts.values()) {
+            prop_assert!(!line.contains(&quoted), "{} still published: {}", id, line);
+        }
+    }
 }
