@@ -1696,4 +1696,70 @@ proptest! {
             prop_assert!(!line.contains(&quoted), "{} still published: {}", id, line);
         }
     }
+
+    /// `idlink run` as it meets a live stream: events arrive in waves, each
+    /// spread over partitions (device events by device over three, privacy
+    /// requests on a fourth), every partition in order and the partitions
+    /// interleaved any way; after each wave the service has caught up, so
+    /// it flushes and hands out changes and acks, and now and then it
+    /// restarts from a snapshot. The final graph is replay's. (No partition
+    /// goes idle: in the service that takes `source_idle_seconds` of
+    /// silence, and an idle partition that wakes with events older than
+    /// the others' is overtaken by design.)
+    #[test]
+    fn a_live_stream_in_waves_gives_replays_graph(
+        events in scenario(true),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        picks in prop::collection::vec(0usize..4, 256),
+        restarts in prop::collection::vec(any::<bool>(), 8),
+        lenient_thresholds in any::<bool>(),
+    ) {
+        let config = config_for(lenient_thresholds);
+        let straight = run(&config, &events);
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(events.len() + 1)).collect();
+        bounds.push(events.len());
+        bounds.sort_unstable();
+        let partition = |e: &Event| -> usize {
+            match &e.device {
+                _ if e.kind.is_privacy() => 3,
+                Some(d) => d.as_str().bytes().map(usize::from).sum::<usize>() % 3,
+                None => 3,
+            }
+        };
+        let mut e = engine(&config);
+        e.track_changes();
+        for p in 0..4 {
+            e.add_source(p);
+        }
+        let (mut from, mut k) = (0, 0);
+        for (w, &to) in bounds.iter().enumerate() {
+            let mut queues: Vec<std::collections::VecDeque<&Event>> = vec![Default::default(); 4];
+            for ev in &events[from..to] {
+                queues[partition(ev)].push_back(ev);
+            }
+            from = to;
+            while queues.iter().any(|q| !q.is_empty()) {
+                let mut p = picks[k % picks.len()];
+                k += 1;
+                while queues[p].is_empty() {
+                    p = (p + 1) % 4;
+                }
+                if let Some(ev) = queues[p].pop_front() {
+                    e.ingest(p as u32, ev.clone());
+                }
+            }
+            e.flush();
+            e.take_changes();
+            e.take_privacy_acks();
+            if restarts[w % restarts.len()] {
+                let bytes = e.snapshot();
+                e = Engine::restore(&config, classifier(&config), &bytes)
+                    .expect("a snapshot restores");
+                e.track_changes();
+            }
+        }
+        let live = collect(e);
+        prop_assert_eq!(&straight.devices, &live.devices);
+        prop_assert_eq!(&straight.accounts, &live.accounts);
+    }
 }
