@@ -486,6 +486,35 @@ fn check_lines(out: &Output) -> (BTreeSet<LinkRow>, BTreeSet<LinkRow>) {
     (from_devices, from_accounts)
 }
 
+/// An erase of one of the ids scenarios use (`dev0`..`dev7` for `target`
+/// below 8, else `acct0`..`acct3`), `after` ms after the last event that
+/// names it: the id, and the request.
+fn erase_after(events: &[Event], target: usize, after: i64) -> (String, Event) {
+    let (id, erase_device) = if target < 8 {
+        (format!("dev{target}"), true)
+    } else {
+        (format!("acct{}", target - 8), false)
+    };
+    let mentions = |e: &Event| {
+        e.device.as_ref().is_some_and(|d| d.as_str() == id)
+            || e.account.as_ref().is_some_and(|a| a.as_str() == id)
+    };
+    let last = events
+        .iter()
+        .filter(|e| mentions(e))
+        .map(|e| e.ts.0)
+        .max()
+        .unwrap_or(BASE);
+    let request = Event {
+        ts: Millis(last + after),
+        kind: EventKind::Erase,
+        device: erase_device.then(|| DeviceId::from(id.as_str())),
+        account: (!erase_device).then(|| AccountId::from(id.as_str())),
+        ip: None,
+    };
+    (id, request)
+}
+
 /// Every string anywhere in a JSON value.
 fn strings(v: &Value, out: &mut Vec<String>) {
     match v {
@@ -629,23 +658,7 @@ proptest! {
         lenient_thresholds in any::<bool>(),
     ) {
         let config = config_for(lenient_thresholds);
-        let (id, erase_device) = if target < 8 {
-            (format!("dev{target}"), true)
-        } else {
-            (format!("acct{}", target - 8), false)
-        };
-        let mentions = |e: &Event| {
-            e.device.as_ref().is_some_and(|d| d.as_str() == id)
-                || e.account.as_ref().is_some_and(|a| a.as_str() == id)
-        };
-        let last = events.iter().filter(|e| mentions(e)).map(|e| e.ts.0).max().unwrap_or(BASE);
-        let request = Event {
-            ts: Millis(last + after),
-            kind: EventKind::Erase,
-            device: erase_device.then(|| DeviceId::from(id.as_str())),
-            account: (!erase_device).then(|| AccountId::from(id.as_str())),
-            ip: None,
-        };
+        let (id, request) = erase_after(&events, target, after);
         // Arrive anywhere that keeps the whole order within lateness.
         let mut all = events.clone();
         all.push(request.clone());
@@ -1640,23 +1653,7 @@ proptest! {
         every in 1usize..5,
     ) {
         let config = config_for(true);
-        let (id, erase_device) = if target < 8 {
-            (format!("dev{target}"), true)
-        } else {
-            (format!("acct{}", target - 8), false)
-        };
-        let mentions = |e: &Event| {
-            e.device.as_ref().is_some_and(|d| d.as_str() == id)
-                || e.account.as_ref().is_some_and(|a| a.as_str() == id)
-        };
-        let last = events.iter().filter(|e| mentions(e)).map(|e| e.ts.0).max().unwrap_or(BASE);
-        let request = Event {
-            ts: Millis(last + after),
-            kind: EventKind::Erase,
-            device: erase_device.then(|| DeviceId::from(id.as_str())),
-            account: (!erase_device).then(|| AccountId::from(id.as_str())),
-            ip: None,
-        };
+        let (id, request) = erase_after(&events, target, after);
         let mut all = events.clone();
         all.push(request.clone());
         let mut ord = order.clone();
