@@ -26,7 +26,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 
 /// 2026-01-05T00:00:00Z.
@@ -513,6 +513,69 @@ fn erase_after(events: &[Event], target: usize, after: i64) -> (String, Event) {
         ip: None,
     };
     (id, request)
+}
+
+/// Input partitions of the partitioned properties: device events by
+/// device over the first three, privacy requests on the fourth.
+const PARTITIONS: usize = 4;
+
+/// The partition `idlink run` would read `e` from.
+fn partition_of(e: &Event) -> usize {
+    match &e.device {
+        _ if e.kind.is_privacy() => PARTITIONS - 1,
+        Some(d) => d.as_str().bytes().map(usize::from).sum::<usize>() % (PARTITIONS - 1),
+        None => PARTITIONS - 1,
+    }
+}
+
+/// `events` split over the partitions, each in its order.
+fn by_partition(events: &[Event]) -> Vec<VecDeque<&Event>> {
+    let mut queues = vec![VecDeque::new(); PARTITIONS];
+    for e in events {
+        queues[partition_of(e)].push_back(e);
+    }
+    queues
+}
+
+/// Drains `queues` into `e`, each partition in order, taking the next
+/// event from the partition `picks[k]` names (the next non-empty one
+/// after it). With `idle_when_drained`, a partition with nothing (left)
+/// to read is idle, as in the service: it does not hold the watermark
+/// back.
+fn interleave(
+    e: &mut Engine,
+    queues: &mut [VecDeque<&Event>],
+    picks: &[usize],
+    k: &mut usize,
+    idle_when_drained: bool,
+) {
+    let idle = |e: &mut Engine, queues: &[VecDeque<&Event>]| {
+        for (p, q) in queues.iter().enumerate() {
+            if idle_when_drained && q.is_empty() {
+                e.set_idle(p as u32, true);
+            }
+        }
+    };
+    idle(e, queues);
+    while queues.iter().any(|q| !q.is_empty()) {
+        let mut p = picks[*k % picks.len()] % PARTITIONS;
+        *k += 1;
+        while queues[p].is_empty() {
+            p = (p + 1) % PARTITIONS;
+        }
+        if let Some(ev) = queues[p].pop_front() {
+            e.ingest(p as u32, ev.clone());
+        }
+        idle(e, queues);
+    }
+}
+
+/// Snapshots `e` and replaces it with an engine restored from the bytes,
+/// publishing incrementally as before: a crash or a handover.
+fn restart(e: &mut Engine, config: &Config) {
+    let bytes = e.snapshot();
+    *e = Engine::restore(config, classifier(config), &bytes).expect("a snapshot restores");
+    e.track_changes();
 }
 
 /// Every string anywhere in a JSON value.
@@ -1538,10 +1601,7 @@ proptest! {
             }
             // A restart from a snapshot, as after a crash or a handover.
             if flushes[(i + 13) % flushes.len()] && flushes[(i + 29) % flushes.len()] {
-                let bytes = e.snapshot();
-                e = Engine::restore(&config, classifier(&config), &bytes)
-                    .expect("a snapshot restores");
-                e.track_changes();
+                restart(&mut e, &config);
             }
         }
         let flushed = collect(e);
@@ -1561,43 +1621,12 @@ proptest! {
     ) {
         let config = config_for(lenient_thresholds);
         let straight = run(&config, &events);
-        let partition = |e: &Event| -> usize {
-            match &e.device {
-                _ if e.kind.is_privacy() => 3,
-                Some(d) => d.as_str().bytes().map(usize::from).sum::<usize>() % 3,
-                None => 3,
-            }
-        };
-        let mut queues: Vec<std::collections::VecDeque<&Event>> = vec![Default::default(); 4];
-        for e in &events {
-            queues[partition(e)].push_back(e);
-        }
+        let mut queues = by_partition(&events);
         let mut e = engine(&config);
-        for p in 0..4 {
-            e.add_source(p);
+        for p in 0..PARTITIONS {
+            e.add_source(p as u32);
         }
-        // A partition with nothing (left) to read is idle, as in the
-        // service: it does not hold the watermark back.
-        let idle = |e: &mut Engine, queues: &[std::collections::VecDeque<&Event>]| {
-            for (p, q) in queues.iter().enumerate() {
-                if q.is_empty() {
-                    e.set_idle(p as u32, true);
-                }
-            }
-        };
-        idle(&mut e, &queues);
-        let mut k = 0;
-        while queues.iter().any(|q| !q.is_empty()) {
-            let mut p = picks[k % picks.len()];
-            k += 1;
-            while queues[p].is_empty() {
-                p = (p + 1) % 4;
-            }
-            if let Some(ev) = queues[p].pop_front() {
-                e.ingest(p as u32, ev.clone());
-            }
-            idle(&mut e, &queues);
-        }
+        interleave(&mut e, &mut queues, &picks, &mut 0, true);
         let split = collect(e);
         prop_assert_eq!(&straight.devices, &split.devices);
         prop_assert_eq!(&straight.accounts, &split.accounts);
@@ -1716,43 +1745,21 @@ proptest! {
         let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(events.len() + 1)).collect();
         bounds.push(events.len());
         bounds.sort_unstable();
-        let partition = |e: &Event| -> usize {
-            match &e.device {
-                _ if e.kind.is_privacy() => 3,
-                Some(d) => d.as_str().bytes().map(usize::from).sum::<usize>() % 3,
-                None => 3,
-            }
-        };
         let mut e = engine(&config);
         e.track_changes();
-        for p in 0..4 {
-            e.add_source(p);
+        for p in 0..PARTITIONS {
+            e.add_source(p as u32);
         }
         let (mut from, mut k) = (0, 0);
         for (w, &to) in bounds.iter().enumerate() {
-            let mut queues: Vec<std::collections::VecDeque<&Event>> = vec![Default::default(); 4];
-            for ev in &events[from..to] {
-                queues[partition(ev)].push_back(ev);
-            }
+            let mut queues = by_partition(&events[from..to]);
             from = to;
-            while queues.iter().any(|q| !q.is_empty()) {
-                let mut p = picks[k % picks.len()];
-                k += 1;
-                while queues[p].is_empty() {
-                    p = (p + 1) % 4;
-                }
-                if let Some(ev) = queues[p].pop_front() {
-                    e.ingest(p as u32, ev.clone());
-                }
-            }
+            interleave(&mut e, &mut queues, &picks, &mut k, false);
             e.flush();
             e.take_changes();
             e.take_privacy_acks();
             if restarts[w % restarts.len()] {
-                let bytes = e.snapshot();
-                e = Engine::restore(&config, classifier(&config), &bytes)
-                    .expect("a snapshot restores");
-                e.track_changes();
+                restart(&mut e, &config);
             }
         }
         let live = collect(e);
