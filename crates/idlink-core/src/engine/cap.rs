@@ -28,12 +28,18 @@ pub(super) struct Shown {
 }
 
 impl Engine {
-    /// Whether account `a` has more devices than it may show (buffered
-    /// sign-ins included).
-    pub(super) fn over_cap(&self, a: u32) -> bool {
-        self.accounts.get(a).is_some_and(|acc| {
-            acc.devices.len() + self.early.count_of(a) > self.p.max_devices_per_account
-        })
+    /// How many devices account `a` is linked to, buffered sign-ins
+    /// included (a device both linked and buffered counts twice: an upper
+    /// bound, which is all the cap checks need).
+    fn linked_devices(&self, a: u32) -> usize {
+        self.accounts
+            .get(a)
+            .map_or(0, |acc| acc.devices.len() + self.early.count_of(a))
+    }
+
+    /// Whether account `a` may have more devices than it may show.
+    fn over_cap(&self, a: u32) -> bool {
+        self.linked_devices(a) > self.p.max_devices_per_account
     }
 
     /// Whether account `a` shows device `d`.
@@ -93,7 +99,7 @@ impl Engine {
         let Some(acc) = self.accounts.get(a) else {
             return Vec::new();
         };
-        if acc.devices.len() + self.early.count_of(a) < self.p.max_devices_per_account {
+        if self.linked_devices(a) < self.p.max_devices_per_account {
             return Vec::new();
         }
         let mut ds: Vec<u32> = acc.devices.iter().copied().collect();

@@ -205,13 +205,13 @@ impl Engine {
         // counts go out when the event is applied, as before.
         let known = self.devices.get(d).is_some_and(|x| x.login(a).is_some())
             || self.early.logins(d).iter().any(|e| e.account == a);
-        let hides = !self.inferred_hidden(d);
+        let inferred_was_shown = !self.inferred_hidden(d);
         self.early.add(d, a, ev.ts);
         if !known {
             self.mark_device(d);
             self.mark_account(a);
         }
-        if hides
+        if inferred_was_shown
             && self.inferred_hidden(d)
             && let Some(x) = self.devices.get(d).and_then(|x| x.inferred.as_ref())
         {
