@@ -153,10 +153,10 @@ impl DayAgg {
             if !self.accounts.contains(&account) {
                 self.accounts.push(account);
             }
-            self.signed |= 1u32.checked_shl(at as u32).unwrap_or(0);
+            self.signed |= only_bit(at);
         }
         if bot {
-            self.bots |= 1u32.checked_shl(at as u32).unwrap_or(0);
+            self.bots |= only_bit(at);
         }
         if self.devices.len() + self.anon_devices as usize > max_devices
             || self.accounts.len() + self.anon_accounts as usize > max_accounts
@@ -200,7 +200,7 @@ impl DayAgg {
                 removed += 1;
                 continue;
             }
-            let to = 1u32.checked_shl(kept).unwrap_or(0);
+            let to = only_bit(kept as usize);
             if bit(self.signed, i) {
                 signed |= to;
             }
@@ -253,6 +253,11 @@ impl DayAgg {
 /// Bit `i` of `mask` (false past 31).
 fn bit(mask: u32, i: usize) -> bool {
     mask.checked_shr(i as u32).unwrap_or(0) & 1 == 1
+}
+
+/// A mask with only bit `i` set (none past 31).
+fn only_bit(i: usize) -> u32 {
+    1u32.checked_shl(i as u32).unwrap_or(0)
 }
 
 /// An unsigned device a bucket has seen within the evidence horizon: its
@@ -459,7 +464,7 @@ pub mod v2 {
                         let mut bots = 0u32;
                         for (i, &d) in a.devices.iter().enumerate() {
                             if d != NONE && is_bot(d) {
-                                bots |= 1u32.checked_shl(i as u32).unwrap_or(0);
+                                bots |= super::only_bit(i);
                             }
                         }
                         DayAgg {
