@@ -9,7 +9,7 @@ use crate::engine::intern::Slots;
 use crate::engine::score::{decay, round4};
 use crate::engine::state::{Account, Device, Evidence, WEIGHT_ONE};
 use crate::keyed::tag_hex;
-use crate::time::format_day;
+use crate::time::{Millis, format_day};
 use serde::Serialize;
 
 /// One line of `device-links`.
@@ -180,55 +180,93 @@ pub(crate) fn device_line(
     .ok()
 }
 
-/// Renders an account's line, or `None` if it has no devices. `early`
-/// lists devices whose sign-ins to the account still wait in the reorder
-/// buffer, with the latest of them; `inferred_hidden` says whether a
-/// device's buffered sign-ins (to any account) hide its inferred link, as
-/// its own line does; `shown` says whether the account shows a device
-/// (slot) under its device cap.
-pub(crate) fn account_line(
-    id: &str,
+/// One device on an account's line, and where the account's device cap
+/// ranks it. A device stage builds these for the accounts of its devices;
+/// an account stage merges them from every partition and ranks them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AccountEntry {
+    /// The device.
+    pub device_id: Box<str>,
+    /// A sign-in link (else an inferred one).
+    pub login: bool,
+    /// Confidence in fixed point (`WEIGHT_ONE` is 1.0).
+    pub confidence: u32,
+    /// Last use, as published.
+    pub last_seen: Millis,
+    /// The cap's order, greatest first: sign-in links before inferred
+    /// ones, then confidence, then last use. A sign-in ranks by its
+    /// state; a buffered one only when it is a new link, because a
+    /// buffered refresh of a known link publishes nothing until it is
+    /// applied (`engine/early.rs`), so it must not move the boundary.
+    pub rank: (bool, u32, Millis),
+}
+
+/// The entry of device `d` (state `dev`) on account `a`'s line, if it
+/// shows one: `buffered` is the latest buffered sign-in of `d` to `a`;
+/// `inferred_hidden` whether buffered sign-ins hide `d`'s inferred link.
+pub(crate) fn account_entry(
     a: u32,
-    acc: &Account,
-    devices: &Slots<Device>,
-    early: &[(u32, crate::time::Millis)],
-    inferred_hidden: &dyn Fn(u32) -> bool,
-    shown: &mut dyn FnMut(u32) -> bool,
-) -> Option<String> {
-    let mut slots: Vec<u32> = acc.devices.iter().copied().collect();
-    slots.extend(early.iter().map(|e| e.0));
-    slots.sort_unstable();
-    slots.dedup();
-    slots.retain(|&d| shown(d));
-    let mut out: Vec<AccountDevice> = slots
-        .into_iter()
-        .filter_map(|d| {
-            let dev = devices.get(d)?;
-            let buffered = early.iter().find(|e| e.0 == d).map(|e| e.1);
-            let login = dev.login(a).map(|l| l.last_seen);
-            if let Some(last) = login.max(buffered) {
-                return Some(AccountDevice {
-                    device_id: devices.id(d),
-                    link_type: "login",
-                    confidence: 1.0,
-                    last_seen: last.to_string(),
-                });
-            }
-            if inferred_hidden(d) {
-                return None;
-            }
-            let i = dev.inferred.as_ref().filter(|i| i.account == a)?;
-            Some(AccountDevice {
-                device_id: devices.id(d),
-                link_type: "inferred",
-                confidence: fixed(i.confidence),
-                last_seen: i.last_seen.to_string(),
-            })
-        })
-        .collect();
-    if out.is_empty() {
+    id: &str,
+    dev: &Device,
+    buffered: Option<Millis>,
+    inferred_hidden: bool,
+) -> Option<AccountEntry> {
+    let login = dev.login(a).map(|l| l.last_seen);
+    if let Some(last) = login.max(buffered) {
+        let ranked = login.or(buffered).unwrap_or(last);
+        return Some(AccountEntry {
+            device_id: id.into(),
+            login: true,
+            confidence: WEIGHT_ONE,
+            last_seen: last,
+            rank: (true, WEIGHT_ONE, ranked),
+        });
+    }
+    if inferred_hidden {
         return None;
     }
+    let i = dev.inferred.as_ref().filter(|i| i.account == a)?;
+    Some(AccountEntry {
+        device_id: id.into(),
+        login: false,
+        confidence: i.confidence,
+        last_seen: i.last_seen,
+        rank: (false, i.confidence, i.last_seen),
+    })
+}
+
+/// Which of an account's `entries` it shows under a cap of `max`
+/// (indexes into `entries`): all of them at or below the cap, else the
+/// `max` best ranked (ties: the smaller device id).
+pub fn shown_entries(entries: &[AccountEntry], max: usize) -> Vec<usize> {
+    let mut ranked: Vec<usize> = (0..entries.len()).collect();
+    if ranked.len() > max {
+        ranked.sort_unstable_by(|&x, &y| {
+            let (x, y) = (&entries[x], &entries[y]);
+            y.rank
+                .cmp(&x.rank)
+                .then_with(|| x.device_id.cmp(&y.device_id))
+        });
+        ranked.truncate(max);
+    }
+    ranked
+}
+
+/// Renders an account's line from its shown entries (in any order), or
+/// `None` if there are none.
+pub fn account_line(id: &str, entries: &[AccountEntry]) -> Option<String> {
+    if entries.is_empty() {
+        return None;
+    }
+    let mut out: Vec<AccountDevice> = entries
+        .iter()
+        .map(|e| AccountDevice {
+            device_id: &e.device_id,
+            link_type: if e.login { "login" } else { "inferred" },
+            confidence: if e.login { 1.0 } else { fixed(e.confidence) },
+            last_seen: e.last_seen.to_string(),
+        })
+        .collect();
     out.sort_by(|x, y| x.device_id.cmp(y.device_id));
     serde_json::to_string(&AccountLine {
         account_id: id,

@@ -18,6 +18,7 @@
 //! machine has two cores); raise them locally with `PROPTEST_CASES=3000`.
 
 use idlink_core::engine::PrivacyAck;
+use idlink_core::engine::staged::Pipeline;
 use idlink_core::{
     AccountId, AddressClassifier, Config, Decoder, DeviceId, Engine, EngineStats, Event, EventKind,
     Millis,
@@ -1765,5 +1766,76 @@ proptest! {
         let live = collect(e);
         prop_assert_eq!(&straight.devices, &live.devices);
         prop_assert_eq!(&straight.accounts, &live.accounts);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The staged engine (ARCHITECTURE.md, "Partitioned scale-out")
+// ---------------------------------------------------------------------------
+
+/// Runs `events` in `order` through one engine and through the three
+/// stages with `partitions` partitions each, flushing both after every
+/// `flush_every`-th event. Returns the engine's graph (its state), its
+/// published changes folded after every event, and the stages' folded
+/// outputs.
+fn one_and_staged(
+    config: &Config,
+    events: &[Event],
+    order: &[usize],
+    partitions: u32,
+    flush_every: Option<usize>,
+) -> (Graph, Graph, Graph) {
+    let mut one = engine(config);
+    one.track_changes();
+    let mut p = Pipeline::new(config, &classifier(config), partitions);
+    let (mut devices, mut accounts) = (BTreeMap::new(), BTreeMap::new());
+    for (n, &i) in order.iter().enumerate() {
+        one.ingest(0, events[i].clone());
+        p.ingest(0, events[i].clone());
+        if flush_every.is_some_and(|f| (n + 1) % f == 0) {
+            one.flush();
+            p.flush();
+        }
+        publish(&mut one, &mut devices, &mut accounts);
+    }
+    one.finish();
+    p.finish();
+    publish(&mut one, &mut devices, &mut accounts);
+    let state: Graph = (one.device_lines().collect(), one.account_lines().collect());
+    let folded: Graph = (
+        devices.into_values().collect(),
+        accounts.into_values().collect(),
+    );
+    let staged: Graph = (
+        p.device_lines().map(str::to_owned).collect(),
+        p.account_lines().map(str::to_owned).collect(),
+    );
+    (state, folded, staged)
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    /// The stages, one to four partitions each, end in the graph of one
+    /// engine: for any arrival order within the lateness, privacy
+    /// requests in order or late, flushes anywhere, and caps that bind.
+    #[test]
+    fn the_stages_end_in_one_engines_graph(
+        (events, order) in scenario_with_disorder(lateness_ms(&Config::default())),
+        partitions in 1u32..5,
+        lenient_thresholds in any::<bool>(),
+        flush_every in prop::option::of(1usize..40),
+        cap in prop::option::of(1usize..4),
+    ) {
+        let mut config = config_for(lenient_thresholds);
+        if let Some(cap) = cap {
+            // Caps that bind: the account stage applies the device cap.
+            config.linking.max_devices_per_account = cap;
+            config.linking.max_accounts_per_device = cap;
+        }
+        let (state, folded, staged) =
+            one_and_staged(&config, &events, &order, partitions, flush_every);
+        prop_assert_eq!(&state, &folded, "one engine's topics differ from its state");
+        prop_assert_eq!(&folded, &staged);
     }
 }

@@ -15,8 +15,7 @@
 //! `max_accounts_per_device` and by the sign-in lifetime.
 
 use super::Engine;
-use super::state::WEIGHT_ONE;
-use crate::time::Millis;
+use crate::output::{self, AccountEntry};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 /// The devices shown by accounts over their cap, computed at most once
@@ -42,8 +41,12 @@ impl Engine {
         self.linked_devices(a) > self.p.max_devices_per_account
     }
 
-    /// Whether account `a` shows device `d`.
+    /// Whether account `a` shows device `d`. A device stage is told by
+    /// the account stage, which sees all of the account's devices.
     pub(super) fn shows(&self, a: u32, d: u32, memo: &mut Shown) -> bool {
+        if let Some(stage) = self.stage.as_deref() {
+            return stage.shows(self.accounts.id(a), self.devices.id(d));
+        }
         if !self.over_cap(a) {
             return true;
         }
@@ -53,42 +56,41 @@ impl Engine {
             .contains(&d)
     }
 
-    /// The devices an over-cap account shows.
-    fn shown_devices(&self, a: u32) -> FxHashSet<u32> {
+    /// The entries of account `a`'s line for the devices held here, linked
+    /// in state or by a buffered sign-in, with their slots.
+    pub(super) fn account_entries(&self, a: u32) -> Vec<(u32, AccountEntry)> {
         let Some(acc) = self.accounts.get(a) else {
-            return FxHashSet::default();
+            return Vec::new();
         };
         let early = self.early.devices_of(a);
         let mut slots: Vec<u32> = acc.devices.iter().copied().collect();
         slots.extend(early.iter().map(|e| e.0));
         slots.sort_unstable();
         slots.dedup();
-        // (sign-in, confidence, last seen), greatest first; then the id. A
-        // sign-in link ranks by its state; a buffered sign-in only when it
-        // is a new link. A buffered refresh of a known link publishes
-        // nothing until it is applied (`early.rs`), so letting it move the
-        // boundary would change a view that nobody is told about.
-        let mut ranked: Vec<((bool, u32, Millis), &str, u32)> = slots
+        slots
             .into_iter()
             .filter_map(|d| {
                 let dev = self.devices.get(d)?;
                 let buffered = early.iter().find(|e| e.0 == d).map(|e| e.1);
-                let key = match dev.login(a).map(|l| l.last_seen).or(buffered) {
-                    Some(last) => (true, WEIGHT_ONE, last),
-                    None if self.inferred_hidden(d) => return None,
-                    None => {
-                        let i = dev.inferred.as_ref().filter(|i| i.account == a)?;
-                        (false, i.confidence, i.last_seen)
-                    }
-                };
-                Some((key, self.devices.id(d), d))
+                let entry = output::account_entry(
+                    a,
+                    self.devices.id(d),
+                    dev,
+                    buffered,
+                    self.inferred_hidden(d),
+                )?;
+                Some((d, entry))
             })
-            .collect();
-        ranked.sort_unstable_by(|x, y| y.0.cmp(&x.0).then_with(|| x.1.cmp(y.1)));
-        ranked
+            .collect()
+    }
+
+    /// The devices an over-cap account shows.
+    fn shown_devices(&self, a: u32) -> FxHashSet<u32> {
+        let (slots, entries): (Vec<u32>, Vec<AccountEntry>) =
+            self.account_entries(a).into_iter().unzip();
+        output::shown_entries(&entries, self.p.max_devices_per_account)
             .into_iter()
-            .take(self.p.max_devices_per_account)
-            .map(|r| r.2)
+            .map(|i| slots[i])
             .collect()
     }
 

@@ -22,6 +22,7 @@ mod privacy;
 mod reorder;
 pub mod score;
 mod snapshot;
+pub mod staged;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -230,6 +231,10 @@ pub struct Engine {
     /// Privacy requests applied since the last `take_privacy_acks`.
     #[serde(skip)]
     acks: Vec<PrivacyAck>,
+    /// Set when this engine is a partition of the device stage, whose
+    /// bucket side and account cap are other stages' (`staged`).
+    #[serde(skip)]
+    stage: Option<Box<staged::DeviceSide>>,
     /// Counters.
     stats: EngineStats,
     /// Live sign-in links.
@@ -254,6 +259,10 @@ struct Intake<'a> {
     stats: &'a mut EngineStats,
     /// Whether this is a provisional count of the open day.
     provisional: bool,
+    /// The change log: a device whose inferred link the evidence supports
+    /// is published again, since its supporting sightings may change
+    /// while the link does not.
+    changes: &'a mut Option<ChangeLog>,
 }
 
 impl Intake<'_> {
@@ -271,6 +280,14 @@ impl Intake<'_> {
             };
             if dev.is_bot(e.day) {
                 continue;
+            }
+            if let Some(c) = self.changes.as_mut()
+                && dev
+                    .inferred
+                    .as_ref()
+                    .is_some_and(|i| i.account == e.account)
+            {
+                c.devices.insert(d);
             }
             match dev.evidence.binary_search_by(|x| {
                 (x.account, x.day, x.bucket).cmp(&(e.account, e.day, e.bucket))
@@ -315,6 +332,7 @@ impl Engine {
             changes: None,
             early: early::Early::default(),
             acks: Vec::new(),
+            stage: None,
             stats: EngineStats::default(),
             login_links: 0,
             inferred_links: 0,
@@ -401,6 +419,7 @@ impl Engine {
         if event.ts < self.watermark {
             if event.kind.is_privacy() {
                 self.stats.late_privacy_requests += 1;
+                self.forward_privacy(&event, true);
                 self.apply_privacy(event);
                 return Ingested::PrivacyApplied;
             }
@@ -435,7 +454,11 @@ impl Engine {
     /// its provisional evidence is replaced, never added twice.
     pub fn flush(&mut self) {
         self.purge_pending();
-        let Some(max) = self.sources.iter().map(|s| s.max_ts).max() else {
+        let max = self.sources.iter().map(|s| s.max_ts).max();
+        if self.staged_flush(max.unwrap_or(Millis::MIN)) {
+            return;
+        }
+        let Some(max) = max else {
             return;
         };
         if max == Millis::MIN {
@@ -462,6 +485,9 @@ impl Engine {
     /// End of input: releases everything, closes the last day and
     /// decides every device.
     pub fn finish(&mut self) {
+        if self.staged_finish() {
+            return;
+        }
         if self.watermark < Millis::MAX {
             self.release(Millis::MAX);
         }
@@ -499,12 +525,15 @@ impl Engine {
 
     fn release(&mut self, wm: Millis) {
         self.watermark = wm;
-        while self.buffer.peek_key().is_some_and(|k| k.0 < wm) {
+        while let Some(key) = self.buffer.peek_key().filter(|k| k.0 < wm) {
+            let day = key.0.day() as i32;
+            if self.stop_before(day, key.0, wm) {
+                return;
+            }
             let Some(p) = self.buffer.pop() else {
                 break;
             };
             let ev = p.event;
-            let day = ev.ts.day() as i32;
             if day > self.current_day {
                 if self.current_day != i32::MIN {
                     let closing = self.current_day;
@@ -514,6 +543,7 @@ impl Engine {
             }
             let early = self.release_early(&ev);
             if ev.kind.is_privacy() {
+                self.forward_privacy(&ev, false);
                 self.apply_privacy(ev);
             } else if self.is_erased(&ev) {
                 self.stats.erased_events += 1;
@@ -526,6 +556,7 @@ impl Engine {
                 self.apply_sighting(&ev, true);
             }
         }
+        self.released(wm);
     }
 
     /// Applies a device event. `in_order` events also feed bot counters
@@ -589,7 +620,7 @@ impl Engine {
         };
         self.count_for_bots(d, ev.ts, bucket);
         if let Some(b) = bucket {
-            self.colocate(b, d, a, ev.ts);
+            self.colocate(b, d, a, ev.ts, ev.kind.priority());
         }
     }
 
@@ -623,7 +654,7 @@ impl Engine {
         }
     }
 
-    fn colocate(&mut self, b: Bucket, d: u32, a: u32, ts: Millis) {
+    fn colocate(&mut self, b: Bucket, d: u32, a: u32, ts: Millis, priority: u8) {
         let day = ts.day() as i32;
         // What is known about the device travels with the sighting: the
         // bucket side decides from it alone.
@@ -644,6 +675,9 @@ impl Engine {
             bot,
             signed_in,
         };
+        if self.send_sighting(b, &seen, priority) {
+            return;
+        }
         let (accounts, pending) = (&self.accounts, &self.pending);
         self.coloc.see(
             b,
@@ -839,13 +873,24 @@ impl Engine {
     /// from `close_from` (ms) on; or, with `None`, the open `day`'s
     /// provisionally, leaving the bucket state as it is.
     fn count_bucket_days(&mut self, day: i32, close_from: Option<i64>) {
+        let staged = self.staged_offers(close_from.is_none());
         let mut intake = Intake {
             devices: &mut self.devices,
             accounts: &mut self.accounts,
             written: &mut self.provisional,
             stats: &mut self.stats,
             provisional: close_from.is_none(),
+            changes: &mut self.changes,
         };
+        if let Some(mut offers) = staged {
+            // The bucket stage counted crowded days; here each bucket-day's
+            // offers are kept together, as the local close hands them over.
+            offers.sort_unstable_by_key(|(_, e)| (e.day, e.bucket));
+            for group in offers.chunk_by(|x, y| (x.1.day, x.1.bucket) == (y.1.day, y.1.bucket)) {
+                intake.keep(group.to_vec());
+            }
+            return;
+        }
         let take = |offers| intake.keep(offers);
         let crowded = match close_from {
             Some(from) => self.coloc.close(from, &self.p, &self.hasher, take),
@@ -865,6 +910,11 @@ impl Engine {
             };
             dev.evidence
                 .retain(|e| (e.account, e.day, e.bucket) != (a, day, bucket));
+            if dev.inferred.as_ref().is_some_and(|i| i.account == a)
+                && let Some(c) = self.changes.as_mut()
+            {
+                c.devices.insert(d);
+            }
             if !dev.evidence.iter().any(|e| e.account == a)
                 && let Some(acc) = self.accounts.get_mut(a)
             {
@@ -1029,11 +1079,15 @@ impl Engine {
         let mut log = std::mem::take(log);
         // A change to an account at its cap may move other devices into or
         // out of its view: their lines are published again too.
-        let followers: Vec<u32> = log
-            .accounts
-            .iter()
-            .flat_map(|&a| self.cap_followers(a))
-            .collect();
+        // (A device stage is told by the account stage instead.)
+        let followers: Vec<u32> = if self.stage.is_some() {
+            Vec::new()
+        } else {
+            log.accounts
+                .iter()
+                .flat_map(|&a| self.cap_followers(a))
+                .collect()
+        };
         log.devices.extend(followers);
         let mut out = Changes::default();
         let mut shown = cap::Shown::default();
@@ -1058,6 +1112,11 @@ impl Engine {
         }
         let mut accs: Vec<u32> = log.accounts.into_iter().collect();
         accs.retain(|&a| self.accounts.get(a).is_some());
+        if self.stage.is_some() {
+            // The account stage merges the lines from every partition.
+            self.staged_parts(&accs, &log.removed_accounts);
+            return out;
+        }
         accs.sort_unstable_by(|&x, &y| self.accounts.id(x).cmp(self.accounts.id(y)));
         let rendered: FxHashSet<u32> = accs.iter().copied().collect();
         for id in log.removed_accounts {
@@ -1122,17 +1181,10 @@ impl Engine {
     }
 
     fn render_account(&self, a: u32, shown: &mut cap::Shown) -> Option<String> {
-        let acc = self.accounts.get(a)?;
-        let early = self.early.devices_of(a);
-        crate::output::account_line(
-            self.accounts.id(a),
-            a,
-            acc,
-            &self.devices,
-            &early,
-            &|d| self.inferred_hidden(d),
-            &mut |d| self.shows(a, d, shown),
-        )
+        let mut entries = self.account_entries(a);
+        entries.retain(|&(d, _)| self.shows(a, d, shown));
+        let entries: Vec<_> = entries.into_iter().map(|e| e.1).collect();
+        crate::output::account_line(self.accounts.id(a), &entries)
     }
 
     /// Address buckets holding window or day state, for diagnostics.

@@ -1,0 +1,384 @@
+//! The device stage: the engine, keyed by device, with its bucket side
+//! remote.
+//!
+//! In a device stage the engine sends each in-order sighting to the bucket
+//! stage instead of its own co-location state, takes the evidence of a
+//! closed day from the bucket stage's messages, and stops releasing events
+//! at a day boundary until every bucket partition has closed the day. The
+//! account cap is the account stage's to apply: this stage leaves out of a
+//! device's line the links the account stage says are not shown.
+
+use super::{AccountPart, Offer, PrivacyCopy, Progress, Shown, Sighting, ToBuckets, ToDevices};
+use crate::addr::{AddressClassifier, Bucket};
+use crate::config::Config;
+use crate::engine::intern::NONE;
+use crate::engine::{Engine, colocation};
+use crate::event::Event;
+use crate::time::Millis;
+use rustc_hash::FxHashMap;
+
+/// What the engine needs as a device stage.
+#[derive(Debug, Default)]
+pub struct DeviceSide {
+    /// This partition.
+    partition: u32,
+    /// How many bucket partitions answer each day close.
+    bucket_partitions: u32,
+    /// Messages for the bucket stage, in order.
+    out: Vec<ToBuckets>,
+    /// Account lines' parts for the account stage.
+    parts: Vec<AccountPart>,
+    /// Stopped before the first event of a later day, at this time.
+    stalled: Option<Millis>,
+    /// Where the stopped release was going.
+    release_to: Millis,
+    /// Every sighting before this time has been sent.
+    released_to: Millis,
+    /// Bucket partitions that have closed the current day, the first
+    /// event after it, and their offers.
+    closes: u32,
+    close_now: Millis,
+    closing: Vec<Offer>,
+    /// A flush stopped at a day boundary: the watermark it ends with.
+    flushing: Option<Millis>,
+    /// Flushes requested; answers received for the latest, and offers.
+    flushes: u64,
+    so_far_answers: u32,
+    so_far: Vec<Offer>,
+    /// The input ended.
+    finished: bool,
+    /// The last progress sent.
+    reported: Option<Progress>,
+    /// Links the account stage does not show: device → accounts.
+    hidden: FxHashMap<Box<str>, Vec<Box<str>>>,
+}
+
+impl DeviceSide {
+    /// Whether account `account` shows device `device`.
+    pub(crate) fn shows(&self, account: &str, device: &str) -> bool {
+        self.hidden
+            .get(device)
+            .is_none_or(|v| !v.iter().any(|a| &**a == account))
+    }
+}
+
+impl Engine {
+    /// Partition `partition` of a device stage whose days close when all
+    /// `bucket_partitions` bucket partitions have closed them.
+    pub fn device_stage(
+        config: &Config,
+        classifier: AddressClassifier,
+        partition: u32,
+        bucket_partitions: u32,
+    ) -> Self {
+        let mut e = Engine::new(config, classifier);
+        e.stage = Some(Box::new(DeviceSide {
+            partition,
+            bucket_partitions: bucket_partitions.max(1),
+            release_to: Millis::MIN,
+            released_to: Millis::MIN,
+            ..DeviceSide::default()
+        }));
+        e
+    }
+
+    /// A device stage's partition, if this engine is one.
+    pub fn stage_partition(&self) -> Option<u32> {
+        self.stage.as_ref().map(|s| s.partition)
+    }
+
+    /// Notes that `source` has reached `ts` without an event for this
+    /// partition: every device partition follows every input partition,
+    /// so all of them agree on the watermark.
+    pub fn observe(&mut self, source: u32, ts: Millis) {
+        match self.sources.iter_mut().find(|s| s.id == source) {
+            Some(s) => {
+                s.max_ts = s.max_ts.max(ts);
+                s.idle = false;
+            }
+            None => self.sources.push(super::super::Source {
+                id: source,
+                max_ts: ts,
+                idle: false,
+            }),
+        }
+        self.advance();
+    }
+
+    /// Takes the messages for the bucket stage, ending with this
+    /// partition's progress if it changed.
+    pub fn take_for_buckets(&mut self) -> Vec<ToBuckets> {
+        let progress = self.progress();
+        let Some(stage) = self.stage.as_deref_mut() else {
+            return Vec::new();
+        };
+        if let Some(p) = progress
+            && stage.reported != Some(p)
+        {
+            stage.reported = Some(p);
+            stage.out.push(ToBuckets::Progress(p));
+        }
+        std::mem::take(&mut stage.out)
+    }
+
+    /// Takes the account-line parts for the account stage (filled by
+    /// [`Engine::take_changes`]).
+    pub fn take_account_parts(&mut self) -> Vec<AccountPart> {
+        self.stage
+            .as_deref_mut()
+            .map(|s| std::mem::take(&mut s.parts))
+            .unwrap_or_default()
+    }
+
+    /// Takes a message from a bucket partition.
+    pub fn deliver(&mut self, msg: ToDevices) {
+        let Some(stage) = self.stage.as_deref_mut() else {
+            return;
+        };
+        match msg {
+            ToDevices::Closed { now, offers, .. } => {
+                stage.closes += 1;
+                stage.close_now = if stage.closes == 1 {
+                    now
+                } else {
+                    stage.close_now.min(now)
+                };
+                stage.closing.extend(offers);
+                if stage.closes == stage.bucket_partitions {
+                    stage.closes = 0;
+                    self.day_closed();
+                }
+            }
+            ToDevices::SoFar {
+                flushes, offers, ..
+            } => {
+                if flushes != stage.flushes {
+                    return;
+                }
+                stage.so_far_answers += 1;
+                stage.so_far.extend(offers);
+                if stage.so_far_answers == stage.bucket_partitions {
+                    stage.so_far_answers = 0;
+                    if self.current_day != i32::MIN {
+                        let day = self.current_day;
+                        self.close_provisionally(day);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the account stage's word on whether an account shows a device.
+    pub fn deliver_shown(&mut self, msg: Shown) {
+        let Some(stage) = self.stage.as_deref_mut() else {
+            return;
+        };
+        let list = stage.hidden.entry(msg.device.clone()).or_default();
+        list.retain(|a| *a != msg.account);
+        if !msg.shown {
+            list.push(msg.account);
+        } else if list.is_empty() {
+            stage.hidden.remove(&msg.device);
+        }
+        if let Some(d) = self.devices.find(&msg.device) {
+            self.mark_device(d);
+        }
+    }
+
+    /// Every bucket partition has closed the current day: decide it, move
+    /// to the next, and go on releasing.
+    fn day_closed(&mut self) {
+        let Some(stage) = self.stage.as_deref_mut() else {
+            return;
+        };
+        let now = stage.close_now;
+        // A partition that had nothing of the new day yet has nothing to
+        // resume: its release is complete.
+        let resume = stage.stalled.take().map(|_| stage.release_to);
+        if self.current_day != i32::MIN {
+            let day = self.current_day;
+            self.close_day(day, now);
+        }
+        if now != Millis::MAX {
+            self.current_day = now.day() as i32;
+            if let Some(to) = resume {
+                self.release(to);
+                self.end_flush();
+            }
+        }
+    }
+
+    /// Whether release must stop before an event of `day`: in a device
+    /// stage, until every bucket partition has closed the current day.
+    pub(in crate::engine) fn stop_before(&mut self, day: i32, ts: Millis, to: Millis) -> bool {
+        let current = self.current_day;
+        let Some(stage) = self.stage.as_deref_mut() else {
+            return false;
+        };
+        if day <= current {
+            return false;
+        }
+        stage.stalled = Some(ts);
+        stage.release_to = to;
+        stage.released_to = stage.released_to.max(ts);
+        true
+    }
+
+    /// Notes a completed release up to `wm`.
+    pub(in crate::engine) fn released(&mut self, wm: Millis) {
+        if let Some(stage) = self.stage.as_deref_mut()
+            && stage.stalled.is_none()
+        {
+            stage.released_to = stage.released_to.max(wm);
+        }
+    }
+
+    /// Sends an in-order sighting to the bucket stage, if this is a device
+    /// stage; returns whether it did.
+    pub(in crate::engine) fn send_sighting(
+        &mut self,
+        b: Bucket,
+        s: &colocation::Seen,
+        kind_priority: u8,
+    ) -> bool {
+        let Some(stage) = self.stage.as_deref_mut() else {
+            return false;
+        };
+        stage.out.push(ToBuckets::Sighting(Sighting {
+            bucket: b,
+            device: self.devices.id(s.device).into(),
+            account: (s.account != NONE).then(|| self.accounts.id(s.account).into()),
+            ts: s.ts,
+            priority: kind_priority,
+            bot: s.bot,
+            signed_in: s.signed_in,
+        }));
+        true
+    }
+
+    /// Forwards a privacy request just applied to the bucket stage.
+    pub(in crate::engine) fn forward_privacy(&mut self, ev: &Event, late: bool) {
+        let wm = self.watermark;
+        if let Some(stage) = self.stage.as_deref_mut() {
+            stage.out.push(ToBuckets::Privacy(PrivacyCopy {
+                event: ev.clone(),
+                late,
+                released_to: stage.released_to.max(wm),
+            }));
+        }
+    }
+
+    /// Flush in a device stage: release everything (across day closes,
+    /// which wait for the bucket stage), then ask the bucket stage what the
+    /// open day offers so far.
+    pub(in crate::engine) fn staged_flush(&mut self, max: Millis) -> bool {
+        let Some(stage) = self.stage.as_deref_mut() else {
+            return false;
+        };
+        if max != Millis::MIN && max >= self.watermark {
+            stage.flushing = Some(max);
+            self.release(max.saturating_add(1));
+        } else {
+            stage.flushing = Some(Millis::MIN);
+        }
+        self.end_flush();
+        true
+    }
+
+    /// Ends a flush once its release is complete.
+    fn end_flush(&mut self) {
+        let Some(stage) = self.stage.as_deref_mut() else {
+            return;
+        };
+        if stage.stalled.is_some() {
+            return;
+        }
+        let Some(max) = stage.flushing.take() else {
+            return;
+        };
+        if max != Millis::MIN {
+            self.watermark = max;
+        }
+        stage.flushes += 1;
+        stage.so_far_answers = 0;
+        stage.so_far.clear();
+    }
+
+    /// End of input in a device stage: release everything, then the
+    /// bucket stage closes the last day for good.
+    pub(in crate::engine) fn staged_finish(&mut self) -> bool {
+        if self.stage.is_none() {
+            return false;
+        }
+        if self.watermark < Millis::MAX {
+            self.release(Millis::MAX);
+        }
+        if let Some(stage) = self.stage.as_deref_mut() {
+            stage.finished = true;
+        }
+        true
+    }
+
+    /// Offers received for a (provisional or real) close, resolved to
+    /// slots; accounts this partition has not seen yet are interned.
+    pub(in crate::engine) fn staged_offers(
+        &mut self,
+        provisional: bool,
+    ) -> Option<colocation::Offers> {
+        let stage = self.stage.as_deref_mut()?;
+        let offers = if provisional {
+            std::mem::take(&mut stage.so_far)
+        } else {
+            std::mem::take(&mut stage.closing)
+        };
+        let mut out = Vec::with_capacity(offers.len());
+        for o in offers {
+            let Some(d) = self.devices.find(&o.device) else {
+                continue;
+            };
+            let (a, _) = self.accounts.intern(&o.account, Default::default);
+            let mut e = o.evidence;
+            e.account = a;
+            out.push((d, e));
+        }
+        Some(out)
+    }
+
+    /// Adds the account-line parts of the changed accounts.
+    pub(in crate::engine) fn staged_parts(&mut self, changed: &[u32], removed: &[Box<str>]) {
+        let Some(partition) = self.stage_partition() else {
+            return;
+        };
+        let mut parts: Vec<AccountPart> = removed
+            .iter()
+            .filter(|id| self.accounts.find(id).is_none_or(|a| !changed.contains(&a)))
+            .map(|id| AccountPart {
+                account: id.clone(),
+                partition,
+                entries: Vec::new(),
+            })
+            .collect();
+        for &a in changed {
+            parts.push(AccountPart {
+                account: self.accounts.id(a).into(),
+                partition,
+                entries: self.account_entries(a).into_iter().map(|e| e.1).collect(),
+            });
+        }
+        if let Some(stage) = self.stage.as_deref_mut() {
+            stage.parts.extend(parts);
+        }
+    }
+
+    /// This partition's progress, if it is a device stage.
+    fn progress(&self) -> Option<Progress> {
+        let stage = self.stage.as_deref()?;
+        Some(Progress {
+            day: self.current_day,
+            upto: stage.stalled.unwrap_or(stage.released_to),
+            next: stage.stalled,
+            flushes: stage.flushes,
+            finished: stage.finished && stage.stalled.is_none(),
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! The engine split into keyed stages (ARCHITECTURE.md, "Partitioned
+//! scale-out").
+//!
+//! - **Device stage** ([`Engine::device_stage`]): the engine itself, keyed
+//!   by device id. It reorders its devices' events, keeps their sign-ins,
+//!   bot counters, evidence and decisions, and sends every in-order
+//!   sighting, stamped with what it knows about the device, to the bucket
+//!   stage. It stops before the first event of a new day until every
+//!   bucket partition has closed the old one and sent what it offers.
+//! - **Bucket stage** ([`BucketStage`]), keyed by address bucket: windows,
+//!   day aggregates and regulars ([`super::colocation`]). It merges the
+//!   device partitions' sightings in event-time order, closes a day when
+//!   every device partition has reached its end, and sends each device
+//!   partition the evidence for its devices.
+//! - **Account stage** ([`AccountStage`]), keyed by account id: merges
+//!   each account's devices from every device partition into its
+//!   `account-devices` line and applies the account's device cap, telling
+//!   device partitions which links their lines must leave out.
+//!
+//! Privacy requests go to every device partition, which applies them by
+//! `ts` and forwards them, in its stream, to every bucket partition; a
+//! bucket partition applies a request once every device partition's copy
+//! has arrived, so every sighting sent before the request is purged with
+//! it. The stages exchange only the messages below, so the same code runs
+//! in one process ([`Pipeline`]) or with each stream on a Kafka topic.
+
+mod account;
+mod bucket;
+mod device;
+mod pipeline;
+
+pub use account::AccountStage;
+pub use bucket::BucketStage;
+pub(super) use device::DeviceSide;
+pub use pipeline::Pipeline;
+
+use super::state::Evidence;
+use crate::addr::Bucket;
+use crate::event::Event;
+use crate::output::AccountEntry;
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+
+/// The partition of `key` among `n`: FNV-1a (64-bit) of the key's bytes,
+/// modulo `n`. Every stage routes with it, so a key always lands on the
+/// same partition whoever sends it.
+pub fn partition_of(key: &[u8], n: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(n.max(1))) as u32
+}
+
+/// The partition of a bucket among `n`.
+pub fn bucket_partition(b: Bucket, n: u32) -> u32 {
+    partition_of(&b.to_bytes(), n)
+}
+
+/// An in-order sighting on a usable bucket, from a device partition to
+/// the bucket's partition, with what the device partition knew about the
+/// device at that moment (the bucket stage reads no device state).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sighting {
+    /// The address bucket.
+    pub bucket: Bucket,
+    /// The device.
+    pub device: Box<str>,
+    /// The signed-in account, if any.
+    pub account: Option<Box<str>>,
+    /// Event time.
+    pub ts: Millis,
+    /// The event kind's order at equal `ts` (sign-ins first).
+    pub priority: u8,
+    /// The device behaved like a bot that day, as of this sighting.
+    pub bot: bool,
+    /// The device held a sign-in link, as of this sighting.
+    pub signed_in: bool,
+}
+
+/// A privacy request as a device partition applied it, forwarded to
+/// every bucket partition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyCopy {
+    /// The request.
+    pub event: Event,
+    /// It arrived behind the device partition's watermark and was applied
+    /// at once, not in `ts` order.
+    pub late: bool,
+    /// The device partition's release bound when it applied the request:
+    /// every sighting it sent before the request is earlier than this.
+    pub released_to: Millis,
+}
+
+/// How far a device partition has got: sent to every bucket partition
+/// whenever it changes, after the sightings it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The day it is in: the one every partition agreed on at the last
+    /// day close (`i32::MIN` before the first).
+    pub day: i32,
+    /// Every sighting before this time has been sent; the partition will
+    /// send none before it.
+    pub upto: Millis,
+    /// It stopped before its first event of a later day, at this time:
+    /// `day` must close first.
+    pub next: Option<Millis>,
+    /// Flushes requested so far: once every partition has flushed as many
+    /// times, the bucket partitions say what the open day offers so far.
+    pub flushes: u64,
+    /// The input has ended: the open day closes for good.
+    pub finished: bool,
+}
+
+/// What a device partition sends to the bucket stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToBuckets {
+    /// To the sighting's bucket partition.
+    Sighting(Sighting),
+    /// To every bucket partition.
+    Privacy(PrivacyCopy),
+    /// To every bucket partition.
+    Progress(Progress),
+}
+
+/// Evidence for one device from one bucket-day.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The device it is for.
+    pub device: Box<str>,
+    /// The account it supports.
+    pub account: Box<str>,
+    /// The evidence (its `account` slot is the receiver's to fill in).
+    pub evidence: Evidence,
+}
+
+/// What a bucket partition sends to each device partition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToDevices {
+    /// Day `day` is closed on the sending bucket partition, with the
+    /// evidence it offers the receiver's devices; the next day starts at
+    /// `now` (`Millis::MAX`: the input ended).
+    Closed {
+        /// The day closed (`i32::MIN`: none yet, only the start).
+        day: i32,
+        /// The first event after it.
+        now: Millis,
+        /// Evidence for the receiver's devices.
+        offers: Vec<Offer>,
+    },
+    /// What the open `day` offers so far, after `flushes` flushes.
+    SoFar {
+        /// The open day.
+        day: i32,
+        /// The flush this answers.
+        flushes: u64,
+        /// Evidence for the receiver's devices.
+        offers: Vec<Offer>,
+    },
+}
+
+/// One device partition's share of an account's line: the entries of the
+/// account's devices it holds (empty: none any more).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccountPart {
+    /// The account.
+    pub account: Box<str>,
+    /// The sending device partition.
+    pub partition: u32,
+    /// Its devices on the account's line.
+    pub entries: Vec<AccountEntry>,
+}
+
+/// Whether an account shows a device, from the account stage to the
+/// device's partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shown {
+    /// The device.
+    pub device: Box<str>,
+    /// The account.
+    pub account: Box<str>,
+    /// Whether the account's line (and so the device's) shows the link.
+    pub shown: bool,
+}
