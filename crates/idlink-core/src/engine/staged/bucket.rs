@@ -208,16 +208,28 @@ impl BucketStage {
         if reports.iter().any(|r| r.day != self.day) {
             return;
         }
+        // The day closes once every device partition has released all of
+        // it; the next starts with the earliest event any of them holds
+        // beyond it, or where the slowest of them is.
         let next = reports.iter().filter_map(|r| r.next).min();
-        if let Some(now) = next {
-            if bound >= now {
+        if reports.iter().all(|r| r.ended) {
+            let now = reports
+                .iter()
+                .map(|r| r.next.unwrap_or(r.upto))
+                .min()
+                .unwrap_or(bound);
+            if now == Millis::MAX {
+                // The input ended: the last day closes for good, once.
+                if self.day != i32::MIN && !self.ended {
+                    self.ended = true;
+                    self.close(None);
+                }
+            } else if bound >= now {
                 self.close(Some(now));
             }
             return;
         }
-        if reports.iter().all(|r| r.finished) && self.day != i32::MIN && !self.ended {
-            self.ended = true;
-            self.close(None);
+        if next.is_some() {
             return;
         }
         let flushes = reports.iter().map(|r| r.flushes).min().unwrap_or(0);

@@ -42,7 +42,9 @@ pub struct DeviceSide {
     /// A flush stopped at a day boundary: the watermark it ends with.
     flushing: Option<Millis>,
     /// Flushes requested; answers received for the latest, and offers.
+    /// Until every bucket partition has answered, the partition waits.
     flushes: u64,
+    awaiting_so_far: bool,
     so_far_answers: u32,
     so_far: Vec<Offer>,
     /// The input ended.
@@ -159,6 +161,7 @@ impl Engine {
                 stage.so_far.extend(offers);
                 if stage.so_far_answers == stage.bucket_partitions {
                     stage.so_far_answers = 0;
+                    stage.awaiting_so_far = false;
                     if self.current_day != i32::MIN {
                         let day = self.current_day;
                         self.close_provisionally(day);
@@ -300,6 +303,7 @@ impl Engine {
             self.watermark = max;
         }
         stage.flushes += 1;
+        stage.awaiting_so_far = true;
         stage.so_far_answers = 0;
         stage.so_far.clear();
     }
@@ -370,6 +374,30 @@ impl Engine {
         }
     }
 
+    /// Whether this device partition waits for the bucket stage (a day
+    /// close or a flush's answer). While it waits, its caller hands it
+    /// only the bucket stage's messages, never new input: where those
+    /// messages fall in its input is then fixed by the input alone, so the
+    /// partition is a function of its input streams, and replaying them
+    /// after a restore gives the same messages again.
+    pub fn waiting_for_buckets(&self) -> bool {
+        self.stage
+            .as_deref()
+            .is_some_and(|s| s.awaiting_so_far || self.day_ended(s))
+    }
+
+    /// Whether everything of the current day has been released.
+    fn day_ended(&self, stage: &DeviceSide) -> bool {
+        // (Before the first day, "all of it" is everything before the
+        // watermark: nothing.)
+        let end = if self.current_day == i32::MIN {
+            Millis::MIN.0 + 1
+        } else {
+            (i64::from(self.current_day) + 1).saturating_mul(crate::time::DAY_MS)
+        };
+        stage.stalled.is_some() || stage.released_to.0 >= end
+    }
+
     /// This partition's progress, if it is a device stage.
     fn progress(&self) -> Option<Progress> {
         let stage = self.stage.as_deref()?;
@@ -377,6 +405,7 @@ impl Engine {
             day: self.current_day,
             upto: stage.stalled.unwrap_or(stage.released_to),
             next: stage.stalled,
+            ended: self.day_ended(stage),
             flushes: stage.flushes,
             finished: stage.finished && stage.stalled.is_none(),
         })

@@ -106,6 +106,9 @@ pub struct Progress {
     /// It stopped before its first event of a later day, at this time:
     /// `day` must close first.
     pub next: Option<Millis>,
+    /// It has released all of `day` (its watermark passed the day's end,
+    /// or it stopped before a later day): it waits for the day to close.
+    pub ended: bool,
     /// Flushes requested so far: once every partition has flushed as many
     /// times, the bucket partitions say what the open day offers so far.
     pub flushes: u64,

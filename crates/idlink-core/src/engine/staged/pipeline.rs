@@ -2,20 +2,42 @@
 //! carried through all the stages before the next is taken. This is what
 //! a deployment over Kafka topics does with each stream on a topic; run in
 //! one process it shows that the stages, however many partitions each
-//! has, end in the graph of one engine (`tests.rs` and the property tests).
+//! has, end in the graph of one engine (the property tests).
+//!
+//! A device partition takes the bucket stage's messages only while it
+//! waits for them ([`Engine::waiting_for_buckets`]) and new input only
+//! while it does not, as a deployment must for replays to repeat.
 
-use super::{AccountStage, BucketStage, ToBuckets, bucket_partition, partition_of};
+use super::{AccountStage, BucketStage, ToBuckets, ToDevices, bucket_partition, partition_of};
 use crate::addr::AddressClassifier;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::event::Event;
-use std::collections::BTreeMap;
+use crate::time::Millis;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Input of a device partition, in the order its stream carries it.
+#[derive(Debug)]
+enum Input {
+    /// One of its device events, or a privacy request (every partition's).
+    Event(u32, Event),
+    /// How far an input partition has got.
+    Watermark(u32, Millis),
+    /// Everything was read: release and count the open day so far.
+    Flush,
+    /// The input ended.
+    Finish,
+}
 
 /// The three stages, `partitions` partitions each, and the folded output
 /// topics.
 pub struct Pipeline {
     /// Device stage partitions.
     devices: Vec<Engine>,
+    /// Each device partition's input stream, not yet taken.
+    inputs: Vec<VecDeque<Input>>,
+    /// Each device partition's stream from the bucket stage, not yet taken.
+    evidence: Vec<VecDeque<ToDevices>>,
     /// Bucket stage partitions.
     buckets: Vec<BucketStage>,
     /// Account stage partitions.
@@ -39,6 +61,8 @@ impl Pipeline {
             .collect();
         Pipeline {
             devices,
+            inputs: (0..n).map(|_| VecDeque::new()).collect(),
+            evidence: (0..n).map(|_| VecDeque::new()).collect(),
             buckets: (0..n).map(|k| BucketStage::new(config, k, n)).collect(),
             accounts: (0..n)
                 .map(|_| AccountStage::new(config.linking.max_devices_per_account, n))
@@ -61,11 +85,11 @@ impl Pipeline {
             (Some(d), false) => Some(partition_of(d.as_str().as_bytes(), n)),
             _ => None,
         };
-        for (k, e) in self.devices.iter_mut().enumerate() {
+        for (k, q) in self.inputs.iter_mut().enumerate() {
             if owner.is_none_or(|o| o == k as u32) {
-                e.ingest(source, event.clone());
+                q.push_back(Input::Event(source, event.clone()));
             } else {
-                e.observe(source, event.ts);
+                q.push_back(Input::Watermark(source, event.ts));
             }
         }
         self.pump();
@@ -74,16 +98,16 @@ impl Pipeline {
     /// Every input read: every partition releases what it holds and the
     /// open day counts provisionally (`Engine::flush`).
     pub fn flush(&mut self) {
-        for e in &mut self.devices {
-            e.flush();
+        for q in &mut self.inputs {
+            q.push_back(Input::Flush);
         }
         self.pump();
     }
 
     /// End of input: the last day closes (`Engine::finish`).
     pub fn finish(&mut self) {
-        for e in &mut self.devices {
-            e.finish();
+        for q in &mut self.inputs {
+            q.push_back(Input::Finish);
         }
         self.pump();
     }
@@ -94,6 +118,25 @@ impl Pipeline {
         loop {
             let mut moved = false;
             for k in 0..self.devices.len() {
+                let e = &mut self.devices[k];
+                loop {
+                    let next = if e.waiting_for_buckets() {
+                        self.evidence[k].pop_front().map(|m| e.deliver(m))
+                    } else {
+                        self.inputs[k].pop_front().map(|i| match i {
+                            Input::Event(s, ev) => {
+                                e.ingest(s, ev);
+                            }
+                            Input::Watermark(s, ts) => e.observe(s, ts),
+                            Input::Flush => e.flush(),
+                            Input::Finish => e.finish(),
+                        })
+                    };
+                    if next.is_none() {
+                        break;
+                    }
+                    moved = true;
+                }
                 for msg in self.devices[k].take_for_buckets() {
                     moved = true;
                     match &msg {
@@ -112,7 +155,7 @@ impl Pipeline {
             for b in 0..self.buckets.len() {
                 for (k, msg) in self.buckets[b].take_for_devices() {
                     moved = true;
-                    self.devices[k as usize].deliver(msg);
+                    self.evidence[k as usize].push_back(msg);
                 }
             }
             for k in 0..self.devices.len() {
