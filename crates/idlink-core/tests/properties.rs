@@ -18,7 +18,7 @@
 //! machine has two cores); raise them locally with `PROPTEST_CASES=3000`.
 
 use idlink_core::engine::PrivacyAck;
-use idlink_core::engine::staged::Pipeline;
+use idlink_core::engine::staged::{Pipeline, Stage};
 use idlink_core::{
     AccountId, AddressClassifier, Config, Decoder, DeviceId, Engine, EngineStats, Event, EventKind,
     Millis,
@@ -1784,17 +1784,28 @@ fn one_and_staged(
     order: &[usize],
     partitions: u32,
     flush_every: Option<usize>,
+    faults: &[Fault],
 ) -> (Graph, Graph, Graph) {
     let mut one = engine(config);
     one.track_changes();
     let mut p = Pipeline::new(config, &classifier(config), partitions);
     let (mut devices, mut accounts) = (BTreeMap::new(), BTreeMap::new());
+    let stages = [Stage::Devices, Stage::Buckets, Stage::Accounts];
     for (n, &i) in order.iter().enumerate() {
         one.ingest(0, events[i].clone());
         p.ingest(0, events[i].clone());
         if flush_every.is_some_and(|f| (n + 1) % f == 0) {
             one.flush();
             p.flush();
+        }
+        for f in faults.iter().filter(|f| f.after == n) {
+            let (stage, k) = (stages[f.stage % 3], f.partition % partitions as usize);
+            if f.crash {
+                p.crash(stage, k)
+                    .expect("a stage partition's snapshot restores");
+            } else {
+                p.checkpoint(stage, k);
+            }
         }
         publish(&mut one, &mut devices, &mut accounts);
     }
@@ -1811,6 +1822,30 @@ fn one_and_staged(
         p.account_lines().map(str::to_owned).collect(),
     );
     (state, folded, staged)
+}
+
+/// A stage partition snapshotting itself, or crashing and restarting
+/// from its last snapshot, after the `after`-th event.
+#[derive(Clone, Debug)]
+struct Fault {
+    after: usize,
+    stage: usize,
+    partition: usize,
+    crash: bool,
+}
+
+fn faults() -> impl Strategy<Value = Vec<Fault>> {
+    prop::collection::vec(
+        (0usize..160, 0usize..3, 0usize..4, any::<bool>()).prop_map(
+            |(after, stage, partition, crash)| Fault {
+                after,
+                stage,
+                partition,
+                crash,
+            },
+        ),
+        0..16,
+    )
 }
 
 proptest! {
@@ -1834,8 +1869,25 @@ proptest! {
             config.linking.max_accounts_per_device = cap;
         }
         let (state, folded, staged) =
-            one_and_staged(&config, &events, &order, partitions, flush_every);
+            one_and_staged(&config, &events, &order, partitions, flush_every, &[]);
         prop_assert_eq!(&state, &folded, "one engine's topics differ from its state");
+        prop_assert_eq!(&folded, &staged);
+    }
+
+    /// Stage partitions that snapshot themselves at any time and crash at
+    /// any time (restarting from their last snapshot and reading their
+    /// input streams again from its positions) end in the same graph.
+    #[test]
+    fn crashed_stage_partitions_end_in_one_engines_graph(
+        (events, order) in scenario_with_disorder(lateness_ms(&Config::default())),
+        partitions in 1u32..5,
+        lenient_thresholds in any::<bool>(),
+        flush_every in prop::option::of(1usize..40),
+        faults in faults(),
+    ) {
+        let config = config_for(lenient_thresholds);
+        let (_, folded, staged) =
+            one_and_staged(&config, &events, &order, partitions, flush_every, &faults);
         prop_assert_eq!(&folded, &staged);
     }
 }

@@ -10,10 +10,14 @@
 use super::{AccountPart, Shown, partition_of};
 use crate::output::{self, AccountEntry};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Bumped whenever an account partition's snapshot layout changes.
+const STAGE_VERSION: u32 = 1;
+
 /// What an account partition keeps per account.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct AccountView {
     /// Entries by sending device partition.
     parts: BTreeMap<u32, Vec<AccountEntry>>,
@@ -21,18 +25,22 @@ struct AccountView {
     hidden: Vec<Box<str>>,
 }
 
-/// One partition of the account stage.
-#[derive(Debug)]
+/// One partition of the account stage. Its snapshot is its serde form,
+/// without the cap, which comes from the config.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct AccountStage {
     /// Devices an account shows at most.
+    #[serde(skip)]
     max_devices: usize,
     /// Device partitions, to address `Shown` messages.
     device_partitions: u32,
     /// Accounts with devices.
     accounts: FxHashMap<Box<str>, AccountView>,
     /// Changed `account-devices` records: `(account, line or tombstone)`.
+    #[serde(skip)]
     lines: Vec<(String, Option<String>)>,
     /// Messages for device partitions.
+    #[serde(skip)]
     out: Vec<(u32, Shown)>,
 }
 
@@ -46,6 +54,23 @@ impl AccountStage {
             lines: Vec::new(),
             out: Vec::new(),
         }
+    }
+
+    /// The partition's snapshot (take its outgoing records first).
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_stdvec(&(STAGE_VERSION, self)).unwrap_or_default()
+    }
+
+    /// An account partition from its snapshot, applying a cap of
+    /// `max_devices`.
+    pub fn restore(max_devices: usize, bytes: &[u8]) -> Result<Self, crate::engine::SnapshotError> {
+        let found = postcard::take_from_bytes::<u32>(bytes)?.0;
+        if found != STAGE_VERSION {
+            return Err(crate::engine::SnapshotError::Version { found });
+        }
+        let (_, mut a) = postcard::from_bytes::<(u32, AccountStage)>(bytes)?;
+        a.max_devices = max_devices;
+        Ok(a)
     }
 
     /// Accounts held.

@@ -7,7 +7,7 @@
 //! bucket-day goes to the partition of the device it is for, and every
 //! device partition hears that the day is closed, evidence or not.
 
-use super::{Offer, Progress, Sighting, ToBuckets, ToDevices, partition_of};
+use super::{Offer, Progress, Sent, Sighting, ToBuckets, ToDevices, partition_of};
 use crate::config::Config;
 use crate::engine::Params;
 use crate::engine::colocation::{Colocation, Offers, Seen};
@@ -16,10 +16,11 @@ use crate::event::{Event, EventKind, PrivacyTarget};
 use crate::keyed::KeyedHasher;
 use crate::time::{DAY_MS, Millis};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// What a bucket partition knows of an account.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct Account {
     /// Day of its latest signed-in sighting here: windows and the day's
     /// aggregate refer to its slot until that day has passed.
@@ -29,17 +30,20 @@ struct Account {
 }
 
 /// Something waiting for the merged watermark.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 enum Item {
     Sighting(Sighting),
     Privacy(Event),
 }
 
+/// Bumped whenever a bucket partition's snapshot layout changes.
+const STAGE_VERSION: u32 = 1;
+
 /// Ordering key: `ts`, kind priority, sending partition, arrival.
 type Key = (Millis, u8, u32, u64);
 
 /// A privacy request's copies received so far.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Copies {
     /// How many device partitions have sent it.
     received: u32,
@@ -51,16 +55,19 @@ struct Copies {
     event: Event,
 }
 
-/// One partition of the bucket stage.
-#[derive(Debug)]
+/// One partition of the bucket stage. Its snapshot is its serde form,
+/// without what comes from the config.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct BucketStage {
     /// This partition.
     partition: u32,
     /// Device partitions feeding it; each day close waits for all.
     device_partitions: u32,
     /// Derived settings.
+    #[serde(skip)]
     p: Params,
     /// Bucket tags.
+    #[serde(skip)]
     hasher: KeyedHasher,
     /// Windows, day aggregates, regulars.
     coloc: Colocation,
@@ -87,10 +94,16 @@ pub struct BucketStage {
     /// Flushes answered.
     flushes: u64,
     /// Messages for device partitions.
+    #[serde(skip)]
     out: Vec<(u32, ToDevices)>,
+    /// Numbered messages taken from each device partition.
+    received: Vec<u64>,
+    /// Numbered messages sent to each device partition.
+    sent: Vec<u64>,
     /// Bucket-days voided as crowded.
     crowded: u64,
     /// Days a slot outlives its last sighting.
+    #[serde(skip)]
     keep_days: i64,
 }
 
@@ -118,8 +131,29 @@ impl BucketStage {
             ended: false,
             flushes: 0,
             out: Vec::new(),
+            received: vec![0; device_partitions.max(1) as usize],
+            sent: vec![0; device_partitions.max(1) as usize],
             crowded: 0,
         }
+    }
+
+    /// The partition's snapshot (take its outgoing messages first).
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_stdvec(&(STAGE_VERSION, self)).unwrap_or_default()
+    }
+
+    /// A bucket partition from its snapshot and the current config.
+    pub fn restore(config: &Config, bytes: &[u8]) -> Result<Self, crate::engine::SnapshotError> {
+        let found = postcard::take_from_bytes::<u32>(bytes)?.0;
+        if found != STAGE_VERSION {
+            return Err(crate::engine::SnapshotError::Version { found });
+        }
+        let (_, mut b) = postcard::from_bytes::<(u32, BucketStage)>(bytes)?;
+        let fresh = BucketStage::new(config, b.partition, b.device_partitions);
+        b.p = fresh.p;
+        b.hasher = fresh.hasher;
+        b.keep_days = fresh.keep_days;
+        Ok(b)
     }
 
     /// This partition.
@@ -137,10 +171,20 @@ impl BucketStage {
         self.coloc.len()
     }
 
-    /// Takes a message from device partition `from`, and does what it
-    /// makes possible.
-    pub fn receive(&mut self, from: u32, msg: ToBuckets) {
-        match msg {
+    /// Takes a message from a device partition, and does what it makes
+    /// possible (a numbered one already taken is dropped).
+    pub fn receive(&mut self, sent: Sent<ToBuckets>) {
+        let from = sent.from;
+        if sent.seq > 0 {
+            let Some(last) = self.received.get_mut(from as usize) else {
+                return;
+            };
+            if sent.seq <= *last {
+                return;
+            }
+            *last = sent.seq;
+        }
+        match sent.msg {
             ToBuckets::Sighting(s) => {
                 self.seq += 1;
                 self.buffer
@@ -187,9 +231,18 @@ impl BucketStage {
         self.step();
     }
 
-    /// Takes the messages for device partitions: `(partition, message)`.
-    pub fn take_for_devices(&mut self) -> Vec<(u32, ToDevices)> {
-        std::mem::take(&mut self.out)
+    /// Takes the messages for device partitions, addressed and numbered:
+    /// `(device partition, message)`.
+    pub fn take_for_devices(&mut self) -> Vec<(u32, Sent<ToDevices>)> {
+        let from = self.partition;
+        let mut out = Vec::with_capacity(self.out.len());
+        for (to, msg) in std::mem::take(&mut self.out) {
+            if let Some(s) = self.sent.get_mut(to as usize) {
+                *s += 1;
+                out.push((to, Sent { from, seq: *s, msg }));
+            }
+        }
+        out
     }
 
     /// Applies what every device partition has passed, then closes the day

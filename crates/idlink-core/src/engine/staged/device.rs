@@ -8,7 +8,10 @@
 //! account cap is the account stage's to apply: this stage leaves out of a
 //! device's line the links the account stage says are not shown.
 
-use super::{AccountPart, Offer, PrivacyCopy, Progress, Shown, Sighting, ToBuckets, ToDevices};
+use super::{
+    AccountPart, Offer, PrivacyCopy, Progress, Sent, Shown, Sighting, ToBuckets, ToDevices,
+    bucket_partition,
+};
 use crate::addr::{AddressClassifier, Bucket};
 use crate::config::Config;
 use crate::engine::intern::NONE;
@@ -17,17 +20,25 @@ use crate::event::Event;
 use crate::time::Millis;
 use rustc_hash::FxHashMap;
 
-/// What the engine needs as a device stage.
-#[derive(Debug, Default)]
+/// What the engine needs as a device stage. Stored with the engine in a
+/// device partition's snapshot, except the outboxes, which are empty
+/// whenever a snapshot is taken.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DeviceSide {
     /// This partition.
     partition: u32,
     /// How many bucket partitions answer each day close.
     bucket_partitions: u32,
     /// Messages for the bucket stage, in order.
+    #[serde(skip)]
     out: Vec<ToBuckets>,
     /// Account lines' parts for the account stage.
+    #[serde(skip)]
     parts: Vec<AccountPart>,
+    /// Numbered messages sent to each bucket partition.
+    sent: Vec<u64>,
+    /// Numbered messages taken from each bucket partition.
+    received: Vec<u64>,
     /// Stopped before the first event of a later day, at this time.
     stalled: Option<Millis>,
     /// Where the stopped release was going.
@@ -50,6 +61,7 @@ pub struct DeviceSide {
     /// The input ended.
     finished: bool,
     /// The last progress sent.
+    #[serde(skip)]
     reported: Option<Progress>,
     /// Links the account stage does not show: device → accounts.
     hidden: FxHashMap<Box<str>, Vec<Box<str>>>,
@@ -77,6 +89,8 @@ impl Engine {
         e.stage = Some(Box::new(DeviceSide {
             partition,
             bucket_partitions: bucket_partitions.max(1),
+            sent: vec![0; bucket_partitions.max(1) as usize],
+            received: vec![0; bucket_partitions.max(1) as usize],
             release_to: Millis::MIN,
             released_to: Millis::MIN,
             ..DeviceSide::default()
@@ -107,9 +121,10 @@ impl Engine {
         self.advance();
     }
 
-    /// Takes the messages for the bucket stage, ending with this
-    /// partition's progress if it changed.
-    pub fn take_for_buckets(&mut self) -> Vec<ToBuckets> {
+    /// Takes the messages for the bucket stage, addressed and numbered:
+    /// `(bucket partition, message)`, ending with this partition's
+    /// progress (to every bucket partition) if it changed.
+    pub fn take_for_buckets(&mut self) -> Vec<(u32, Sent<ToBuckets>)> {
         let progress = self.progress();
         let Some(stage) = self.stage.as_deref_mut() else {
             return Vec::new();
@@ -120,7 +135,44 @@ impl Engine {
             stage.reported = Some(p);
             stage.out.push(ToBuckets::Progress(p));
         }
-        std::mem::take(&mut stage.out)
+        let from = stage.partition;
+        let n = stage.bucket_partitions;
+        let mut out = Vec::with_capacity(stage.out.len());
+        for msg in std::mem::take(&mut stage.out) {
+            match msg {
+                ToBuckets::Sighting(ref x) => {
+                    let to = bucket_partition(x.bucket, n);
+                    let seq = next_seq(&mut stage.sent, to);
+                    out.push((to, Sent { from, seq, msg }));
+                }
+                ToBuckets::Privacy(_) => {
+                    for to in 0..n {
+                        let seq = next_seq(&mut stage.sent, to);
+                        out.push((
+                            to,
+                            Sent {
+                                from,
+                                seq,
+                                msg: msg.clone(),
+                            },
+                        ));
+                    }
+                }
+                ToBuckets::Progress(_) => {
+                    for to in 0..n {
+                        out.push((
+                            to,
+                            Sent {
+                                from,
+                                seq: 0,
+                                msg: msg.clone(),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Takes the account-line parts for the account stage (filled by
@@ -132,12 +184,20 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Takes a message from a bucket partition.
-    pub fn deliver(&mut self, msg: ToDevices) {
+    /// Takes a message from a bucket partition (one already taken, sent
+    /// again by a restored sender, is dropped).
+    pub fn deliver(&mut self, sent: Sent<ToDevices>) {
         let Some(stage) = self.stage.as_deref_mut() else {
             return;
         };
-        match msg {
+        let Some(last) = stage.received.get_mut(sent.from as usize) else {
+            return;
+        };
+        if sent.seq <= *last {
+            return;
+        }
+        *last = sent.seq;
+        match sent.msg {
             ToDevices::Closed { now, offers, .. } => {
                 stage.closes += 1;
                 stage.close_now = if stage.closes == 1 {
@@ -409,5 +469,48 @@ impl Engine {
             flushes: stage.flushes,
             finished: stage.finished && stage.stalled.is_none(),
         })
+    }
+}
+
+/// The next number for a message to `to`.
+fn next_seq(sent: &mut [u64], to: u32) -> u64 {
+    match sent.get_mut(to as usize) {
+        Some(s) => {
+            *s += 1;
+            *s
+        }
+        None => 0,
+    }
+}
+
+/// Bumped whenever a device partition's snapshot layout changes.
+const STAGE_VERSION: u32 = 1;
+
+impl Engine {
+    /// A device partition's snapshot: the engine's state and the stage's
+    /// (take the outgoing messages first: they are not in it).
+    pub fn stage_snapshot(&mut self) -> Vec<u8> {
+        self.purge_pending();
+        postcard::to_stdvec(&(STAGE_VERSION, &*self, self.stage.as_deref())).unwrap_or_default()
+    }
+
+    /// A device partition from its snapshot and the current config.
+    pub fn restore_stage(
+        config: &Config,
+        classifier: AddressClassifier,
+        bytes: &[u8],
+    ) -> Result<Engine, crate::engine::SnapshotError> {
+        let found = postcard::take_from_bytes::<u32>(bytes)?.0;
+        if found != STAGE_VERSION {
+            return Err(crate::engine::SnapshotError::Version { found });
+        }
+        let (_, mut e, stage) = postcard::from_bytes::<(u32, Engine, Option<DeviceSide>)>(bytes)?;
+        let fresh = Engine::new(config, classifier);
+        e.p = fresh.p;
+        e.classifier = fresh.classifier;
+        e.hasher = fresh.hasher;
+        e.stage = stage.map(Box::new);
+        e.track_changes();
+        Ok(e)
     }
 }

@@ -32,7 +32,7 @@ mod pipeline;
 pub use account::AccountStage;
 pub use bucket::BucketStage;
 pub(super) use device::DeviceSide;
-pub use pipeline::Pipeline;
+pub use pipeline::{Pipeline, Stage};
 
 use super::state::Evidence;
 use crate::addr::Bucket;
@@ -56,6 +56,24 @@ pub fn partition_of(key: &[u8], n: u32) -> u32 {
 /// The partition of a bucket among `n`.
 pub fn bucket_partition(b: Bucket, n: u32) -> u32 {
     partition_of(&b.to_bytes(), n)
+}
+
+/// A message between stage partitions, numbered per (sender, receiver).
+///
+/// A stage partition is a function of its input streams, so after a
+/// restore it sends again exactly what it sent after its snapshot, under
+/// the same numbers: the receiver drops every numbered message at or
+/// below the last it took from that sender. Progress reports are not
+/// numbered (`seq` 0): they are idempotent, and the receiver keeps the
+/// latest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sent<T> {
+    /// The sending partition.
+    pub from: u32,
+    /// 1, 2, 3, … per (sender, receiver); 0 for an unnumbered message.
+    pub seq: u64,
+    /// The message.
+    pub msg: T,
 }
 
 /// An in-order sighting on a usable bucket, from a device partition to

@@ -1,23 +1,30 @@
-//! The stages in one process: every stream is a queue, and every input is
-//! carried through all the stages before the next is taken. This is what
-//! a deployment over Kafka topics does with each stream on a topic; run in
-//! one process it shows that the stages, however many partitions each
-//! has, end in the graph of one engine (the property tests).
+//! The stages in one process, over append-only streams.
+//!
+//! Every stream between stages is a log, as a Kafka partition is: senders
+//! append, and each stage partition reads its input logs from its own
+//! positions. Every input is carried through all the stages before the
+//! next is taken. Run this way, the stages show that they end in the graph
+//! of one engine however many partitions each has (the property tests),
+//! and that a stage partition restored from its snapshot and its positions
+//! (a crash: everything it did since is lost, everything it sent stays in
+//! the logs and is sent again) changes nothing.
 //!
 //! A device partition takes the bucket stage's messages only while it
 //! waits for them ([`Engine::waiting_for_buckets`]) and new input only
 //! while it does not, as a deployment must for replays to repeat.
 
-use super::{AccountStage, BucketStage, ToBuckets, ToDevices, bucket_partition, partition_of};
+use super::{
+    AccountPart, AccountStage, BucketStage, Sent, Shown, ToBuckets, ToDevices, partition_of,
+};
 use crate::addr::AddressClassifier;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, SnapshotError};
 use crate::event::Event;
 use crate::time::Millis;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 /// Input of a device partition, in the order its stream carries it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Input {
     /// One of its device events, or a privacy request (every partition's).
     Event(u32, Event),
@@ -29,19 +36,57 @@ enum Input {
     Finish,
 }
 
-/// The three stages, `partitions` partitions each, and the folded output
-/// topics.
+/// Which stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Keyed by device.
+    Devices,
+    /// Keyed by address bucket.
+    Buckets,
+    /// Keyed by account.
+    Accounts,
+}
+
+/// A device partition and where it is in its three input logs
+/// (input, evidence, shown).
+struct DeviceTask {
+    engine: Engine,
+    at: [usize; 3],
+    saved: Option<(Vec<u8>, [usize; 3])>,
+}
+
+/// A bucket partition and where it is in its sightings log.
+struct BucketTask {
+    stage: BucketStage,
+    at: usize,
+    saved: Option<(Vec<u8>, usize)>,
+}
+
+/// An account partition and where it is in its links log.
+struct AccountTask {
+    stage: AccountStage,
+    at: usize,
+    saved: Option<(Vec<u8>, usize)>,
+}
+
+/// The three stages, `partitions` partitions each, their streams, and the
+/// folded output topics.
 pub struct Pipeline {
-    /// Device stage partitions.
-    devices: Vec<Engine>,
-    /// Each device partition's input stream, not yet taken.
-    inputs: Vec<VecDeque<Input>>,
-    /// Each device partition's stream from the bucket stage, not yet taken.
-    evidence: Vec<VecDeque<ToDevices>>,
-    /// Bucket stage partitions.
-    buckets: Vec<BucketStage>,
-    /// Account stage partitions.
-    accounts: Vec<AccountStage>,
+    /// To build and restore partitions.
+    config: Config,
+    classifier: AddressClassifier,
+    devices: Vec<DeviceTask>,
+    buckets: Vec<BucketTask>,
+    accounts: Vec<AccountTask>,
+    /// Per device partition: its input, the bucket stage's messages to
+    /// it, and the account stage's.
+    inputs: Vec<Vec<Input>>,
+    evidence: Vec<Vec<Sent<ToDevices>>>,
+    shown: Vec<Vec<Shown>>,
+    /// Per bucket partition: the device stage's messages to it.
+    sightings: Vec<Vec<Sent<ToBuckets>>>,
+    /// Per account partition: the device stage's parts of its lines.
+    links: Vec<Vec<AccountPart>>,
     /// `device-links`, folded by key.
     device_links: BTreeMap<String, String>,
     /// `account-devices`, folded by key.
@@ -52,28 +97,48 @@ impl Pipeline {
     /// A pipeline with `partitions` partitions per stage.
     pub fn new(config: &Config, classifier: &AddressClassifier, partitions: u32) -> Self {
         let n = partitions.max(1);
-        let devices = (0..n)
-            .map(|k| {
-                let mut e = Engine::device_stage(config, classifier.clone(), k, n);
-                e.track_changes();
-                e
-            })
-            .collect();
-        Pipeline {
-            devices,
-            inputs: (0..n).map(|_| VecDeque::new()).collect(),
-            evidence: (0..n).map(|_| VecDeque::new()).collect(),
-            buckets: (0..n).map(|k| BucketStage::new(config, k, n)).collect(),
-            accounts: (0..n)
-                .map(|_| AccountStage::new(config.linking.max_devices_per_account, n))
-                .collect(),
+        let mut p = Pipeline {
+            config: config.clone(),
+            classifier: classifier.clone(),
+            devices: Vec::new(),
+            buckets: Vec::new(),
+            accounts: Vec::new(),
+            inputs: (0..n).map(|_| Vec::new()).collect(),
+            evidence: (0..n).map(|_| Vec::new()).collect(),
+            shown: (0..n).map(|_| Vec::new()).collect(),
+            sightings: (0..n).map(|_| Vec::new()).collect(),
+            links: (0..n).map(|_| Vec::new()).collect(),
             device_links: BTreeMap::new(),
             account_devices: BTreeMap::new(),
+        };
+        for k in 0..n {
+            p.devices.push(DeviceTask {
+                engine: p.fresh_device(k),
+                at: [0; 3],
+                saved: None,
+            });
+            p.buckets.push(BucketTask {
+                stage: BucketStage::new(config, k, n),
+                at: 0,
+                saved: None,
+            });
+            p.accounts.push(AccountTask {
+                stage: AccountStage::new(config.linking.max_devices_per_account, n),
+                at: 0,
+                saved: None,
+            });
         }
+        p
     }
 
     fn n(&self) -> u32 {
-        self.devices.len() as u32
+        self.inputs.len() as u32
+    }
+
+    fn fresh_device(&self, k: u32) -> Engine {
+        let mut e = Engine::device_stage(&self.config, self.classifier.clone(), k, self.n());
+        e.track_changes();
+        e
     }
 
     /// Takes one input event from input partition `source`: a device event
@@ -85,11 +150,11 @@ impl Pipeline {
             (Some(d), false) => Some(partition_of(d.as_str().as_bytes(), n)),
             _ => None,
         };
-        for (k, q) in self.inputs.iter_mut().enumerate() {
+        for (k, log) in self.inputs.iter_mut().enumerate() {
             if owner.is_none_or(|o| o == k as u32) {
-                q.push_back(Input::Event(source, event.clone()));
+                log.push(Input::Event(source, event.clone()));
             } else {
-                q.push_back(Input::Watermark(source, event.ts));
+                log.push(Input::Watermark(source, event.ts));
             }
         }
         self.pump();
@@ -98,18 +163,80 @@ impl Pipeline {
     /// Every input read: every partition releases what it holds and the
     /// open day counts provisionally (`Engine::flush`).
     pub fn flush(&mut self) {
-        for q in &mut self.inputs {
-            q.push_back(Input::Flush);
+        for log in &mut self.inputs {
+            log.push(Input::Flush);
         }
         self.pump();
     }
 
     /// End of input: the last day closes (`Engine::finish`).
     pub fn finish(&mut self) {
-        for q in &mut self.inputs {
-            q.push_back(Input::Finish);
+        for log in &mut self.inputs {
+            log.push(Input::Finish);
         }
         self.pump();
+    }
+
+    /// Snapshots partition `k` of `stage` with its positions.
+    pub fn checkpoint(&mut self, stage: Stage, k: usize) {
+        match stage {
+            Stage::Devices => {
+                if let Some(t) = self.devices.get_mut(k) {
+                    t.saved = Some((t.engine.stage_snapshot(), t.at));
+                }
+                // The snapshot ran the pending purge: publish what it changed.
+                self.pump();
+            }
+            Stage::Buckets => {
+                if let Some(t) = self.buckets.get_mut(k) {
+                    t.saved = Some((t.stage.snapshot(), t.at));
+                }
+            }
+            Stage::Accounts => {
+                if let Some(t) = self.accounts.get_mut(k) {
+                    t.saved = Some((t.stage.snapshot(), t.at));
+                }
+            }
+        }
+    }
+
+    /// Partition `k` of `stage` crashes and restarts from its snapshot
+    /// (or from nothing): what it did since is lost, what it sent stays.
+    pub fn crash(&mut self, stage: Stage, k: usize) -> Result<(), SnapshotError> {
+        match stage {
+            Stage::Devices => {
+                let fresh = self.fresh_device(k as u32);
+                if let Some(t) = self.devices.get_mut(k) {
+                    (t.engine, t.at) = match &t.saved {
+                        Some((bytes, at)) => (
+                            Engine::restore_stage(&self.config, self.classifier.clone(), bytes)?,
+                            *at,
+                        ),
+                        None => (fresh, [0; 3]),
+                    };
+                }
+            }
+            Stage::Buckets => {
+                let n = self.n();
+                if let Some(t) = self.buckets.get_mut(k) {
+                    (t.stage, t.at) = match &t.saved {
+                        Some((bytes, at)) => (BucketStage::restore(&self.config, bytes)?, *at),
+                        None => (BucketStage::new(&self.config, k as u32, n), 0),
+                    };
+                }
+            }
+            Stage::Accounts => {
+                let (max, n) = (self.config.linking.max_devices_per_account, self.n());
+                if let Some(t) = self.accounts.get_mut(k) {
+                    (t.stage, t.at) = match &t.saved {
+                        Some((bytes, at)) => (AccountStage::restore(max, bytes)?, *at),
+                        None => (AccountStage::new(max, n), 0),
+                    };
+                }
+            }
+        }
+        self.pump();
+        Ok(())
     }
 
     /// Moves messages between the stages until none is left.
@@ -118,70 +245,89 @@ impl Pipeline {
         loop {
             let mut moved = false;
             for k in 0..self.devices.len() {
-                let e = &mut self.devices[k];
-                loop {
-                    let next = if e.waiting_for_buckets() {
-                        self.evidence[k].pop_front().map(|m| e.deliver(m))
-                    } else {
-                        self.inputs[k].pop_front().map(|i| match i {
-                            Input::Event(s, ev) => {
-                                e.ingest(s, ev);
-                            }
-                            Input::Watermark(s, ts) => e.observe(s, ts),
-                            Input::Flush => e.flush(),
-                            Input::Finish => e.finish(),
-                        })
-                    };
-                    if next.is_none() {
-                        break;
-                    }
-                    moved = true;
-                }
-                for msg in self.devices[k].take_for_buckets() {
-                    moved = true;
-                    match &msg {
-                        ToBuckets::Sighting(s) => {
-                            let b = bucket_partition(s.bucket, n) as usize;
-                            self.buckets[b].receive(k as u32, msg);
-                        }
-                        _ => {
-                            for b in &mut self.buckets {
-                                b.receive(k as u32, msg.clone());
-                            }
-                        }
-                    }
-                }
+                moved |= self.run_device(k, n);
             }
             for b in 0..self.buckets.len() {
-                for (k, msg) in self.buckets[b].take_for_devices() {
+                let t = &mut self.buckets[b];
+                while let Some(msg) = self.sightings[b].get(t.at) {
+                    t.stage.receive(msg.clone());
+                    t.at += 1;
                     moved = true;
-                    self.evidence[k as usize].push_back(msg);
                 }
-            }
-            for k in 0..self.devices.len() {
-                let changes = self.devices[k].take_changes();
-                for (key, line) in changes.devices {
-                    fold(&mut self.device_links, key, line);
-                }
-                for part in self.devices[k].take_account_parts() {
+                for (k, msg) in t.stage.take_for_devices() {
+                    self.evidence[k as usize].push(msg);
                     moved = true;
-                    let a = partition_of(part.account.as_bytes(), n) as usize;
-                    self.accounts[a].receive(part);
                 }
             }
             for a in 0..self.accounts.len() {
-                for (key, line) in self.accounts[a].take_lines() {
+                let t = &mut self.accounts[a];
+                while let Some(part) = self.links[a].get(t.at) {
+                    t.stage.receive(part.clone());
+                    t.at += 1;
+                    moved = true;
+                }
+                for (key, line) in t.stage.take_lines() {
                     fold(&mut self.account_devices, key, line);
                 }
-                for (k, msg) in self.accounts[a].take_for_devices() {
+                for (k, msg) in t.stage.take_for_devices() {
+                    self.shown[k as usize].push(msg);
                     moved = true;
-                    self.devices[k as usize].deliver_shown(msg);
                 }
             }
             if !moved {
                 return;
             }
         }
+    }
+
+    /// Lets device partition `k` take what it may and publishes what it
+    /// sends; returns whether anything moved.
+    fn run_device(&mut self, k: usize, n: u32) -> bool {
+        let t = &mut self.devices[k];
+        let mut moved = false;
+        loop {
+            let e = &mut t.engine;
+            if e.waiting_for_buckets() {
+                let Some(msg) = self.evidence[k].get(t.at[1]) else {
+                    break;
+                };
+                e.deliver(msg.clone());
+                t.at[1] += 1;
+            } else {
+                let Some(input) = self.inputs[k].get(t.at[0]) else {
+                    break;
+                };
+                match input.clone() {
+                    Input::Event(s, ev) => {
+                        e.ingest(s, ev);
+                    }
+                    Input::Watermark(s, ts) => e.observe(s, ts),
+                    Input::Flush => e.flush(),
+                    Input::Finish => e.finish(),
+                }
+                t.at[0] += 1;
+            }
+            moved = true;
+        }
+        // What the account stage shows changes only the published lines.
+        while let Some(msg) = self.shown[k].get(t.at[2]) {
+            t.engine.deliver_shown(msg.clone());
+            t.at[2] += 1;
+            moved = true;
+        }
+        for (b, msg) in t.engine.take_for_buckets() {
+            self.sightings[b as usize].push(msg);
+            moved = true;
+        }
+        for (key, line) in t.engine.take_changes().devices {
+            fold(&mut self.device_links, key, line);
+        }
+        for part in t.engine.take_account_parts() {
+            let a = partition_of(part.account.as_bytes(), n) as usize;
+            self.links[a].push(part);
+            moved = true;
+        }
+        moved
     }
 
     /// The folded `device-links` topic, sorted by device id.
@@ -195,8 +341,8 @@ impl Pipeline {
     }
 
     /// The device stage's partitions, for statistics.
-    pub fn device_partitions(&self) -> &[Engine] {
-        &self.devices
+    pub fn device_partitions(&self) -> impl Iterator<Item = &Engine> {
+        self.devices.iter().map(|t| &t.engine)
     }
 }
 
