@@ -1800,7 +1800,9 @@ fn one_and_staged(
         }
         for f in faults.iter().filter(|f| f.after == n) {
             let (stage, k) = (stages[f.stage % 3], f.partition % partitions as usize);
-            if f.crash {
+            if f.stage == 3 {
+                p.resend_inputs(f.partition * 3);
+            } else if f.crash {
                 p.crash(stage, k)
                     .expect("a stage partition's snapshot restores");
             } else {
@@ -1825,7 +1827,8 @@ fn one_and_staged(
 }
 
 /// A stage partition snapshotting itself, or crashing and restarting
-/// from its last snapshot, after the `after`-th event.
+/// from its last snapshot, after the `after`-th event; or (stage 3) the
+/// router sending the last records of every device partition again.
 #[derive(Clone, Debug)]
 struct Fault {
     after: usize,
@@ -1836,7 +1839,7 @@ struct Fault {
 
 fn faults() -> impl Strategy<Value = Vec<Fault>> {
     prop::collection::vec(
-        (0usize..160, 0usize..3, 0usize..4, any::<bool>()).prop_map(
+        (0usize..160, 0usize..4, 0usize..4, any::<bool>()).prop_map(
             |(after, stage, partition, crash)| Fault {
                 after,
                 stage,
@@ -1876,7 +1879,8 @@ proptest! {
 
     /// Stage partitions that snapshot themselves at any time and crash at
     /// any time (restarting from their last snapshot and reading their
-    /// input streams again from its positions) end in the same graph.
+    /// input streams again from its positions), and a router that sends
+    /// records again, end in the same graph.
     #[test]
     fn crashed_stage_partitions_end_in_one_engines_graph(
         (events, order) in scenario_with_disorder(lateness_ms(&Config::default())),

@@ -9,8 +9,8 @@
 //! device's line the links the account stage says are not shown.
 
 use super::{
-    AccountPart, Offer, PrivacyCopy, Progress, Sent, Shown, Sighting, ToBuckets, ToDevices,
-    bucket_partition,
+    AccountPart, Offer, PrivacyCopy, Progress, Sent, Shown, Sighting, StageInput, ToBuckets,
+    ToDevices, bucket_partition,
 };
 use crate::addr::{AddressClassifier, Bucket};
 use crate::config::Config;
@@ -39,6 +39,8 @@ pub struct DeviceSide {
     sent: Vec<u64>,
     /// Numbered messages taken from each bucket partition.
     received: Vec<u64>,
+    /// The last offset taken from each input partition.
+    offsets: FxHashMap<u32, i64>,
     /// Stopped before the first event of a later day, at this time.
     stalled: Option<Millis>,
     /// Where the stopped release was going.
@@ -101,6 +103,45 @@ impl Engine {
     /// A device stage's partition, if this engine is one.
     pub fn stage_partition(&self) -> Option<u32> {
         self.stage.as_ref().map(|s| s.partition)
+    }
+
+    /// Takes the next record of this device partition's input stream
+    /// (dropping one already taken).
+    pub fn take_input(&mut self, input: StageInput) {
+        match input {
+            StageInput::Event {
+                source,
+                offset,
+                event,
+            } => {
+                if let Some(stage) = self.stage.as_deref_mut() {
+                    let last = stage.offsets.entry(source).or_insert(-1);
+                    if offset <= *last {
+                        return;
+                    }
+                    *last = offset;
+                }
+                self.ingest(source, event);
+            }
+            StageInput::Watermark { source, ts, idle } => {
+                self.observe(source, ts);
+                if idle {
+                    self.set_idle(source, true);
+                }
+            }
+            StageInput::Flush { n } => {
+                if self.stage.as_deref().is_some_and(|s| n == s.flushes + 1) {
+                    self.flush();
+                }
+            }
+            StageInput::Finish => self.finish(),
+        }
+    }
+
+    /// Flushes this device partition has completed (the next request is
+    /// one more).
+    pub fn flushes(&self) -> u64 {
+        self.stage.as_deref().map_or(0, |s| s.flushes)
     }
 
     /// Notes that `source` has reached `ts` without an event for this

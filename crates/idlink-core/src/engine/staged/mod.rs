@@ -134,6 +134,43 @@ pub struct Progress {
     pub finished: bool,
 }
 
+/// A device partition's input stream: what the router sends it, and its
+/// own flush requests, in one order that replays repeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StageInput {
+    /// A device event of this partition, or a privacy request (every
+    /// partition gets those), at `offset` of input partition `source`. A
+    /// router that restarts sends again what it had sent: an offset at or
+    /// below the last taken from `source` is dropped.
+    Event {
+        /// The input partition (a watermark source).
+        source: u32,
+        /// Its offset there.
+        offset: i64,
+        /// The event.
+        event: Event,
+    },
+    /// Input partition `source` has reached `ts` (the greatest `ts` read
+    /// from it); `idle`: it is caught up and quiet, and does not hold the
+    /// watermark back.
+    Watermark {
+        /// The input partition.
+        source: u32,
+        /// The greatest `ts` read from it.
+        ts: Millis,
+        /// Caught up and quiet.
+        idle: bool,
+    },
+    /// The partition's `n`-th flush (`Engine::flush`): everything was
+    /// read. A request already taken is dropped.
+    Flush {
+        /// 1, 2, 3, …
+        n: u64,
+    },
+    /// The input ended (replay): the last day closes.
+    Finish,
+}
+
 /// What a device partition sends to the bucket stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToBuckets {

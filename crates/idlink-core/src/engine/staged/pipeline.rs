@@ -14,27 +14,14 @@
 //! while it does not, as a deployment must for replays to repeat.
 
 use super::{
-    AccountPart, AccountStage, BucketStage, Sent, Shown, ToBuckets, ToDevices, partition_of,
+    AccountPart, AccountStage, BucketStage, Sent, Shown, StageInput, ToBuckets, ToDevices,
+    partition_of,
 };
 use crate::addr::AddressClassifier;
 use crate::config::Config;
 use crate::engine::{Engine, SnapshotError};
 use crate::event::Event;
-use crate::time::Millis;
 use std::collections::BTreeMap;
-
-/// Input of a device partition, in the order its stream carries it.
-#[derive(Clone, Debug)]
-enum Input {
-    /// One of its device events, or a privacy request (every partition's).
-    Event(u32, Event),
-    /// How far an input partition has got.
-    Watermark(u32, Millis),
-    /// Everything was read: release and count the open day so far.
-    Flush,
-    /// The input ended.
-    Finish,
-}
 
 /// Which stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +67,9 @@ pub struct Pipeline {
     accounts: Vec<AccountTask>,
     /// Per device partition: its input, the bucket stage's messages to
     /// it, and the account stage's.
-    inputs: Vec<Vec<Input>>,
+    inputs: Vec<Vec<StageInput>>,
+    /// Offsets given to each input partition's events so far.
+    offsets: BTreeMap<u32, i64>,
     evidence: Vec<Vec<Sent<ToDevices>>>,
     shown: Vec<Vec<Shown>>,
     /// Per bucket partition: the device stage's messages to it.
@@ -104,6 +93,7 @@ impl Pipeline {
             buckets: Vec::new(),
             accounts: Vec::new(),
             inputs: (0..n).map(|_| Vec::new()).collect(),
+            offsets: BTreeMap::new(),
             evidence: (0..n).map(|_| Vec::new()).collect(),
             shown: (0..n).map(|_| Vec::new()).collect(),
             sightings: (0..n).map(|_| Vec::new()).collect(),
@@ -150,11 +140,21 @@ impl Pipeline {
             (Some(d), false) => Some(partition_of(d.as_str().as_bytes(), n)),
             _ => None,
         };
+        let offset = self.offsets.entry(source).or_insert(-1);
+        *offset += 1;
         for (k, log) in self.inputs.iter_mut().enumerate() {
             if owner.is_none_or(|o| o == k as u32) {
-                log.push(Input::Event(source, event.clone()));
+                log.push(StageInput::Event {
+                    source,
+                    offset: *offset,
+                    event: event.clone(),
+                });
             } else {
-                log.push(Input::Watermark(source, event.ts));
+                log.push(StageInput::Watermark {
+                    source,
+                    ts: event.ts,
+                    idle: false,
+                });
             }
         }
         self.pump();
@@ -163,8 +163,9 @@ impl Pipeline {
     /// Every input read: every partition releases what it holds and the
     /// open day counts provisionally (`Engine::flush`).
     pub fn flush(&mut self) {
-        for log in &mut self.inputs {
-            log.push(Input::Flush);
+        for (t, log) in self.devices.iter().zip(&mut self.inputs) {
+            let n = t.engine.flushes() + 1;
+            log.push(StageInput::Flush { n });
         }
         self.pump();
     }
@@ -172,7 +173,17 @@ impl Pipeline {
     /// End of input: the last day closes (`Engine::finish`).
     pub fn finish(&mut self) {
         for log in &mut self.inputs {
-            log.push(Input::Finish);
+            log.push(StageInput::Finish);
+        }
+        self.pump();
+    }
+
+    /// The router restarts from an older position: the last `count`
+    /// records of every device partition's input are sent again.
+    pub fn resend_inputs(&mut self, count: usize) {
+        for log in &mut self.inputs {
+            let again: Vec<StageInput> = log[log.len().saturating_sub(count)..].to_vec();
+            log.extend(again);
         }
         self.pump();
     }
@@ -297,14 +308,7 @@ impl Pipeline {
                 let Some(input) = self.inputs[k].get(t.at[0]) else {
                     break;
                 };
-                match input.clone() {
-                    Input::Event(s, ev) => {
-                        e.ingest(s, ev);
-                    }
-                    Input::Watermark(s, ts) => e.observe(s, ts),
-                    Input::Flush => e.flush(),
-                    Input::Finish => e.finish(),
-                }
+                e.take_input(input.clone());
                 t.at[0] += 1;
             }
             moved = true;
