@@ -91,8 +91,8 @@ pub struct BucketStage {
     day: i32,
     /// The open day was closed for good (end of input).
     ended: bool,
-    /// Flushes answered.
-    flushes: u64,
+    /// Flushes answered, per device partition.
+    answered: Vec<u64>,
     /// Messages for device partitions.
     #[serde(skip)]
     out: Vec<(u32, ToDevices)>,
@@ -129,7 +129,7 @@ impl BucketStage {
             released_to: Millis::MIN,
             day: i32::MIN,
             ended: false,
-            flushes: 0,
+            answered: vec![0; device_partitions.max(1) as usize],
             out: Vec::new(),
             received: vec![0; device_partitions.max(1) as usize],
             sent: vec![0; device_partitions.max(1) as usize],
@@ -245,8 +245,8 @@ impl BucketStage {
         out
     }
 
-    /// Applies what every device partition has passed, then closes the day
-    /// or answers a flush if every device partition is ready for it.
+    /// Applies what every device partition has passed, answers flushes,
+    /// and closes the day if every device partition has released all of it.
     fn step(&mut self) {
         let Some(reports) = self
             .reports
@@ -258,13 +258,13 @@ impl BucketStage {
         };
         let bound = reports.iter().map(|r| r.upto).min().unwrap_or(Millis::MIN);
         self.release(bound);
+        self.answer_flushes(&reports);
         if reports.iter().any(|r| r.day != self.day) {
             return;
         }
         // The day closes once every device partition has released all of
         // it; the next starts with the earliest event any of them holds
         // beyond it, or where the slowest of them is.
-        let next = reports.iter().filter_map(|r| r.next).min();
         if reports.iter().all(|r| r.ended) {
             let now = reports
                 .iter()
@@ -282,28 +282,46 @@ impl BucketStage {
             }
             return;
         }
-        if next.is_some() {
+    }
+
+    /// A device partition that flushed waits for what the open day offers
+    /// its devices so far: answered at once, from what every device
+    /// partition has passed (a provisional count; the day's close replaces
+    /// it). Answering each on its own keeps a busy partition from holding
+    /// up a quiet one's flush.
+    fn answer_flushes(&mut self, reports: &[Progress]) {
+        let asking: Vec<usize> = (0..reports.len())
+            .filter(|&k| {
+                let r = &reports[k];
+                r.day == self.day
+                    && r.next.is_none()
+                    && self.answered.get(k).is_some_and(|&a| r.flushes > a)
+            })
+            .collect();
+        if asking.is_empty() {
             return;
         }
-        let flushes = reports.iter().map(|r| r.flushes).min().unwrap_or(0);
-        if flushes > self.flushes {
-            self.flushes = flushes;
-            let mut offers = Offers::new();
-            if self.day != i32::MIN {
-                self.coloc
-                    .offers_so_far(self.day, &self.p, &self.hasher, |o| offers.extend(o));
-            }
-            let by_partition = self.route(offers);
-            for (k, offers) in by_partition.into_iter().enumerate() {
-                self.out.push((
-                    k as u32,
-                    ToDevices::SoFar {
-                        day: self.day,
-                        flushes,
-                        offers,
-                    },
-                ));
-            }
+        let mut offers = Offers::new();
+        if self.day != i32::MIN {
+            self.coloc
+                .offers_so_far(self.day, &self.p, &self.hasher, |o| offers.extend(o));
+        }
+        let mut by_partition = self.route(offers);
+        for k in asking {
+            let flushes = reports[k].flushes;
+            self.answered[k] = flushes;
+            let offers = by_partition
+                .get_mut(k)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            self.out.push((
+                k as u32,
+                ToDevices::SoFar {
+                    day: self.day,
+                    flushes,
+                    offers,
+                },
+            ));
         }
     }
 
