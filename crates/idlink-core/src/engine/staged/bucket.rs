@@ -259,13 +259,10 @@ impl BucketStage {
         let bound = reports.iter().map(|r| r.upto).min().unwrap_or(Millis::MIN);
         self.release(bound);
         self.answer_flushes(&reports);
-        if reports.iter().any(|r| r.day != self.day) {
-            return;
-        }
         // The day closes once every device partition has released all of
         // it; the next starts with the earliest event any of them holds
         // beyond it, or where the slowest of them is.
-        if reports.iter().all(|r| r.ended) {
+        if reports.iter().all(|r| r.day == self.day && r.ended) {
             let now = reports
                 .iter()
                 .map(|r| r.next.unwrap_or(r.upto))
@@ -280,7 +277,6 @@ impl BucketStage {
             } else if bound >= now {
                 self.close(Some(now));
             }
-            return;
         }
     }
 
