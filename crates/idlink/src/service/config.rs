@@ -45,6 +45,14 @@ pub struct KafkaConfig {
     pub snapshots_topic: String,
     /// Internal: snapshot manifests (which chunks, which input offsets).
     pub manifests_topic: String,
+    /// Partitioned mode: prefix of the internal topics between the stages
+    /// (`<prefix>-device-events`, `-sightings`, `-evidence`, `-links`,
+    /// `-shown`).
+    pub internal_topic_prefix: String,
+    /// Partitioned mode: partitions of each internal topic, which is how
+    /// many instances at most share the work. Fixed for a deployment's
+    /// life: it decides where every key's state lives.
+    pub stage_partitions: i32,
     /// Create missing topics at start.
     pub create_topics: bool,
     /// Partitions of created input topics.
@@ -83,6 +91,8 @@ impl Default for KafkaConfig {
             privacy_acks_topic: "privacy-acks".into(),
             snapshots_topic: "idlink-snapshots".into(),
             manifests_topic: "idlink-snapshot-manifests".into(),
+            internal_topic_prefix: "idlink".into(),
+            stage_partitions: 4,
             create_topics: true,
             input_partitions: 4,
             output_partitions: 4,
@@ -122,6 +132,11 @@ pub struct RuntimeConfig {
     /// it takes over this soon after the group empties (the owner left,
     /// or missed its session timeout).
     pub standby_poll_ms: u64,
+    /// Run the staged engine: every instance of the group takes a share
+    /// of the stage partitions (device, bucket and account stages, re-keyed
+    /// through internal topics), so adding an instance adds capacity.
+    /// Off: one instance owns the whole graph and the others stand by.
+    pub partitioned: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -135,6 +150,7 @@ impl Default for RuntimeConfig {
             shutdown_deadline_seconds: 30,
             snapshot_chunk_bytes: 512 * 1024,
             standby_poll_ms: 1000,
+            partitioned: false,
         }
     }
 }
@@ -225,6 +241,12 @@ impl ServiceConfig {
             if topics[..i].contains(a) {
                 bail!("kafka topic {a:?} is configured for two purposes");
             }
+        }
+        if self.service.partitioned
+            && (k.internal_topic_prefix.trim().is_empty()
+                || !(1..=1024).contains(&k.stage_partitions))
+        {
+            bail!("kafka.internal_topic_prefix must be set and kafka.stage_partitions be 1..1024");
         }
         if k.input_partitions < 1 || k.output_partitions < 1 || k.replication_factor < 1 {
             bail!("kafka partition counts and replication factor must be at least 1");

@@ -269,10 +269,17 @@ struct Wanted<'a> {
     compacted: bool,
 }
 
+/// Retention of the internal topics: far longer than any snapshot
+/// interval, so a restoring stage partition always finds the records
+/// after its snapshot.
+const INTERNAL_RETENTION_MS: &str = "259200000";
+
 /// Waits for the brokers (up to the configured timeout), creates missing
-/// topics and refuses to start if an existing output topic has the wrong
-/// cleanup policy. Returns the number of input partitions (both topics).
-pub async fn ensure_topics(k: &KafkaConfig) -> Result<usize> {
+/// topics (and the `internal` ones, with `stage_partitions` partitions and
+/// three days' retention) and refuses to start if an existing output
+/// topic has the wrong cleanup policy. Returns the partitions of the two
+/// input topics (events, privacy).
+pub async fn ensure_topics(k: &KafkaConfig, internal: &[String]) -> Result<(usize, usize)> {
     let admin: AdminClient<DefaultClientContext> = client_config(k)
         .create()
         .context("creating the admin client")?;
@@ -291,16 +298,17 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<usize> {
         .filter(|t| t.error().is_none())
         .map(|t| (t.name().to_string(), t.partitions().len()))
         .collect();
-    let input_partitions: usize = [&k.events_topic, &k.privacy_topic]
-        .iter()
-        .map(|t| {
-            existing
-                .get(t.as_str())
-                .copied()
-                .unwrap_or(k.input_partitions as usize)
-        })
-        .sum();
-    let wanted = [
+    let partitions_of = |t: &str| {
+        existing
+            .get(t)
+            .copied()
+            .unwrap_or(k.input_partitions as usize)
+    };
+    let input_partitions = (
+        partitions_of(&k.events_topic),
+        partitions_of(&k.privacy_topic),
+    );
+    let mut wanted = vec![
         Wanted {
             name: &k.events_topic,
             partitions: k.input_partitions,
@@ -342,6 +350,11 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<usize> {
             compacted: true,
         },
     ];
+    wanted.extend(internal.iter().map(|name| Wanted {
+        name,
+        partitions: k.stage_partitions,
+        compacted: false,
+    }));
     let missing: Vec<&Wanted> = wanted
         .iter()
         .filter(|w| !existing.contains_key(w.name))
@@ -363,6 +376,9 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<usize> {
                 if w.compacted {
                     t.set("cleanup.policy", "compact")
                         .set("max.compaction.lag.ms", &compaction_lag_ms)
+                } else if internal.iter().any(|i| i == w.name) {
+                    t.set("cleanup.policy", "delete")
+                        .set("retention.ms", INTERNAL_RETENTION_MS)
                 } else {
                     t.set("cleanup.policy", "delete")
                 }

@@ -3,7 +3,9 @@
 pub mod config;
 mod http;
 mod kafka;
+mod outbox;
 mod ownership;
+mod partitioned;
 mod pipeline;
 mod snapshots;
 pub mod telemetry;
@@ -32,8 +34,15 @@ pub async fn run(settings: Settings, cfg: ServiceConfig) -> Result<()> {
             let _ = tx.send(());
         })
     };
-    let pipeline = pipeline::Pipeline::start(&settings, cfg, telemetry.clone()).await?;
-    let result = pipeline.run(shutdown_tx.subscribe());
+    let result = async {
+        if cfg.service.partitioned {
+            let p = partitioned::Partitioned::start(&settings, cfg, telemetry.clone()).await?;
+            p.run(shutdown_tx.subscribe()).await
+        } else {
+            let p = pipeline::Pipeline::start(&settings, cfg, telemetry.clone()).await?;
+            p.run(shutdown_tx.subscribe()).await
+        }
+    };
     // The deadline counts from the signal; the loop itself is unbounded.
     let mut rx = shutdown_tx.subscribe();
     let result = tokio::select! {

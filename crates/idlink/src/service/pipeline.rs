@@ -21,24 +21,22 @@ use super::config::ServiceConfig;
 use super::kafka::{
     PartitionState, ProducerHealth, ServiceContext, consumer_config, output_producer_config,
 };
+use super::outbox::{Outbox, Outgoing, dead_letter, decode, source};
 use super::ownership::{GroupWatch, Role};
 use super::snapshots::Snapshots;
 use super::telemetry::Telemetry;
 use crate::settings::Settings;
 use anyhow::{Context, Result, bail};
-use idlink_core::{Decoder, Engine, Ingested, Millis, RejectReason, Rejected};
+use idlink_core::{Decoder, Engine, Ingested};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
-
-/// Version of every output record's format, sent as `schema-version`.
-pub const SCHEMA_VERSION: &str = "1";
 
 /// The loop's state besides the engine.
 pub struct Pipeline {
@@ -52,8 +50,9 @@ pub struct Pipeline {
     decoder: Decoder,
     /// Consumer of both input topics.
     consumer: StreamConsumer<ServiceContext>,
-    /// Producer of every output topic.
-    producer: FutureProducer<ProducerHealth>,
+    /// Producer of every output topic, and the records awaiting their
+    /// acknowledgement.
+    outbox: Outbox,
     /// Snapshot store.
     snapshots: Snapshots,
     /// Metrics and readiness.
@@ -64,9 +63,6 @@ pub struct Pipeline {
     /// engine (from the restored snapshot on): records below it are
     /// skipped, whenever Kafka delivers them again.
     positions: BTreeMap<(String, i32), i64>,
-    /// Records of the open batch with their deliveries, kept until
-    /// acknowledged so a delivery that timed out can be sent again.
-    pending: Vec<(Outgoing, DeliveryFuture)>,
     /// Input timestamps of the open batch, for the latency histogram.
     batch_ts: Vec<i64>,
     /// Messages in the open batch.
@@ -100,35 +96,6 @@ const GROUP_BLIND: Duration = Duration::from_secs(30);
 /// output is published; well below any session timeout (6 s at least).
 const FENCE_CHECK: Duration = Duration::from_millis(500);
 
-/// An output record, owned, so that it can be sent again.
-struct Outgoing {
-    /// Destination topic.
-    topic: String,
-    /// Record key.
-    key: Option<Vec<u8>>,
-    /// Record value; `None` is a tombstone.
-    payload: Option<Vec<u8>>,
-    /// `schema-version` and, for dead letters, the reason headers.
-    headers: OwnedHeaders,
-}
-
-impl Outgoing {
-    /// A record with the common headers plus `extra`.
-    fn new(
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        extra: &[(&str, &str)],
-    ) -> Self {
-        Outgoing {
-            topic: topic.to_string(),
-            key: key.map(<[u8]>::to_vec),
-            payload: payload.map(<[u8]>::to_vec),
-            headers: headers(extra),
-        }
-    }
-}
-
 /// How serving the group ended.
 enum Served {
     /// Shutdown was requested.
@@ -152,25 +119,6 @@ fn new_consumer(
         .context("creating the consumer")
 }
 
-/// Source id of a partition for the engine's watermark.
-fn source(topic_index: u32, partition: i32) -> u32 {
-    (topic_index << 16) | (partition.max(0) as u32 & 0xffff)
-}
-
-fn headers(extra: &[(&str, &str)]) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new().insert(Header {
-        key: "schema-version",
-        value: Some(SCHEMA_VERSION),
-    });
-    for (k, v) in extra {
-        h = h.insert(Header {
-            key: k,
-            value: Some(*v),
-        });
-    }
-    h
-}
-
 impl Pipeline {
     /// Creates the clients and checks the topics; state is restored when
     /// this instance becomes the group's owner.
@@ -180,7 +128,8 @@ impl Pipeline {
         telemetry: Arc<Telemetry>,
     ) -> Result<Pipeline> {
         let k = &cfg.kafka;
-        let input_partitions = super::kafka::ensure_topics(k).await?;
+        let (events, privacy) = super::kafka::ensure_topics(k, &[]).await?;
+        let input_partitions = events + privacy;
         let snapshots = Snapshots::new(k, &cfg.service)?;
         let partitions = Arc::new(PartitionState::default());
         partitions
@@ -201,11 +150,10 @@ impl Pipeline {
             watch: GroupWatch::new(k)?,
             cfg,
             consumer,
-            producer,
+            outbox: Outbox::new(producer),
             snapshots,
             telemetry,
             partitions,
-            pending: Vec::new(),
             batch_ts: Vec::new(),
             batch_len: 0,
             batch_started: Instant::now(),
@@ -636,29 +584,7 @@ impl Pipeline {
         let topic_index = u32::from(topic != self.cfg.kafka.events_topic);
         self.last_seen
             .insert(source(topic_index, partition), Instant::now());
-        let now = Millis(chrono::Utc::now().timestamp_millis());
-        let decoded = match m.payload() {
-            None => Err(Rejected {
-                reason: RejectReason::EmptyPayload,
-                detail: "the message has no value".into(),
-            }),
-            Some(p) => self.decoder.decode(p, now),
-        };
-        let decoded = decoded.and_then(|ev| {
-            let privacy_topic = topic_index == 1;
-            if ev.kind.is_privacy() != privacy_topic {
-                Err(Rejected {
-                    reason: RejectReason::InvalidKind,
-                    detail: format!(
-                        "a `{}` event does not belong on topic {topic}",
-                        ev.kind.as_str()
-                    ),
-                })
-            } else {
-                Ok(ev)
-            }
-        });
-        match decoded {
+        match decode(&self.decoder, m, &topic, topic_index == 1) {
             Ok(ev) => {
                 self.telemetry.accepted(&topic);
                 if self.engine.ingest(source(topic_index, partition), ev) == Ingested::Erased {
@@ -668,20 +594,7 @@ impl Pipeline {
             Err(rej) => {
                 self.telemetry
                     .rejected(&topic, partition, offset, rej.reason);
-                let (p, o) = (partition.to_string(), offset.to_string());
-                let h = headers(&[
-                    ("reason", rej.reason.as_str()),
-                    ("detail", &rej.detail),
-                    ("source-topic", &topic),
-                    ("source-partition", &p),
-                    ("source-offset", &o),
-                ]);
-                let record = Outgoing {
-                    topic: self.cfg.kafka.dead_letters_topic.clone(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers: h,
-                };
+                let record = dead_letter(&self.cfg.kafka.dead_letters_topic, m, &rej);
                 self.send(record)?;
             }
         }
@@ -690,31 +603,7 @@ impl Pipeline {
 
     /// Enqueues one record; waits (backpressure) while the queue is full.
     fn send(&mut self, out: Outgoing) -> Result<()> {
-        loop {
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&out.topic).headers(out.headers.clone());
-            if let Some(k) = &out.key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(v) = &out.payload {
-                record = record.payload(v.as_slice());
-            }
-            match self.producer.send_result(record) {
-                Ok(f) => {
-                    self.pending.push((out, f));
-                    return Ok(());
-                }
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    _,
-                )) => {
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => bail!("producing: {e}"),
-            }
-        }
+        self.outbox.send(out)
     }
 
     /// Waits for every delivery of the batch. A record whose delivery
@@ -725,23 +614,7 @@ impl Pipeline {
     /// records. Returns false if this instance was fenced meanwhile.
     async fn await_deliveries(&mut self) -> Result<bool> {
         loop {
-            let (outs, futures): (Vec<Outgoing>, Vec<DeliveryFuture>) =
-                std::mem::take(&mut self.pending).into_iter().unzip();
-            let results = futures::future::join_all(futures).await;
-            let mut again = Vec::new();
-            for (out, r) in outs.into_iter().zip(results) {
-                match r {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
-                        ),
-                        _,
-                    ))) => again.push(out),
-                    Ok(Err((e, _))) => bail!("an output record was not acknowledged: {e}"),
-                    Err(_) => bail!("the producer was dropped"),
-                }
-            }
+            let again = self.outbox.settle().await?;
             if again.is_empty() {
                 return Ok(true);
             }
@@ -806,8 +679,7 @@ impl Pipeline {
             self.send(record)?;
             self.telemetry.privacy_ack(ack.kind);
         }
-        self.telemetry
-            .producer_queue(self.producer.in_flight_count());
+        self.telemetry.producer_queue(self.outbox.in_flight());
         if !self.await_deliveries().await? {
             tracing::warn!(
                 epoch = self.snapshots.epoch(),
@@ -817,8 +689,7 @@ impl Pipeline {
             return Ok(false);
         }
         // Again once acknowledged, so the gauge never shows a stale peak.
-        self.telemetry
-            .producer_queue(self.producer.in_flight_count());
+        self.telemetry.producer_queue(self.outbox.in_flight());
         self.telemetry.published(&k.device_links_topic, nd);
         self.telemetry.published(&k.account_devices_topic, na);
         self.telemetry.published(&k.privacy_acks_topic, nk);

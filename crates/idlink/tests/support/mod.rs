@@ -222,6 +222,7 @@ dead_letters_topic = "{dead}"
 privacy_acks_topic = "{acks}"
 snapshots_topic = "{snaps}"
 manifests_topic = "{manifests}"
+internal_topic_prefix = "{internal}"
 input_partitions = 3
 output_partitions = 2
 connect_timeout_seconds = 20
@@ -248,6 +249,7 @@ standby_poll_ms = 200
         acks = names.topic("privacy-acks"),
         snaps = names.topic("snapshots"),
         manifests = names.topic("manifests"),
+        internal = names.topic("internal"),
     );
     let path = dir.join("idlink.toml");
     std::fs::write(&path, text)?;

@@ -138,6 +138,12 @@ impl Engine {
         }
     }
 
+    /// Whether every watermark source is caught up and quiet: all input
+    /// has been read.
+    pub fn sources_idle(&self) -> bool {
+        !self.sources.is_empty() && self.sources.iter().all(|s| s.idle)
+    }
+
     /// Flushes this device partition has completed (the next request is
     /// one more).
     pub fn flushes(&self) -> u64 {

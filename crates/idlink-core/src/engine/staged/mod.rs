@@ -41,6 +41,34 @@ use crate::output::AccountEntry;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
+/// Version of the internal records' format.
+const WIRE_VERSION: u8 = 1;
+
+/// A record of an internal topic that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("internal record does not decode: {0}")]
+pub struct WireError(String);
+
+/// Encodes a message for an internal topic (or a stage partition's
+/// snapshot): a version byte, then postcard.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![WIRE_VERSION];
+    // Serializing plain data into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(msg).unwrap_or_default());
+    out
+}
+
+/// Decodes what [`encode`] wrote.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    match bytes.split_first() {
+        Some((&WIRE_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| WireError(e.to_string()))
+        }
+        Some((v, _)) => Err(WireError(format!("unknown version {v}"))),
+        None => Err(WireError("empty record".into())),
+    }
+}
+
 /// The partition of `key` among `n`: FNV-1a (64-bit) of the key's bytes,
 /// modulo `n`. Every stage routes with it, so a key always lands on the
 /// same partition whoever sends it.

@@ -1,0 +1,204 @@
+//! What both `run` modes share at their edges: decoding an input record
+//! (or turning it into a dead letter), and the producer with the records
+//! still waiting for their acknowledgement.
+
+use super::kafka::ProducerHealth;
+use anyhow::{Result, bail};
+use idlink_core::{Decoder, Event, Millis, RejectReason, Rejected};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use std::time::Duration;
+
+/// Version of every output record's format, sent as `schema-version`.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Source id of an input partition for the watermark: topic 0 is device
+/// events, topic 1 privacy requests.
+pub fn source(topic_index: u32, partition: i32) -> u32 {
+    (topic_index << 16) | (partition.max(0) as u32 & 0xffff)
+}
+
+/// Decodes an input record of topic `topic`; `privacy_topic` says which
+/// input topic it is, and an event of the other kind is rejected.
+pub fn decode(
+    decoder: &Decoder,
+    m: &OwnedMessage,
+    topic: &str,
+    privacy_topic: bool,
+) -> Result<Event, Rejected> {
+    let now = Millis(chrono::Utc::now().timestamp_millis());
+    let ev = match m.payload() {
+        None => Err(Rejected {
+            reason: RejectReason::EmptyPayload,
+            detail: "the message has no value".into(),
+        }),
+        Some(p) => decoder.decode(p, now),
+    }?;
+    if ev.kind.is_privacy() != privacy_topic {
+        return Err(Rejected {
+            reason: RejectReason::InvalidKind,
+            detail: format!(
+                "a `{}` event does not belong on topic {topic}",
+                ev.kind.as_str()
+            ),
+        });
+    }
+    Ok(ev)
+}
+
+/// The dead letter of rejected input record `m`: its key and value as
+/// they were, with the reason and where it came from as headers.
+pub fn dead_letter(dead_letters_topic: &str, m: &OwnedMessage, rej: &Rejected) -> Outgoing {
+    let (p, o) = (m.partition().to_string(), m.offset().to_string());
+    Outgoing {
+        topic: dead_letters_topic.to_string(),
+        partition: None,
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers: headers(&[
+            ("reason", rej.reason.as_str()),
+            ("detail", &rej.detail),
+            ("source-topic", m.topic()),
+            ("source-partition", &p),
+            ("source-offset", &o),
+        ]),
+    }
+}
+
+/// An output record, owned, so that it can be sent again.
+pub struct Outgoing {
+    /// Destination topic.
+    pub topic: String,
+    /// Destination partition; `None`: by key.
+    pub partition: Option<i32>,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` is a tombstone.
+    pub payload: Option<Vec<u8>>,
+    /// `schema-version` and, for dead letters, the reason headers.
+    pub headers: OwnedHeaders,
+}
+
+impl Outgoing {
+    /// A record with the common headers plus `extra`.
+    pub fn new(
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        Outgoing {
+            topic: topic.to_string(),
+            partition: None,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+            headers: headers(extra),
+        }
+    }
+
+    /// A record for partition `partition` of an internal topic.
+    pub fn internal(topic: &str, partition: u32, payload: Vec<u8>) -> Self {
+        Outgoing {
+            topic: topic.to_string(),
+            partition: Some(partition as i32),
+            key: None,
+            payload: Some(payload),
+            headers: headers(&[]),
+        }
+    }
+}
+
+/// The common headers plus `extra`.
+fn headers(extra: &[(&str, &str)]) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new().insert(Header {
+        key: "schema-version",
+        value: Some(SCHEMA_VERSION),
+    });
+    for (k, v) in extra {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    h
+}
+
+/// The producer and the records of the open batch with their deliveries,
+/// kept until acknowledged so a delivery that timed out can be sent again.
+pub struct Outbox {
+    /// Producer of every output and internal topic.
+    producer: FutureProducer<ProducerHealth>,
+    /// Records sent and not yet acknowledged.
+    pending: Vec<(Outgoing, DeliveryFuture)>,
+}
+
+impl Outbox {
+    /// An outbox sending with `producer`.
+    pub fn new(producer: FutureProducer<ProducerHealth>) -> Self {
+        Outbox {
+            producer,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Records queued in the producer.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Enqueues one record; waits (backpressure) while the queue is full.
+    pub fn send(&mut self, out: Outgoing) -> Result<()> {
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&out.topic).headers(out.headers.clone());
+            if let Some(p) = out.partition {
+                record = record.partition(p);
+            }
+            if let Some(k) = &out.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &out.payload {
+                record = record.payload(v.as_slice());
+            }
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    self.pending.push((out, f));
+                    return Ok(());
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => bail!("producing: {e}"),
+            }
+        }
+    }
+
+    /// Waits for every pending delivery. Returns the records whose
+    /// delivery timed out, for the caller to send again once it has made
+    /// sure it may still write; any other failure is an error.
+    pub async fn settle(&mut self) -> Result<Vec<Outgoing>> {
+        let (outs, futures): (Vec<Outgoing>, Vec<DeliveryFuture>) =
+            std::mem::take(&mut self.pending).into_iter().unzip();
+        let results = futures::future::join_all(futures).await;
+        let mut again = Vec::new();
+        for (out, r) in outs.into_iter().zip(results) {
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                    ),
+                    _,
+                ))) => again.push(out),
+                Ok(Err((e, _))) => bail!("an output record was not acknowledged: {e}"),
+                Err(_) => bail!("the producer was dropped"),
+            }
+        }
+        Ok(again)
+    }
+}

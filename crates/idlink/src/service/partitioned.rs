@@ -1,0 +1,788 @@
+//! `idlink run`, partitioned: every instance of the group does a share of
+//! the work (ARCHITECTURE.md, "Partitioned scale-out").
+//!
+//! The group consumes the two input topics and five internal topics of
+//! `kafka.stage_partitions` partitions each. The range assignor gives one
+//! member partition `j` of every internal topic together: that member runs
+//! stage task `j`, the device, bucket and account partitions `j` of the
+//! staged engine (`idlink_core::engine::staged`). Input partitions are
+//! routed by whoever holds them: decoded (bad records become dead
+//! letters) and sent, with their input offsets, to the device partition of
+//! their device (privacy requests to all), followed by how far each input
+//! partition has got (watermark records).
+//!
+//! **Nothing is lost or counted twice.** A stage partition is a function
+//! of its input streams, and every message it sends is numbered; a task
+//! snapshots its three partitions with the offsets it has taken, and one
+//! that restarts (a crash, a rebalance) reads its streams again from
+//! there, sending again what it had sent, which the receivers drop by
+//! number (a router's repeats by input offset). Input offsets are committed
+//! only after what they produced is acknowledged.
+//!
+//! **Stale owners are fenced per task.** A task's new owner claims a new
+//! epoch for it with a snapshot before it processes anything, and an owner
+//! looks for newer claims before it publishes; its numbered messages would
+//! be dropped as repeats anyway, since it computes exactly what the new
+//! owner computes.
+
+use super::config::ServiceConfig;
+use super::kafka::{PartitionState, ProducerHealth, ServiceContext, consumer_config};
+use super::outbox::{Outbox, Outgoing, dead_letter, decode, source};
+use super::snapshots::Snapshots;
+use super::telemetry::Telemetry;
+use crate::settings::Settings;
+use anyhow::{Context, Result};
+use idlink_core::engine::staged::{
+    self, AccountPart, AccountStage, BucketStage, Sent, Shown, StageInput, ToBuckets, ToDevices,
+    partition_of,
+};
+use idlink_core::{Decoder, Engine, Millis};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// The internal topics, in the order of a task's positions.
+const DEVICE_EVENTS: usize = 0;
+const EVIDENCE: usize = 1;
+const SHOWN: usize = 2;
+const SIGHTINGS: usize = 3;
+const LINKS: usize = 4;
+const SUFFIXES: [&str; 5] = ["device-events", "evidence", "shown", "sightings", "links"];
+
+/// Longest time between two looks for newer claims before publishing.
+const FENCE_CHECK: Duration = Duration::from_millis(500);
+
+/// Queued input above which a task's device-events partition is paused.
+const QUEUE_HIGH: usize = 100_000;
+
+/// One stage task: partition `j` of each stage, and where it is in each of
+/// its five streams.
+struct Task {
+    /// The device partition.
+    de: Engine,
+    /// The bucket partition.
+    be: BucketStage,
+    /// The account partition.
+    acc: AccountStage,
+    /// Device-events records read and not yet taken, with their offsets
+    /// (taken only while the device partition does not wait).
+    inputs: VecDeque<(i64, StageInput)>,
+    /// Evidence records read and not yet taken (taken only while it waits).
+    evidence: VecDeque<(i64, Sent<ToDevices>)>,
+    /// Next offset to read, per internal topic; -1: the partition's first
+    /// record, whatever its offset (a task that starts empty).
+    read: [i64; 5],
+    /// This task's snapshots and epoch.
+    store: Snapshots,
+    /// Something changed since the last snapshot.
+    dirty: bool,
+    /// When it last took a device event.
+    last_input: Instant,
+    /// A flush was requested since the last device event.
+    flush_asked: bool,
+    /// Its device-events partition is paused (backpressure).
+    paused: bool,
+}
+
+impl Task {
+    /// Next offset to take per internal topic: where a restore resumes.
+    fn positions(&self) -> [i64; 5] {
+        let mut p = self.read;
+        if let Some((o, _)) = self.inputs.front() {
+            p[DEVICE_EVENTS] = *o;
+        }
+        if let Some((o, _)) = self.evidence.front() {
+            p[EVIDENCE] = *o;
+        }
+        p
+    }
+
+    /// Lets the device partition take what it may: the bucket stage's
+    /// messages while it waits for them, input while it does not.
+    fn drive(&mut self) {
+        loop {
+            if self.de.waiting_for_buckets() {
+                let Some((_, msg)) = self.evidence.pop_front() else {
+                    return;
+                };
+                self.de.deliver(msg);
+            } else {
+                let Some((_, input)) = self.inputs.pop_front() else {
+                    return;
+                };
+                if matches!(input, StageInput::Event { .. }) {
+                    self.last_input = Instant::now();
+                    self.flush_asked = false;
+                }
+                self.de.take_input(input);
+            }
+            self.dirty = true;
+        }
+    }
+}
+
+/// A routed input partition.
+struct Route {
+    /// Its watermark source id.
+    source: u32,
+    /// Greatest `ts` read.
+    max_ts: Millis,
+    /// `max_ts` moved since the last watermark record.
+    moved: bool,
+    /// When it last delivered a record (or was assigned).
+    last_seen: Instant,
+    /// Marked idle and not heard from since.
+    idle: bool,
+    /// Next offset to commit once the batch is acknowledged.
+    commit: Option<i64>,
+}
+
+/// The partitioned service's state.
+pub struct Partitioned {
+    /// Service settings.
+    cfg: ServiceConfig,
+    /// Engine config and classifier, to build and restore partitions.
+    settings: Settings,
+    /// Input validation.
+    decoder: Decoder,
+    /// The group consumer of the input and internal topics.
+    consumer: StreamConsumer<ServiceContext>,
+    /// Producer and unacknowledged records.
+    outbox: Outbox,
+    /// Metrics and readiness.
+    telemetry: Arc<Telemetry>,
+    /// Assignment and lag, from librdkafka callbacks.
+    partitions: Arc<PartitionState>,
+    /// The internal topics' names.
+    internal: [String; 5],
+    /// Partitions of each stage.
+    n: u32,
+    /// Every input partition's watermark source: each device partition
+    /// waits for all of them.
+    sources: Vec<u32>,
+    /// Stage tasks held, by partition.
+    tasks: BTreeMap<u32, Task>,
+    /// Input partitions held.
+    routes: BTreeMap<(String, i32), Route>,
+    /// Assignment generation acted on.
+    generation: u64,
+    /// Messages handled since the last publish.
+    batch_len: usize,
+    /// When the open batch started.
+    batch_started: Instant,
+    /// When newer claims were last looked for.
+    last_fence_check: Instant,
+}
+
+impl Partitioned {
+    /// Creates the clients and the topics.
+    pub async fn start(
+        settings: &Settings,
+        cfg: ServiceConfig,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Partitioned> {
+        let k = &cfg.kafka;
+        let internal: [String; 5] = SUFFIXES.map(|s| format!("{}-{s}", k.internal_topic_prefix));
+        let (events, privacy) = super::kafka::ensure_topics(k, &internal).await?;
+        let partitions = Arc::new(PartitionState::default());
+        let context = ServiceContext {
+            telemetry: telemetry.clone(),
+            partitions: partitions.clone(),
+        };
+        let mut cc = consumer_config(k);
+        // Partition j of every internal topic goes to one member.
+        cc.set("partition.assignment.strategy", "range");
+        let consumer: StreamConsumer<ServiceContext> = cc
+            .create_with_context(context)
+            .context("creating the consumer")?;
+        let producer: FutureProducer<ProducerHealth> = super::kafka::output_producer_config(k)
+            .create_with_context(ProducerHealth {
+                telemetry: telemetry.clone(),
+                partitions: partitions.clone(),
+            })
+            .context("creating the producer")?;
+        let sources = (0..events as i32)
+            .map(|p| source(0, p))
+            .chain((0..privacy as i32).map(|p| source(1, p)))
+            .collect();
+        Ok(Partitioned {
+            decoder: Decoder::new(&settings.core.input),
+            settings: settings.clone(),
+            n: k.stage_partitions as u32,
+            cfg,
+            consumer,
+            outbox: Outbox::new(producer),
+            telemetry,
+            partitions,
+            internal,
+            sources,
+            tasks: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            generation: 0,
+            batch_len: 0,
+            batch_started: Instant::now(),
+            last_fence_check: Instant::now(),
+        })
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(mut self, mut shutdown: broadcast::Receiver<()>) -> Result<()> {
+        let k = self.cfg.kafka.clone();
+        let mut topics: Vec<&str> = vec![&k.events_topic, &k.privacy_topic];
+        topics.extend(self.internal.iter().map(String::as_str));
+        self.consumer.subscribe(&topics).context("subscribing")?;
+        let rt = self.cfg.service.clone();
+        let batch_max = Duration::from_millis(rt.batch_max_ms);
+        let snapshot_every = Duration::from_secs(rt.snapshot_interval_seconds);
+        let mut last_snapshot = Instant::now();
+        loop {
+            self.follow_assignment().await?;
+            self.update_readiness();
+            let wait = if self.batch_len > 0 {
+                batch_max.saturating_sub(self.batch_started.elapsed())
+            } else {
+                batch_max
+            };
+            let next = tokio::select! {
+                _ = shutdown.recv() => break,
+                r = tokio::time::timeout(wait.max(Duration::from_millis(1)), self.consumer.recv()) => r.map(|m| m.map(|m| m.detach())),
+            };
+            match next {
+                Ok(Ok(m)) => {
+                    // A rebalance runs inside the poll that returns the first
+                    // message of its partitions: act on it first.
+                    self.follow_assignment().await?;
+                    self.handle(&m)?;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => {}
+            }
+            self.mark_idle_routes();
+            self.request_flushes()?;
+            if self.batch_len >= rt.batch_max_messages || self.batch_started.elapsed() >= batch_max
+            {
+                self.publish().await?;
+            }
+            if last_snapshot.elapsed() >= snapshot_every {
+                self.checkpoint().await?;
+                last_snapshot = Instant::now();
+            }
+        }
+        tracing::info!("shutting down: publishing, snapshotting, committing");
+        self.telemetry.set_ready(false, "shutting down");
+        self.checkpoint().await?;
+        Ok(())
+    }
+
+    /// Acts on a new assignment: restores the tasks it adds, drops the
+    /// ones it takes away, and starts routing the input partitions it adds.
+    async fn follow_assignment(&mut self) -> Result<()> {
+        let Some(a) = self.partitions.assignment_since(self.generation) else {
+            return Ok(());
+        };
+        self.generation = a.generation;
+        if a.revoked {
+            return Ok(());
+        }
+        let k = self.cfg.kafka.clone();
+        let held: BTreeSet<u32> = a
+            .partitions
+            .iter()
+            .filter(|(t, _)| *t == self.internal[DEVICE_EVENTS])
+            .map(|(_, p)| *p as u32)
+            .collect();
+        for j in self.tasks.keys().copied().collect::<Vec<_>>() {
+            if !held.contains(&j) {
+                tracing::info!(task = j, "stage task revoked: dropping its state");
+                self.tasks.remove(&j);
+            }
+        }
+        for &j in &held {
+            let stale = match self.tasks.get_mut(&j) {
+                Some(t) => superseded(&mut t.store).await,
+                None => true,
+            };
+            if stale {
+                self.restore(j).await?;
+            }
+        }
+        let inputs: Vec<(String, i32)> = a
+            .partitions
+            .iter()
+            .filter(|(t, _)| *t == k.events_topic || *t == k.privacy_topic)
+            .cloned()
+            .collect();
+        self.routes.retain(|tp, _| inputs.contains(tp));
+        for (t, p) in inputs {
+            let topic_index = u32::from(t != k.events_topic);
+            self.routes.entry((t, p)).or_insert(Route {
+                source: source(topic_index, p),
+                max_ts: Millis::MIN,
+                moved: false,
+                last_seen: Instant::now(),
+                idle: false,
+                commit: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Restores task `j` from its newest snapshot (or starts it empty),
+    /// claims a new epoch for it with a snapshot, and seeks its streams.
+    async fn restore(&mut self, j: u32) -> Result<()> {
+        let s = &self.settings;
+        let mut kafka = self.cfg.kafka.clone();
+        kafka.group_id = format!("{}#stage-{j}", kafka.group_id);
+        let mut store = Snapshots::new(&kafka, &self.cfg.service)?;
+        let started = Instant::now();
+        let (de, be, acc, read) = match store.load(&self.telemetry).await? {
+            Some((bytes, manifest)) => {
+                let (d, b, a): (Vec<u8>, Vec<u8>, Vec<u8>) =
+                    staged::decode(&bytes).context("a stage snapshot does not decode")?;
+                let de = Engine::restore_stage(&s.core, s.classifier.clone(), &d)
+                    .context("restoring a device partition")?;
+                let be =
+                    BucketStage::restore(&s.core, &b).context("restoring a bucket partition")?;
+                let acc = AccountStage::restore(s.core.linking.max_devices_per_account, &a)
+                    .context("restoring an account partition")?;
+                let mut read = [0i64; 5];
+                for (i, name) in self.internal.iter().enumerate() {
+                    read[i] = manifest
+                        .positions
+                        .get(&format!("{name}/{j}"))
+                        .copied()
+                        .unwrap_or(0);
+                }
+                (de, be, acc, read)
+            }
+            None => {
+                let mut de = Engine::device_stage(&s.core, s.classifier.clone(), j, self.n);
+                for &src in &self.sources {
+                    de.add_source(src);
+                }
+                de.track_changes();
+                let be = BucketStage::new(&s.core, j, self.n);
+                let acc = AccountStage::new(s.core.linking.max_devices_per_account, self.n);
+                (de, be, acc, [-1; 5])
+            }
+        };
+        let epoch = store.claim();
+        let mut task = Task {
+            de,
+            be,
+            acc,
+            inputs: VecDeque::new(),
+            evidence: VecDeque::new(),
+            read,
+            store,
+            dirty: true,
+            last_input: Instant::now(),
+            flush_asked: false,
+            paused: false,
+        };
+        save(&mut task, &self.internal, j).await?;
+        for (i, name) in self.internal.iter().enumerate() {
+            seek(&self.consumer, name, j as i32, task.read[i]).await?;
+        }
+        tracing::info!(
+            task = j,
+            epoch,
+            devices = task.de.device_count(),
+            seconds = started.elapsed().as_secs_f64(),
+            "stage task restored"
+        );
+        self.tasks.insert(j, task);
+        Ok(())
+    }
+
+    fn update_readiness(&self) {
+        let down = self.partitions.brokers_down.load(Ordering::Relaxed);
+        let why = if down {
+            "brokers unreachable"
+        } else if self.tasks.is_empty() && self.routes.is_empty() {
+            "no partitions assigned"
+        } else {
+            "restored and assigned"
+        };
+        let ready = !down && !(self.tasks.is_empty() && self.routes.is_empty());
+        self.telemetry.set_ready(ready, why);
+    }
+
+    /// Handles one record of any subscribed topic.
+    fn handle(&mut self, m: &OwnedMessage) -> Result<()> {
+        let topic = m.topic();
+        let k = &self.cfg.kafka;
+        if topic == k.events_topic || topic == k.privacy_topic {
+            return self.route(m);
+        }
+        let Some(t) = self.internal.iter().position(|x| x == topic) else {
+            return Ok(());
+        };
+        let j = m.partition() as u32;
+        let Some(task) = self.tasks.get_mut(&j) else {
+            self.telemetry.skipped(topic);
+            return Ok(());
+        };
+        let offset = m.offset();
+        if offset < task.read[t] {
+            // Delivered again after a seek or a rejoin: already taken.
+            return Ok(());
+        }
+        if task.read[t] >= 0 && offset > task.read[t] {
+            // Fetched from an older position before the seek took hold:
+            // go back to where the task is, never skip records.
+            let at = Offset::Offset(task.read[t]);
+            if let Err(e) = self
+                .consumer
+                .seek(topic, j as i32, at, Duration::from_secs(10))
+            {
+                tracing::warn!(topic, partition = j, error = %e, "seeking back failed");
+            }
+            return Ok(());
+        }
+        task.read[t] = offset + 1;
+        self.batch_len += 1;
+        let payload = m.payload().unwrap_or_default();
+        let decoded = match t {
+            DEVICE_EVENTS => staged::decode::<StageInput>(payload).map(|x| {
+                task.inputs.push_back((offset, x));
+            }),
+            EVIDENCE => staged::decode::<Sent<ToDevices>>(payload).map(|x| {
+                task.evidence.push_back((offset, x));
+            }),
+            SHOWN => staged::decode::<Shown>(payload).map(|x| task.de.deliver_shown(x)),
+            SIGHTINGS => staged::decode::<Sent<ToBuckets>>(payload).map(|x| task.be.receive(x)),
+            _ => staged::decode::<AccountPart>(payload).map(|x| task.acc.receive(x)),
+        };
+        if let Err(e) = decoded {
+            // Only idlink writes these topics: a record it cannot read is
+            // a bug or a foreign writer, never input to reject.
+            tracing::error!(topic, partition = j, offset, error = %e, "internal record skipped");
+        }
+        task.dirty = true;
+        task.drive();
+        let (queued, paused) = (task.inputs.len(), task.paused);
+        if queued > QUEUE_HIGH && !paused {
+            self.pause(j, true)?;
+        } else if queued < QUEUE_HIGH / 4 && paused {
+            self.pause(j, false)?;
+        }
+        Ok(())
+    }
+
+    /// Pauses or resumes task `j`'s device-events partition.
+    fn pause(&mut self, j: u32, pause: bool) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.internal[DEVICE_EVENTS], j as i32);
+        if pause {
+            self.consumer.pause(&tpl)?;
+        } else {
+            self.consumer.resume(&tpl)?;
+        }
+        if let Some(t) = self.tasks.get_mut(&j) {
+            t.paused = pause;
+        }
+        Ok(())
+    }
+
+    /// Routes one input record: to its device's partition (a privacy
+    /// request to every partition), or to the dead letters.
+    fn route(&mut self, m: &OwnedMessage) -> Result<()> {
+        let topic = m.topic().to_string();
+        let (partition, offset) = (m.partition(), m.offset());
+        let Some(r) = self.routes.get_mut(&(topic.clone(), partition)) else {
+            self.telemetry.skipped(&topic);
+            return Ok(());
+        };
+        r.last_seen = Instant::now();
+        if r.idle {
+            // Active again: every device partition must hear it.
+            r.idle = false;
+            r.moved = true;
+        }
+        r.commit = Some(offset + 1);
+        let src = r.source;
+        self.batch_len += 1;
+        let privacy = topic == self.cfg.kafka.privacy_topic;
+        match decode(&self.decoder, m, &topic, privacy) {
+            Ok(ev) => {
+                self.telemetry.accepted(&topic);
+                if ev.ts > r.max_ts {
+                    r.max_ts = ev.ts;
+                    r.moved = true;
+                }
+                let to: Vec<u32> = match (&ev.device, ev.kind.is_privacy()) {
+                    (Some(d), false) => vec![partition_of(d.as_str().as_bytes(), self.n)],
+                    _ => (0..self.n).collect(),
+                };
+                let record = staged::encode(&StageInput::Event {
+                    source: src,
+                    offset,
+                    event: ev,
+                });
+                for j in to {
+                    let out = Outgoing::internal(&self.internal[DEVICE_EVENTS], j, record.clone());
+                    self.outbox.send(out)?;
+                }
+            }
+            Err(rej) => {
+                self.telemetry
+                    .rejected(&topic, partition, offset, rej.reason);
+                let out = dead_letter(&self.cfg.kafka.dead_letters_topic, m, &rej);
+                self.outbox.send(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks routed partitions idle once they are at their end and have
+    /// been silent for `source_idle_seconds`.
+    fn mark_idle_routes(&mut self) {
+        let quiet = Duration::from_secs(self.cfg.service.source_idle_seconds);
+        let lag = self
+            .partitions
+            .lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (tp, r) in &mut self.routes {
+            if !r.idle && lag.get(tp) == Some(&0) && r.last_seen.elapsed() >= quiet {
+                r.idle = true;
+                r.moved = true;
+            }
+        }
+    }
+
+    /// Asks a device partition to flush, through its own input stream,
+    /// once every source is idle and it has taken all its input.
+    fn request_flushes(&mut self) -> Result<()> {
+        let quiet = Duration::from_millis(self.cfg.service.idle_flush_ms);
+        let lag = self
+            .partitions
+            .lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (&j, t) in &mut self.tasks {
+            let at_end = lag.get(&(self.internal[DEVICE_EVENTS].clone(), j as i32)) == Some(&0);
+            if !t.flush_asked
+                && at_end
+                && t.inputs.is_empty()
+                && !t.de.waiting_for_buckets()
+                && t.de.sources_idle()
+                && t.last_input.elapsed() >= quiet
+            {
+                let n = t.de.flushes() + 1;
+                let out = Outgoing::internal(
+                    &self.internal[DEVICE_EVENTS],
+                    j,
+                    staged::encode(&StageInput::Flush { n }),
+                );
+                self.outbox.send(out)?;
+                t.flush_asked = true;
+                tracing::debug!(task = j, flush = n, "caught up: flushing");
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes everything the routes and tasks produced, waits until it
+    /// is acknowledged, then commits the routed input offsets.
+    async fn publish(&mut self) -> Result<()> {
+        if self.last_fence_check.elapsed() >= FENCE_CHECK {
+            self.last_fence_check = Instant::now();
+            for j in self.tasks.keys().copied().collect::<Vec<_>>() {
+                if let Some(t) = self.tasks.get_mut(&j)
+                    && superseded(&mut t.store).await
+                {
+                    tracing::warn!(
+                        task = j,
+                        "fenced: another instance claimed the task; dropping it"
+                    );
+                    self.tasks.remove(&j);
+                }
+            }
+        }
+        let k = self.cfg.kafka.clone();
+        for r in self.routes.values_mut().filter(|r| r.moved) {
+            r.moved = false;
+            let record = staged::encode(&StageInput::Watermark {
+                source: r.source,
+                ts: r.max_ts,
+                idle: r.idle,
+            });
+            for j in 0..self.n {
+                let out = Outgoing::internal(&self.internal[DEVICE_EVENTS], j, record.clone());
+                self.outbox.send(out)?;
+            }
+        }
+        let (mut nd, mut na, mut nk) = (0u64, 0u64, 0u64);
+        for t in self.tasks.values_mut() {
+            for (b, msg) in t.de.take_for_buckets() {
+                let out = Outgoing::internal(&self.internal[SIGHTINGS], b, staged::encode(&msg));
+                self.outbox.send(out)?;
+            }
+            for (key, line) in t.de.take_changes().devices {
+                let value = line.as_deref().map(str::as_bytes);
+                let out = Outgoing::new(&k.device_links_topic, Some(key.as_bytes()), value, &[]);
+                self.outbox.send(out)?;
+                nd += 1;
+            }
+            for part in t.de.take_account_parts() {
+                let a = partition_of(part.account.as_bytes(), self.n);
+                let out = Outgoing::internal(&self.internal[LINKS], a, staged::encode(&part));
+                self.outbox.send(out)?;
+            }
+            for ack in t.de.take_privacy_acks() {
+                let value = serde_json::to_string(&ack)?;
+                let out = Outgoing::new(
+                    &k.privacy_acks_topic,
+                    Some(ack.id_hash.as_bytes()),
+                    Some(value.as_bytes()),
+                    &[],
+                );
+                self.outbox.send(out)?;
+                self.telemetry.privacy_ack(ack.kind);
+                nk += 1;
+            }
+            for (d, msg) in t.be.take_for_devices() {
+                let out = Outgoing::internal(&self.internal[EVIDENCE], d, staged::encode(&msg));
+                self.outbox.send(out)?;
+            }
+            for (key, line) in t.acc.take_lines() {
+                let value = line.as_deref().map(str::as_bytes);
+                let out = Outgoing::new(&k.account_devices_topic, Some(key.as_bytes()), value, &[]);
+                self.outbox.send(out)?;
+                na += 1;
+            }
+            for (d, msg) in t.acc.take_for_devices() {
+                let out = Outgoing::internal(&self.internal[SHOWN], d, staged::encode(&msg));
+                self.outbox.send(out)?;
+            }
+        }
+        self.telemetry.producer_queue(self.outbox.in_flight());
+        loop {
+            let again = self.outbox.settle().await?;
+            if again.is_empty() {
+                break;
+            }
+            tracing::warn!(
+                records = again.len(),
+                "deliveries timed out: sending them again"
+            );
+            for out in again {
+                self.outbox.send(out)?;
+            }
+        }
+        self.telemetry.producer_queue(self.outbox.in_flight());
+        self.telemetry.published(&k.device_links_topic, nd);
+        self.telemetry.published(&k.account_devices_topic, na);
+        self.telemetry.published(&k.privacy_acks_topic, nk);
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), r) in &mut self.routes {
+            if let Some(o) = r.commit.take() {
+                tpl.add_partition_offset(t, *p, Offset::Offset(o))?;
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            // Routed records are numbered by their input offsets: a commit
+            // lost only means they are routed again and dropped as repeats.
+            tracing::warn!(error = %e, "committing input offsets failed");
+        }
+        self.batch_len = 0;
+        self.batch_started = Instant::now();
+        Ok(())
+    }
+
+    /// Publishes, then snapshots every task that changed with the offsets
+    /// it has taken, and commits those offsets.
+    async fn checkpoint(&mut self) -> Result<()> {
+        self.publish().await?;
+        let mut tpl = TopicPartitionList::new();
+        for (&j, t) in &mut self.tasks {
+            if !t.dirty {
+                continue;
+            }
+            // Snapshotting runs pending privacy purges, which may change
+            // what is published: publish it with the next batch.
+            save(t, &self.internal, j).await?;
+            for (name, o) in self.internal.iter().zip(t.positions()) {
+                if o >= 0 {
+                    tpl.add_partition_offset(name, j as i32, Offset::Offset(o))?;
+                }
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::warn!(error = %e, "committing stage offsets failed");
+        }
+        Ok(())
+    }
+}
+
+/// Snapshots task `j` with its positions.
+async fn save(t: &mut Task, internal: &[String; 5], j: u32) -> Result<()> {
+    let started = Instant::now();
+    let bytes = staged::encode(&(t.de.stage_snapshot(), t.be.snapshot(), t.acc.snapshot()));
+    let positions: BTreeMap<String, i64> = internal
+        .iter()
+        .zip(t.positions())
+        .map(|(name, o)| (format!("{name}/{j}"), o))
+        .collect();
+    t.store.save(&bytes, positions).await?;
+    t.dirty = false;
+    tracing::debug!(
+        task = j,
+        bytes = bytes.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "stage task snapshotted"
+    );
+    Ok(())
+}
+
+/// Whether another instance has claimed the task since this one did.
+/// An unanswered look counts as not superseded: the next look decides.
+async fn superseded(store: &mut Snapshots) -> bool {
+    match store.superseded() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for newer claims failed");
+            false
+        }
+    }
+}
+
+/// Seeks an assigned partition, retrying while the assignment settles.
+async fn seek(
+    consumer: &StreamConsumer<ServiceContext>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<()> {
+    let at = if offset >= 0 {
+        Offset::Offset(offset)
+    } else {
+        Offset::Beginning
+    };
+    let mut tries = 0;
+    while let Err(e) = consumer.seek(topic, partition, at, Duration::from_secs(10)) {
+        tries += 1;
+        if tries == 10 {
+            anyhow::bail!("seeking {topic}/{partition} to {at:?}: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! `idlink run` partitioned (`service.partitioned`): instances of one
+//! group share the stage partitions, against a real broker. One, two and
+//! three instances, instances joining mid-stream, one killed, and a
+//! frozen one (a zombie) all end in the folded outputs equal to
+//! `idlink replay` of the same input.
+
+mod support;
+
+use anyhow::Result;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// The `[service]` settings of these tests: partitioned, and input
+/// partitions count as idle (caught up) after two quiet seconds.
+const PARTITIONED: &str = "partitioned = true\nsource_idle_seconds = 2";
+
+/// Waits for replay's graph, watching `service` for an early exit.
+fn graph(broker: &Broker, names: &Names, s: &Stream, service: &mut Service) -> Result<()> {
+    wait_for_graph(&broker.addr, names, s, service, Duration::from_secs(240))
+}
+
+/// How many stage tasks an instance restored, from its log.
+fn tasks_taken(s: &Service) -> usize {
+    s.log_text().matches("stage task restored").count()
+}
+
+#[test]
+fn one_two_and_three_instances_give_replays_graph() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    for n in [1usize, 2, 3] {
+        let dir = tempfile::tempdir()?;
+        let names = Names::new(&format!("parts{n}"));
+        let config = write_config(dir.path(), &names, PARTITIONED)?;
+        let s = stream(dir.path(), &config, 120, 6, 110 + n as u64)?;
+        let mut services: Vec<Service> = (0..n)
+            .map(|_| Service::start(&config, &broker.addr, &names, dir.path()))
+            .collect::<Result<_>>()?;
+        for svc in &mut services {
+            svc.wait_ready(Duration::from_secs(90))?;
+        }
+        let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+        let started = Instant::now();
+        runtime().block_on(produce(&producer(&broker.addr)?, &names, &lines))?;
+        graph(&broker, &names, &s, &mut services[0])?;
+        let taken: Vec<usize> = services.iter().map(tasks_taken).collect();
+        eprintln!(
+            "{n} instance(s): replay's graph after {:?}; stage tasks restored per instance: {taken:?}",
+            started.elapsed()
+        );
+        assert!(
+            taken.iter().all(|&t| t > 0),
+            "every instance took a share of the stage tasks: {taken:?}"
+        );
+        for svc in services {
+            let status = svc.terminate(Duration::from_secs(30))?;
+            assert!(status.success(), "graceful stop exit status {status}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn instances_join_mid_stream_then_one_dies() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("partjoin");
+    let config = write_config(dir.path(), &names, PARTITIONED)?;
+    let s = stream(dir.path(), &config, 150, 8, 121)?;
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    let parts: Vec<&[Option<String>]> = lines.chunks(lines.len() / 4 + 1).collect();
+    assert_eq!(parts.len(), 4);
+
+    let mut services = vec![Service::start(&config, &broker.addr, &names, dir.path())?];
+    services[0].wait_ready(Duration::from_secs(60))?;
+    rt.block_on(produce(&producer, &names, parts[0]))?;
+    // A second and a third instance join while the first is busy.
+    for part in &parts[1..3] {
+        services.push(Service::start(&config, &broker.addr, &names, dir.path())?);
+        std::thread::sleep(Duration::from_secs(2));
+        rt.block_on(produce(&producer, &names, part))?;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // One dies: its tasks move to the others, which restore them from
+    // their snapshots and read their streams again.
+    services.remove(1).kill9()?;
+    rt.block_on(produce(&producer, &names, parts[3]))?;
+    graph(&broker, &names, &s, &mut services[0])?;
+    for svc in services {
+        let status = svc.terminate(Duration::from_secs(30))?;
+        assert!(status.success(), "graceful stop exit status {status}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_frozen_instance_corrupts_nothing() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("partzombie");
+    let config = write_config(dir.path(), &names, PARTITIONED)?;
+    let s = stream(dir.path(), &config, 150, 8, 131)?;
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    let (before, after) = lines.split_at(lines.len() / 2);
+
+    let mut zombie = Service::start(&config, &broker.addr, &names, dir.path())?;
+    let mut other = Service::start(&config, &broker.addr, &names, dir.path())?;
+    zombie.wait_ready(Duration::from_secs(60))?;
+    other.wait_ready(Duration::from_secs(60))?;
+    rt.block_on(produce(&producer, &names, before))?;
+    std::thread::sleep(Duration::from_millis(300));
+    // Frozen with work in flight, past its session timeout (6 s): the
+    // other instance takes its tasks over.
+    zombie.pause()?;
+    std::thread::sleep(Duration::from_secs(12));
+    rt.block_on(produce(&producer, &names, after))?;
+    // It wakes with its old state: fenced, or already told by the group.
+    zombie.resume()?;
+    graph(&broker, &names, &s, &mut other)?;
+    for svc in [zombie, other] {
+        let status = svc.terminate(Duration::from_secs(30))?;
+        assert!(status.success(), "graceful stop exit status {status}");
+    }
+    Ok(())
+}
