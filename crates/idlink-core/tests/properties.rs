@@ -1785,7 +1785,7 @@ fn one_and_staged(
     partitions: u32,
     flush_every: Option<usize>,
     faults: &[Fault],
-) -> (Graph, Graph, Graph) {
+) -> (Graph, Graph, Graph, [BTreeSet<AckKey>; 2]) {
     let mut one = engine(config);
     one.track_changes();
     let mut p = Pipeline::new(config, &classifier(config), partitions);
@@ -1823,7 +1823,11 @@ fn one_and_staged(
         p.device_lines().map(str::to_owned).collect(),
         p.account_lines().map(str::to_owned).collect(),
     );
-    (state, folded, staged)
+    let acks = [
+        one.take_privacy_acks().iter().map(ack_key).collect(),
+        p.take_privacy_acks().iter().map(ack_key).collect(),
+    ];
+    (state, folded, staged, acks)
 }
 
 /// A stage partition snapshotting itself, or crashing and restarting
@@ -1871,10 +1875,12 @@ proptest! {
             config.linking.max_devices_per_account = cap;
             config.linking.max_accounts_per_device = cap;
         }
-        let (state, folded, staged) =
+        let (state, folded, staged, [one_acks, staged_acks]) =
             one_and_staged(&config, &events, &order, partitions, flush_every, &[]);
         prop_assert_eq!(&state, &folded, "one engine's topics differ from its state");
         prop_assert_eq!(&folded, &staged);
+        // Every request is acknowledged once every stage has applied it.
+        prop_assert_eq!(one_acks, staged_acks);
     }
 
     /// Stage partitions that snapshot themselves at any time and crash at
@@ -1890,8 +1896,9 @@ proptest! {
         faults in faults(),
     ) {
         let config = config_for(lenient_thresholds);
-        let (_, folded, staged) =
+        let (_, folded, staged, [one_acks, staged_acks]) =
             one_and_staged(&config, &events, &order, partitions, flush_every, &faults);
         prop_assert_eq!(&folded, &staged);
+        prop_assert_eq!(one_acks, staged_acks);
     }
 }

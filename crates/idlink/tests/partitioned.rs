@@ -10,9 +10,16 @@ use anyhow::Result;
 use std::time::{Duration, Instant};
 use support::*;
 
-/// The `[service]` settings of these tests: partitioned, and input
-/// partitions count as idle (caught up) after two quiet seconds.
+/// The `[service]` settings of a test that produces its input at once:
+/// partitioned, and input partitions count as idle (caught up, so the
+/// graph is flushed) after two quiet seconds.
 const PARTITIONED: &str = "partitioned = true\nsource_idle_seconds = 2";
+
+/// The same for a test that pauses between parts of its input: an input
+/// partition must not count as idle during a pause, or the others would
+/// run ahead of it and its next events could arrive late (as in Flink, an
+/// idle source does not hold the watermark back).
+const PARTITIONED_WITH_PAUSES: &str = "partitioned = true\nsource_idle_seconds = 20";
 
 /// Waits for replay's graph, watching `service` for an early exit.
 fn graph(broker: &Broker, names: &Names, s: &Stream, service: &mut Service) -> Result<()> {
@@ -66,7 +73,7 @@ fn instances_join_mid_stream_then_one_dies() -> Result<()> {
     let broker = Broker::start()?;
     let dir = tempfile::tempdir()?;
     let names = Names::new("partjoin");
-    let config = write_config(dir.path(), &names, PARTITIONED)?;
+    let config = write_config(dir.path(), &names, PARTITIONED_WITH_PAUSES)?;
     let s = stream(dir.path(), &config, 150, 8, 121)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
@@ -102,7 +109,7 @@ fn a_frozen_instance_corrupts_nothing() -> Result<()> {
     let broker = Broker::start()?;
     let dir = tempfile::tempdir()?;
     let names = Names::new("partzombie");
-    let config = write_config(dir.path(), &names, PARTITIONED)?;
+    let config = write_config(dir.path(), &names, PARTITIONED_WITH_PAUSES)?;
     let s = stream(dir.path(), &config, 150, 8, 131)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;

@@ -14,7 +14,7 @@ pub(super) const DEVICE_NS: u8 = 1;
 pub(super) const ACCOUNT_NS: u8 = 2;
 
 /// What a privacy request removed, for its acknowledgement.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Removed {
     /// Sign-in links removed.
     pub login_links: u64,
@@ -72,6 +72,33 @@ pub(super) struct PendingPurge {
 /// consumed batch anyway, so this bounds replay, not ack latency.
 const PURGE_BATCH: usize = 8192;
 
+/// The acknowledgement's `subject` and `id_hash` of a request about
+/// `target`: a keyed hash, provable without the id.
+pub(crate) fn ack_subject(
+    hasher: &crate::keyed::KeyedHasher,
+    target: &PrivacyTarget,
+) -> (&'static str, String) {
+    let (subject, ns, id) = match target {
+        PrivacyTarget::Account(a) => ("account", ACCOUNT_NS, a.as_str()),
+        PrivacyTarget::Device(d) => ("device", DEVICE_NS, d.as_str()),
+    };
+    (
+        subject,
+        hex::encode(hasher.hmac(&[&[ns][..], id.as_bytes()].concat())),
+    )
+}
+
+impl Removed {
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &Removed) {
+        self.login_links += other.login_links;
+        self.inferred_links += other.inferred_links;
+        self.evidence += other.evidence;
+        self.buffered_events += other.buffered_events;
+        self.sightings += other.sightings;
+    }
+}
+
 impl PendingPurge {
     pub(super) fn is_empty(&self) -> bool {
         self.acks.is_empty()
@@ -98,10 +125,6 @@ impl Engine {
         };
         self.stats.privacy_requests += 1;
         let mut removed = Removed::default();
-        let (subject, ns, id): (&'static str, u8, String) = match &target {
-            PrivacyTarget::Account(a) => ("account", ACCOUNT_NS, a.as_str().to_owned()),
-            PrivacyTarget::Device(d) => ("device", DEVICE_NS, d.as_str().to_owned()),
-        };
         if matches!(ev.kind, EventKind::Erase | EventKind::OptOut) {
             // Evidence a flush counted for the open day is taken back
             // rather than made anonymous: the day's real close recounts it
@@ -160,12 +183,12 @@ impl Engine {
             }
             _ => return,
         }
-        let tag = self.hasher.hmac(&[&[ns][..], id.as_bytes()].concat());
+        let (subject, id_hash) = ack_subject(&self.hasher, &target);
         self.pending.acks.push(PrivacyAck {
             ts: ev.ts,
             kind: ev.kind.as_str(),
             subject,
-            id_hash: hex::encode(tag),
+            id_hash,
             removed,
         });
         if self.pending.acks.len() >= PURGE_BATCH {

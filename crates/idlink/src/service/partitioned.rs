@@ -33,7 +33,7 @@ use super::telemetry::Telemetry;
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use idlink_core::engine::staged::{
-    self, AccountPart, AccountStage, BucketStage, Sent, Shown, StageInput, ToBuckets, ToDevices,
+    self, AccountStage, BucketStage, Sent, Shown, StageInput, ToAccounts, ToBuckets, ToDevices,
     partition_of,
 };
 use idlink_core::{Decoder, Engine, Millis};
@@ -406,15 +406,15 @@ impl Partitioned {
 
     fn update_readiness(&self) {
         let down = self.partitions.brokers_down.load(Ordering::Relaxed);
+        let idle = self.tasks.is_empty() && self.routes.is_empty();
         let why = if down {
             "brokers unreachable"
-        } else if self.tasks.is_empty() && self.routes.is_empty() {
+        } else if idle {
             "no partitions assigned"
         } else {
             "restored and assigned"
         };
-        let ready = !down && !(self.tasks.is_empty() && self.routes.is_empty());
-        self.telemetry.set_ready(ready, why);
+        self.telemetry.set_ready(!down && !idle, why);
     }
 
     /// Handles one record of any subscribed topic.
@@ -461,7 +461,7 @@ impl Partitioned {
             }),
             SHOWN => staged::decode::<Shown>(payload).map(|x| task.de.deliver_shown(x)),
             SIGHTINGS => staged::decode::<Sent<ToBuckets>>(payload).map(|x| task.be.receive(x)),
-            _ => staged::decode::<AccountPart>(payload).map(|x| task.acc.receive(x)),
+            _ => staged::decode::<ToAccounts>(payload).map(|x| task.acc.receive(x)),
         };
         if let Err(e) = decoded {
             // Only idlink writes these topics: a record it cannot read is
@@ -639,10 +639,16 @@ impl Partitioned {
             }
             for part in t.de.take_account_parts() {
                 let a = partition_of(part.account.as_bytes(), self.n);
-                let out = Outgoing::internal(&self.internal[LINKS], a, staged::encode(&part));
+                let msg = ToAccounts::Part(part);
+                let out = Outgoing::internal(&self.internal[LINKS], a, staged::encode(&msg));
                 self.outbox.send(out)?;
             }
-            for ack in t.de.take_privacy_acks() {
+            let applied = t.de.take_applied().into_iter().chain(t.be.take_applied());
+            for (a, msg) in applied {
+                let out = Outgoing::internal(&self.internal[LINKS], a, staged::encode(&msg));
+                self.outbox.send(out)?;
+            }
+            for ack in t.acc.take_acks() {
                 let value = serde_json::to_string(&ack)?;
                 let out = Outgoing::new(
                     &k.privacy_acks_topic,
@@ -675,13 +681,7 @@ impl Partitioned {
             if again.is_empty() {
                 break;
             }
-            tracing::warn!(
-                records = again.len(),
-                "deliveries timed out: sending them again"
-            );
-            for out in again {
-                self.outbox.send(out)?;
-            }
+            self.resend(again).await?;
         }
         self.telemetry.producer_queue(self.outbox.in_flight());
         self.telemetry.published(&k.device_links_topic, nd);
@@ -702,6 +702,51 @@ impl Partitioned {
         }
         self.batch_len = 0;
         self.batch_started = Instant::now();
+        Ok(())
+    }
+
+    /// Records whose delivery timed out. If this instance still holds all
+    /// its tasks they are sent again. If it lost one meanwhile (it was
+    /// paused past its session timeout: a zombie), its records may now
+    /// land after the new owner's, so only routed input goes again
+    /// (numbered by input offset: harmless whoever sends it); everything
+    /// else is dropped, and the tasks it still holds are restored from
+    /// their snapshots so that they compute what was dropped again.
+    async fn resend(&mut self, again: Vec<Outgoing>) -> Result<()> {
+        let mut fenced = false;
+        for j in self.tasks.keys().copied().collect::<Vec<_>>() {
+            if let Some(t) = self.tasks.get_mut(&j)
+                && superseded(&mut t.store).await
+            {
+                tracing::warn!(
+                    task = j,
+                    "fenced: another instance claimed the task; dropping it"
+                );
+                self.tasks.remove(&j);
+                fenced = true;
+            }
+        }
+        self.last_fence_check = Instant::now();
+        let routed = &self.internal[DEVICE_EVENTS];
+        let total = again.len();
+        let mut sent = 0;
+        for out in again {
+            if !fenced || out.topic == *routed {
+                self.outbox.send(out)?;
+                sent += 1;
+            }
+        }
+        tracing::warn!(
+            records = total,
+            sent_again = sent,
+            fenced,
+            "deliveries timed out"
+        );
+        if fenced {
+            for j in self.tasks.keys().copied().collect::<Vec<_>>() {
+                self.restore(j).await?;
+            }
+        }
         Ok(())
     }
 

@@ -7,14 +7,24 @@
 //! tells the device partitions which of their links the account does not
 //! show, so that both topics agree.
 
-use super::{AccountPart, Shown, partition_of};
+use super::{AccountPart, Applied, Shown, ToAccounts, partition_of};
+use crate::engine::{PrivacyAck, Removed};
+use crate::event::EventKind;
 use crate::output::{self, AccountEntry};
+use crate::time::Millis;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Bumped whenever an account partition's snapshot layout changes.
 const STAGE_VERSION: u32 = 1;
+
+/// A privacy request: `ts`, kind, about a device, id hash.
+type Request = (Millis, EventKind, bool, String);
+
+/// Acknowledged requests remembered, so that one applied again (by a
+/// restored partition) is not acknowledged twice; the oldest go first.
+const ACKED_KEPT: usize = 100_000;
 
 /// What an account partition keeps per account.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -42,6 +52,15 @@ pub struct AccountStage {
     /// Messages for device partitions.
     #[serde(skip)]
     out: Vec<(u32, Shown)>,
+    /// Privacy requests of this partition's id hashes, waiting for every
+    /// device and bucket partition to apply them: who has, and the sum
+    /// of what they removed.
+    applying: BTreeMap<Request, (Vec<(u8, u32)>, Removed)>,
+    /// Requests acknowledged (by `ts`, oldest first).
+    acked: std::collections::BTreeSet<Request>,
+    /// Acknowledgements to publish.
+    #[serde(skip)]
+    acks: Vec<PrivacyAck>,
 }
 
 impl AccountStage {
@@ -53,6 +72,9 @@ impl AccountStage {
             accounts: FxHashMap::default(),
             lines: Vec::new(),
             out: Vec::new(),
+            applying: BTreeMap::new(),
+            acked: Default::default(),
+            acks: Vec::new(),
         }
     }
 
@@ -83,8 +105,54 @@ impl AccountStage {
         self.accounts.is_empty()
     }
 
+    /// Takes a message for this account partition.
+    pub fn receive(&mut self, msg: ToAccounts) {
+        match msg {
+            ToAccounts::Part(p) => self.take_part(p),
+            ToAccounts::Applied(a) => self.take_applied(a),
+        }
+    }
+
+    /// Notes a partition's application of a privacy request; the request
+    /// is acknowledged once every device and bucket partition has applied
+    /// it (each counted once, however often a restored partition says so).
+    fn take_applied(&mut self, a: Applied) {
+        let key: Request = (a.ts, a.kind, a.device, a.id_hash);
+        if self.acked.contains(&key) {
+            return;
+        }
+        let entry = self.applying.entry(key.clone()).or_default();
+        if entry.0.contains(&a.by) {
+            return;
+        }
+        entry.0.push(a.by);
+        entry.1.add(&a.removed);
+        if entry.0.len() < 2 * self.device_partitions as usize {
+            return;
+        }
+        let Some((_, removed)) = self.applying.remove(&key) else {
+            return;
+        };
+        self.acks.push(PrivacyAck {
+            ts: key.0,
+            kind: key.1.as_str(),
+            subject: if key.2 { "device" } else { "account" },
+            id_hash: key.3.clone(),
+            removed,
+        });
+        self.acked.insert(key);
+        while self.acked.len() > ACKED_KEPT {
+            self.acked.pop_first();
+        }
+    }
+
+    /// Takes the acknowledgements of fully applied privacy requests.
+    pub fn take_acks(&mut self) -> Vec<PrivacyAck> {
+        std::mem::take(&mut self.acks)
+    }
+
     /// Takes one device partition's part of an account's line.
-    pub fn receive(&mut self, part: AccountPart) {
+    fn take_part(&mut self, part: AccountPart) {
         let view = self.accounts.entry(part.account.clone()).or_default();
         if part.entries.is_empty() {
             view.parts.remove(&part.partition);

@@ -7,11 +7,15 @@
 //! bucket-day goes to the partition of the device it is for, and every
 //! device partition hears that the day is closed, evidence or not.
 
-use super::{Offer, Progress, Sent, Sighting, ToBuckets, ToDevices, partition_of};
+use super::{
+    Applied, Offer, Progress, Sent, Sighting, ToAccounts, ToBuckets, ToDevices, partition_of,
+};
 use crate::config::Config;
 use crate::engine::Params;
+use crate::engine::Removed;
 use crate::engine::colocation::{Colocation, Offers, Seen};
 use crate::engine::intern::{NONE, Slots};
+use crate::engine::privacy::ack_subject;
 use crate::event::{Event, EventKind, PrivacyTarget};
 use crate::keyed::KeyedHasher;
 use crate::time::{DAY_MS, Millis};
@@ -96,6 +100,9 @@ pub struct BucketStage {
     /// Messages for device partitions.
     #[serde(skip)]
     out: Vec<(u32, ToDevices)>,
+    /// Privacy requests applied, for the account stage's acknowledgement.
+    #[serde(skip)]
+    applied: Vec<Applied>,
     /// Numbered messages taken from each device partition.
     received: Vec<u64>,
     /// Numbered messages sent to each device partition.
@@ -131,6 +138,7 @@ impl BucketStage {
             ended: false,
             answered: vec![0; device_partitions.max(1) as usize],
             out: Vec::new(),
+            applied: Vec::new(),
             received: vec![0; device_partitions.max(1) as usize],
             sent: vec![0; device_partitions.max(1) as usize],
             crowded: 0,
@@ -229,6 +237,21 @@ impl BucketStage {
             }
         }
         self.step();
+    }
+
+    /// Takes the privacy requests applied here, for the account stage's
+    /// acknowledgement: `(account partition, message)`.
+    pub fn take_applied(&mut self) -> Vec<(u32, ToAccounts)> {
+        let n = self.device_partitions;
+        std::mem::take(&mut self.applied)
+            .into_iter()
+            .map(|a| {
+                (
+                    partition_of(a.id_hash.as_bytes(), n),
+                    ToAccounts::Applied(a),
+                )
+            })
+            .collect()
     }
 
     /// Takes the messages for device partitions, addressed and numbered:
@@ -454,6 +477,8 @@ impl BucketStage {
             return;
         };
         let none = FxHashMap::default();
+        let mut removed = Removed::default();
+        let (subject, id_hash) = ack_subject(&self.hasher, &target);
         // Buffered sightings the device partitions sent before applying the
         // request go with it (they were in windows there).
         let cut = match late {
@@ -464,24 +489,30 @@ impl BucketStage {
             (EventKind::Erase, PrivacyTarget::Account(acc)) => {
                 if let Some(a) = self.accounts.find(acc.as_str()) {
                     let gone = FxHashMap::from_iter([(a, 0usize)]);
-                    self.coloc.forget(&none, &gone, &none, |_| {});
+                    self.coloc
+                        .forget(&none, &gone, &none, |_| removed.sightings += 1);
                     self.accounts.remove(a);
                 }
+                let before = self.buffer.len();
                 self.buffer.retain(|k, item| match item {
                     Item::Sighting(s) => k.0 >= cut || s.account.as_deref() != Some(acc.as_str()),
                     Item::Privacy(_) => true,
                 });
+                removed.buffered_events += (before - self.buffer.len()) as u64;
             }
             (EventKind::Erase, PrivacyTarget::Device(dev)) => {
                 if let Some(d) = self.devices.find(dev.as_str()) {
                     let gone = FxHashMap::from_iter([(d, 0usize)]);
-                    self.coloc.forget(&gone, &none, &none, |_| {});
+                    self.coloc
+                        .forget(&gone, &none, &none, |_| removed.sightings += 1);
                     self.devices.remove(d);
                 }
+                let before = self.buffer.len();
                 self.buffer.retain(|k, item| match item {
                     Item::Sighting(s) => k.0 >= cut || &*s.device != dev.as_str(),
                     Item::Privacy(_) => true,
                 });
+                removed.buffered_events += (before - self.buffer.len()) as u64;
             }
             (EventKind::OptOut, PrivacyTarget::Account(acc)) => {
                 let (a, _) = self.accounts.intern(acc.as_str(), Account::default);
@@ -489,7 +520,8 @@ impl BucketStage {
                     x.opted_out = true;
                 }
                 let opted = FxHashMap::from_iter([(a, 0usize)]);
-                self.coloc.forget(&none, &none, &opted, |_| {});
+                self.coloc
+                    .forget(&none, &none, &opted, |_| removed.sightings += 1);
             }
             (EventKind::OptIn, PrivacyTarget::Account(acc)) => {
                 if let Some(x) = self
@@ -500,7 +532,15 @@ impl BucketStage {
                     x.opted_out = false;
                 }
             }
-            _ => {}
+            _ => return,
         }
+        self.applied.push(Applied {
+            ts: ev.ts,
+            kind: ev.kind,
+            device: subject == "device",
+            id_hash,
+            by: (1, self.partition),
+            removed,
+        });
     }
 }

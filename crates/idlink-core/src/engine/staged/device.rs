@@ -231,6 +231,41 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// Takes the privacy requests applied here, for the account stage's
+    /// acknowledgement: `(account partition, message)`.
+    pub fn take_applied(&mut self) -> Vec<(u32, super::ToAccounts)> {
+        let Some((from, n)) = self
+            .stage
+            .as_deref()
+            .map(|s| (s.partition, s.bucket_partitions))
+        else {
+            return Vec::new();
+        };
+        self.take_privacy_acks()
+            .into_iter()
+            .filter_map(|a| {
+                let kind = match a.kind {
+                    "erase" => crate::event::EventKind::Erase,
+                    "opt_out" => crate::event::EventKind::OptOut,
+                    "opt_in" => crate::event::EventKind::OptIn,
+                    _ => return None,
+                };
+                let to = super::partition_of(a.id_hash.as_bytes(), n);
+                Some((
+                    to,
+                    super::ToAccounts::Applied(super::Applied {
+                        ts: a.ts,
+                        kind,
+                        device: a.subject == "device",
+                        id_hash: a.id_hash,
+                        by: (0, from),
+                        removed: a.removed,
+                    }),
+                ))
+            })
+            .collect()
+    }
+
     /// Takes a message from a bucket partition (one already taken, sent
     /// again by a restored sender, is dropped).
     pub fn deliver(&mut self, sent: Sent<ToDevices>) {

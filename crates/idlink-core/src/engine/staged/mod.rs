@@ -258,6 +258,35 @@ pub struct AccountPart {
     pub entries: Vec<AccountEntry>,
 }
 
+/// A privacy request applied by one partition of the device or bucket
+/// stage, sent to the account partition of its id hash, which
+/// acknowledges the request once every partition of both stages has
+/// applied it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The request's `ts`.
+    pub ts: Millis,
+    /// The request's kind.
+    pub kind: crate::event::EventKind,
+    /// About a device (else an account).
+    pub device: bool,
+    /// Keyed hash of the id, as in the acknowledgement.
+    pub id_hash: String,
+    /// The stage (0: devices, 1: buckets) and partition that applied it.
+    pub by: (u8, u32),
+    /// What it removed there.
+    pub removed: super::Removed,
+}
+
+/// What the account stage receives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToAccounts {
+    /// A device partition's part of an account's line.
+    Part(AccountPart),
+    /// A stage partition applied a privacy request.
+    Applied(Applied),
+}
+
 /// Whether an account shows a device, from the account stage to the
 /// device's partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

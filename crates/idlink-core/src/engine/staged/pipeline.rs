@@ -14,11 +14,12 @@
 //! while it does not, as a deployment must for replays to repeat.
 
 use super::{
-    AccountPart, AccountStage, BucketStage, Sent, Shown, StageInput, ToBuckets, ToDevices,
+    AccountStage, BucketStage, Sent, Shown, StageInput, ToAccounts, ToBuckets, ToDevices,
     partition_of,
 };
 use crate::addr::AddressClassifier;
 use crate::config::Config;
+use crate::engine::PrivacyAck;
 use crate::engine::{Engine, SnapshotError};
 use crate::event::Event;
 use std::collections::BTreeMap;
@@ -74,8 +75,11 @@ pub struct Pipeline {
     shown: Vec<Vec<Shown>>,
     /// Per bucket partition: the device stage's messages to it.
     sightings: Vec<Vec<Sent<ToBuckets>>>,
-    /// Per account partition: the device stage's parts of its lines.
-    links: Vec<Vec<AccountPart>>,
+    /// Per account partition: the device stage's parts of its lines, and
+    /// the privacy requests applied.
+    links: Vec<Vec<ToAccounts>>,
+    /// Privacy acknowledgements published.
+    acks: Vec<PrivacyAck>,
     /// `device-links`, folded by key.
     device_links: BTreeMap<String, String>,
     /// `account-devices`, folded by key.
@@ -98,6 +102,7 @@ impl Pipeline {
             shown: (0..n).map(|_| Vec::new()).collect(),
             sightings: (0..n).map(|_| Vec::new()).collect(),
             links: (0..n).map(|_| Vec::new()).collect(),
+            acks: Vec::new(),
             device_links: BTreeMap::new(),
             account_devices: BTreeMap::new(),
         };
@@ -269,6 +274,10 @@ impl Pipeline {
                     self.evidence[k as usize].push(msg);
                     moved = true;
                 }
+                for (a, msg) in t.stage.take_applied() {
+                    self.links[a as usize].push(msg);
+                    moved = true;
+                }
             }
             for a in 0..self.accounts.len() {
                 let t = &mut self.accounts[a];
@@ -280,6 +289,7 @@ impl Pipeline {
                 for (key, line) in t.stage.take_lines() {
                     fold(&mut self.account_devices, key, line);
                 }
+                self.acks.extend(t.stage.take_acks());
                 for (k, msg) in t.stage.take_for_devices() {
                     self.shown[k as usize].push(msg);
                     moved = true;
@@ -328,10 +338,19 @@ impl Pipeline {
         }
         for part in t.engine.take_account_parts() {
             let a = partition_of(part.account.as_bytes(), n) as usize;
-            self.links[a].push(part);
+            self.links[a].push(ToAccounts::Part(part));
+            moved = true;
+        }
+        for (a, msg) in t.engine.take_applied() {
+            self.links[a as usize].push(msg);
             moved = true;
         }
         moved
+    }
+
+    /// Takes the privacy acknowledgements published so far.
+    pub fn take_privacy_acks(&mut self) -> Vec<PrivacyAck> {
+        std::mem::take(&mut self.acks)
     }
 
     /// The folded `device-links` topic, sorted by device id.
