@@ -88,6 +88,27 @@ pub struct EngineStats {
     pub inferred_links_removed: u64,
 }
 
+impl EngineStats {
+    /// Adds `o`'s counts (the engines of several partitions).
+    pub fn add(&mut self, o: &EngineStats) {
+        self.applied_events += o.applied_events;
+        self.late_events += o.late_events;
+        self.erased_events += o.erased_events;
+        self.privacy_requests += o.privacy_requests;
+        self.late_privacy_requests += o.late_privacy_requests;
+        self.non_public_sightings += o.non_public_sightings;
+        self.carrier_nat_sightings += o.carrier_nat_sightings;
+        self.excluded_sightings += o.excluded_sightings;
+        self.crowded_bucket_days += o.crowded_bucket_days;
+        self.evidence_bucket_days += o.evidence_bucket_days;
+        self.bots_marked += o.bots_marked;
+        self.login_links_created += o.login_links_created;
+        self.login_links_removed += o.login_links_removed;
+        self.inferred_links_created += o.inferred_links_created;
+        self.inferred_links_removed += o.inferred_links_removed;
+    }
+}
+
 /// One source of device events (a file, a Kafka partition): its greatest
 /// `ts` seen feeds the watermark.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]

@@ -687,6 +687,7 @@ impl Partitioned {
         self.telemetry.published(&k.device_links_topic, nd);
         self.telemetry.published(&k.account_devices_topic, na);
         self.telemetry.published(&k.privacy_acks_topic, nk);
+        self.telemetry.engines(self.tasks.values().map(|t| &t.de));
         let mut tpl = TopicPartitionList::new();
         for ((t, p), r) in &mut self.routes {
             if let Some(o) = r.commit.take() {

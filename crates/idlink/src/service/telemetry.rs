@@ -328,7 +328,27 @@ impl Telemetry {
 
     /// Mirrors the engine's counters and gauges.
     pub fn engine(&self, e: &idlink_core::Engine) {
-        let s = e.stats();
+        self.engines(std::slice::from_ref(e));
+    }
+
+    /// Mirrors the counters and gauges of several engines (the device
+    /// partitions an instance holds), summed. A partition that moves to
+    /// another instance takes its counts along: totals never go down, and
+    /// resume counting once they are above what was last seen.
+    pub fn engines<'a>(&self, engines: impl IntoIterator<Item = &'a idlink_core::Engine>) {
+        let mut s = idlink_core::EngineStats::default();
+        let (mut login, mut inferred, mut devices, mut accounts, mut buffered) = (0, 0, 0, 0, 0);
+        let mut wm = i64::MAX;
+        for e in engines {
+            s.add(e.stats());
+            let (l, i) = e.link_counts();
+            login += l;
+            inferred += i;
+            devices += e.device_count();
+            accounts += e.account_count();
+            buffered += e.buffered();
+            wm = wm.min(e.watermark().0);
+        }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let d = |new: u64, old: u64| new.saturating_sub(old);
         self.late.inc_by(d(s.late_events, last.late_events));
@@ -344,18 +364,16 @@ impl Telemetry {
         self.links_removed
             .with_label_values(&["inferred"])
             .inc_by(d(s.inferred_links_removed, last.inferred_links_removed));
-        *last = s.clone();
-        let (login, inferred) = e.link_counts();
+        *last = s;
         self.graph_links
             .with_label_values(&["login"])
             .set(login as i64);
         self.graph_links
             .with_label_values(&["inferred"])
             .set(inferred as i64);
-        self.graph_devices.set(e.device_count() as i64);
-        self.graph_accounts.set(e.account_count() as i64);
-        self.buffered.set(e.buffered() as i64);
-        let wm = e.watermark().0;
+        self.graph_devices.set(devices as i64);
+        self.graph_accounts.set(accounts as i64);
+        self.buffered.set(buffered as i64);
         if wm > i64::MIN && wm < i64::MAX {
             self.watermark.set(wm as f64 / 1000.0);
         }

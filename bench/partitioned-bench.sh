@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Partitioned `idlink run` (service.partitioned = true) through a Kafka
+# broker with one, two and three instances in one group: does adding an
+# instance add capacity?
+#
+#   bench/partitioned-bench.sh            # from the repository root
+#
+# Steps:
+#   1. build `idlink` and the load tool (crates/idlink/examples/kafka_load.rs)
+#   2. start nisshi (in memory, on a free loopback port), or use
+#      $BENCH_BROKERS
+#   3. simulate a population and replay it: the expected graph
+#   4. for each instance count N in $BENCH_INSTANCES: fresh topics, every
+#      record produced first, then N instances started together; measured:
+#      seconds from the start until the folded output topics equal
+#      replay's files (polled every 0.5 s, so the figure includes up to
+#      0.5 s of polling and the idle flush), records/s over that time, and
+#      each instance's peak RSS
+#   5. print a table and write $BENCH_DIR/results.json
+#
+# On a 2-core machine that also runs the broker, more instances mostly
+# compete for the same cores: the figures show the partitioning's cost and
+# memory split here, not the scaling a cluster would give.
+#
+# Environment (all optional):
+#   BENCH_DIR        work directory        (default target/partitioned-bench)
+#   BENCH_PEOPLE     simulated people      (default 2000)
+#   BENCH_DAYS       simulated days        (default 7)
+#   BENCH_SEED       simulator seed        (default 7)
+#   BENCH_INSTANCES  instance counts       (default "1 2 3")
+#   BENCH_BROKERS    external bootstrap servers instead of nisshi
+#   NISSHI_BIN       nisshi binary (default ~/.cache/idlink/nisshi-0.8.1/bin/nisshi)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DIR=${BENCH_DIR:-target/partitioned-bench}
+PEOPLE=${BENCH_PEOPLE:-2000}
+DAYS=${BENCH_DAYS:-7}
+SEED=${BENCH_SEED:-7}
+INSTANCES=${BENCH_INSTANCES:-1 2 3}
+NISSHI=${NISSHI_BIN:-$HOME/.cache/idlink/nisshi-0.8.1/bin/nisshi}
+
+log() { printf '[partitioned-bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+command -v python3 >/dev/null || die "python3 is required"
+
+rm -rf "$DIR"
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+log "building: cargo build --release -p idlink --bin idlink --example kafka_load"
+cargo build --release -p idlink --bin idlink --example kafka_load >&2
+BIN=$PWD/target/release/idlink
+LOAD=$PWD/target/release/examples/kafka_load
+
+if [[ -n ${BENCH_BROKERS:-} ]]; then
+    BROKERS=$BENCH_BROKERS
+else
+    [[ -x $NISSHI ]] || die "no nisshi at $NISSHI: run scripts/install-nisshi.sh, or set BENCH_BROKERS"
+    port=$(free_port)
+    mkdir -p "$DIR/broker"
+    (cd "$DIR/broker" && exec "$NISSHI" broker --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://nisshi/ \
+        --group-initial-rebalance-delay 0s > broker.log 2>&1) &
+    PIDS+=($!)
+    for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    BROKERS=127.0.0.1:$port
+fi
+log "broker: $BROKERS"
+
+config() { # $1 = topic prefix, $2 = file
+    cat > "$2" <<EOF
+[addresses]
+exclude_cidr_files = ["$PWD/config/cidr/datacenter.txt", "$PWD/config/cidr/vpn.txt"]
+
+[kafka]
+events_topic = "$1-device-events"
+privacy_topic = "$1-privacy-requests"
+device_links_topic = "$1-device-links"
+account_devices_topic = "$1-account-devices"
+dead_letters_topic = "$1-dead-letters"
+privacy_acks_topic = "$1-privacy-acks"
+snapshots_topic = "$1-snapshots"
+manifests_topic = "$1-manifests"
+internal_topic_prefix = "$1-internal"
+input_partitions = 6
+output_partitions = 4
+stage_partitions = 6
+
+[kafka.consumer]
+"session.timeout.ms" = "10000"
+"heartbeat.interval.ms" = "1000"
+
+[service]
+partitioned = true
+idle_flush_ms = 200
+source_idle_seconds = 1
+snapshot_interval_seconds = 10
+EOF
+}
+
+log "simulating $PEOPLE people, $DAYS days, seed $SEED"
+"$BIN" simulate --people "$PEOPLE" --days "$DAYS" --seed "$SEED" --out "$DIR/sim" 2> "$DIR/simulate.log"
+# Sorted by ts, as the tests do: disorder within the lateness bound.
+python3 - "$DIR/sim/events.jsonl" "$DIR/sorted.jsonl" <<'EOF'
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.strip()]
+lines.sort(key=lambda l: json.loads(l).get("ts", ""))
+open(sys.argv[2], "w").writelines(lines)
+EOF
+config replay "$DIR/replay.toml"
+"$BIN" replay --input "$DIR/sorted.jsonl" --config "$DIR/replay.toml" --out "$DIR/replay" 2> "$DIR/replay.log"
+TOTAL=$(grep -c . "$DIR/sorted.jsonl")
+log "input: $TOTAL records"
+
+RESULTS=()
+for n in $INSTANCES; do
+    prefix=pb-$n-$(date +%s)
+    config "$prefix" "$DIR/run-$n.toml"
+    # Topics first (one short start), then every record, then the group.
+    hp=$(free_port)
+    IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="create-$prefix" IDLINK_HTTP_ADDR=127.0.0.1:$hp IDLINK_LOG=warn \
+        "$BIN" run --config "$DIR/run-$n.toml" > "$DIR/create-$n.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$hp/health/ready" 2>/dev/null && break; sleep 0.1; done
+    kill -TERM "$pid"; wait "$pid" || true
+    "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" \
+        --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-$n.json"
+    started=$(date +%s.%N)
+    pids=()
+    for i in $(seq 1 "$n"); do
+        hp=$(free_port)
+        IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="$prefix" IDLINK_HTTP_ADDR=127.0.0.1:$hp IDLINK_LOG=warn \
+            "$BIN" run --config "$DIR/run-$n.toml" > "$DIR/run-$n-$i.log" 2>&1 &
+        pids+=($!)
+        PIDS+=($!)
+    done
+    same=false
+    for _ in $(seq 1 1200); do
+        for t in device-links account-devices; do
+            "$LOAD" --brokers "$BROKERS" fold --topic "$prefix-$t" --out "$DIR/folded-$n-$t.jsonl" > /dev/null
+        done
+        if cmp -s "$DIR/folded-$n-device-links.jsonl" "$DIR/replay/device-links.jsonl" &&
+            cmp -s "$DIR/folded-$n-account-devices.jsonl" "$DIR/replay/account-devices.jsonl"; then
+            same=true
+            break
+        fi
+        sleep 0.5
+    done
+    done_at=$(date +%s.%N)
+    rss=()
+    for p in "${pids[@]}"; do
+        rss+=("$(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)")
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    secs=$(python3 -c "print(round($done_at - $started, 2))")
+    rate=$(python3 -c "print(round($TOTAL / ($done_at - $started)))")
+    log "$n instance(s): replay's graph $same after $secs s ($rate records/s); peak RSS kB per instance: ${rss[*]}"
+    RESULTS+=("{\"instances\": $n, \"same_as_replay\": $same, \"seconds\": $secs, \"records_per_second\": $rate, \"peak_rss_kb\": [$(IFS=,; echo "${rss[*]}")]}")
+done
+
+printf '[%s]\n' "$(IFS=,; echo "${RESULTS[*]}")" | python3 -m json.tool > "$DIR/results.json"
+log "records: $TOTAL; results in $DIR/results.json"
+cat "$DIR/results.json"
