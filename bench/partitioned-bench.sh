@@ -10,12 +10,16 @@
 #   2. start nisshi (in memory, on a free loopback port), or use
 #      $BENCH_BROKERS
 #   3. simulate a population and replay it: the expected graph
-#   4. for each instance count N in $BENCH_INSTANCES: fresh topics, every
-#      record produced first, then N instances started together; measured:
-#      seconds from the start until the folded output topics equal
-#      replay's files (polled every 0.5 s, so the figure includes up to
-#      0.5 s of polling and the idle flush), records/s over that time, and
-#      each instance's peak RSS
+#   4. for each instance count N in $BENCH_INSTANCES: fresh topics, N
+#      instances started together and ready (each holds its share of the
+#      stage partitions), then every record produced as fast as possible;
+#      measured: seconds from the first record produced until the folded
+#      output topics equal replay's files (polled every 0.5 s, so the
+#      figure includes up to 0.5 s of polling, and the second of quiet
+#      after which the input counts as idle and the graph is flushed),
+#      records/s over that time, and
+#      each instance's peak RSS and CPU seconds, and the broker's CPU
+#      seconds over the run
 #   5. print a table and write $BENCH_DIR/results.json
 #
 # On a 2-core machine that also runs the broker, more instances mostly
@@ -51,6 +55,8 @@ DIR=$(cd "$DIR" && pwd)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
+# CPU seconds (user + system) a process has used so far.
+cpu_seconds() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print(round((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'),1))" 2>/dev/null || echo 0; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 log "building: cargo build --release -p idlink --bin idlink --example kafka_load"
@@ -67,6 +73,7 @@ else
     (cd "$DIR/broker" && exec "$NISSHI" broker --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://nisshi/ \
         --group-initial-rebalance-delay 0s > broker.log 2>&1) &
+    BROKER_PID=$!
     PIDS+=($!)
     for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
     BROKERS=127.0.0.1:$port
@@ -98,6 +105,7 @@ stage_partitions = 6
 
 [service]
 partitioned = true
+batch_max_ms = 50
 idle_flush_ms = 200
 source_idle_seconds = 1
 snapshot_interval_seconds = 10
@@ -122,24 +130,26 @@ RESULTS=()
 for n in $INSTANCES; do
     prefix=pb-$n-$(date +%s)
     config "$prefix" "$DIR/run-$n.toml"
-    # Topics first (one short start), then every record, then the group.
-    hp=$(free_port)
-    IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="create-$prefix" IDLINK_HTTP_ADDR=127.0.0.1:$hp IDLINK_LOG=warn \
-        "$BIN" run --config "$DIR/run-$n.toml" > "$DIR/create-$n.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$hp/health/ready" 2>/dev/null && break; sleep 0.1; done
-    kill -TERM "$pid"; wait "$pid" || true
-    "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" \
-        --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-$n.json"
-    started=$(date +%s.%N)
     pids=()
+    https=()
     for i in $(seq 1 "$n"); do
         hp=$(free_port)
+        https+=("127.0.0.1:$hp")
         IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="$prefix" IDLINK_HTTP_ADDR=127.0.0.1:$hp IDLINK_LOG=warn \
             "$BIN" run --config "$DIR/run-$n.toml" > "$DIR/run-$n-$i.log" 2>&1 &
         pids+=($!)
         PIDS+=($!)
     done
+    for h in "${https[@]}"; do
+        for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://$h/health/ready" 2>/dev/null && break; sleep 0.1; done
+    done
+    sleep 2 # the group settles: every instance holds its share
+    broker_before=$([[ -n ${BROKER_PID:-} ]] && cpu_seconds "$BROKER_PID" || echo 0)
+    cpu_before=()
+    for p in "${pids[@]}"; do cpu_before+=("$(cpu_seconds "$p")"); done
+    started=$(date +%s.%N)
+    "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" \
+        --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-$n.json"
     same=false
     for _ in $(seq 1 1200); do
         for t in device-links account-devices; do
@@ -154,15 +164,20 @@ for n in $INSTANCES; do
     done
     done_at=$(date +%s.%N)
     rss=()
-    for p in "${pids[@]}"; do
+    cpu=()
+    for i in "${!pids[@]}"; do
+        p=${pids[$i]}
         rss+=("$(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)")
+        cpu+=("$(python3 -c "print(round($(cpu_seconds "$p") - ${cpu_before[$i]}, 1))")")
         kill -TERM "$p" 2>/dev/null || true
     done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    broker_cpu=$([[ -n ${BROKER_PID:-} ]] && cpu_seconds "$BROKER_PID" || echo 0)
+    broker_used=$(python3 -c "print(round($broker_cpu - $broker_before, 1))")
     secs=$(python3 -c "print(round($done_at - $started, 2))")
     rate=$(python3 -c "print(round($TOTAL / ($done_at - $started)))")
-    log "$n instance(s): replay's graph $same after $secs s ($rate records/s); peak RSS kB per instance: ${rss[*]}"
-    RESULTS+=("{\"instances\": $n, \"same_as_replay\": $same, \"seconds\": $secs, \"records_per_second\": $rate, \"peak_rss_kb\": [$(IFS=,; echo "${rss[*]}")]}")
+    log "$n instance(s): replay's graph $same after $secs s ($rate records/s); peak RSS kB per instance: ${rss[*]}; CPU s per instance: ${cpu[*]}; broker CPU s: $broker_used"
+    RESULTS+=("{\"instances\": $n, \"same_as_replay\": $same, \"seconds\": $secs, \"records_per_second\": $rate, \"peak_rss_kb\": [$(IFS=,; echo "${rss[*]}")], \"cpu_seconds\": [$(IFS=,; echo "${cpu[*]}")], \"broker_cpu_seconds\": $broker_used}")
 done
 
 printf '[%s]\n' "$(IFS=,; echo "${RESULTS[*]}")" | python3 -m json.tool > "$DIR/results.json"

@@ -58,6 +58,9 @@ const SUFFIXES: [&str; 5] = ["device-events", "evidence", "shown", "sightings", 
 /// Longest time between two looks for newer claims before publishing.
 const FENCE_CHECK: Duration = Duration::from_millis(500);
 
+/// How often idle input partitions and caught-up tasks are looked for.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
 /// Queued input above which a task's device-events partition is paused.
 const QUEUE_HIGH: usize = 100_000;
 
@@ -198,6 +201,12 @@ impl Partitioned {
         let mut cc = consumer_config(k);
         // Partition j of every internal topic goes to one member.
         cc.set("partition.assignment.strategy", "range");
+        // The stages answer each other (a day closes in a round trip
+        // through two internal topics): a fetch must not sit idle for
+        // librdkafka's default 500 ms waiting for more data.
+        if !k.consumer.contains_key("fetch.wait.max.ms") {
+            cc.set("fetch.wait.max.ms", "10");
+        }
         let consumer: StreamConsumer<ServiceContext> = cc
             .create_with_context(context)
             .context("creating the consumer")?;
@@ -241,6 +250,7 @@ impl Partitioned {
         let batch_max = Duration::from_millis(rt.batch_max_ms);
         let snapshot_every = Duration::from_secs(rt.snapshot_interval_seconds);
         let mut last_snapshot = Instant::now();
+        let mut last_look = Instant::now();
         loop {
             self.follow_assignment().await?;
             self.update_readiness();
@@ -266,8 +276,11 @@ impl Partitioned {
                 }
                 Err(_) => {}
             }
-            self.mark_idle_routes();
-            self.request_flushes()?;
+            if last_look.elapsed() >= LOOK_EVERY {
+                last_look = Instant::now();
+                self.mark_idle_routes();
+                self.request_flushes()?;
+            }
             if self.batch_len >= rt.batch_max_messages || self.batch_started.elapsed() >= batch_max
             {
                 self.publish().await?;
