@@ -107,7 +107,7 @@ stage_partitions = 6
 partitioned = true
 batch_max_ms = 50
 idle_flush_ms = 200
-source_idle_seconds = 1
+source_idle_seconds = 5
 snapshot_interval_seconds = 10
 EOF
 }
@@ -143,7 +143,7 @@ for n in $INSTANCES; do
     for h in "${https[@]}"; do
         for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://$h/health/ready" 2>/dev/null && break; sleep 0.1; done
     done
-    sleep 2 # the group settles: every instance holds its share
+    sleep 2 # the group settles: every instance holds its share (less than source_idle_seconds)
     broker_before=$([[ -n ${BROKER_PID:-} ]] && cpu_seconds "$BROKER_PID" || echo 0)
     cpu_before=()
     for p in "${pids[@]}"; do cpu_before+=("$(cpu_seconds "$p")"); done

@@ -12,8 +12,10 @@ use support::*;
 
 /// The `[service]` settings of a test that produces its input at once:
 /// partitioned, and input partitions count as idle (caught up, so the
-/// graph is flushed) after two quiet seconds.
-const PARTITIONED: &str = "partitioned = true\nsource_idle_seconds = 2";
+/// graph is flushed) after five quiet seconds: longer than instances take
+/// to start before the input is produced, so no partition counts as idle
+/// when its first records arrive.
+const PARTITIONED: &str = "partitioned = true\nsource_idle_seconds = 5";
 
 /// The same for a test that pauses between parts of its input: an input
 /// partition must not count as idle during a pause, or the others would

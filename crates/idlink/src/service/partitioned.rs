@@ -335,6 +335,10 @@ impl Partitioned {
             .cloned()
             .collect();
         self.routes.retain(|tp, _| inputs.contains(tp));
+        // A rebalance paused every partition: none has been quiet since.
+        for r in self.routes.values_mut() {
+            r.last_seen = Instant::now();
+        }
         for (t, p) in inputs {
             let topic_index = u32::from(t != k.events_topic);
             self.routes.entry((t, p)).or_insert(Route {
