@@ -202,18 +202,19 @@ pub struct AccountEntry {
 }
 
 /// The entry of device `d` (state `dev`) on account `a`'s line, if it
-/// shows one: `buffered` is the latest buffered sign-in of `d` to `a`;
-/// `inferred_hidden` whether buffered sign-ins hide `d`'s inferred link.
+/// shows one: `buffered` is the latest buffered sign-in of `d` to `a` and
+/// the time a buffered-only link ranks by; `inferred_hidden` whether
+/// buffered sign-ins hide `d`'s inferred link.
 pub(crate) fn account_entry(
     a: u32,
     id: &str,
     dev: &Device,
-    buffered: Option<Millis>,
+    buffered: Option<(Millis, Millis)>,
     inferred_hidden: bool,
 ) -> Option<AccountEntry> {
     let login = dev.login(a).map(|l| l.last_seen);
-    if let Some(last) = login.max(buffered) {
-        let ranked = login.or(buffered).unwrap_or(last);
+    if let Some(last) = login.max(buffered.map(|b| b.0)) {
+        let ranked = login.or(buffered.map(|b| b.1)).unwrap_or(last);
         return Some(AccountEntry {
             device_id: id.into(),
             login: true,

@@ -37,7 +37,7 @@ impl Engine {
     }
 
     /// Whether account `a` may have more devices than it may show.
-    fn over_cap(&self, a: u32) -> bool {
+    pub(super) fn over_cap(&self, a: u32) -> bool {
         self.linked_devices(a) > self.p.max_devices_per_account
     }
 
@@ -71,7 +71,7 @@ impl Engine {
             .into_iter()
             .filter_map(|d| {
                 let dev = self.devices.get(d)?;
-                let buffered = early.iter().find(|e| e.0 == d).map(|e| e.1);
+                let buffered = early.iter().find(|e| e.0 == d).map(|e| (e.1, e.2));
                 let entry = output::account_entry(
                     a,
                     self.devices.id(d),
@@ -96,12 +96,13 @@ impl Engine {
 
     /// Devices whose shown links may change when account `a` changes:
     /// all of them once the account is at its cap (a device entering or
-    /// leaving moves the boundary), none below it.
-    pub(super) fn cap_followers(&self, a: u32) -> Vec<u32> {
+    /// leaving moves the boundary) or was over it when last published
+    /// (`was_capped`: the devices it hid come back), none otherwise.
+    pub(super) fn cap_followers(&self, a: u32, was_capped: bool) -> Vec<u32> {
         let Some(acc) = self.accounts.get(a) else {
             return Vec::new();
         };
-        if self.linked_devices(a) < self.p.max_devices_per_account {
+        if !was_capped && self.linked_devices(a) < self.p.max_devices_per_account {
             return Vec::new();
         }
         let mut ds: Vec<u32> = acc.devices.iter().copied().collect();

@@ -32,6 +32,11 @@ pub(super) struct EarlyLogin {
     pub last_seen: Millis,
     /// Buffered signed-in events.
     pub events: u32,
+    /// Where the link ranks in a capped account's view while it is only
+    /// buffered: its first buffered sign-in's time, fixed, because later
+    /// buffered sign-ins are not published (one that moved the view
+    /// would leave the account's line behind the device's).
+    pub ranked: Millis,
 }
 
 /// Buffered sign-ins, by device and by account.
@@ -64,8 +69,9 @@ impl Early {
         self.by_account.get(&a).map_or(0, |v| v.len())
     }
 
-    /// Devices with buffered sign-ins to account `a`, with the latest.
-    pub fn devices_of(&self, a: u32) -> Vec<(u32, Millis)> {
+    /// Devices with buffered sign-ins to account `a`, with the latest
+    /// and the time the link ranks by.
+    pub fn devices_of(&self, a: u32) -> Vec<(u32, Millis, Millis)> {
         let Some(ds) = self.by_account.get(&a) else {
             return Vec::new();
         };
@@ -74,7 +80,7 @@ impl Early {
                 self.logins(d)
                     .iter()
                     .find(|e| e.account == a)
-                    .map(|e| (d, e.last_seen))
+                    .map(|e| (d, e.last_seen, e.ranked))
             })
             .collect()
     }
@@ -93,6 +99,7 @@ impl Early {
                     first_seen: ts,
                     last_seen: ts,
                     events: 1,
+                    ranked: ts,
                 });
                 let ds = self.by_account.entry(a).or_default();
                 if !ds.contains(&d) {

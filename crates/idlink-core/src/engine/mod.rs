@@ -252,6 +252,13 @@ pub struct Engine {
     /// Privacy requests applied since the last `take_privacy_acks`.
     #[serde(skip)]
     acks: Vec<PrivacyAck>,
+    /// Accounts whose published view may hide devices (over their cap at
+    /// the last rendering): when one changes, all its devices are
+    /// published again even if it has dropped below the cap since, or a
+    /// device it hid would stay withdrawn. Rebuilt from the state when
+    /// change tracking starts, never stored.
+    #[serde(skip)]
+    capped: FxHashSet<u32>,
     /// Set when this engine is a partition of the device stage, whose
     /// bucket side and account cap are other stages' (`staged`).
     #[serde(skip)]
@@ -353,6 +360,7 @@ impl Engine {
             changes: None,
             early: early::Early::default(),
             acks: Vec::new(),
+            capped: FxHashSet::default(),
             stage: None,
             stats: EngineStats::default(),
             login_links: 0,
@@ -364,6 +372,7 @@ impl Engine {
     pub fn track_changes(&mut self) {
         if self.changes.is_none() {
             self.changes = Some(ChangeLog::default());
+            self.capped = self.accounts.live().filter(|&a| self.over_cap(a)).collect();
             // A restored buffer's sign-ins are published at once too.
             self.rebuild_early();
         }
@@ -1106,7 +1115,7 @@ impl Engine {
         } else {
             log.accounts
                 .iter()
-                .flat_map(|&a| self.cap_followers(a))
+                .flat_map(|&a| self.cap_followers(a, self.capped.contains(&a)))
                 .collect()
         };
         log.devices.extend(followers);
@@ -1154,6 +1163,11 @@ impl Engine {
                 self.accounts.id(a).into(),
                 self.render_account(a, &mut shown),
             ));
+            if self.over_cap(a) {
+                self.capped.insert(a);
+            } else {
+                self.capped.remove(&a);
+            }
         }
         out
     }

@@ -508,3 +508,93 @@ fn a_buffered_sign_in_withdraws_the_inferred_link_from_both_topics() {
         "alice's line is published again without the laptop: {after:?}"
     );
 }
+
+/// A sign-in still in the reorder buffer ranks in a capped account's view
+/// by its first buffered sighting: buffered refreshes are not published,
+/// so they must not move the view either, or the account's line would
+/// fall behind the devices' (found by `the_topics_agree_after_every_batch`).
+/// Once applied, the refresh counts and both topics follow.
+#[test]
+fn a_buffered_refresh_moves_no_capped_view() {
+    let mut config = Config::default();
+    config.linking.max_devices_per_account = 1;
+    config.linking.max_accounts_per_device = 2;
+    let mut e = Engine::new(&config, AddressClassifier::new(64, &[]));
+    e.track_changes();
+    let mut devices: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut accounts: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let shows = |line: &Option<String>, id: &str| {
+        line.as_deref()
+            .is_some_and(|l| l.contains(&format!("\"{id}\"")))
+    };
+    // All within the lateness: every event stays buffered.
+    for ev in [
+        sighting(t(0, 600), "tablet", "81.2.3.4", Some("alice")),
+        sighting(t(0, 601), "phone", "81.2.3.4", Some("alice")),
+        sighting(t(0, 603), "tablet", "81.2.3.4", Some("alice")),
+        // A new link republishes the tablet's line, not alice's.
+        sighting(t(0, 604), "tablet", "81.2.3.4", Some("bob")),
+    ] {
+        e.ingest(0, ev);
+        let c = e.take_changes();
+        devices.extend(c.devices);
+        accounts.extend(c.accounts);
+        for d in ["tablet", "phone"] {
+            let device = devices.get(d).cloned().flatten();
+            assert_eq!(
+                shows(&accounts["alice"], d),
+                shows(&device, "alice"),
+                "{d}: {accounts:?} {devices:?}"
+            );
+        }
+    }
+    assert!(shows(&accounts["alice"], "phone"), "{accounts:?}");
+    // Applied, the tablet's later sign-in ranks it first, on both topics.
+    e.finish();
+    let c = e.take_changes();
+    devices.extend(c.devices);
+    accounts.extend(c.accounts);
+    assert!(shows(&accounts["alice"], "tablet") && shows(&devices["tablet"], "alice"));
+    assert_eq!(devices["phone"], None);
+}
+
+/// An account that drops from over its cap to below it in one batch shows
+/// the device it hid again, on the device's line too (found by
+/// `the_topics_agree_after_every_batch`).
+#[test]
+fn a_device_hidden_by_the_cap_comes_back_when_the_account_shrinks() {
+    let erase = |ts: Millis, device: &str| Event {
+        ts,
+        kind: EventKind::Erase,
+        device: Some(DeviceId::from(device)),
+        account: None,
+        ip: None,
+    };
+    let mut config = Config::default();
+    config.linking.max_devices_per_account = 2;
+    let mut e = Engine::new(&config, AddressClassifier::new(64, &[]));
+    e.track_changes();
+    let mut devices: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut publish = |e: &mut Engine| {
+        e.flush();
+        devices.extend(e.take_changes().devices);
+        devices.clone()
+    };
+    for (m, d) in [(600, "tablet"), (610, "phone"), (620, "laptop")] {
+        e.ingest(0, sighting(t(0, m), d, "81.2.3.4", Some("alice")));
+        publish(&mut e);
+    }
+    assert_eq!(
+        publish(&mut e)["tablet"],
+        None,
+        "the least recently used is hidden"
+    );
+    // Both others go in one batch: alice falls from three devices to one.
+    e.ingest(0, erase(t(0, 630), "phone"));
+    e.ingest(0, erase(t(0, 631), "laptop"));
+    let d = publish(&mut e);
+    assert!(
+        d["tablet"].as_deref().is_some_and(|l| l.contains("alice")),
+        "{d:?}"
+    );
+}
