@@ -138,3 +138,137 @@ fn a_frozen_instance_corrupts_nothing() -> Result<()> {
     }
     Ok(())
 }
+
+/// Privacy requests while the stages are busy: erasures reach every stage
+/// partition while evidence about the id is still moving between them
+/// (the input is produced while two instances run), and the simulator's
+/// late requests arrive long after the events they cover. Every request
+/// is acknowledged once every device and bucket partition has applied
+/// it, and no erased id is left in either output topic's folded state or
+/// in any stage task's newest snapshot.
+#[test]
+fn privacy_requests_in_flight_leave_no_trace_and_are_acknowledged() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("partprivacy");
+    let config = write_config(dir.path(), &names, PARTITIONED)?;
+    let s = stream(dir.path(), &config, 400, 10, 52)?;
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("sim/truth.json"))?)?;
+    let erased: Vec<String> = ["erased_devices", "erased_accounts"]
+        .iter()
+        .flat_map(|k| truth[*k].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    assert!(erased.len() >= 3, "the stream erases something: {erased:?}");
+
+    let mut services: Vec<Service> = (0..2)
+        .map(|_| Service::start(&config, &broker.addr, &names, dir.path()))
+        .collect::<Result<_>>()?;
+    for svc in &mut services {
+        svc.wait_ready(Duration::from_secs(90))?;
+    }
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    runtime().block_on(produce(&producer(&broker.addr)?, &names, &lines))?;
+    graph(&broker, &names, &s, &mut services[0])?;
+    // Graceful stops write every task's final snapshot.
+    for svc in services {
+        let status = svc.terminate(Duration::from_secs(30))?;
+        assert!(status.success(), "graceful stop exit status {status}");
+    }
+
+    // One acknowledgement per request (repeats after a restart would be
+    // the same request: counted once).
+    let acked: std::collections::BTreeSet<(String, String, String, String)> =
+        read_all(&broker.addr, &names.topic("privacy-acks"))?
+            .into_iter()
+            .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.value?).ok())
+            .map(|v| {
+                let f = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                (f("ts"), f("kind"), f("subject"), f("id_hash"))
+            })
+            .collect();
+    assert_eq!(
+        acked.len(),
+        s.privacy_requests,
+        "privacy requests acknowledged"
+    );
+
+    // Every task's newest snapshot, read whole.
+    let task_prefix = format!("{}#stage-", names.group);
+    let mut newest: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for r in read_all(&broker.addr, &names.topic("manifests"))? {
+        let (Some(key), Some(value)) = (r.key, r.value) else {
+            continue;
+        };
+        let Some(task) = key
+            .strip_prefix(&task_prefix)
+            .and_then(|k| k.split('/').next())
+        else {
+            continue;
+        };
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(&value) else {
+            continue;
+        };
+        let newer = newest.get(task).is_none_or(|n| {
+            (m["epoch"].as_u64(), m["id"].as_u64()) > (n["epoch"].as_u64(), n["id"].as_u64())
+        });
+        if newer {
+            newest.insert(task.to_string(), m);
+        }
+    }
+    assert_eq!(
+        newest.len(),
+        4,
+        "a snapshot of every stage task: {newest:?}"
+    );
+    let chunks = read_all(&broker.addr, &names.topic("snapshots"))?;
+    let mut state = String::new();
+    for m in newest.values() {
+        let prefix = format!(
+            "{}/{}/{}/",
+            m["key"].as_str().unwrap_or_default(),
+            m["epoch"].as_u64().unwrap_or(0),
+            m["id"].as_u64().unwrap_or(0)
+        );
+        let mut parts: Vec<(u64, String)> = chunks
+            .iter()
+            .filter_map(|r| {
+                let i = r.key.as_deref()?.strip_prefix(&prefix)?.parse().ok()?;
+                Some((i, r.value.clone().unwrap_or_default()))
+            })
+            .collect();
+        parts.sort();
+        assert_eq!(
+            parts.len() as u64,
+            m["chunks"].as_u64().unwrap_or(0),
+            "every chunk of {prefix}"
+        );
+        state.extend(parts.into_iter().map(|p| p.1));
+    }
+    // The search can see ids: a linked device's id is in the state.
+    let linked = s
+        .expected_devices
+        .lines()
+        .next()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["device_id"].as_str().map(String::from))
+        .unwrap_or_default();
+    assert!(
+        !linked.is_empty() && state.contains(&linked),
+        "{linked} in the state"
+    );
+    let devices = fold(&read_all(&broker.addr, &names.topic("device-links"))?);
+    let accounts = fold(&read_all(&broker.addr, &names.topic("account-devices"))?);
+    for e in &erased {
+        let quoted = format!("\"{e}\"");
+        assert!(!devices.contains(&quoted), "erased {e} in device-links");
+        assert!(!accounts.contains(&quoted), "erased {e} in account-devices");
+        assert!(
+            !state.contains(e.as_str()),
+            "erased {e} in a stage task's snapshot"
+        );
+    }
+    Ok(())
+}
