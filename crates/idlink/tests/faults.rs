@@ -8,33 +8,6 @@ use anyhow::{Result, bail};
 use std::time::{Duration, Instant};
 use support::*;
 
-/// The seed of the random fault points: `IDLINK_FAULT_SEED` reproduces a
-/// run; otherwise the clock picks one, printed with the test's output.
-fn fault_seed() -> u64 {
-    let seed = std::env::var("IDLINK_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("fault seed {seed} (set IDLINK_FAULT_SEED={seed} to repeat this run)");
-    seed
-}
-
-/// xorshift64*: enough to pick fault points reproducibly.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
-}
-
 #[test]
 fn random_crashes_leave_the_same_graph() -> Result<()> {
     let _serial = serial();

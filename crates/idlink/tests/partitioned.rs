@@ -272,3 +272,47 @@ fn privacy_requests_in_flight_leave_no_trace_and_are_acknowledged() -> Result<()
     }
     Ok(())
 }
+
+/// Two instances, one of them killed with `kill -9` at a random moment
+/// after each part of the input and started again: its stage tasks move
+/// to the other and back, restored from snapshots, and the graph is
+/// replay's.
+#[test]
+fn random_crashes_of_an_instance_leave_the_same_graph() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("partcrash");
+    let config = write_config(dir.path(), &names, PARTITIONED_WITH_PAUSES)?;
+    let s = stream(dir.path(), &config, 150, 8, 141)?;
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    let mut rng = Rng(fault_seed() | 1);
+    let mut services: Vec<Service> = (0..2)
+        .map(|_| Service::start(&config, &broker.addr, &names, dir.path()))
+        .collect::<Result<_>>()?;
+    for svc in &mut services {
+        svc.wait_ready(Duration::from_secs(90))?;
+    }
+    for chunk in lines.chunks(lines.len() / 4 + 1) {
+        rt.block_on(produce(&producer, &names, chunk))?;
+        let after = Duration::from_millis(100 + rng.below(3_000));
+        let victim = rng.below(2) as usize;
+        std::thread::sleep(after);
+        eprintln!(
+            "kill -9 instance {victim} {after:?} after a chunk of {} records",
+            chunk.len()
+        );
+        services.remove(victim).kill9()?;
+        let mut again = Service::start(&config, &broker.addr, &names, dir.path())?;
+        again.wait_ready(Duration::from_secs(90))?;
+        services.push(again);
+    }
+    graph(&broker, &names, &s, &mut services[0])?;
+    for svc in services {
+        let status = svc.terminate(Duration::from_secs(30))?;
+        assert!(status.success(), "graceful stop exit status {status}");
+    }
+    Ok(())
+}
