@@ -48,11 +48,26 @@ const OUTAGE: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_broker_outage_is_ridden_out() -> Result<()> {
+    ride_out_an_outage("outage", "")
+}
+
+/// The same with the partitioned stages: every task waits for the
+/// brokers, and the input partitions must not count as idle through the
+/// outage (or the half produced after it could arrive late).
+#[test]
+fn a_broker_outage_is_ridden_out_when_partitioned() -> Result<()> {
+    ride_out_an_outage("partoutage", "partitioned = true\nsource_idle_seconds = 45")
+}
+
+/// The broker stops for [`OUTAGE`] while the service (with `[service]`
+/// settings `extra`) is busy, and starts again; the service reports
+/// not-ready meanwhile, reconnects by itself and ends in replay's graph.
+fn ride_out_an_outage(name: &str, extra: &str) -> Result<()> {
     let _serial = serial();
     let mut broker = Broker::start_persistent()?;
     let dir = tempfile::tempdir()?;
-    let names = Names::new("outage");
-    let config = write_config(dir.path(), &names, "")?;
+    let names = Names::new(name);
+    let config = write_config(dir.path(), &names, extra)?;
     let s = stream(dir.path(), &config, 100, 6, 31)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
