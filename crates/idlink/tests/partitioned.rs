@@ -154,13 +154,7 @@ fn privacy_requests_in_flight_leave_no_trace_and_are_acknowledged() -> Result<()
     let names = Names::new("partprivacy");
     let config = write_config(dir.path(), &names, PARTITIONED)?;
     let s = stream(dir.path(), &config, 400, 10, 52)?;
-    let truth: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("sim/truth.json"))?)?;
-    let erased: Vec<String> = ["erased_devices", "erased_accounts"]
-        .iter()
-        .flat_map(|k| truth[*k].as_array().cloned().unwrap_or_default())
-        .filter_map(|v| v.as_str().map(String::from))
-        .collect();
+    let erased = erased_ids(dir.path())?;
     assert!(erased.len() >= 3, "the stream erases something: {erased:?}");
 
     let mut services: Vec<Service> = (0..2)
@@ -226,35 +220,9 @@ fn privacy_requests_in_flight_leave_no_trace_and_are_acknowledged() -> Result<()
     let chunks = read_all(&broker.addr, &names.topic("snapshots"))?;
     let mut state = String::new();
     for m in newest.values() {
-        let prefix = format!(
-            "{}/{}/{}/",
-            m["key"].as_str().unwrap_or_default(),
-            m["epoch"].as_u64().unwrap_or(0),
-            m["id"].as_u64().unwrap_or(0)
-        );
-        let mut parts: Vec<(u64, String)> = chunks
-            .iter()
-            .filter_map(|r| {
-                let i = r.key.as_deref()?.strip_prefix(&prefix)?.parse().ok()?;
-                Some((i, r.value.clone().unwrap_or_default()))
-            })
-            .collect();
-        parts.sort();
-        assert_eq!(
-            parts.len() as u64,
-            m["chunks"].as_u64().unwrap_or(0),
-            "every chunk of {prefix}"
-        );
-        state.extend(parts.into_iter().map(|p| p.1));
+        state += &snapshot_text(&chunks, m)?;
     }
-    // The search can see ids: a linked device's id is in the state.
-    let linked = s
-        .expected_devices
-        .lines()
-        .next()
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .and_then(|v| v["device_id"].as_str().map(String::from))
-        .unwrap_or_default();
+    let linked = a_linked_device(&s);
     assert!(
         !linked.is_empty() && state.contains(&linked),
         "{linked} in the state"

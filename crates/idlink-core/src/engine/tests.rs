@@ -21,6 +21,17 @@ fn sighting(ts: Millis, device: &str, ip: &str, account: Option<&str>) -> Event 
     }
 }
 
+/// An erase request for `device`.
+fn erase(ts: Millis, device: &str) -> Event {
+    Event {
+        ts,
+        kind: EventKind::Erase,
+        device: Some(DeviceId::from(device)),
+        account: None,
+        ip: None,
+    }
+}
+
 /// A single-person household over six evenings, plus a neighbour.
 fn stream() -> Vec<Event> {
     let mut v = Vec::new();
@@ -240,14 +251,7 @@ fn change_tracking_reports_updates_and_tombstones() {
         "q has no links to publish"
     );
     assert!(c.accounts[0].1.is_some());
-    let erase = Event {
-        ts: t(0, 60),
-        kind: EventKind::Erase,
-        device: Some(DeviceId::from("p")),
-        account: None,
-        ip: None,
-    };
-    e.ingest(0, erase);
+    e.ingest(0, erase(t(0, 60), "p"));
     e.flush();
     let c = e.take_changes();
     assert_eq!(c.devices, vec![("p".to_string(), None)]);
@@ -365,13 +369,6 @@ fn sign_ins_are_published_before_the_watermark_passes_them() {
 /// erasure covers is withdrawn from the published view.
 #[test]
 fn an_erasure_keeps_later_buffered_sign_ins_and_withdraws_covered_ones() {
-    let erase = |ts: Millis, device: &str| Event {
-        ts,
-        kind: EventKind::Erase,
-        device: Some(DeviceId::from(device)),
-        account: None,
-        ip: None,
-    };
     let mut e = engine();
     e.track_changes();
     e.ingest(0, sighting(t(0, 100), "phone", "81.2.3.4", Some("alice")));
@@ -563,13 +560,6 @@ fn a_buffered_refresh_moves_no_capped_view() {
 /// `the_topics_agree_after_every_batch`).
 #[test]
 fn a_device_hidden_by_the_cap_comes_back_when_the_account_shrinks() {
-    let erase = |ts: Millis, device: &str| Event {
-        ts,
-        kind: EventKind::Erase,
-        device: Some(DeviceId::from(device)),
-        account: None,
-        ip: None,
-    };
     let mut config = Config::default();
     config.linking.max_devices_per_account = 2;
     let mut e = Engine::new(&config, AddressClassifier::new(64, &[]));

@@ -616,18 +616,7 @@ impl Partitioned {
     /// is acknowledged, then commits the routed input offsets.
     async fn publish(&mut self) -> Result<()> {
         if self.last_fence_check.elapsed() >= FENCE_CHECK {
-            self.last_fence_check = Instant::now();
-            for j in self.tasks.keys().copied().collect::<Vec<_>>() {
-                if let Some(t) = self.tasks.get_mut(&j)
-                    && superseded(&mut t.store).await
-                {
-                    tracing::warn!(
-                        task = j,
-                        "fenced: another instance claimed the task; dropping it"
-                    );
-                    self.tasks.remove(&j);
-                }
-            }
+            self.drop_fenced_tasks().await;
         }
         let k = self.cfg.kafka.clone();
         for r in self.routes.values_mut().filter(|r| r.moved) {
@@ -723,14 +712,10 @@ impl Partitioned {
         Ok(())
     }
 
-    /// Records whose delivery timed out. If this instance still holds all
-    /// its tasks they are sent again. If it lost one meanwhile (it was
-    /// paused past its session timeout: a zombie), its records may now
-    /// land after the new owner's, so only routed input goes again
-    /// (numbered by input offset: harmless whoever sends it); everything
-    /// else is dropped, and the tasks it still holds are restored from
-    /// their snapshots so that they compute what was dropped again.
-    async fn resend(&mut self, again: Vec<Outgoing>) -> Result<()> {
+    /// Drops every task another instance has claimed since this one did;
+    /// returns whether there was one.
+    async fn drop_fenced_tasks(&mut self) -> bool {
+        self.last_fence_check = Instant::now();
         let mut fenced = false;
         for j in self.tasks.keys().copied().collect::<Vec<_>>() {
             if let Some(t) = self.tasks.get_mut(&j)
@@ -744,7 +729,18 @@ impl Partitioned {
                 fenced = true;
             }
         }
-        self.last_fence_check = Instant::now();
+        fenced
+    }
+
+    /// Records whose delivery timed out. If this instance still holds all
+    /// its tasks they are sent again. If it lost one meanwhile (it was
+    /// paused past its session timeout: a zombie), its records may now
+    /// land after the new owner's, so only routed input goes again
+    /// (numbered by input offset: harmless whoever sends it); everything
+    /// else is dropped, and the tasks it still holds are restored from
+    /// their snapshots so that they compute what was dropped again.
+    async fn resend(&mut self, again: Vec<Outgoing>) -> Result<()> {
+        let fenced = self.drop_fenced_tasks().await;
         let routed = &self.internal[DEVICE_EVENTS];
         let total = again.len();
         let mut sent = 0;

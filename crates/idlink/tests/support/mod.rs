@@ -777,3 +777,52 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
     }
 }
+
+/// The ids the simulation in `dir` erased, from its ground truth.
+pub fn erased_ids(dir: &Path) -> Result<Vec<String>> {
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sim/truth.json"))?)?;
+    Ok(["erased_devices", "erased_accounts"]
+        .iter()
+        .flat_map(|k| truth[*k].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect())
+}
+
+/// The snapshot that manifest `m` describes, as text (its chunks from the
+/// snapshots topic's `records`, in order); every chunk must be there.
+pub fn snapshot_text(records: &[Record], m: &serde_json::Value) -> Result<String> {
+    let prefix = format!(
+        "{}/{}/{}/",
+        m["key"].as_str().unwrap_or_default(),
+        m["epoch"].as_u64().unwrap_or(0),
+        m["id"].as_u64().unwrap_or(0)
+    );
+    let mut parts: Vec<(u64, String)> = records
+        .iter()
+        .filter_map(|r| {
+            let i = r.key.as_deref()?.strip_prefix(&prefix)?.parse().ok()?;
+            Some((i, r.value.clone().unwrap_or_default()))
+        })
+        .collect();
+    parts.sort();
+    let chunks = m["chunks"].as_u64().unwrap_or(0);
+    if chunks == 0 || parts.len() as u64 != chunks {
+        bail!(
+            "snapshot {prefix}: {} of {chunks} chunks found",
+            parts.len()
+        );
+    }
+    Ok(parts.into_iter().map(|p| p.1).collect())
+}
+
+/// A device that replay's graph links: any snapshot of the state holds
+/// its id, so a search of a snapshot for erased ids can see ids.
+pub fn a_linked_device(s: &Stream) -> String {
+    s.expected_devices
+        .lines()
+        .next()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["device_id"].as_str().map(String::from))
+        .unwrap_or_default()
+}
