@@ -408,7 +408,7 @@ impl Partitioned {
         };
         save(&mut task, &self.internal, j).await?;
         for (i, name) in self.internal.iter().enumerate() {
-            seek(&self.consumer, name, j as i32, task.read[i]).await?;
+            seek(&self.consumer, name, j as i32, task.read[i]).await;
         }
         tracing::info!(
             task = j,
@@ -694,6 +694,7 @@ impl Partitioned {
         self.telemetry.published(&k.account_devices_topic, na);
         self.telemetry.published(&k.privacy_acks_topic, nk);
         self.telemetry.engines(self.tasks.values().map(|t| &t.de));
+        self.telemetry.stage_tasks(self.tasks.len());
         let mut tpl = TopicPartitionList::new();
         for ((t, p), r) in &mut self.routes {
             if let Some(o) = r.commit.take() {
@@ -824,24 +825,29 @@ async fn superseded(store: &mut Snapshots) -> bool {
 }
 
 /// Seeks an assigned partition, retrying while the assignment settles.
-async fn seek(
-    consumer: &StreamConsumer<ServiceContext>,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) -> Result<()> {
+/// Best effort: a task reads from where its snapshot says whatever the
+/// consumer's position (records below it are skipped, a gap above it
+/// seeks back), so a seek that fails (the partition moved on in a
+/// rebalance meanwhile) only costs reading a little more.
+async fn seek(consumer: &StreamConsumer<ServiceContext>, topic: &str, partition: i32, offset: i64) {
     let at = if offset >= 0 {
         Offset::Offset(offset)
     } else {
         Offset::Beginning
     };
-    let mut tries = 0;
-    while let Err(e) = consumer.seek(topic, partition, at, Duration::from_secs(10)) {
-        tries += 1;
-        if tries == 10 {
-            anyhow::bail!("seeking {topic}/{partition} to {at:?}: {e}");
+    for _ in 0..10 {
+        match consumer.seek(topic, partition, at, Duration::from_secs(10)) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(topic, partition, error = %e, "seek failed: retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
+    tracing::warn!(
+        topic,
+        partition,
+        offset,
+        "seek failed: reading from the consumer's position"
+    );
 }

@@ -56,6 +56,9 @@ pub struct Telemetry {
     /// 1 while this instance stands by outside the group: its not being
     /// ready is by design, not an incident.
     standby: IntGauge,
+    /// Partitioned mode: the stage tasks this instance holds, to see how
+    /// the work is spread over the group.
+    stage_tasks: IntGauge,
     /// Engine counters already exported, to turn totals into increments.
     last: std::sync::Mutex<EngineStats>,
 }
@@ -200,6 +203,11 @@ impl Telemetry {
                 "Output records acknowledged by the brokers, by topic.",
                 &["topic"],
             ),
+            stage_tasks: gauge(
+                &r,
+                "idlink_stage_tasks",
+                "Partitioned mode: stage tasks (device, bucket and account partition j) this instance holds.",
+            ),
             standby: gauge(
                 &r,
                 "idlink_standby",
@@ -242,6 +250,11 @@ impl Telemetry {
             tracing::info!(ready, why, "readiness changed");
         }
         self.ready.set(i64::from(ready));
+    }
+
+    /// The stage tasks held (partitioned mode).
+    pub fn stage_tasks(&self, n: usize) {
+        self.stage_tasks.set(n as i64);
     }
 
     /// Standing by (another instance owns the group), or not.
