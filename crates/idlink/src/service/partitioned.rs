@@ -41,7 +41,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -278,8 +278,15 @@ impl Partitioned {
             }
             if last_look.elapsed() >= LOOK_EVERY {
                 last_look = Instant::now();
-                self.mark_idle_routes();
-                self.request_flushes()?;
+                // One copy of the lag statistics for both looks.
+                let lag = self
+                    .partitions
+                    .lag
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                self.mark_idle_routes(&lag);
+                self.request_flushes(&lag)?;
             }
             if self.batch_len >= rt.batch_max_messages || self.batch_started.elapsed() >= batch_max
             {
@@ -563,14 +570,8 @@ impl Partitioned {
 
     /// Marks routed partitions idle once they are at their end and have
     /// been silent for `source_idle_seconds`.
-    fn mark_idle_routes(&mut self) {
+    fn mark_idle_routes(&mut self, lag: &HashMap<(String, i32), i64>) {
         let quiet = Duration::from_secs(self.cfg.service.source_idle_seconds);
-        let lag = self
-            .partitions
-            .lag
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         for (tp, r) in &mut self.routes {
             if !r.idle && lag.get(tp) == Some(&0) && r.last_seen.elapsed() >= quiet {
                 r.idle = true;
@@ -581,16 +582,11 @@ impl Partitioned {
 
     /// Asks a device partition to flush, through its own input stream,
     /// once every source is idle and it has taken all its input.
-    fn request_flushes(&mut self) -> Result<()> {
+    fn request_flushes(&mut self, lag: &HashMap<(String, i32), i64>) -> Result<()> {
         let quiet = Duration::from_millis(self.cfg.service.idle_flush_ms);
-        let lag = self
-            .partitions
-            .lag
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let routed = &self.internal[DEVICE_EVENTS];
         for (&j, t) in &mut self.tasks {
-            let at_end = lag.get(&(self.internal[DEVICE_EVENTS].clone(), j as i32)) == Some(&0);
+            let at_end = lag.get(&(routed.clone(), j as i32)) == Some(&0);
             if !t.flush_asked
                 && at_end
                 && t.inputs.is_empty()
@@ -599,11 +595,7 @@ impl Partitioned {
                 && t.last_input.elapsed() >= quiet
             {
                 let n = t.de.flushes() + 1;
-                let out = Outgoing::internal(
-                    &self.internal[DEVICE_EVENTS],
-                    j,
-                    staged::encode(&StageInput::Flush { n }),
-                );
+                let out = Outgoing::internal(routed, j, staged::encode(&StageInput::Flush { n }));
                 self.outbox.send(out)?;
                 t.flush_asked = true;
                 tracing::debug!(task = j, flush = n, "caught up: flushing");

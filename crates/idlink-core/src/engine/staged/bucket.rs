@@ -469,6 +469,17 @@ impl BucketStage {
         }
     }
 
+    /// Drops the buffered sightings before `cut` for which `names` says
+    /// they name the erased id; returns how many.
+    fn purge_buffer(&mut self, cut: Millis, names: impl Fn(&Sighting) -> bool) -> u64 {
+        let before = self.buffer.len();
+        self.buffer.retain(|k, item| match item {
+            Item::Sighting(s) => k.0 >= cut || !names(s),
+            Item::Privacy(_) => true,
+        });
+        (before - self.buffer.len()) as u64
+    }
+
     /// Applies a privacy request: in `ts` order (`late` is `None`), or at
     /// once, behind the merged watermark, with the latest release bound
     /// of the device partitions that applied it.
@@ -493,12 +504,8 @@ impl BucketStage {
                         .forget(&none, &gone, &none, |_| removed.sightings += 1);
                     self.accounts.remove(a);
                 }
-                let before = self.buffer.len();
-                self.buffer.retain(|k, item| match item {
-                    Item::Sighting(s) => k.0 >= cut || s.account.as_deref() != Some(acc.as_str()),
-                    Item::Privacy(_) => true,
-                });
-                removed.buffered_events += (before - self.buffer.len()) as u64;
+                removed.buffered_events +=
+                    self.purge_buffer(cut, |s| s.account.as_deref() == Some(acc.as_str()));
             }
             (EventKind::Erase, PrivacyTarget::Device(dev)) => {
                 if let Some(d) = self.devices.find(dev.as_str()) {
@@ -507,12 +514,7 @@ impl BucketStage {
                         .forget(&gone, &none, &none, |_| removed.sightings += 1);
                     self.devices.remove(d);
                 }
-                let before = self.buffer.len();
-                self.buffer.retain(|k, item| match item {
-                    Item::Sighting(s) => k.0 >= cut || &*s.device != dev.as_str(),
-                    Item::Privacy(_) => true,
-                });
-                removed.buffered_events += (before - self.buffer.len()) as u64;
+                removed.buffered_events += self.purge_buffer(cut, |s| &*s.device == dev.as_str());
             }
             (EventKind::OptOut, PrivacyTarget::Account(acc)) => {
                 let (a, _) = self.accounts.intern(acc.as_str(), Account::default);
