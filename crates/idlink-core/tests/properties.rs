@@ -1775,7 +1775,9 @@ proptest! {
 
 /// Runs `events` in `order` through one engine and through the three
 /// stages with `partitions` partitions each, flushing both after every
-/// `flush_every`-th event. Returns the engine's graph (its state), its
+/// `flush_every`-th event, and at the end flushing both (as `idlink run`
+/// ends, caught up) or ending the input. Returns the engine's graph (its
+/// state), its
 /// published changes folded after every event, and the stages' folded
 /// outputs.
 fn one_and_staged(
@@ -1785,6 +1787,7 @@ fn one_and_staged(
     partitions: u32,
     flush_every: Option<usize>,
     faults: &[Fault],
+    flush_at_end: bool,
 ) -> (Graph, Graph, Graph, [BTreeSet<AckKey>; 2]) {
     let mut one = engine(config);
     one.track_changes();
@@ -1811,8 +1814,14 @@ fn one_and_staged(
         }
         publish(&mut one, &mut devices, &mut accounts);
     }
-    one.finish();
-    p.finish();
+    if flush_at_end {
+        // Where `idlink run` ends: caught up, the open day provisional.
+        one.flush();
+        p.flush();
+    } else {
+        one.finish();
+        p.finish();
+    }
     publish(&mut one, &mut devices, &mut accounts);
     let state: Graph = (one.device_lines().collect(), one.account_lines().collect());
     let folded: Graph = (
@@ -1868,6 +1877,7 @@ proptest! {
         lenient_thresholds in any::<bool>(),
         flush_every in prop::option::of(1usize..40),
         cap in prop::option::of(1usize..4),
+        flush_at_end in any::<bool>(),
     ) {
         let mut config = config_for(lenient_thresholds);
         if let Some(cap) = cap {
@@ -1876,7 +1886,7 @@ proptest! {
             config.linking.max_accounts_per_device = cap;
         }
         let (state, folded, staged, [one_acks, staged_acks]) =
-            one_and_staged(&config, &events, &order, partitions, flush_every, &[]);
+            one_and_staged(&config, &events, &order, partitions, flush_every, &[], flush_at_end);
         prop_assert_eq!(&state, &folded, "one engine's topics differ from its state");
         prop_assert_eq!(&folded, &staged);
         // Every request is acknowledged once every stage has applied it.
@@ -1894,10 +1904,11 @@ proptest! {
         lenient_thresholds in any::<bool>(),
         flush_every in prop::option::of(1usize..40),
         faults in faults(),
+        flush_at_end in any::<bool>(),
     ) {
         let config = config_for(lenient_thresholds);
         let (_, folded, staged, [one_acks, staged_acks]) =
-            one_and_staged(&config, &events, &order, partitions, flush_every, &faults);
+            one_and_staged(&config, &events, &order, partitions, flush_every, &faults, flush_at_end);
         prop_assert_eq!(&folded, &staged);
         prop_assert_eq!(one_acks, staged_acks);
     }

@@ -188,11 +188,13 @@ fn privacy_requests_in_flight_leave_no_trace_and_are_acknowledged() -> Result<()
     let erased = erased_ids(dir.path())?;
     assert!(erased.len() >= 3, "the stream erases something: {erased:?}");
 
-    let mut services: Vec<Service> = (0..2)
-        .map(|_| Service::start(&config, &broker.addr, &names, dir.path()))
-        .collect::<Result<_>>()?;
-    for svc in &mut services {
+    // The second instance joins once the first holds every task: half of
+    // them move, restored from the first one's claims.
+    let mut services = Vec::new();
+    for _ in 0..2 {
+        let mut svc = Service::start(&config, &broker.addr, &names, dir.path())?;
         svc.wait_ready(Duration::from_secs(90))?;
+        services.push(svc);
     }
     let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
     runtime().block_on(produce(&producer(&broker.addr)?, &names, &lines))?;

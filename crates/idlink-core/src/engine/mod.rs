@@ -893,6 +893,10 @@ impl Engine {
     /// Counts the open `day` as if it closed now, remembering what it
     /// wrote so the real close can replace it.
     fn close_provisionally(&mut self, day: i32) {
+        // As a real close does: the open day counts without what privacy
+        // requests have removed (a device stage's bucket stage has already
+        // removed it).
+        self.purge_pending();
         self.retract_provisional();
         self.count_bucket_days(day, None);
         self.sweep(day);

@@ -106,6 +106,12 @@ impl Outgoing {
             headers: headers(&[]),
         }
     }
+
+    /// The same record with key `key`.
+    pub fn keyed(mut self, key: Vec<u8>) -> Self {
+        self.key = Some(key);
+        self
+    }
 }
 
 /// The common headers plus `extra`.

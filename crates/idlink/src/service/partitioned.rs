@@ -64,6 +64,24 @@ const LOOK_EVERY: Duration = Duration::from_millis(100);
 /// Queued input above which a task's device-events partition is paused.
 const QUEUE_HIGH: usize = 100_000;
 
+/// Who wrote a record of an internal topic: the stage task whose owner
+/// wrote it and the epoch that owner claimed the task at. It is the key of
+/// every record a task's owner writes; routed input has no key.
+type Tag = (u32, u64);
+
+/// Per internal topic, the newest epoch taken from each sending task.
+type Epochs = [BTreeMap<u32, u64>; 5];
+
+/// Keys of the output records an owner wrote since it last made sure it
+/// still owned the task.
+#[derive(Default)]
+struct Written {
+    /// `device-links` keys.
+    devices: BTreeSet<Box<str>>,
+    /// `account-devices` keys.
+    accounts: BTreeSet<Box<str>>,
+}
+
 /// One stage task: partition `j` of each stage, and where it is in each of
 /// its five streams.
 struct Task {
@@ -74,15 +92,31 @@ struct Task {
     /// The account partition.
     acc: AccountStage,
     /// Device-events records read and not yet taken, with their offsets
-    /// (taken only while the device partition does not wait).
-    inputs: VecDeque<(i64, StageInput)>,
-    /// Evidence records read and not yet taken (taken only while it waits).
-    evidence: VecDeque<(i64, Sent<ToDevices>)>,
+    /// and tags (taken only while the device partition does not wait);
+    /// `None`: a new owner's claim.
+    inputs: VecDeque<(i64, Option<Tag>, Option<StageInput>)>,
+    /// Evidence records read and not yet taken (taken only while it
+    /// waits), the same way.
+    evidence: VecDeque<(i64, Option<Tag>, Option<Sent<ToDevices>>)>,
     /// Next offset to read, per internal topic; -1: the partition's first
     /// record, whatever its offset (a task that starts empty).
     read: [i64; 5],
     /// This task's snapshots and epoch.
     store: Snapshots,
+    /// The epoch this instance claimed the task at, in its records' tags.
+    epoch: u64,
+    /// The newest epoch taken from each sending task, per internal topic
+    /// (as of the positions). A record of an older epoch landed after the
+    /// sender's new owner claimed it (every new owner first writes a claim
+    /// to every partition it sends to): its old owner was frozen past its
+    /// session timeout and woke, and the record is dropped. Taking the
+    /// same stream again from the same position drops the same records.
+    epochs: Epochs,
+    /// Output keys written since this instance last made sure it owned
+    /// the task: should it find it does not, those records may have landed
+    /// after the new owner's, and it asks the new owner to write them again
+    /// ([`StageInput::Republish`]).
+    written: Written,
     /// Something changed since the last snapshot.
     dirty: bool,
     /// When it last took a device event.
@@ -97,10 +131,10 @@ impl Task {
     /// Next offset to take per internal topic: where a restore resumes.
     fn positions(&self) -> [i64; 5] {
         let mut p = self.read;
-        if let Some((o, _)) = self.inputs.front() {
+        if let Some((o, _, _)) = self.inputs.front() {
             p[DEVICE_EVENTS] = *o;
         }
-        if let Some((o, _)) = self.evidence.front() {
+        if let Some((o, _, _)) = self.evidence.front() {
             p[EVIDENCE] = *o;
         }
         p
@@ -110,24 +144,70 @@ impl Task {
     /// messages while it waits for them, input while it does not.
     fn drive(&mut self) {
         loop {
+            self.dirty = true;
             if self.de.waiting_for_buckets() {
-                let Some((_, msg)) = self.evidence.pop_front() else {
+                let Some((_, tag, msg)) = self.evidence.pop_front() else {
                     return;
                 };
-                self.de.deliver(msg);
+                if let Some(msg) = msg.filter(|_| admit(&mut self.epochs[EVIDENCE], tag)) {
+                    self.de.deliver(msg);
+                }
             } else {
-                let Some((_, input)) = self.inputs.pop_front() else {
+                let Some((_, tag, input)) = self.inputs.pop_front() else {
                     return;
                 };
-                if matches!(input, StageInput::Event { .. }) {
-                    self.last_input = Instant::now();
-                    self.flush_asked = false;
+                let Some(input) = input.filter(|_| admit(&mut self.epochs[DEVICE_EVENTS], tag))
+                else {
+                    continue;
+                };
+                match input {
+                    StageInput::Event { .. } => {
+                        self.last_input = Instant::now();
+                        self.flush_asked = false;
+                    }
+                    // Whoever asked, this partition has flushed since its
+                    // last event: it need not ask for another round.
+                    StageInput::Flush { n } if n > self.de.flushes() => {
+                        self.flush_asked = true;
+                    }
+                    _ => {}
                 }
                 self.de.take_input(input);
             }
-            self.dirty = true;
         }
     }
+}
+
+/// The key of a record task `j`'s owner writes at `epoch`.
+fn tag_key(j: u32, epoch: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(12);
+    key.extend(j.to_be_bytes());
+    key.extend(epoch.to_be_bytes());
+    key
+}
+
+/// The tag in an internal record's key (routed input has none).
+fn read_tag(key: &[u8]) -> Option<Tag> {
+    let (j, e) = key.split_at_checked(4)?;
+    Some((
+        u32::from_be_bytes(j.try_into().ok()?),
+        u64::from_be_bytes(e.try_into().ok()?),
+    ))
+}
+
+/// Whether a record tagged `tag` is taken, given the newest epoch taken
+/// from each sender (which it updates): not if its sender has been claimed
+/// at a newer epoch since.
+fn admit(newest: &mut BTreeMap<u32, u64>, tag: Option<Tag>) -> bool {
+    let Some((from, epoch)) = tag else {
+        return true;
+    };
+    let seen = newest.entry(from).or_insert(epoch);
+    if epoch < *seen {
+        return false;
+    }
+    *seen = epoch;
+    true
 }
 
 /// A routed input partition.
@@ -321,9 +401,16 @@ impl Partitioned {
             .map(|(_, p)| *p as u32)
             .collect();
         for j in self.tasks.keys().copied().collect::<Vec<_>>() {
-            if !held.contains(&j) {
-                tracing::info!(task = j, "stage task revoked: dropping its state");
-                self.tasks.remove(&j);
+            if held.contains(&j) {
+                continue;
+            }
+            tracing::info!(task = j, "stage task revoked: dropping its state");
+            if let Some(mut t) = self.tasks.remove(&j)
+                && superseded(&mut t.store).await
+            {
+                // Claimed by another instance before this one heard of the
+                // rebalance: it was frozen, and may have written late.
+                self.ask_republish(j, t.written)?;
             }
         }
         for &j in &held {
@@ -332,6 +419,11 @@ impl Partitioned {
                 None => true,
             };
             if stale {
+                // Held again after another instance held it: what this one
+                // wrote before may have landed after the other's records.
+                if let Some(t) = self.tasks.remove(&j) {
+                    self.ask_republish(j, t.written)?;
+                }
                 self.restore(j).await?;
             }
         }
@@ -368,9 +460,9 @@ impl Partitioned {
         kafka.group_id = format!("{}#stage-{j}", kafka.group_id);
         let mut store = Snapshots::new(&kafka, &self.cfg.service)?;
         let started = Instant::now();
-        let (de, be, acc, read) = match store.load(&self.telemetry).await? {
+        let (de, be, acc, epochs, read) = match store.load(&self.telemetry).await? {
             Some((bytes, manifest)) => {
-                let (d, b, a): (Vec<u8>, Vec<u8>, Vec<u8>) =
+                let (d, b, a, epochs): (Vec<u8>, Vec<u8>, Vec<u8>, Epochs) =
                     staged::decode(&bytes).context("a stage snapshot does not decode")?;
                 let de = Engine::restore_stage(&s.core, s.classifier.clone(), &d)
                     .context("restoring a device partition")?;
@@ -386,7 +478,7 @@ impl Partitioned {
                         .copied()
                         .unwrap_or(0);
                 }
-                (de, be, acc, read)
+                (de, be, acc, epochs, read)
             }
             None => {
                 let mut de = Engine::device_stage(&s.core, s.classifier.clone(), j, self.n);
@@ -396,7 +488,7 @@ impl Partitioned {
                 de.track_changes();
                 let be = BucketStage::new(&s.core, j, self.n);
                 let acc = AccountStage::new(s.core.linking.max_devices_per_account, self.n);
-                (de, be, acc, [-1; 5])
+                (de, be, acc, Epochs::default(), [-1; 5])
             }
         };
         let epoch = store.claim();
@@ -408,12 +500,26 @@ impl Partitioned {
             evidence: VecDeque::new(),
             read,
             store,
+            epoch,
+            epochs,
+            written: Written::default(),
             dirty: true,
             last_input: Instant::now(),
             flush_asked: false,
             paused: false,
         };
         save(&mut task, &self.internal, j).await?;
+        // The claim, in every stream this task writes to, ahead of its
+        // first record: from here on a record of an older epoch is stale.
+        let key = tag_key(j, epoch);
+        let mut claims = Vec::new();
+        for t in [DEVICE_EVENTS, EVIDENCE, SHOWN, SIGHTINGS, LINKS] {
+            claims.extend((0..self.n).map(|p| (t, p)));
+        }
+        for (t, p) in claims {
+            let out = Outgoing::internal(&self.internal[t], p, Vec::new()).keyed(key.clone());
+            self.outbox.send(out)?;
+        }
         for (i, name) in self.internal.iter().enumerate() {
             seek(&self.consumer, name, j as i32, task.read[i]).await;
         }
@@ -474,15 +580,34 @@ impl Partitioned {
             return Ok(());
         }
         task.read[t] = offset + 1;
+        task.dirty = true;
         self.batch_len += 1;
+        let tag = m.key().and_then(read_tag);
         let payload = m.payload().unwrap_or_default();
+        // A claim (no payload) is only a tag. The queued streams admit a
+        // record when they take it; the others, now.
+        let claim = payload.is_empty();
         let decoded = match t {
-            DEVICE_EVENTS => staged::decode::<StageInput>(payload).map(|x| {
-                task.inputs.push_back((offset, x));
+            DEVICE_EVENTS if claim => {
+                task.inputs.push_back((offset, tag, None));
+                Ok(())
+            }
+            DEVICE_EVENTS => staged::decode::<StageInput>(payload).map(|x| match x {
+                // Not part of the computation: acted on as read.
+                StageInput::Republish { devices, accounts } => {
+                    task.de.republish(&devices);
+                    task.acc.republish(&accounts);
+                }
+                x => task.inputs.push_back((offset, tag, Some(x))),
             }),
+            EVIDENCE if claim => {
+                task.evidence.push_back((offset, tag, None));
+                Ok(())
+            }
             EVIDENCE => staged::decode::<Sent<ToDevices>>(payload).map(|x| {
-                task.evidence.push_back((offset, x));
+                task.evidence.push_back((offset, tag, Some(x)));
             }),
+            _ if !admit(&mut task.epochs[t], tag) || claim => Ok(()),
             SHOWN => staged::decode::<Shown>(payload).map(|x| task.de.deliver_shown(x)),
             SIGHTINGS => staged::decode::<Sent<ToBuckets>>(payload).map(|x| task.be.receive(x)),
             _ => staged::decode::<ToAccounts>(payload).map(|x| task.acc.receive(x)),
@@ -492,7 +617,6 @@ impl Partitioned {
             // a bug or a foreign writer, never input to reject.
             tracing::error!(topic, partition = j, offset, error = %e, "internal record skipped");
         }
-        task.dirty = true;
         task.drive();
         let (queued, paused) = (task.inputs.len(), task.paused);
         if queued > QUEUE_HIGH && !paused {
@@ -580,8 +704,12 @@ impl Partitioned {
         }
     }
 
-    /// Asks a device partition to flush, through its own input stream,
-    /// once every source is idle and it has taken all its input.
+    /// Asks for a flush round once a task's device partition has taken
+    /// every input and every source is idle: a numbered request in every
+    /// device partition's input stream (the bucket stage answers a round
+    /// once all of them have flushed, so that the open day counts
+    /// everything they hold). Repeats of a round, from several owners,
+    /// are dropped by number.
     fn request_flushes(&mut self, lag: &HashMap<(String, i32), i64>) -> Result<()> {
         let quiet = Duration::from_millis(self.cfg.service.idle_flush_ms);
         let routed = &self.internal[DEVICE_EVENTS];
@@ -595,8 +723,12 @@ impl Partitioned {
                 && t.last_input.elapsed() >= quiet
             {
                 let n = t.de.flushes() + 1;
-                let out = Outgoing::internal(routed, j, staged::encode(&StageInput::Flush { n }));
-                self.outbox.send(out)?;
+                let record = staged::encode(&StageInput::Flush { n });
+                for p in 0..self.n {
+                    let out =
+                        Outgoing::internal(routed, p, record.clone()).keyed(tag_key(j, t.epoch));
+                    self.outbox.send(out)?;
+                }
                 t.flush_asked = true;
                 tracing::debug!(task = j, flush = n, "caught up: flushing");
             }
@@ -608,7 +740,7 @@ impl Partitioned {
     /// is acknowledged, then commits the routed input offsets.
     async fn publish(&mut self) -> Result<()> {
         if self.last_fence_check.elapsed() >= FENCE_CHECK {
-            self.drop_fenced_tasks().await;
+            self.drop_fenced_tasks(true).await?;
         }
         let k = self.cfg.kafka.clone();
         for r in self.routes.values_mut().filter(|r| r.moved) {
@@ -624,27 +756,30 @@ impl Partitioned {
             }
         }
         let (mut nd, mut na, mut nk) = (0u64, 0u64, 0u64);
-        for t in self.tasks.values_mut() {
+        for (&j, t) in &mut self.tasks {
+            let key = tag_key(j, t.epoch);
+            let internal = |topic: usize, p: u32, payload: Vec<u8>| {
+                Outgoing::internal(&self.internal[topic], p, payload).keyed(key.clone())
+            };
             for (b, msg) in t.de.take_for_buckets() {
-                let out = Outgoing::internal(&self.internal[SIGHTINGS], b, staged::encode(&msg));
-                self.outbox.send(out)?;
+                self.outbox
+                    .send(internal(SIGHTINGS, b, staged::encode(&msg)))?;
             }
             for (key, line) in t.de.take_changes().devices {
                 let value = line.as_deref().map(str::as_bytes);
                 let out = Outgoing::new(&k.device_links_topic, Some(key.as_bytes()), value, &[]);
                 self.outbox.send(out)?;
+                t.written.devices.insert(key.into());
                 nd += 1;
             }
             for part in t.de.take_account_parts() {
                 let a = partition_of(part.account.as_bytes(), self.n);
                 let msg = ToAccounts::Part(part);
-                let out = Outgoing::internal(&self.internal[LINKS], a, staged::encode(&msg));
-                self.outbox.send(out)?;
+                self.outbox.send(internal(LINKS, a, staged::encode(&msg)))?;
             }
             let applied = t.de.take_applied().into_iter().chain(t.be.take_applied());
             for (a, msg) in applied {
-                let out = Outgoing::internal(&self.internal[LINKS], a, staged::encode(&msg));
-                self.outbox.send(out)?;
+                self.outbox.send(internal(LINKS, a, staged::encode(&msg)))?;
             }
             for ack in t.acc.take_acks() {
                 let value = serde_json::to_string(&ack)?;
@@ -659,18 +794,18 @@ impl Partitioned {
                 nk += 1;
             }
             for (d, msg) in t.be.take_for_devices() {
-                let out = Outgoing::internal(&self.internal[EVIDENCE], d, staged::encode(&msg));
-                self.outbox.send(out)?;
+                self.outbox
+                    .send(internal(EVIDENCE, d, staged::encode(&msg)))?;
             }
             for (key, line) in t.acc.take_lines() {
                 let value = line.as_deref().map(str::as_bytes);
                 let out = Outgoing::new(&k.account_devices_topic, Some(key.as_bytes()), value, &[]);
                 self.outbox.send(out)?;
+                t.written.accounts.insert(key.into());
                 na += 1;
             }
             for (d, msg) in t.acc.take_for_devices() {
-                let out = Outgoing::internal(&self.internal[SHOWN], d, staged::encode(&msg));
-                self.outbox.send(out)?;
+                self.outbox.send(internal(SHOWN, d, staged::encode(&msg)))?;
             }
         }
         self.telemetry.producer_queue(self.outbox.in_flight());
@@ -705,24 +840,78 @@ impl Partitioned {
         Ok(())
     }
 
-    /// Drops every task another instance has claimed since this one did;
-    /// returns whether there was one.
-    async fn drop_fenced_tasks(&mut self) -> bool {
+    /// Drops every task another instance has claimed since this one did,
+    /// asking the new owner to write again the output records this one
+    /// may have written after the claim; returns whether there was one.
+    /// With `verified`, a task found still owned forgets its written keys:
+    /// everything written before the look was acknowledged before it, so
+    /// before any newer claim.
+    async fn drop_fenced_tasks(&mut self, verified: bool) -> Result<bool> {
         self.last_fence_check = Instant::now();
         let mut fenced = false;
         for j in self.tasks.keys().copied().collect::<Vec<_>>() {
-            if let Some(t) = self.tasks.get_mut(&j)
-                && superseded(&mut t.store).await
-            {
-                tracing::warn!(
-                    task = j,
-                    "fenced: another instance claimed the task; dropping it"
-                );
-                self.tasks.remove(&j);
-                fenced = true;
+            let Some(t) = self.tasks.get_mut(&j) else {
+                continue;
+            };
+            match t.store.superseded() {
+                Ok(false) => {
+                    if verified {
+                        t.written = Written::default();
+                    }
+                }
+                Ok(true) => {
+                    tracing::warn!(
+                        task = j,
+                        "fenced: another instance claimed the task; dropping it"
+                    );
+                    if let Some(t) = self.tasks.remove(&j) {
+                        self.ask_republish(j, t.written)?;
+                    }
+                    fenced = true;
+                }
+                // Unanswered: the next look decides.
+                Err(e) => tracing::warn!(task = j, error = %e, "looking for newer claims failed"),
             }
         }
-        fenced
+        Ok(fenced)
+    }
+
+    /// Asks task `j`'s owner (whoever it is by the time it reads the
+    /// request) to write these output records again
+    /// ([`StageInput::Republish`]). The request is not tagged: a fenced
+    /// instance's request must not be dropped as stale.
+    fn ask_republish(&mut self, j: u32, written: Written) -> Result<()> {
+        /// Keys per request, to keep records small.
+        const KEYS_PER_RECORD: usize = 10_000;
+        let devices: Vec<Box<str>> = written.devices.into_iter().collect();
+        let accounts: Vec<Box<str>> = written.accounts.into_iter().collect();
+        if devices.is_empty() && accounts.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            task = j,
+            devices = devices.len(),
+            accounts = accounts.len(),
+            "asking the task's owner to write records again"
+        );
+        let chunks = devices.len().max(accounts.len()).div_ceil(KEYS_PER_RECORD);
+        for i in 0..chunks {
+            let part = |v: &[Box<str>]| -> Vec<Box<str>> {
+                v.iter()
+                    .skip(i * KEYS_PER_RECORD)
+                    .take(KEYS_PER_RECORD)
+                    .cloned()
+                    .collect()
+            };
+            let request = StageInput::Republish {
+                devices: part(&devices),
+                accounts: part(&accounts),
+            };
+            let out =
+                Outgoing::internal(&self.internal[DEVICE_EVENTS], j, staged::encode(&request));
+            self.outbox.send(out)?;
+        }
+        Ok(())
     }
 
     /// Records whose delivery timed out. If this instance still holds all
@@ -733,7 +922,7 @@ impl Partitioned {
     /// else is dropped, and the tasks it still holds are restored from
     /// their snapshots so that they compute what was dropped again.
     async fn resend(&mut self, again: Vec<Outgoing>) -> Result<()> {
-        let fenced = self.drop_fenced_tasks().await;
+        let fenced = self.drop_fenced_tasks(false).await?;
         let routed = &self.internal[DEVICE_EVENTS];
         let total = again.len();
         let mut sent = 0;
@@ -787,7 +976,12 @@ impl Partitioned {
 /// Snapshots task `j` with its positions.
 async fn save(t: &mut Task, internal: &[String; 5], j: u32) -> Result<()> {
     let started = Instant::now();
-    let bytes = staged::encode(&(t.de.stage_snapshot(), t.be.snapshot(), t.acc.snapshot()));
+    let bytes = staged::encode(&(
+        t.de.stage_snapshot(),
+        t.be.snapshot(),
+        t.acc.snapshot(),
+        &t.epochs,
+    ));
     let positions: BTreeMap<String, i64> = internal
         .iter()
         .zip(t.positions())

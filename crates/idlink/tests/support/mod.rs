@@ -525,6 +525,14 @@ pub fn wait_for_graph(
             );
         }
         if Instant::now() > deadline {
+            if let Ok(dir) = std::env::var("IDLINK_TEST_KEEP_LOGS") {
+                let dir = Path::new(&dir);
+                let _ = std::fs::create_dir_all(dir);
+                let _ = std::fs::write(dir.join("device-links.got"), &devices);
+                let _ = std::fs::write(dir.join("device-links.expected"), &s.expected_devices);
+                let _ = std::fs::write(dir.join("account-devices.got"), &accounts);
+                let _ = std::fs::write(dir.join("account-devices.expected"), &s.expected_accounts);
+            }
             let d = first_difference(&devices, &s.expected_devices);
             bail!(
                 "the folded graph did not reach replay's within {timeout:?}: device-links {} lines vs {} expected ({d}); account-devices {} vs {}\n{}",
@@ -695,6 +703,14 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // For a post-mortem: `IDLINK_TEST_KEEP_LOGS=DIR` keeps every
+        // instance's whole log (the test's own directory is removed).
+        if let (Ok(dir), Some(name)) =
+            (std::env::var("IDLINK_TEST_KEEP_LOGS"), self.log.file_name())
+        {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(&self.log, Path::new(&dir).join(name));
+        }
     }
 }
 

@@ -159,18 +159,7 @@ impl AccountStage {
         } else {
             view.parts.insert(part.partition, part.entries);
         }
-        let entries: Vec<AccountEntry> = view.parts.values().flatten().cloned().collect();
-        let shown = output::shown_entries(&entries, self.max_devices);
-        let mut visible = vec![false; entries.len()];
-        for &i in &shown {
-            visible[i] = true;
-        }
-        let hidden: Vec<Box<str>> = entries
-            .iter()
-            .zip(&visible)
-            .filter(|(_, v)| !**v)
-            .map(|(e, _)| e.device_id.clone())
-            .collect();
+        let (hidden, line) = render(&part.account, view, self.max_devices);
         let n = self.device_partitions;
         let mut tell = |device: &str, shown: bool| {
             self.out.push((
@@ -189,16 +178,23 @@ impl AccountStage {
             tell(d, true);
         }
         view.hidden = hidden;
-        let shown: Vec<AccountEntry> = entries
-            .into_iter()
-            .zip(visible)
-            .filter_map(|(e, v)| v.then_some(e))
-            .collect();
-        let line = output::account_line(&part.account, &shown);
         if view.parts.is_empty() {
             self.accounts.remove(&part.account);
         }
         self.lines.push((part.account.into(), line));
+    }
+
+    /// Renders these accounts' `account-devices` records again with the
+    /// next [`AccountStage::take_lines`]: the line of an account it holds,
+    /// a tombstone for one it does not.
+    pub fn republish(&mut self, accounts: &[Box<str>]) {
+        for id in accounts {
+            let line = self
+                .accounts
+                .get(id)
+                .and_then(|view| render(id, view, self.max_devices).1);
+            self.lines.push((id.to_string(), line));
+        }
     }
 
     /// Takes the changed `account-devices` records.
@@ -210,4 +206,29 @@ impl AccountStage {
     pub fn take_for_devices(&mut self) -> Vec<(u32, Shown)> {
         std::mem::take(&mut self.out)
     }
+}
+
+/// An account's line from its parts, capped at `max_devices`, and the
+/// devices the cap hides.
+fn render(
+    account: &str,
+    view: &AccountView,
+    max_devices: usize,
+) -> (Vec<Box<str>>, Option<String>) {
+    let entries: Vec<AccountEntry> = view.parts.values().flatten().cloned().collect();
+    let shown = output::shown_entries(&entries, max_devices);
+    let mut visible = vec![false; entries.len()];
+    for &i in &shown {
+        visible[i] = true;
+    }
+    let mut hidden = Vec::new();
+    let mut lines = Vec::with_capacity(shown.len());
+    for (e, v) in entries.into_iter().zip(visible) {
+        if v {
+            lines.push(e);
+        } else {
+            hidden.push(e.device_id.clone());
+        }
+    }
+    (hidden, output::account_line(account, &lines))
 }

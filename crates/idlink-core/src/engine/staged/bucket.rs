@@ -304,16 +304,21 @@ impl BucketStage {
     }
 
     /// A device partition that flushed waits for what the open day offers
-    /// its devices so far: answered at once, from what every device
-    /// partition has passed (a provisional count; the day's close replaces
-    /// it). Answering each on its own keeps a busy partition from holding
-    /// up a quiet one's flush.
+    /// its devices so far (a provisional count; the day's close replaces
+    /// it). A flush is a round every device partition takes part in (a
+    /// request goes to all of them): the `f`-th is answered once every
+    /// device partition has flushed `f` times, so that the answer counts
+    /// everything all of them had when they flushed. Answered any earlier,
+    /// a partition's devices would miss the evidence that the others'
+    /// last sightings make, until its next flush.
     fn answer_flushes(&mut self, reports: &[Progress]) {
+        let everyone = reports.iter().map(|r| r.flushes).min().unwrap_or(0);
         let asking: Vec<usize> = (0..reports.len())
             .filter(|&k| {
                 let r = &reports[k];
                 r.day == self.day
                     && r.next.is_none()
+                    && r.flushes <= everyone
                     && self.answered.get(k).is_some_and(|&a| r.flushes > a)
             })
             .collect();

@@ -57,6 +57,8 @@ pub struct DeviceSide {
     /// Flushes requested; answers received for the latest, and offers.
     /// Until every bucket partition has answered, the partition waits.
     flushes: u64,
+    /// The round the flush under way completes.
+    round: u64,
     awaiting_so_far: bool,
     so_far_answers: u32,
     so_far: Vec<Offer>,
@@ -130,11 +132,34 @@ impl Engine {
                 }
             }
             StageInput::Flush { n } => {
-                if self.stage.as_deref().is_some_and(|s| n == s.flushes + 1) {
+                // Requests of a round reach the partitions from several
+                // owners, and one of a later round may arrive first: it
+                // stands for the ones before it, and they are dropped.
+                if let Some(stage) = self.stage.as_deref_mut()
+                    && n > stage.flushes
+                {
+                    stage.round = n;
                     self.flush();
                 }
             }
             StageInput::Finish => self.finish(),
+            StageInput::Republish { .. } => {}
+        }
+    }
+
+    /// Renders these devices' `device-links` records again with the next
+    /// [`Engine::take_changes`]: its line for a device it holds, a
+    /// tombstone for one it does not (erased, or never linked).
+    pub fn republish(&mut self, devices: &[Box<str>]) {
+        for id in devices {
+            match self.devices.find(id) {
+                Some(d) => self.mark_device(d),
+                None => {
+                    if let Some(c) = self.changes.as_mut() {
+                        c.removed_devices.push(id.clone());
+                    }
+                }
+            }
         }
     }
 
@@ -444,7 +469,7 @@ impl Engine {
         if max != Millis::MIN {
             self.watermark = max;
         }
-        stage.flushes += 1;
+        stage.flushes = stage.round.max(stage.flushes + 1);
         stage.awaiting_so_far = true;
         stage.so_far_answers = 0;
         stage.so_far.clear();
@@ -566,7 +591,7 @@ fn next_seq(sent: &mut [u64], to: u32) -> u64 {
 }
 
 /// Bumped whenever a device partition's snapshot layout changes.
-const STAGE_VERSION: u32 = 1;
+const STAGE_VERSION: u32 = 2;
 
 impl Engine {
     /// A device partition's snapshot: the engine's state and the stage's

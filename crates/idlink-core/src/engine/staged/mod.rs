@@ -189,14 +189,32 @@ pub enum StageInput {
         /// Caught up and quiet.
         idle: bool,
     },
-    /// The partition's `n`-th flush (`Engine::flush`): everything was
-    /// read. A request already taken is dropped.
+    /// Flush round `n` (`Engine::flush`): everything was read. Every
+    /// device partition gets the request; one at or below the rounds a
+    /// partition has flushed is dropped, and one beyond the next stands
+    /// for the rounds it skips.
     Flush {
         /// 1, 2, 3, …
         n: u64,
     },
     /// The input ended (replay): the last day closes.
     Finish,
+    /// Render these devices' `device-links` records and these accounts'
+    /// `account-devices` records again (a tombstone for one not held).
+    /// Written by an instance that finds it was fenced (another instance
+    /// claimed its task while it was frozen) for the keys it wrote since
+    /// it last made sure it owned the task: those records may have landed
+    /// after the new owner's. The new owner acts on it as it reads it;
+    /// it is not part of the partition's computation ([`Engine::take_input`]
+    /// ignores it), so it changes nothing else.
+    ///
+    /// [`Engine::take_input`]: crate::Engine::take_input
+    Republish {
+        /// Device ids of this partition.
+        devices: Vec<Box<str>>,
+        /// Account ids of this partition.
+        accounts: Vec<Box<str>>,
+    },
 }
 
 /// What a device partition sends to the bucket stage.

@@ -166,13 +166,16 @@ impl Pipeline {
     }
 
     /// Every input read: every partition releases what it holds and the
-    /// open day counts provisionally (`Engine::flush`).
+    /// open day counts provisionally (`Engine::flush`). The request
+    /// reaches the device partitions one after another, as it does over
+    /// Kafka, where each takes it when it gets to it: the bucket stage
+    /// hears one partition's flush while the others still hold events.
     pub fn flush(&mut self) {
-        for (t, log) in self.devices.iter().zip(&mut self.inputs) {
-            let n = t.engine.flushes() + 1;
-            log.push(StageInput::Flush { n });
+        for k in 0..self.devices.len() {
+            let n = self.devices[k].engine.flushes() + 1;
+            self.inputs[k].push(StageInput::Flush { n });
+            self.pump();
         }
-        self.pump();
     }
 
     /// End of input: the last day closes (`Engine::finish`).
