@@ -5,7 +5,10 @@
 //! * `consume`: a plain consumer that reads a topic and does nothing else;
 //! * `passthrough`: a consumer group that moves every record to an output
 //!   topic through the same hops as `idlink run` (consume, produce, await
-//!   the acknowledgements, commit), without any linking work.
+//!   the acknowledgements, commit), without any linking work;
+//! * `chain`: the same through a chain of topics, as the partitioned
+//!   stages move a record (input, routed device events, sightings,
+//!   evidence, output), one consumer of every hop per instance.
 //!
 //! It also folds a compacted topic into a sorted JSON-lines file, to
 //! compare `idlink run`'s outputs with `idlink replay`'s. Every command
@@ -67,6 +70,28 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         batch: usize,
     },
+    /// Move `count` records from `input` through every topic of `hops` in
+    /// turn to `output`, in a consumer group of all of them: each record
+    /// read from a hop is produced, with its key, to the next. Batches end
+    /// after `batch` records or `batch_ms` (as `service.batch_max_ms`):
+    /// await acknowledgements, commit.
+    Chain {
+        #[arg(long)]
+        input: String,
+        /// The hop topics, in order, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        hops: Vec<String>,
+        #[arg(long)]
+        output: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        #[arg(long, default_value_t = 50)]
+        batch_ms: u64,
+    },
     /// Fold a compacted topic (latest value per key, tombstones delete)
     /// into sorted lines.
     Fold {
@@ -110,6 +135,23 @@ fn main() -> Result<()> {
             &group,
             count,
             batch,
+        ))?,
+        Command::Chain {
+            input,
+            hops,
+            output,
+            group,
+            count,
+            batch,
+            batch_ms,
+        } => rt.block_on(chain(
+            &cli.brokers,
+            &input,
+            &hops,
+            &output,
+            &group,
+            count,
+            (batch, Duration::from_millis(batch_ms)),
         ))?,
         Command::Fold { topic, out } => fold(&cli.brokers, &topic, &out)?,
     };
@@ -289,6 +331,64 @@ async fn passthrough(
     }
     let s = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
     Ok(serde_json::json!({"records": n, "seconds": s, "records_per_second": n as f64 / s}))
+}
+
+async fn chain(
+    brokers: &str,
+    input: &str,
+    hops: &[String],
+    output: &str,
+    group: &str,
+    count: u64,
+    (batch, batch_time): (usize, Duration),
+) -> Result<serde_json::Value> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    // topics[i] feeds topics[i + 1]; the last is the output.
+    let mut topics: Vec<&str> = vec![input];
+    topics.extend(hops.iter().map(String::as_str));
+    c.subscribe(&topics)?;
+    topics.push(output);
+    let p = producer(brokers)?;
+    let (mut out, mut start) = (0u64, None);
+    let mut pending: Vec<(bool, DeliveryFuture)> = Vec::with_capacity(batch);
+    let mut opened = Instant::now();
+    while out < count {
+        let wait = batch_time.saturating_sub(opened.elapsed());
+        if let Ok(m) = tokio::time::timeout(wait.max(Duration::from_millis(1)), c.recv()).await {
+            let m = m?;
+            start.get_or_insert_with(Instant::now);
+            let Some(at) = topics.iter().position(|t| *t == m.topic()) else {
+                continue;
+            };
+            let to = topics[at + 1];
+            let key = m.key().unwrap_or_default();
+            let value = m.payload().unwrap_or_default();
+            let r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(to).key(key).payload(value);
+            pending.push((to == output, enqueue(&p, r).await));
+        } else if start.is_none() && opened.elapsed() > Duration::from_secs(30) {
+            bail!("no record for 30 s");
+        }
+        if pending.len() >= batch || opened.elapsed() >= batch_time {
+            for (last, f) in pending.drain(..) {
+                if let Err((e, _)) = f.await? {
+                    bail!("chain produce: {e}");
+                }
+                out += u64::from(last);
+            }
+            if start.is_some() {
+                c.commit_consumer_state(CommitMode::Async)?;
+            }
+            opened = Instant::now();
+        }
+    }
+    let s = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok(serde_json::json!({"records": out, "hops": hops.len(), "seconds": s, "records_per_second": out as f64 / s}))
 }
 
 fn fold(brokers: &str, topic: &str, out: &PathBuf) -> Result<serde_json::Value> {
