@@ -11,10 +11,11 @@
 #      $BENCH_BROKERS
 #   3. simulate a population and replay it: the expected graph
 #   4. the ceiling: a pass-through consumer group (kafka_load chain) moves
-#      every device event through the same topic hops as the stages
-#      (input, routed device events, sightings, evidence, device-links),
-#      with the same batching (5,000 records or 50 ms: produce, await the
-#      acknowledgements, commit) and no linking work
+#      every device event through the topic hops a device event takes in
+#      the stages (input, routed device events, sightings, device-links;
+#      evidence and account records are per device-day and account, not
+#      per event), with the same batching (5,000 records or 50 ms:
+#      produce, await the acknowledgements, commit) and no linking work
 #   5. for each instance count N in $BENCH_INSTANCES: fresh topics, N
 #      instances started together and ready (each holds its share of the
 #      stage partitions), then every record produced as fast as possible;
@@ -135,8 +136,8 @@ EVENTS=$((TOTAL - PRIVACY))
 log "input: $TOTAL records ($EVENTS device events, $PRIVACY privacy requests)"
 
 # The ceiling: a pass-through moving every device event through the topic
-# hops the stages use (input, routed device events, sightings, evidence,
-# device-links), with the same batching, and no linking work. One
+# hops an event takes in the stages (input, routed device events,
+# sightings, device-links), with the same batching, and no linking work. One
 # instance of idlink creates the topics with its settings and stops.
 chain=pb-chain-$(date +%s)
 config "$chain" "$DIR/chain.toml"
@@ -149,7 +150,7 @@ kill -TERM "$cpid"; wait "$cpid" 2>/dev/null || true
 "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" \
     --events-topic "$chain-device-events" --privacy-topic "$chain-privacy-requests" > /dev/null
 "$LOAD" --brokers "$BROKERS" chain --input "$chain-device-events" \
-    --hops "$chain-internal-device-events,$chain-internal-sightings,$chain-internal-evidence" \
+    --hops "$chain-internal-device-events,$chain-internal-sightings" \
     --output "$chain-device-links" --group "$chain-pass" --count "$EVENTS" \
     --batch 5000 --batch-ms 50 > "$DIR/chain.json"
 log "pass-through over the same hops: $(cat "$DIR/chain.json")"
