@@ -388,7 +388,9 @@ async fn chain(
         }
     }
     let s = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    Ok(serde_json::json!({"records": out, "hops": hops.len(), "seconds": s, "records_per_second": out as f64 / s}))
+    Ok(
+        serde_json::json!({"records": out, "hops": hops.len(), "seconds": s, "records_per_second": out as f64 / s}),
+    )
 }
 
 fn fold(brokers: &str, topic: &str, out: &PathBuf) -> Result<serde_json::Value> {

@@ -107,6 +107,15 @@ impl Outgoing {
         }
     }
 
+    /// The same record with one more header.
+    pub fn with_header(mut self, key: &str, value: &str) -> Self {
+        self.headers = self.headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+        self
+    }
+
     /// The same record with key `key`.
     pub fn keyed(mut self, key: Vec<u8>) -> Self {
         self.key = Some(key);

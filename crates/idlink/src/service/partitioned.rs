@@ -38,7 +38,7 @@ use idlink_core::engine::staged::{
 };
 use idlink_core::{Decoder, Engine, Millis};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -82,6 +82,18 @@ struct Written {
     accounts: BTreeSet<Box<str>>,
 }
 
+/// A record of a stream that the device partition takes in its own time.
+struct Queued<T> {
+    /// Its offset: where a restore resumes if it is not taken yet.
+    offset: i64,
+    /// Who wrote it (routed input: nobody).
+    tag: Option<Tag>,
+    /// The message; `None`: a new owner's claim.
+    msg: Option<T>,
+    /// A routed event's input record timestamp.
+    ts: Option<i64>,
+}
+
 /// One stage task: partition `j` of each stage, and where it is in each of
 /// its five streams.
 struct Task {
@@ -91,13 +103,16 @@ struct Task {
     be: BucketStage,
     /// The account partition.
     acc: AccountStage,
-    /// Device-events records read and not yet taken, with their offsets
-    /// and tags (taken only while the device partition does not wait);
-    /// `None`: a new owner's claim.
-    inputs: VecDeque<(i64, Option<Tag>, Option<StageInput>)>,
+    /// Device-events records read and not yet taken (taken only while the
+    /// device partition does not wait).
+    inputs: VecDeque<Queued<StageInput>>,
     /// Evidence records read and not yet taken (taken only while it
-    /// waits), the same way.
-    evidence: VecDeque<(i64, Option<Tag>, Option<Sent<ToDevices>>)>,
+    /// waits).
+    evidence: VecDeque<Queued<Sent<ToDevices>>>,
+    /// Input timestamps of the routed events taken since the last
+    /// publish: their effects are published with it (the latency
+    /// histogram).
+    taken_ts: Vec<i64>,
     /// Next offset to read, per internal topic; -1: the partition's first
     /// record, whatever its offset (a task that starts empty).
     read: [i64; 5],
@@ -131,11 +146,11 @@ impl Task {
     /// Next offset to take per internal topic: where a restore resumes.
     fn positions(&self) -> [i64; 5] {
         let mut p = self.read;
-        if let Some((o, _, _)) = self.inputs.front() {
-            p[DEVICE_EVENTS] = *o;
+        if let Some(q) = self.inputs.front() {
+            p[DEVICE_EVENTS] = q.offset;
         }
-        if let Some((o, _, _)) = self.evidence.front() {
-            p[EVIDENCE] = *o;
+        if let Some(q) = self.evidence.front() {
+            p[EVIDENCE] = q.offset;
         }
         p
     }
@@ -144,26 +159,28 @@ impl Task {
     /// messages while it waits for them, input while it does not.
     fn drive(&mut self) {
         loop {
-            self.dirty = true;
             if self.de.waiting_for_buckets() {
-                let Some((_, tag, msg)) = self.evidence.pop_front() else {
+                let Some(q) = self.evidence.pop_front() else {
                     return;
                 };
-                if let Some(msg) = msg.filter(|_| admit(&mut self.epochs[EVIDENCE], tag)) {
+                self.dirty = true;
+                if let Some(msg) = q.msg.filter(|_| admit(&mut self.epochs[EVIDENCE], q.tag)) {
                     self.de.deliver(msg);
                 }
             } else {
-                let Some((_, tag, input)) = self.inputs.pop_front() else {
+                let Some(q) = self.inputs.pop_front() else {
                     return;
                 };
-                let Some(input) = input.filter(|_| admit(&mut self.epochs[DEVICE_EVENTS], tag))
-                else {
+                self.dirty = true;
+                let admitted = admit(&mut self.epochs[DEVICE_EVENTS], q.tag);
+                let Some(input) = q.msg.filter(|_| admitted) else {
                     continue;
                 };
                 match input {
                     StageInput::Event { .. } => {
                         self.last_input = Instant::now();
                         self.flush_asked = false;
+                        self.taken_ts.extend(q.ts);
                     }
                     // Whoever asked, this partition has flushed since its
                     // last event: it need not ask for another round.
@@ -176,6 +193,19 @@ impl Task {
             }
         }
     }
+}
+
+/// Header of a routed event: its input record's timestamp (ms), for the
+/// ingest-to-publish latency. (Not the internal record's own timestamp,
+/// which decides its retention.)
+const INGESTED: &str = "ingested-ms";
+
+/// The input record's timestamp a routed event carries.
+fn ingested(m: &OwnedMessage) -> Option<i64> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == INGESTED)
+        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
 }
 
 /// The key of a record task `j`'s owner writes at `epoch`.
@@ -498,6 +528,7 @@ impl Partitioned {
             acc,
             inputs: VecDeque::new(),
             evidence: VecDeque::new(),
+            taken_ts: Vec::new(),
             read,
             store,
             epoch,
@@ -583,13 +614,20 @@ impl Partitioned {
         task.dirty = true;
         self.batch_len += 1;
         let tag = m.key().and_then(read_tag);
+        let ts = ingested(m);
+        let queued = |msg| Queued {
+            offset,
+            tag,
+            msg,
+            ts,
+        };
         let payload = m.payload().unwrap_or_default();
         // A claim (no payload) is only a tag. The queued streams admit a
         // record when they take it; the others, now.
         let claim = payload.is_empty();
         let decoded = match t {
             DEVICE_EVENTS if claim => {
-                task.inputs.push_back((offset, tag, None));
+                task.inputs.push_back(queued(None));
                 Ok(())
             }
             DEVICE_EVENTS => staged::decode::<StageInput>(payload).map(|x| match x {
@@ -598,14 +636,24 @@ impl Partitioned {
                     task.de.republish(&devices);
                     task.acc.republish(&accounts);
                 }
-                x => task.inputs.push_back((offset, tag, Some(x))),
+                x => task.inputs.push_back(queued(Some(x))),
             }),
             EVIDENCE if claim => {
-                task.evidence.push_back((offset, tag, None));
+                task.evidence.push_back(Queued {
+                    offset,
+                    tag,
+                    msg: None,
+                    ts,
+                });
                 Ok(())
             }
             EVIDENCE => staged::decode::<Sent<ToDevices>>(payload).map(|x| {
-                task.evidence.push_back((offset, tag, Some(x)));
+                task.evidence.push_back(Queued {
+                    offset,
+                    tag,
+                    msg: Some(x),
+                    ts,
+                });
             }),
             _ if !admit(&mut task.epochs[t], tag) || claim => Ok(()),
             SHOWN => staged::decode::<Shown>(payload).map(|x| task.de.deliver_shown(x)),
@@ -677,8 +725,13 @@ impl Partitioned {
                     offset,
                     event: ev,
                 });
+                let ingested = m.timestamp().to_millis().map(|t| t.to_string());
                 for j in to {
-                    let out = Outgoing::internal(&self.internal[DEVICE_EVENTS], j, record.clone());
+                    let mut out =
+                        Outgoing::internal(&self.internal[DEVICE_EVENTS], j, record.clone());
+                    if let Some(t) = &ingested {
+                        out = out.with_header(INGESTED, t);
+                    }
                     self.outbox.send(out)?;
                 }
             }
@@ -820,6 +873,12 @@ impl Partitioned {
         self.telemetry.published(&k.device_links_topic, nd);
         self.telemetry.published(&k.account_devices_topic, na);
         self.telemetry.published(&k.privacy_acks_topic, nk);
+        let now = chrono::Utc::now().timestamp_millis();
+        for t in self.tasks.values_mut() {
+            for ts in t.taken_ts.drain(..) {
+                self.telemetry.latency((now - ts) as f64 / 1000.0);
+            }
+        }
         self.telemetry.engines(self.tasks.values().map(|t| &t.de));
         self.telemetry.stage_tasks(self.tasks.len());
         let mut tpl = TopicPartitionList::new();
