@@ -26,7 +26,11 @@
 #      records/s over that time and over that time less the 5 s idle
 #      wait (compared with the ceiling), each instance's peak RSS and CPU
 #      seconds, and the broker's CPU seconds over the run
-#   6. print a table and write $BENCH_DIR/results.json
+#   6. latency: fresh topics, one instance live, the records produced at
+#      half of the first run's rate (less the idle wait); p50/p99 of
+#      idlink_ingest_to_publish_seconds (input record timestamp to the
+#      acknowledged publication of the batch that took its routed event)
+#   7. print a table and write $BENCH_DIR/results.json
 #
 # On a 2-core machine that also runs the broker, more instances mostly
 # compete for the same cores: the figures show the partitioning's cost and
@@ -38,6 +42,8 @@
 #   BENCH_DAYS       simulated days        (default 7)
 #   BENCH_SEED       simulator seed        (default 7)
 #   BENCH_INSTANCES  instance counts       (default "1 2 3")
+#   BENCH_PERF       set: a perf profile of the first run's first
+#                    instance in $BENCH_DIR/perf.data
 #   BENCH_BROKERS    external bootstrap servers instead of nisshi
 #   NISSHI_BIN       nisshi binary (default ~/.cache/idlink/nisshi-0.8.1/bin/nisshi)
 set -euo pipefail
@@ -176,6 +182,12 @@ for n in $INSTANCES; do
     broker_before=$([[ -n ${BROKER_PID:-} ]] && cpu_seconds "$BROKER_PID" || echo 0)
     cpu_before=()
     for p in "${pids[@]}"; do cpu_before+=("$(cpu_seconds "$p")"); done
+    perf_pid=
+    if [[ -n ${BENCH_PERF:-} && ! -e $DIR/perf.data ]]; then
+        # A CPU profile of the first instance of the first run.
+        perf record -F 499 -g -p "${pids[0]}" -o "$DIR/perf.data" 2> "$DIR/perf.log" &
+        perf_pid=$!
+    fi
     started=$(date +%s.%N)
     "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" \
         --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-$n.json"
@@ -192,6 +204,10 @@ for n in $INSTANCES; do
         sleep 0.5
     done
     done_at=$(date +%s.%N)
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+        log "profile: perf report -i $DIR/perf.data --no-children"
+    fi
     rss=()
     cpu=()
     for i in "${!pids[@]}"; do
@@ -210,9 +226,56 @@ for n in $INSTANCES; do
     busy=$(python3 -c "print(round($TOTAL / ($done_at - $started - $IDLE_SECONDS)))")
     ratio=$(python3 -c "import json; print(round($busy / json.load(open('$DIR/chain.json'))['records_per_second'], 2))")
     log "$n instance(s): replay's graph $same after $secs s ($rate records/s; $busy records/s less the ${IDLE_SECONDS} s idle wait, $ratio of the pass-through); peak RSS kB per instance: ${rss[*]}; CPU s per instance: ${cpu[*]}; broker CPU s: $broker_used"
+    FIRST_BUSY=${FIRST_BUSY:-$busy}
     RESULTS+=("{\"instances\": $n, \"same_as_replay\": $same, \"seconds\": $secs, \"records_per_second\": $rate, \"records_per_second_less_idle_wait\": $busy, \"of_passthrough\": $ratio, \"peak_rss_kb\": [$(IFS=,; echo "${rss[*]}")], \"cpu_seconds\": [$(IFS=,; echo "${cpu[*]}")], \"broker_cpu_seconds\": $broker_used}")
 done
 
-printf '{"passthrough": %s, "runs": [%s]}\n' "$(cat "$DIR/chain.json")" "$(IFS=,; echo "${RESULTS[*]}")" | python3 -m json.tool > "$DIR/results.json"
+# Latency at half of the first run's throughput (less the idle wait), one
+# instance live: from each input record's timestamp to the acknowledged
+# publication of the batch that took its routed event
+# (idlink_ingest_to_publish_seconds; sign-in links are published as they
+# are taken).
+lat_rate=$((FIRST_BUSY / 2))
+prefix=pb-lat-$(date +%s)
+config "$prefix" "$DIR/run-lat.toml"
+hp=$(free_port)
+IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="$prefix" IDLINK_HTTP_ADDR=127.0.0.1:$hp IDLINK_LOG=warn \
+    "$BIN" run --config "$DIR/run-lat.toml" > "$DIR/run-lat.log" 2>&1 &
+lpid=$!
+PIDS+=($lpid)
+for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://127.0.0.1:$hp/health/ready" 2>/dev/null && break; sleep 0.1; done
+sleep 2
+log "latency: producing at $lat_rate records/s while one instance runs"
+"$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" --rate "$lat_rate" \
+    --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-lat.json"
+for _ in $(seq 1 600); do
+    c=$(curl -fsS "http://127.0.0.1:$hp/metrics" | awk '/^idlink_ingest_to_publish_seconds_count/ {print $2}')
+    python3 -c "import sys; sys.exit(0 if float('${c:-0}') >= $EVENTS else 1)" && break
+    sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$hp/metrics" > "$DIR/metrics-lat.txt"
+kill -TERM "$lpid"; wait "$lpid" 2>/dev/null || true
+LATENCY=$(python3 - "$DIR/metrics-lat.txt" "$lat_rate" <<'EOF'
+import json, sys
+buckets = []
+for line in open(sys.argv[1]):
+    if line.startswith("idlink_ingest_to_publish_seconds_bucket"):
+        le = line.split('le="')[1].split('"')[0]
+        buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+buckets.sort()
+count = buckets[-1][1] if buckets else 0
+def quantile(q):
+    # Upper bound of the histogram bucket holding the q-quantile.
+    for le, c in buckets:
+        if count and c >= q * count:
+            return None if le == float("inf") else le
+    return None
+print(json.dumps({"rate_records_per_second": int(sys.argv[2]), "records": count,
+                  "p50_seconds_at_most": quantile(0.5), "p99_seconds_at_most": quantile(0.99)}))
+EOF
+)
+log "latency: $LATENCY"
+
+printf '{"passthrough": %s, "runs": [%s], "latency": %s}\n' "$(cat "$DIR/chain.json")" "$(IFS=,; echo "${RESULTS[*]}")" "$LATENCY" | python3 -m json.tool > "$DIR/results.json"
 log "records: $TOTAL; results in $DIR/results.json"
 cat "$DIR/results.json"
