@@ -43,7 +43,8 @@
 #   BENCH_SEED       simulator seed        (default 7)
 #   BENCH_INSTANCES  instance counts       (default "1 2 3")
 #   BENCH_PERF       set: a perf profile of the first run's first
-#                    instance in $BENCH_DIR/perf.data
+#                    instance in $BENCH_DIR/perf.data (frame pointers;
+#                    "dwarf": DWARF call graphs at 99 Hz)
 #   BENCH_BROKERS    external bootstrap servers instead of nisshi
 #   NISSHI_BIN       nisshi binary (default ~/.cache/idlink/nisshi-0.8.1/bin/nisshi)
 set -euo pipefail
@@ -185,7 +186,8 @@ for n in $INSTANCES; do
     perf_pid=
     if [[ -n ${BENCH_PERF:-} && ! -e $DIR/perf.data ]]; then
         # A CPU profile of the first instance of the first run.
-        perf record -F 499 -g -p "${pids[0]}" -o "$DIR/perf.data" 2> "$DIR/perf.log" &
+        if [[ $BENCH_PERF == dwarf ]]; then graph=(-F 99 --call-graph dwarf,16384); else graph=(-F 499 -g); fi
+        perf record "${graph[@]}" -p "${pids[0]}" -o "$DIR/perf.data" 2> "$DIR/perf.log" &
         perf_pid=$!
     fi
     started=$(date +%s.%N)

@@ -5,7 +5,7 @@
 use super::kafka::ProducerHealth;
 use anyhow::{Result, bail};
 use idlink_core::{Decoder, Event, Millis, RejectReason, Rejected};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ pub fn source(topic_index: u32, partition: i32) -> u32 {
 /// input topic it is, and an event of the other kind is rejected.
 pub fn decode(
     decoder: &Decoder,
-    m: &OwnedMessage,
+    m: &impl Message,
     topic: &str,
     privacy_topic: bool,
 ) -> Result<Event, Rejected> {
@@ -48,20 +48,20 @@ pub fn decode(
 
 /// The dead letter of rejected input record `m`: its key and value as
 /// they were, with the reason and where it came from as headers.
-pub fn dead_letter(dead_letters_topic: &str, m: &OwnedMessage, rej: &Rejected) -> Outgoing {
+pub fn dead_letter(dead_letters_topic: &str, m: &impl Message, rej: &Rejected) -> Outgoing {
     let (p, o) = (m.partition().to_string(), m.offset().to_string());
     Outgoing {
         topic: dead_letters_topic.to_string(),
         partition: None,
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
-        headers: headers(&[
+        headers: Some(headers(&[
             ("reason", rej.reason.as_str()),
             ("detail", &rej.detail),
             ("source-topic", m.topic()),
             ("source-partition", &p),
             ("source-offset", &o),
-        ]),
+        ])),
     }
 }
 
@@ -75,8 +75,10 @@ pub struct Outgoing {
     pub key: Option<Vec<u8>>,
     /// Record value; `None` is a tombstone.
     pub payload: Option<Vec<u8>>,
-    /// `schema-version` and, for dead letters, the reason headers.
-    pub headers: OwnedHeaders,
+    /// `schema-version` and, for dead letters, the reason headers; none on
+    /// internal records (versioned by their first byte), which spares an
+    /// allocation per record.
+    pub headers: Option<OwnedHeaders>,
 }
 
 impl Outgoing {
@@ -92,7 +94,7 @@ impl Outgoing {
             partition: None,
             key: key.map(<[u8]>::to_vec),
             payload: payload.map(<[u8]>::to_vec),
-            headers: headers(extra),
+            headers: Some(headers(extra)),
         }
     }
 
@@ -103,16 +105,17 @@ impl Outgoing {
             partition: Some(partition as i32),
             key: None,
             payload: Some(payload),
-            headers: headers(&[]),
+            headers: None,
         }
     }
 
     /// The same record with one more header.
     pub fn with_header(mut self, key: &str, value: &str) -> Self {
-        self.headers = self.headers.insert(Header {
+        let h = self.headers.take().unwrap_or_default();
+        self.headers = Some(h.insert(Header {
             key,
             value: Some(value),
-        });
+        }));
         self
     }
 
@@ -164,8 +167,10 @@ impl Outbox {
     /// Enqueues one record; waits (backpressure) while the queue is full.
     pub fn send(&mut self, out: Outgoing) -> Result<()> {
         loop {
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&out.topic).headers(out.headers.clone());
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&out.topic);
+            if let Some(h) = &out.headers {
+                record = record.headers(h.clone());
+            }
             if let Some(p) = out.partition {
                 record = record.partition(p);
             }
@@ -197,12 +202,13 @@ impl Outbox {
     /// delivery timed out, for the caller to send again once it has made
     /// sure it may still write; any other failure is an error.
     pub async fn settle(&mut self) -> Result<Vec<Outgoing>> {
-        let (outs, futures): (Vec<Outgoing>, Vec<DeliveryFuture>) =
-            std::mem::take(&mut self.pending).into_iter().unzip();
-        let results = futures::future::join_all(futures).await;
+        // In order, one at a time: each record is freed once acknowledged,
+        // and no vector of results is built (joining thousands of futures
+        // did, a large allocation per batch).
+        let mut pending = std::mem::take(&mut self.pending);
         let mut again = Vec::new();
-        for (out, r) in outs.into_iter().zip(results) {
-            match r {
+        for (out, f) in pending.drain(..) {
+            match f.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((
                     rdkafka::error::KafkaError::MessageProduction(
@@ -214,6 +220,8 @@ impl Outbox {
                 Err(_) => bail!("the producer was dropped"),
             }
         }
+        // Empty, with its capacity, for the next batch.
+        self.pending = pending;
         Ok(again)
     }
 }

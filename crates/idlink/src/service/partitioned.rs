@@ -38,7 +38,7 @@ use idlink_core::engine::staged::{
 };
 use idlink_core::{Decoder, Engine, Millis};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -201,7 +201,7 @@ impl Task {
 const INGESTED: &str = "ingested-ms";
 
 /// The input record's timestamp a routed event carries.
-fn ingested(m: &OwnedMessage) -> Option<i64> {
+fn ingested(m: &impl Message) -> Option<i64> {
     m.headers()?
         .iter()
         .find(|h| h.key == INGESTED)
@@ -265,9 +265,11 @@ pub struct Partitioned {
     /// Input validation.
     decoder: Decoder,
     /// The group consumer of the input and internal topics.
-    consumer: StreamConsumer<ServiceContext>,
+    consumer: Arc<StreamConsumer<ServiceContext>>,
     /// Producer and unacknowledged records.
     outbox: Outbox,
+    /// The stage tasks' snapshot producer, shared by their stores.
+    snapshot_producer: FutureProducer,
     /// Metrics and readiness.
     telemetry: Arc<Telemetry>,
     /// Assignment and lag, from librdkafka callbacks.
@@ -326,6 +328,7 @@ impl Partitioned {
                 partitions: partitions.clone(),
             })
             .context("creating the producer")?;
+        let snapshot_producer = Snapshots::producer(k)?;
         let sources = (0..events as i32)
             .map(|p| source(0, p))
             .chain((0..privacy as i32).map(|p| source(1, p)))
@@ -335,8 +338,9 @@ impl Partitioned {
             settings: settings.clone(),
             n: k.stage_partitions as u32,
             cfg,
-            consumer,
+            consumer: Arc::new(consumer),
             outbox: Outbox::new(producer),
+            snapshot_producer,
             telemetry,
             partitions,
             internal,
@@ -361,6 +365,9 @@ impl Partitioned {
         let snapshot_every = Duration::from_secs(rt.snapshot_interval_seconds);
         let mut last_snapshot = Instant::now();
         let mut last_look = Instant::now();
+        // Its own handle: a message borrowed from it (not copied out) is
+        // handled while `self` changes.
+        let consumer = self.consumer.clone();
         loop {
             self.follow_assignment().await?;
             self.update_readiness();
@@ -371,7 +378,7 @@ impl Partitioned {
             };
             let next = tokio::select! {
                 _ = shutdown.recv() => break,
-                r = tokio::time::timeout(wait.max(Duration::from_millis(1)), self.consumer.recv()) => r.map(|m| m.map(|m| m.detach())),
+                r = tokio::time::timeout(wait.max(Duration::from_millis(1)), consumer.recv()) => r,
             };
             match next {
                 Ok(Ok(m)) => {
@@ -488,7 +495,8 @@ impl Partitioned {
         let s = &self.settings;
         let mut kafka = self.cfg.kafka.clone();
         kafka.group_id = format!("{}#stage-{j}", kafka.group_id);
-        let mut store = Snapshots::new(&kafka, &self.cfg.service)?;
+        let mut store =
+            Snapshots::with_producer(&kafka, &self.cfg.service, self.snapshot_producer.clone())?;
         let started = Instant::now();
         let (de, be, acc, epochs, read) = match store.load(&self.telemetry).await? {
             Some((bytes, manifest)) => {
@@ -579,7 +587,7 @@ impl Partitioned {
     }
 
     /// Handles one record of any subscribed topic.
-    fn handle(&mut self, m: &OwnedMessage) -> Result<()> {
+    fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<()> {
         let topic = m.topic();
         let k = &self.cfg.kafka;
         if topic == k.events_topic || topic == k.privacy_topic {
@@ -692,7 +700,7 @@ impl Partitioned {
 
     /// Routes one input record: to its device's partition (a privacy
     /// request to every partition), or to the dead letters.
-    fn route(&mut self, m: &OwnedMessage) -> Result<()> {
+    fn route(&mut self, m: &BorrowedMessage<'_>) -> Result<()> {
         let topic = m.topic().to_string();
         let (partition, offset) = (m.partition(), m.offset());
         let Some(r) = self.routes.get_mut(&(topic.clone(), partition)) else {

@@ -118,10 +118,26 @@ fn headers() -> OwnedHeaders {
 impl Snapshots {
     /// A store for this group's snapshots.
     pub fn new(kafka: &KafkaConfig, runtime: &RuntimeConfig) -> Result<Snapshots> {
+        Snapshots::with_producer(kafka, runtime, Snapshots::producer(kafka)?)
+    }
+
+    /// A producer for [`Snapshots::with_producer`].
+    pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer> {
+        producer_config(kafka)
+            .create()
+            .context("creating the snapshot producer")
+    }
+
+    /// A store for this group's snapshots writing with `producer`, which
+    /// several stores may share (the partitioned run's stage tasks: one
+    /// producer, not one per task, with its threads and connections).
+    pub fn with_producer(
+        kafka: &KafkaConfig,
+        runtime: &RuntimeConfig,
+        producer: FutureProducer,
+    ) -> Result<Snapshots> {
         Ok(Snapshots {
-            producer: producer_config(kafka)
-                .create()
-                .context("creating the snapshot producer")?,
+            producer,
             kafka: kafka.clone(),
             chunk_bytes: runtime.snapshot_chunk_bytes,
             last: None,
