@@ -56,7 +56,10 @@ fn a_broker_outage_is_ridden_out() -> Result<()> {
 /// outage (or the half produced after it could arrive late).
 #[test]
 fn a_broker_outage_is_ridden_out_when_partitioned() -> Result<()> {
-    ride_out_an_outage("partoutage", "partitioned = true\nsource_idle_seconds = 45")
+    ride_out_an_outage(
+        "partoutage",
+        "partitioned = true\nsource_idle_seconds = 45\nprivacy_source_idle_ms = 45000",
+    )
 }
 
 /// The broker stops for [`OUTAGE`] while the service (with `[service]`
@@ -225,7 +228,8 @@ const PARTITIONED_MEMORY_BOUND: u64 = 240 << 20;
 
 /// `[service]` settings of the partitioned runs: input produced at once or
 /// without pauses, so partitions count as idle after five quiet seconds.
-const PARTITIONED: &str = "partitioned = true\nsource_idle_seconds = 5";
+const PARTITIONED: &str =
+    "partitioned = true\nsource_idle_seconds = 5\nprivacy_source_idle_ms = 5000";
 
 #[test]
 fn malformed_floods_and_odd_ids_are_handled() -> Result<()> {

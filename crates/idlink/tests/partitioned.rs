@@ -14,14 +14,19 @@ use support::*;
 /// partitioned, and input partitions count as idle (caught up, so the
 /// graph is flushed) after five quiet seconds: longer than instances take
 /// to start before the input is produced, so no partition counts as idle
-/// when its first records arrive.
-const PARTITIONED: &str = "partitioned = true\nsource_idle_seconds = 5";
+/// when its first records arrive. Privacy partitions too: the input is
+/// produced over a second or two, and a request read after a burst of
+/// later events would be late, applied at once rather than in `ts` order
+/// as replay applies it.
+const PARTITIONED: &str =
+    "partitioned = true\nsource_idle_seconds = 5\nprivacy_source_idle_ms = 5000";
 
 /// The same for a test that pauses between parts of its input: an input
 /// partition must not count as idle during a pause, or the others would
 /// run ahead of it and its next events could arrive late (as in Flink, an
 /// idle source does not hold the watermark back).
-const PARTITIONED_WITH_PAUSES: &str = "partitioned = true\nsource_idle_seconds = 20";
+const PARTITIONED_WITH_PAUSES: &str =
+    "partitioned = true\nsource_idle_seconds = 20\nprivacy_source_idle_ms = 20000";
 
 /// Waits for replay's graph, watching `service` for an early exit.
 /// On failure, every instance's log tail is in the error: the work is

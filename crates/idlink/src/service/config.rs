@@ -124,6 +124,15 @@ pub struct RuntimeConfig {
     /// A partition at its end and silent this long stops holding the
     /// watermark back (an idle source, as in Flink).
     pub source_idle_seconds: u64,
+    /// The same for a partition of the privacy topic, in milliseconds,
+    /// in the partitioned mode. Privacy requests are sparse, so their
+    /// partitions are quiet most of the time, and a device partition waits
+    /// at each day's end for every partition's watermark: holding it for
+    /// `source_idle_seconds` would hold every day close (and the sign-ins
+    /// behind it) that long. A request that arrives after the watermark
+    /// has passed its `ts` is not dropped: it is applied at once. At most
+    /// `source_idle_seconds`.
+    pub privacy_source_idle_ms: u64,
     /// Graceful shutdown must finish within this many seconds.
     pub shutdown_deadline_seconds: u64,
     /// Largest snapshot chunk in bytes (below the brokers' message limit).
@@ -147,6 +156,7 @@ impl Default for RuntimeConfig {
             snapshot_interval_seconds: 30,
             idle_flush_ms: 1000,
             source_idle_seconds: 30,
+            privacy_source_idle_ms: 1000,
             shutdown_deadline_seconds: 30,
             snapshot_chunk_bytes: 512 * 1024,
             standby_poll_ms: 1000,
@@ -290,6 +300,13 @@ impl ServiceConfig {
         if s.source_idle_seconds == 0 {
             bail!("service.source_idle_seconds must be positive");
         }
+        if s.privacy_source_idle_ms == 0
+            || s.privacy_source_idle_ms > s.source_idle_seconds.saturating_mul(1000)
+        {
+            bail!(
+                "service.privacy_source_idle_ms must be positive and at most source_idle_seconds"
+            );
+        }
         if s.idle_flush_ms < s.batch_max_ms {
             bail!("service.idle_flush_ms must be at least batch_max_ms");
         }
@@ -307,5 +324,32 @@ impl ServiceConfig {
             bail!("log.format must be \"text\" or \"json\"");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults, with brokers and a group (which have none).
+    fn config() -> ServiceConfig {
+        let mut c = ServiceConfig::default();
+        c.kafka.brokers = "localhost:9092".into();
+        c.kafka.group_id = "idlink".into();
+        c
+    }
+
+    #[test]
+    fn privacy_idle_time_is_checked_against_the_events_one() {
+        assert!(config().validate().is_ok());
+        let mut c = config();
+        c.service.privacy_source_idle_ms = 0;
+        assert!(c.validate().is_err(), "zero");
+        let mut c = config();
+        c.service.source_idle_seconds = 5;
+        c.service.privacy_source_idle_ms = 5_000;
+        assert!(c.validate().is_ok(), "equal");
+        c.service.privacy_source_idle_ms = 5_001;
+        assert!(c.validate().is_err(), "longer than an events partition's");
     }
 }

@@ -754,10 +754,18 @@ impl Partitioned {
     }
 
     /// Marks routed partitions idle once they are at their end and have
-    /// been silent for `source_idle_seconds`.
+    /// been silent for `source_idle_seconds` (`privacy_source_idle_ms` for
+    /// the privacy topic's).
     fn mark_idle_routes(&mut self, lag: &HashMap<(String, i32), i64>) {
-        let quiet = Duration::from_secs(self.cfg.service.source_idle_seconds);
+        let rt = &self.cfg.service;
+        let events = Duration::from_secs(rt.source_idle_seconds);
+        let privacy = Duration::from_millis(rt.privacy_source_idle_ms);
         for (tp, r) in &mut self.routes {
+            let quiet = if tp.0 == self.cfg.kafka.privacy_topic {
+                privacy
+            } else {
+                events
+            };
             if !r.idle && lag.get(tp) == Some(&0) && r.last_seen.elapsed() >= quiet {
                 r.idle = true;
                 r.moved = true;
