@@ -42,6 +42,8 @@
 #   BENCH_DAYS       simulated days        (default 7)
 #   BENCH_SEED       simulator seed        (default 7)
 #   BENCH_INSTANCES  instance counts       (default "1 2 3")
+#   BENCH_LATENCY_RATE  records/s of the latency run (default: half of
+#                    the first run's rate less the idle wait)
 #   BENCH_PERF       set: a perf profile of the first run's first
 #                    instance in $BENCH_DIR/perf.data (frame pointers;
 #                    "dwarf": DWARF call graphs at 99 Hz)
@@ -237,7 +239,7 @@ done
 # publication of the batch that took its routed event
 # (idlink_ingest_to_publish_seconds; sign-in links are published as they
 # are taken).
-lat_rate=$((FIRST_BUSY / 2))
+lat_rate=${BENCH_LATENCY_RATE:-$((FIRST_BUSY / 2))}
 prefix=pb-lat-$(date +%s)
 config "$prefix" "$DIR/run-lat.toml"
 hp=$(free_port)
