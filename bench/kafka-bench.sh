@@ -237,6 +237,7 @@ for _ in $(seq 1 600); do
 done
 sleep 2
 curl -fsS "http://$HTTP/metrics" > "$DIR/metrics-lat.txt"
+python3 bench/latency.py "$DIR/metrics-lat.txt" > "$DIR/latency.json"
 kill -TERM "$IDLINK_PID"; wait "$IDLINK_PID" || true
 
 # 9. Report.
@@ -246,19 +247,8 @@ d, total, idlink_s, rss_kb, same, rate = sys.argv[1], int(sys.argv[2]), float(sy
 two_s, standby_kb, two_same = float(sys.argv[7]), int(sys.argv[8]), sys.argv[9]
 load = lambda f: json.load(open(f"{d}/{f}"))
 plain, passthrough, produced = load("plain.json"), load("passthrough.json"), load("produce.json")
-buckets = []
-for line in open(f"{d}/metrics-lat.txt"):
-    if line.startswith("idlink_ingest_to_publish_seconds_bucket"):
-        le = line.split('le="')[1].split('"')[0]
-        buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-buckets.sort()
-count = buckets[-1][1] if buckets else 0
-def quantile(q):
-    # Upper bound of the histogram bucket holding the q-quantile.
-    for le, c in buckets:
-        if count and c >= q * count:
-            return le
-    return None
+latency = load("latency.json")
+count = latency["records"]
 idlink_rps = total / idlink_s
 r = {
     "records": total,
@@ -274,8 +264,8 @@ r = {
     "two_instances_standby_peak_rss_mib": standby_kb / 1024,
     "two_instances_folded_outputs_equal_replay": two_same == "true",
     "latency_rate_records_per_second": rate,
-    "latency_p50_seconds_at_most": quantile(0.5),
-    "latency_p99_seconds_at_most": quantile(0.99),
+    "latency_p50_seconds_at_most": latency["p50_seconds_at_most"],
+    "latency_p99_seconds_at_most": latency["p99_seconds_at_most"],
     "latency_records": count,
 }
 json.dump(r, open(f"{d}/results.json", "w"), indent=2)

@@ -74,6 +74,19 @@ trap cleanup EXIT
 # CPU seconds (user + system) a process has used so far.
 cpu_seconds() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print(round((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'),1))" 2>/dev/null || echo 0; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Starts `idlink run` in group $1 with config $2, logging to $3; sets
+# STARTED_PID and STARTED_HTTP (its metrics and health address).
+start_idlink() {
+    STARTED_HTTP=127.0.0.1:$(free_port)
+    IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="$1" IDLINK_HTTP_ADDR=$STARTED_HTTP IDLINK_LOG=warn \
+        "$BIN" run --config "$2" > "$3" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=($!)
+}
+# Waits (up to a minute) until the instance at $1 answers /health/ready.
+wait_ready() {
+    for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://$1/health/ready" 2>/dev/null && return; sleep 0.1; done
+}
 
 log "building: cargo build --release -p idlink --bin idlink --example kafka_load"
 cargo build --release -p idlink --bin idlink --example kafka_load >&2
@@ -150,12 +163,9 @@ log "input: $TOTAL records ($EVENTS device events, $PRIVACY privacy requests)"
 # instance of idlink creates the topics with its settings and stops.
 chain=pb-chain-$(date +%s)
 config "$chain" "$DIR/chain.toml"
-hp=$(free_port)
-IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="$chain" IDLINK_HTTP_ADDR=127.0.0.1:$hp IDLINK_LOG=warn \
-    "$BIN" run --config "$DIR/chain.toml" > "$DIR/chain-create.log" 2>&1 &
-cpid=$!
-for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://127.0.0.1:$hp/health/ready" 2>/dev/null && break; sleep 0.1; done
-kill -TERM "$cpid"; wait "$cpid" 2>/dev/null || true
+start_idlink "$chain" "$DIR/chain.toml" "$DIR/chain-create.log"
+wait_ready "$STARTED_HTTP"
+kill -TERM "$STARTED_PID"; wait "$STARTED_PID" 2>/dev/null || true
 "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" \
     --events-topic "$chain-device-events" --privacy-topic "$chain-privacy-requests" > /dev/null
 "$LOAD" --brokers "$BROKERS" chain --input "$chain-device-events" \
@@ -171,16 +181,11 @@ for n in $INSTANCES; do
     pids=()
     https=()
     for i in $(seq 1 "$n"); do
-        hp=$(free_port)
-        https+=("127.0.0.1:$hp")
-        IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="$prefix" IDLINK_HTTP_ADDR=127.0.0.1:$hp IDLINK_LOG=warn \
-            "$BIN" run --config "$DIR/run-$n.toml" > "$DIR/run-$n-$i.log" 2>&1 &
-        pids+=($!)
-        PIDS+=($!)
+        start_idlink "$prefix" "$DIR/run-$n.toml" "$DIR/run-$n-$i.log"
+        https+=("$STARTED_HTTP")
+        pids+=("$STARTED_PID")
     done
-    for h in "${https[@]}"; do
-        for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://$h/health/ready" 2>/dev/null && break; sleep 0.1; done
-    done
+    for h in "${https[@]}"; do wait_ready "$h"; done
     sleep 2 # the group settles: every instance holds its share (less than source_idle_seconds)
     broker_before=$([[ -n ${BROKER_PID:-} ]] && cpu_seconds "$BROKER_PID" || echo 0)
     cpu_before=()
@@ -242,42 +247,21 @@ done
 lat_rate=${BENCH_LATENCY_RATE:-$((FIRST_BUSY / 2))}
 prefix=pb-lat-$(date +%s)
 config "$prefix" "$DIR/run-lat.toml"
-hp=$(free_port)
-IDLINK_BROKERS=$BROKERS IDLINK_GROUP_ID="$prefix" IDLINK_HTTP_ADDR=127.0.0.1:$hp IDLINK_LOG=warn \
-    "$BIN" run --config "$DIR/run-lat.toml" > "$DIR/run-lat.log" 2>&1 &
-lpid=$!
-PIDS+=($lpid)
-for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://127.0.0.1:$hp/health/ready" 2>/dev/null && break; sleep 0.1; done
+start_idlink "$prefix" "$DIR/run-lat.toml" "$DIR/run-lat.log"
+lpid=$STARTED_PID
+wait_ready "$STARTED_HTTP"
 sleep 2
 log "latency: producing at $lat_rate records/s while one instance runs"
 "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" --rate "$lat_rate" \
     --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-lat.json"
 for _ in $(seq 1 600); do
-    c=$(curl -fsS "http://127.0.0.1:$hp/metrics" | awk '/^idlink_ingest_to_publish_seconds_count/ {print $2}')
+    c=$(curl -fsS "http://$STARTED_HTTP/metrics" | awk '/^idlink_ingest_to_publish_seconds_count/ {print $2}')
     python3 -c "import sys; sys.exit(0 if float('${c:-0}') >= $EVENTS else 1)" && break
     sleep 0.2
 done
-curl -fsS "http://127.0.0.1:$hp/metrics" > "$DIR/metrics-lat.txt"
+curl -fsS "http://$STARTED_HTTP/metrics" > "$DIR/metrics-lat.txt"
 kill -TERM "$lpid"; wait "$lpid" 2>/dev/null || true
-LATENCY=$(python3 - "$DIR/metrics-lat.txt" "$lat_rate" <<'EOF'
-import json, sys
-buckets = []
-for line in open(sys.argv[1]):
-    if line.startswith("idlink_ingest_to_publish_seconds_bucket"):
-        le = line.split('le="')[1].split('"')[0]
-        buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-buckets.sort()
-count = buckets[-1][1] if buckets else 0
-def quantile(q):
-    # Upper bound of the histogram bucket holding the q-quantile.
-    for le, c in buckets:
-        if count and c >= q * count:
-            return None if le == float("inf") else le
-    return None
-print(json.dumps({"rate_records_per_second": int(sys.argv[2]), "records": count,
-                  "p50_seconds_at_most": quantile(0.5), "p99_seconds_at_most": quantile(0.99)}))
-EOF
-)
+LATENCY=$(python3 bench/latency.py "$DIR/metrics-lat.txt" "$lat_rate")
 log "latency: $LATENCY"
 
 printf '{"passthrough": %s, "runs": [%s], "latency": %s}\n' "$(cat "$DIR/chain.json")" "$(IFS=,; echo "${RESULTS[*]}")" "$LATENCY" | python3 -m json.tool > "$DIR/results.json"

@@ -108,6 +108,11 @@ impl PartitionState {
         (a.generation != seen).then(|| a.clone())
     }
 
+    /// A copy of the lag per partition from the last statistics.
+    pub fn lag_now(&self) -> HashMap<(String, i32), i64> {
+        self.lag.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The partitions assigned now.
     pub fn assigned_partitions(&self) -> Vec<(String, i32)> {
         let a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());

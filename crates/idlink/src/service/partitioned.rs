@@ -396,12 +396,7 @@ impl Partitioned {
             if last_look.elapsed() >= LOOK_EVERY {
                 last_look = Instant::now();
                 // One copy of the lag statistics for both looks.
-                let lag = self
-                    .partitions
-                    .lag
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                let lag = self.partitions.lag_now();
                 self.mark_idle_routes(&lag);
                 self.request_flushes(&lag)?;
             }

@@ -515,12 +515,7 @@ impl Pipeline {
     /// that merely paused must not be overtaken by a burst on the others.
     fn mark_idle(&mut self) {
         let quiet = Duration::from_secs(self.cfg.service.source_idle_seconds);
-        let lag = self
-            .partitions
-            .lag
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let lag = self.partitions.lag_now();
         for ((topic, p), l) in lag {
             let src = source(u32::from(topic != self.cfg.kafka.events_topic), p);
             let last = self
