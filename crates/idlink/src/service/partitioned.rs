@@ -94,6 +94,18 @@ struct Queued<T> {
     ts: Option<i64>,
 }
 
+impl<T> Queued<T> {
+    /// A record with no input timestamp.
+    fn new(offset: i64, tag: Option<Tag>, msg: Option<T>) -> Self {
+        Queued {
+            offset,
+            tag,
+            msg,
+            ts: None,
+        }
+    }
+}
+
 /// One stage task: partition `j` of each stage, and where it is in each of
 /// its five streams.
 struct Task {
@@ -118,8 +130,6 @@ struct Task {
     read: [i64; 5],
     /// This task's snapshots and epoch.
     store: Snapshots,
-    /// The epoch this instance claimed the task at, in its records' tags.
-    epoch: u64,
     /// The newest epoch taken from each sending task, per internal topic
     /// (as of the positions). A record of an older epoch landed after the
     /// sender's new owner claimed it (every new owner first writes a claim
@@ -534,7 +544,6 @@ impl Partitioned {
             taken_ts: Vec::new(),
             read,
             store,
-            epoch,
             epochs,
             written: Written::default(),
             dirty: true,
@@ -617,12 +626,10 @@ impl Partitioned {
         task.dirty = true;
         self.batch_len += 1;
         let tag = m.key().and_then(read_tag);
-        let ts = ingested(m);
+        // Only routed events carry an input timestamp.
         let queued = |msg| Queued {
-            offset,
-            tag,
-            msg,
-            ts,
+            ts: ingested(m),
+            ..Queued::new(offset, tag, msg)
         };
         let payload = m.payload().unwrap_or_default();
         // A claim (no payload) is only a tag. The queued streams admit a
@@ -642,21 +649,11 @@ impl Partitioned {
                 x => task.inputs.push_back(queued(Some(x))),
             }),
             EVIDENCE if claim => {
-                task.evidence.push_back(Queued {
-                    offset,
-                    tag,
-                    msg: None,
-                    ts,
-                });
+                task.evidence.push_back(Queued::new(offset, tag, None));
                 Ok(())
             }
             EVIDENCE => staged::decode::<Sent<ToDevices>>(payload).map(|x| {
-                task.evidence.push_back(Queued {
-                    offset,
-                    tag,
-                    msg: Some(x),
-                    ts,
-                });
+                task.evidence.push_back(Queued::new(offset, tag, Some(x)));
             }),
             _ if !admit(&mut task.epochs[t], tag) || claim => Ok(()),
             SHOWN => staged::decode::<Shown>(payload).map(|x| task.de.deliver_shown(x)),
@@ -789,8 +786,8 @@ impl Partitioned {
                 let n = t.de.flushes() + 1;
                 let record = staged::encode(&StageInput::Flush { n });
                 for p in 0..self.n {
-                    let out =
-                        Outgoing::internal(routed, p, record.clone()).keyed(tag_key(j, t.epoch));
+                    let out = Outgoing::internal(routed, p, record.clone())
+                        .keyed(tag_key(j, t.store.epoch()));
                     self.outbox.send(out)?;
                 }
                 t.flush_asked = true;
@@ -821,7 +818,7 @@ impl Partitioned {
         }
         let (mut nd, mut na, mut nk) = (0u64, 0u64, 0u64);
         for (&j, t) in &mut self.tasks {
-            let key = tag_key(j, t.epoch);
+            let key = tag_key(j, t.store.epoch());
             let internal = |topic: usize, p: u32, payload: Vec<u8>| {
                 Outgoing::internal(&self.internal[topic], p, payload).keyed(key.clone())
             };
