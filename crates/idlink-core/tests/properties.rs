@@ -1803,7 +1803,9 @@ fn one_and_staged(
         }
         for f in faults.iter().filter(|f| f.after == n) {
             let (stage, k) = (stages[f.stage % 3], f.partition % partitions as usize);
-            if f.stage == 3 {
+            if f.stage == 4 {
+                p.hold_buckets(f.crash);
+            } else if f.stage == 3 {
                 p.resend_inputs(f.partition * 3);
             } else if f.crash {
                 p.crash(stage, k)
@@ -1814,6 +1816,7 @@ fn one_and_staged(
         }
         publish(&mut one, &mut devices, &mut accounts);
     }
+    p.hold_buckets(false);
     if flush_at_end {
         // Where `idlink run` ends: caught up, the open day provisional.
         one.flush();
@@ -1841,7 +1844,9 @@ fn one_and_staged(
 
 /// A stage partition snapshotting itself, or crashing and restarting
 /// from its last snapshot, after the `after`-th event; or (stage 3) the
-/// router sending the last records of every device partition again.
+/// router sending the last records of every device partition again; or
+/// (stage 4) the bucket stage held (`crash`) or released, so that device
+/// partitions wait at a day's end while their input grows.
 #[derive(Clone, Debug)]
 struct Fault {
     after: usize,
@@ -1852,7 +1857,7 @@ struct Fault {
 
 fn faults() -> impl Strategy<Value = Vec<Fault>> {
     prop::collection::vec(
-        (0usize..160, 0usize..4, 0usize..4, any::<bool>()).prop_map(
+        (0usize..160, 0usize..5, 0usize..4, any::<bool>()).prop_map(
             |(after, stage, partition, crash)| Fault {
                 after,
                 stage,

@@ -11,7 +11,9 @@
 //!
 //! A device partition takes the bucket stage's messages only while it
 //! waits for them ([`Engine::waiting_for_buckets`]) and new input only
-//! while it does not, as a deployment must for replays to repeat.
+//! while it does not, as a deployment must for replays to repeat; while it
+//! waits, it is shown the input it has not taken yet
+//! ([`Engine::look_ahead`]), as a deployment's owner shows it.
 
 use super::{
     AccountStage, BucketStage, Sent, Shown, StageInput, ToAccounts, ToBuckets, ToDevices,
@@ -41,6 +43,9 @@ struct DeviceTask {
     engine: Engine,
     at: [usize; 3],
     saved: Option<(Vec<u8>, [usize; 3])>,
+    /// Input records after `at[0]` already handed to
+    /// [`Engine::look_ahead`] while it waited.
+    looked: usize,
 }
 
 /// A bucket partition and where it is in its sightings log.
@@ -84,6 +89,11 @@ pub struct Pipeline {
     device_links: BTreeMap<String, String>,
     /// `account-devices`, folded by key.
     account_devices: BTreeMap<String, String>,
+    /// The bucket stage reads nothing meanwhile (a slow hop): device
+    /// partitions wait for it at a day's end while their input grows.
+    buckets_held: bool,
+    /// Flush rounds requested.
+    rounds: u64,
 }
 
 impl Pipeline {
@@ -105,12 +115,15 @@ impl Pipeline {
             acks: Vec::new(),
             device_links: BTreeMap::new(),
             account_devices: BTreeMap::new(),
+            buckets_held: false,
+            rounds: 0,
         };
         for k in 0..n {
             p.devices.push(DeviceTask {
                 engine: p.fresh_device(k),
                 at: [0; 3],
                 saved: None,
+                looked: 0,
             });
             p.buckets.push(BucketTask {
                 stage: BucketStage::new(config, k, n),
@@ -171,8 +184,11 @@ impl Pipeline {
     /// Kafka, where each takes it when it gets to it: the bucket stage
     /// hears one partition's flush while the others still hold events.
     pub fn flush(&mut self) {
+        // Numbered by the requests so far, not by the flushes completed: a
+        // partition that waits has not taken the last request yet.
+        self.rounds += 1;
+        let n = self.rounds;
         for k in 0..self.devices.len() {
-            let n = self.devices[k].engine.flushes() + 1;
             self.inputs[k].push(StageInput::Flush { n });
             self.pump();
         }
@@ -193,6 +209,14 @@ impl Pipeline {
             let again: Vec<StageInput> = log[log.len().saturating_sub(count)..].to_vec();
             log.extend(again);
         }
+        self.pump();
+    }
+
+    /// Holds the bucket stage (it reads nothing until released) or
+    /// releases it: over Kafka, the sightings and the evidence a day close
+    /// needs take their time, and device partitions wait meanwhile.
+    pub fn hold_buckets(&mut self, held: bool) {
+        self.buckets_held = held;
         self.pump();
     }
 
@@ -233,6 +257,7 @@ impl Pipeline {
                         ),
                         None => (fresh, [0; 3]),
                     };
+                    t.looked = 0;
                 }
             }
             Stage::Buckets => {
@@ -267,6 +292,9 @@ impl Pipeline {
                 moved |= self.run_device(k, n);
             }
             for b in 0..self.buckets.len() {
+                if self.buckets_held {
+                    break;
+                }
                 let t = &mut self.buckets[b];
                 while let Some(msg) = self.sightings[b].get(t.at) {
                     t.stage.receive(msg.clone());
@@ -313,6 +341,11 @@ impl Pipeline {
             let e = &mut t.engine;
             if e.waiting_for_buckets() {
                 let Some(msg) = self.evidence[k].get(t.at[1]) else {
+                    // Its owner reads on meanwhile, as a deployment's does.
+                    while let Some(input) = self.inputs[k].get(t.at[0] + t.looked) {
+                        e.look_ahead(input);
+                        t.looked += 1;
+                    }
                     break;
                 };
                 e.deliver(msg.clone());
@@ -323,6 +356,7 @@ impl Pipeline {
                 };
                 e.take_input(input.clone());
                 t.at[0] += 1;
+                t.looked = t.looked.saturating_sub(1);
             }
             moved = true;
         }
