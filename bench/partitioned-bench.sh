@@ -242,8 +242,10 @@ done
 # Latency at half of the first run's throughput (less the idle wait), one
 # instance live: from each input record's timestamp to the acknowledged
 # publication of the batch that took its routed event
-# (idlink_ingest_to_publish_seconds; sign-in links are published as they
-# are taken).
+# (idlink_ingest_to_publish_seconds for every record, and
+# idlink_sign_in_to_publish_seconds for sign-ins, the target: a
+# sign-in is published when its device partition takes it, or, while the
+# partition waits for a day to close, when its owner reads it ahead).
 lat_rate=${BENCH_LATENCY_RATE:-$((FIRST_BUSY / 2))}
 prefix=pb-lat-$(date +%s)
 config "$prefix" "$DIR/run-lat.toml"

@@ -79,6 +79,12 @@ pub struct Event {
 }
 
 impl Event {
+    /// Whether this event signs its device in to its account (a login, or
+    /// any device event carrying both ids): it makes a sign-in link.
+    pub fn is_sign_in(&self) -> bool {
+        !self.kind.is_privacy() && self.device.is_some() && self.account.is_some()
+    }
+
     /// The privacy request's subject, if this is one.
     pub fn privacy_target(&self) -> Option<PrivacyTarget> {
         if !self.kind.is_privacy() {

@@ -726,6 +726,7 @@ fn dashboard_queries_use_registered_metrics() -> Result<()> {
         "idlink_late_events_total",
         "idlink_consumer_lag",
         "idlink_ingest_to_publish_seconds_bucket",
+        "idlink_sign_in_to_publish_seconds_bucket",
         "idlink_graph_devices",
         "idlink_graph_accounts",
         "idlink_graph_links",

@@ -139,6 +139,8 @@ fn run_publishes_the_same_graph_as_replay() -> Result<()> {
     let login = metric(&metrics, "idlink_graph_links{type=\"login\"}");
     assert!(login > 0.0);
     assert!(metrics.contains("idlink_ingest_to_publish_seconds_bucket"));
+    // Every sign-in's publication was timed.
+    assert!(metric(&metrics, "idlink_sign_in_to_publish_seconds_count") > 0.0);
     assert!(metrics.contains("idlink_consumer_lag{"));
 
     // Graceful shutdown: exit 0, well within the deadline.

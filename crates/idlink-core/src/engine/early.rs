@@ -226,7 +226,7 @@ impl Engine {
             return false;
         }
         let erase = ev.kind == EventKind::Erase;
-        let sign_in = !ev.kind.is_privacy() && ev.device.is_some() && ev.account.is_some();
+        let sign_in = ev.is_sign_in();
         if !erase && !sign_in {
             return false;
         }

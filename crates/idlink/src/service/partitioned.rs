@@ -29,7 +29,7 @@ use super::config::ServiceConfig;
 use super::kafka::{PartitionState, ProducerHealth, ServiceContext, consumer_config};
 use super::outbox::{Outbox, Outgoing, dead_letter, decode, source};
 use super::snapshots::Snapshots;
-use super::telemetry::Telemetry;
+use super::telemetry::{InputStamp, Telemetry};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use idlink_core::engine::staged::{
@@ -121,10 +121,13 @@ struct Task {
     /// Evidence records read and not yet taken (taken only while it
     /// waits).
     evidence: VecDeque<Queued<Sent<ToDevices>>>,
-    /// Input timestamps of the routed events taken since the last
-    /// publish: their effects are published with it (the latency
-    /// histogram).
-    taken_ts: Vec<i64>,
+    /// Input timestamps of the routed events taken (or, for sign-ins,
+    /// shown read ahead) since the last publish: their effects are
+    /// published with it (the latency histograms).
+    taken_ts: Vec<InputStamp>,
+    /// Queued input records at the front of `inputs` already handed to
+    /// [`Engine::look_ahead`] while the device partition waited.
+    looked: usize,
     /// Next offset to read, per internal topic; -1: the partition's first
     /// record, whatever its offset (a task that starts empty).
     read: [i64; 5],
@@ -171,6 +174,7 @@ impl Task {
         loop {
             if self.de.waiting_for_buckets() {
                 let Some(q) = self.evidence.pop_front() else {
+                    self.look_ahead();
                     return;
                 };
                 self.dirty = true;
@@ -181,25 +185,48 @@ impl Task {
                 let Some(q) = self.inputs.pop_front() else {
                     return;
                 };
+                self.looked = self.looked.saturating_sub(1);
                 self.dirty = true;
                 let admitted = admit(&mut self.epochs[DEVICE_EVENTS], q.tag);
                 let Some(input) = q.msg.filter(|_| admitted) else {
                     continue;
                 };
-                match input {
-                    StageInput::Event { .. } => {
+                match &input {
+                    StageInput::Event { event, .. } => {
                         self.last_input = Instant::now();
                         self.flush_asked = false;
-                        self.taken_ts.extend(q.ts);
+                        self.taken_ts.extend(q.ts.map(|ts_ms| InputStamp {
+                            ts_ms,
+                            sign_in: event.is_sign_in(),
+                        }));
                     }
                     // Whoever asked, this partition has flushed since its
                     // last event: it need not ask for another round.
-                    StageInput::Flush { n } if n > self.de.flushes() => {
+                    StageInput::Flush { n } if *n > self.de.flushes() => {
                         self.flush_asked = true;
                     }
                     _ => {}
                 }
                 self.de.take_input(input);
+            }
+        }
+    }
+
+    /// While the device partition waits for the bucket stage, hands it the
+    /// input queued behind it, so that the sign-ins there are published
+    /// now rather than when the day has closed (each record once; its
+    /// latency is counted now, not again when it is taken).
+    fn look_ahead(&mut self) {
+        while let Some(q) = self.inputs.get_mut(self.looked) {
+            self.looked += 1;
+            if q.msg
+                .as_ref()
+                .is_some_and(|input| self.de.look_ahead(input))
+            {
+                self.taken_ts.extend(q.ts.take().map(|ts_ms| InputStamp {
+                    ts_ms,
+                    sign_in: true,
+                }));
             }
         }
     }
@@ -542,6 +569,7 @@ impl Partitioned {
             inputs: VecDeque::new(),
             evidence: VecDeque::new(),
             taken_ts: Vec::new(),
+            looked: 0,
             read,
             store,
             epochs,
@@ -883,9 +911,7 @@ impl Partitioned {
         self.telemetry.published(&k.privacy_acks_topic, nk);
         let now = chrono::Utc::now().timestamp_millis();
         for t in self.tasks.values_mut() {
-            for ts in t.taken_ts.drain(..) {
-                self.telemetry.latency((now - ts) as f64 / 1000.0);
-            }
+            self.telemetry.published_effects(t.taken_ts.drain(..), now);
         }
         self.telemetry.engines(self.tasks.values().map(|t| &t.de));
         self.telemetry.stage_tasks(self.tasks.len());

@@ -24,7 +24,7 @@ use super::kafka::{
 use super::outbox::{Outbox, Outgoing, dead_letter, decode, source};
 use super::ownership::{GroupWatch, Role};
 use super::snapshots::Snapshots;
-use super::telemetry::Telemetry;
+use super::telemetry::{InputStamp, Telemetry};
 use crate::settings::Settings;
 use anyhow::{Context, Result, bail};
 use idlink_core::{Decoder, Engine, Ingested};
@@ -63,8 +63,8 @@ pub struct Pipeline {
     /// engine (from the restored snapshot on): records below it are
     /// skipped, whenever Kafka delivers them again.
     positions: BTreeMap<(String, i32), i64>,
-    /// Input timestamps of the open batch, for the latency histogram.
-    batch_ts: Vec<i64>,
+    /// Input timestamps of the open batch, for the latency histograms.
+    batch_ts: Vec<InputStamp>,
     /// Messages in the open batch.
     batch_len: usize,
     /// When the open batch started.
@@ -569,9 +569,6 @@ impl Pipeline {
         self.positions.insert(key, offset + 1);
         self.batch_len += 1;
         self.since_snapshot += 1;
-        if let Some(ts) = m.timestamp().to_millis() {
-            self.batch_ts.push(ts);
-        }
         // The rebalance that assigned this partition ran inside the same
         // poll: register every assigned partition before the first event,
         // or events of partitions not yet seen would count as late.
@@ -579,7 +576,12 @@ impl Pipeline {
         let topic_index = u32::from(topic != self.cfg.kafka.events_topic);
         self.last_seen
             .insert(source(topic_index, partition), Instant::now());
-        match decode(&self.decoder, m, &topic, topic_index == 1) {
+        let decoded = decode(&self.decoder, m, &topic, topic_index == 1);
+        if let Some(ts_ms) = m.timestamp().to_millis() {
+            let sign_in = decoded.as_ref().is_ok_and(|ev| ev.is_sign_in());
+            self.batch_ts.push(InputStamp { ts_ms, sign_in });
+        }
+        match decoded {
             Ok(ev) => {
                 self.telemetry.accepted(&topic);
                 if self.engine.ingest(source(topic_index, partition), ev) == Ingested::Erased {
@@ -688,10 +690,10 @@ impl Pipeline {
         self.telemetry.published(&k.device_links_topic, nd);
         self.telemetry.published(&k.account_devices_topic, na);
         self.telemetry.published(&k.privacy_acks_topic, nk);
-        let now = chrono::Utc::now().timestamp_millis();
-        for ts in self.batch_ts.drain(..) {
-            self.telemetry.latency((now - ts) as f64 / 1000.0);
-        }
+        self.telemetry.published_effects(
+            self.batch_ts.drain(..),
+            chrono::Utc::now().timestamp_millis(),
+        );
         self.telemetry.engine(&self.engine);
         self.batch_len = 0;
         self.batch_started = Instant::now();
