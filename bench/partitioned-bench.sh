@@ -30,6 +30,8 @@
 #      half of the first run's rate (less the idle wait); p50/p99 of
 #      idlink_ingest_to_publish_seconds (input record timestamp to the
 #      acknowledged publication of the batch that took its routed event)
+#      and of idlink_sign_in_to_publish_seconds (sign-ins alone: the
+#      target)
 #   7. print a table and write $BENCH_DIR/results.json
 #
 # On a 2-core machine that also runs the broker, more instances mostly
@@ -244,8 +246,7 @@ done
 # publication of the batch that took its routed event
 # (idlink_ingest_to_publish_seconds for every record, and
 # idlink_sign_in_to_publish_seconds for sign-ins, the target: a
-# sign-in is published when its device partition takes it, or, while the
-# partition waits for a day to close, when its owner reads it ahead).
+# sign-in is published when its device partition takes it).
 lat_rate=${BENCH_LATENCY_RATE:-$((FIRST_BUSY / 2))}
 prefix=pb-lat-$(date +%s)
 config "$prefix" "$DIR/run-lat.toml"

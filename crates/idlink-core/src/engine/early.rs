@@ -13,18 +13,10 @@
 //! restore rebuilds it from the buffer, and an erasure purge (which drops
 //! buffered events and frees slots) drops the erased ids' entries and
 //! registers again the buffered events about them that it keeps.
-//!
-//! A device partition of the staged engine that waits for the bucket
-//! stage at a day's end takes no input meanwhile, so its sign-ins would
-//! wait for the day to close. Its owner reads on anyway and hands the
-//! waiting records to [`Engine::look_ahead`]: a sign-in among them joins
-//! the overlay at once, as if it were buffered, and leaves it when the
-//! record is taken. Only the published view changes, never the state, so
-//! a partition's state stays a function of its input streams.
 
 use super::Engine;
 use super::state::{Account, Device, LoginLink};
-use crate::event::{Event, EventKind};
+use crate::event::Event;
 use crate::time::Millis;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -192,139 +184,18 @@ impl Early {
     }
 }
 
-/// A record a waiting device partition has not taken yet: a sign-in,
-/// shown at once, or an erasure, which keeps the sign-ins behind it that
-/// name its id from being shown before it is applied.
-#[derive(Debug)]
-pub(super) struct Ahead {
-    /// Its input partition and offset: which record of the stream it is.
-    source: u32,
-    offset: i64,
-    /// The event, to find its overlay entry again.
-    event: Event,
-    /// Whether its sign-in is in the overlay now.
-    shown: bool,
-}
-
-impl Ahead {
-    /// Whether this erasure names an id of sign-in `ev`.
-    fn erases_an_id_of(&self, ev: &Event) -> bool {
-        self.event.kind == EventKind::Erase
-            && ((self.event.device.is_some() && self.event.device == ev.device)
-                || (self.event.account.is_some() && self.event.account == ev.account))
-    }
-}
-
 impl Engine {
-    /// Shows sign-in `ev`, read ahead of this waiting partition as record
-    /// `offset` of input partition `source`, in the published view at once;
-    /// notes an erasure, so that the sign-ins read after it that name its
-    /// ids wait for it. Records must come in stream order, each once.
-    /// Returns whether `ev` is shown.
-    pub(super) fn show_ahead(&mut self, source: u32, offset: i64, ev: &Event) -> bool {
-        if self.changes.is_none() {
-            return false;
-        }
-        let erase = ev.kind == EventKind::Erase;
-        let sign_in = ev.is_sign_in();
-        if !erase && !sign_in {
-            return false;
-        }
-        let shown =
-            sign_in && !self.ahead.iter().any(|x| x.erases_an_id_of(ev)) && self.register_early(ev);
-        if erase || shown {
-            self.ahead.push_back(Ahead {
-                source,
-                offset,
-                event: ev.clone(),
-                shown,
-            });
-        }
-        shown
-    }
-
-    /// Record `offset` of input partition `source` has been taken (and
-    /// applied): if it was read ahead, its own overlay entry goes. Taking
-    /// it registered it again if it waits in the buffer; if it did not, the
-    /// pair is published again (the link is in the state now, or dropped).
-    pub(super) fn taken_ahead(&mut self, source: u32, offset: i64) {
-        if self
-            .ahead
-            .front()
-            .is_none_or(|x| x.source != source || x.offset != offset)
-        {
-            return;
-        }
-        let Some(x) = self.ahead.pop_front() else {
-            return;
-        };
-        if x.shown {
-            self.leave_overlay(&x.event);
-        }
-    }
-
-    /// Takes one read-ahead sign-in's count out of the overlay. If that
-    /// was the pair's last, the device's and the account's lines are
-    /// published again (and the account of an inferred link it hid).
-    fn leave_overlay(&mut self, ev: &Event) {
-        let Some((d, a)) = self.release_early(ev) else {
-            return;
-        };
-        if self.early.logins(d).iter().any(|e| e.account == a) {
-            return;
-        }
-        self.mark_device(d);
-        self.mark_account(a);
-        if let Some(x) = self.devices.get(d).and_then(|x| x.inferred.as_ref()) {
-            let x = x.account;
-            self.mark_account(x);
-        }
-    }
-
-    /// Takes every read-ahead sign-in out of the overlay, before a purge
-    /// frees slots; [`Engine::reshow_ahead`] shows them again after it.
-    pub(super) fn unshow_ahead(&mut self) {
-        let shown: Vec<Event> = self
-            .ahead
-            .iter_mut()
-            .filter(|x| x.shown)
-            .map(|x| {
-                x.shown = false;
-                x.event.clone()
-            })
-            .collect();
-        for ev in &shown {
-            self.leave_overlay(ev);
-        }
-    }
-
-    /// Shows the read-ahead sign-ins again after a purge, under their
-    /// ids' current slots (an erased id's: not at all).
-    pub(super) fn reshow_ahead(&mut self) {
-        let mut ahead = std::mem::take(&mut self.ahead);
-        let records = ahead.make_contiguous();
-        for i in 0..records.len() {
-            let (before, rest) = records.split_at_mut(i);
-            let x = &mut rest[0];
-            x.shown = x.event.kind != EventKind::Erase
-                && !before.iter().any(|e| e.erases_an_id_of(&x.event))
-                && self.register_early(&x.event);
-        }
-        self.ahead = ahead;
-    }
-
     /// Keeps a sign-in that waits in the reorder buffer, so the next
     /// published changes show it (only when publishing incrementally).
-    /// Returns whether it is in the overlay now.
-    pub(super) fn register_early(&mut self, ev: &Event) -> bool {
+    pub(super) fn register_early(&mut self, ev: &Event) {
         if self.changes.is_none() || ev.kind.is_privacy() {
-            return false;
+            return;
         }
         let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
-            return false;
+            return;
         };
         if self.is_erased(ev) {
-            return false;
+            return;
         }
         let d = self.devices.find(device.as_str());
         let a = self.accounts.find(account.as_str());
@@ -333,7 +204,7 @@ impl Engine {
         if d.is_some_and(|d| self.pending.has_device(d))
             || a.is_some_and(|a| self.pending.has_erased_account(a))
         {
-            return false;
+            return;
         }
         let d = d.unwrap_or_else(|| self.devices.intern(device.as_str(), Device::new).0);
         let a = a.unwrap_or_else(|| self.accounts.intern(account.as_str(), Account::default).0);
@@ -356,7 +227,6 @@ impl Engine {
             let x = x.account;
             self.mark_account(x);
         }
-        true
     }
 
     /// `ev` left the reorder buffer. Returns the pair whose entry it

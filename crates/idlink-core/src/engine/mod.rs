@@ -249,12 +249,6 @@ pub struct Engine {
     /// the buffer, never stored.
     #[serde(skip)]
     early: early::Early,
-    /// Records a waiting device partition has read but not taken, in
-    /// stream order: sign-ins shown in the overlay, erasures that hold
-    /// back the sign-ins after them (`Engine::look_ahead`). Never stored:
-    /// a restored partition reads them again.
-    #[serde(skip)]
-    ahead: std::collections::VecDeque<early::Ahead>,
     /// Privacy requests applied since the last `take_privacy_acks`.
     #[serde(skip)]
     acks: Vec<PrivacyAck>,
@@ -365,7 +359,6 @@ impl Engine {
             pending: privacy::PendingPurge::default(),
             changes: None,
             early: early::Early::default(),
-            ahead: std::collections::VecDeque::new(),
             acks: Vec::new(),
             capped: FxHashSet::default(),
             stage: None,

@@ -265,7 +265,6 @@ impl Engine {
         }
         let erased_devices: Vec<u32> = devices.keys().copied().collect();
         let erased_accounts: Vec<u32> = accounts.keys().copied().collect();
-        self.unshow_ahead();
         self.forget_early(&erased_devices, &erased_accounts, &survivors);
         for &d in &erased_devices {
             self.mark_device(d);
@@ -278,7 +277,6 @@ impl Engine {
         for ev in &survivors {
             self.register_early(ev);
         }
-        self.reshow_ahead();
         self.acks.append(&mut p.acks);
     }
 

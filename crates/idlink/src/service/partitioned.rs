@@ -121,13 +121,10 @@ struct Task {
     /// Evidence records read and not yet taken (taken only while it
     /// waits).
     evidence: VecDeque<Queued<Sent<ToDevices>>>,
-    /// Input timestamps of the routed events taken (or, for sign-ins,
-    /// shown read ahead) since the last publish: their effects are
-    /// published with it (the latency histograms).
+    /// Input timestamps of the routed events taken since the last
+    /// publish: their effects are published with it (the latency
+    /// histograms).
     taken_ts: Vec<InputStamp>,
-    /// Queued input records at the front of `inputs` already handed to
-    /// [`Engine::look_ahead`] while the device partition waited.
-    looked: usize,
     /// Next offset to read, per internal topic; -1: the partition's first
     /// record, whatever its offset (a task that starts empty).
     read: [i64; 5],
@@ -174,7 +171,6 @@ impl Task {
         loop {
             if self.de.waiting_for_buckets() {
                 let Some(q) = self.evidence.pop_front() else {
-                    self.look_ahead();
                     return;
                 };
                 self.dirty = true;
@@ -185,7 +181,6 @@ impl Task {
                 let Some(q) = self.inputs.pop_front() else {
                     return;
                 };
-                self.looked = self.looked.saturating_sub(1);
                 self.dirty = true;
                 let admitted = admit(&mut self.epochs[DEVICE_EVENTS], q.tag);
                 let Some(input) = q.msg.filter(|_| admitted) else {
@@ -208,25 +203,6 @@ impl Task {
                     _ => {}
                 }
                 self.de.take_input(input);
-            }
-        }
-    }
-
-    /// While the device partition waits for the bucket stage, hands it the
-    /// input queued behind it, so that the sign-ins there are published
-    /// now rather than when the day has closed (each record once; its
-    /// latency is counted now, not again when it is taken).
-    fn look_ahead(&mut self) {
-        while let Some(q) = self.inputs.get_mut(self.looked) {
-            self.looked += 1;
-            if q.msg
-                .as_ref()
-                .is_some_and(|input| self.de.look_ahead(input))
-            {
-                self.taken_ts.extend(q.ts.take().map(|ts_ms| InputStamp {
-                    ts_ms,
-                    sign_in: true,
-                }));
             }
         }
     }
@@ -569,7 +545,6 @@ impl Partitioned {
             inputs: VecDeque::new(),
             evidence: VecDeque::new(),
             taken_ts: Vec::new(),
-            looked: 0,
             read,
             store,
             epochs,

@@ -116,16 +116,14 @@ impl Engine {
                 offset,
                 event,
             } => {
-                let repeat = self.stage.as_deref_mut().is_some_and(|stage| {
+                if let Some(stage) = self.stage.as_deref_mut() {
                     let last = stage.offsets.entry(source).or_insert(-1);
-                    let repeat = offset <= *last;
-                    *last = (*last).max(offset);
-                    repeat
-                });
-                if !repeat {
-                    self.ingest(source, event);
+                    if offset <= *last {
+                        return;
+                    }
+                    *last = offset;
                 }
-                self.taken_ahead(source, offset);
+                self.ingest(source, event);
             }
             StageInput::Watermark { source, ts, idle } => {
                 self.observe(source, ts);
@@ -146,23 +144,6 @@ impl Engine {
             }
             StageInput::Finish => self.finish(),
             StageInput::Republish { .. } => {}
-        }
-    }
-
-    /// While this partition waits for the bucket stage, its owner reads on
-    /// and hands it each record it has not taken yet, in stream order and
-    /// once: a sign-in among them is published at once, as a buffered one
-    /// is, unless an erasure read before it names one of its ids. Only the
-    /// published view changes until the record is taken. Returns whether
-    /// the record's sign-in is shown.
-    pub fn look_ahead(&mut self, input: &StageInput) -> bool {
-        match input {
-            StageInput::Event {
-                source,
-                offset,
-                event,
-            } => self.show_ahead(*source, *offset, event),
-            _ => false,
         }
     }
 

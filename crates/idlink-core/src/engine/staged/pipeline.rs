@@ -11,9 +11,7 @@
 //!
 //! A device partition takes the bucket stage's messages only while it
 //! waits for them ([`Engine::waiting_for_buckets`]) and new input only
-//! while it does not, as a deployment must for replays to repeat; while it
-//! waits, it is shown the input it has not taken yet
-//! ([`Engine::look_ahead`]), as a deployment's owner shows it.
+//! while it does not, as a deployment must for replays to repeat.
 
 use super::{
     AccountStage, BucketStage, Sent, Shown, StageInput, ToAccounts, ToBuckets, ToDevices,
@@ -43,9 +41,6 @@ struct DeviceTask {
     engine: Engine,
     at: [usize; 3],
     saved: Option<(Vec<u8>, [usize; 3])>,
-    /// Input records after `at[0]` already handed to
-    /// [`Engine::look_ahead`] while it waited.
-    looked: usize,
 }
 
 /// A bucket partition and where it is in its sightings log.
@@ -123,7 +118,6 @@ impl Pipeline {
                 engine: p.fresh_device(k),
                 at: [0; 3],
                 saved: None,
-                looked: 0,
             });
             p.buckets.push(BucketTask {
                 stage: BucketStage::new(config, k, n),
@@ -257,7 +251,6 @@ impl Pipeline {
                         ),
                         None => (fresh, [0; 3]),
                     };
-                    t.looked = 0;
                 }
             }
             Stage::Buckets => {
@@ -341,11 +334,6 @@ impl Pipeline {
             let e = &mut t.engine;
             if e.waiting_for_buckets() {
                 let Some(msg) = self.evidence[k].get(t.at[1]) else {
-                    // Its owner reads on meanwhile, as a deployment's does.
-                    while let Some(input) = self.inputs[k].get(t.at[0] + t.looked) {
-                        e.look_ahead(input);
-                        t.looked += 1;
-                    }
                     break;
                 };
                 e.deliver(msg.clone());
@@ -356,7 +344,6 @@ impl Pipeline {
                 };
                 e.take_input(input.clone());
                 t.at[0] += 1;
-                t.looked = t.looked.saturating_sub(1);
             }
             moved = true;
         }
