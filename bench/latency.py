@@ -1,29 +1,35 @@
 #!/usr/bin/env python3
-"""Latency quantiles from a scraped `/metrics` page.
+"""Latency quantiles from scraped `/metrics` pages.
 
-    bench/latency.py METRICS_FILE [RATE]
+    bench/latency.py [--rate RATE] METRICS_FILE...
 
 Reads two histograms and prints one JSON object: for every record
 (`idlink_ingest_to_publish_seconds`) the records observed and, for p50
 and p99, the upper bound of the histogram bucket that holds the quantile
 (null when it is the +Inf bucket or nothing was observed); the same for
 sign-ins alone under "sign_ins" (`idlink_sign_in_to_publish_seconds`,
-the issue's target). RATE, if given, is echoed as
-`rate_records_per_second`. Used by kafka-bench.sh and partitioned-bench.sh.
+the issue's target). Several files (one per instance) are summed
+bucket by bucket. RATE, if given, is echoed as `rate_records_per_second`.
+Used by kafka-bench.sh and partitioned-bench.sh.
 """
+import argparse
 import json
-import sys
 
-lines = open(sys.argv[1]).read().splitlines()
+args = argparse.ArgumentParser()
+args.add_argument("--rate", type=int)
+args.add_argument("files", nargs="+")
+args = args.parse_args()
+lines = [line for f in args.files for line in open(f).read().splitlines()]
 
 
 def quantiles(metric):
-    buckets = []
+    summed = {}
     for line in lines:
         if line.startswith(metric + "_bucket"):
             le = line.split('le="')[1].split('"')[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-    buckets.sort()
+            le = float("inf") if le == "+Inf" else float(le)
+            summed[le] = summed.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    buckets = sorted(summed.items())
     count = buckets[-1][1] if buckets else 0
 
     def quantile(q):
@@ -37,6 +43,6 @@ def quantiles(metric):
 
 out = quantiles("idlink_ingest_to_publish_seconds")
 out["sign_ins"] = quantiles("idlink_sign_in_to_publish_seconds")
-if len(sys.argv) > 2:
-    out["rate_records_per_second"] = int(sys.argv[2])
+if args.rate is not None:
+    out["rate_records_per_second"] = args.rate
 print(json.dumps(out))

@@ -26,7 +26,8 @@
 #      records/s over that time and over that time less the 5 s idle
 #      wait (compared with the ceiling), each instance's peak RSS and CPU
 #      seconds, and the broker's CPU seconds over the run
-#   6. latency: fresh topics, one instance live, the records produced at
+#   6. latency, for one and for two instances: fresh topics, the
+#      instances live, the records produced at
 #      half of the first run's rate (less the idle wait); p50/p99 of
 #      idlink_ingest_to_publish_seconds (input record timestamp to the
 #      acknowledged publication of the batch that took its routed event)
@@ -44,6 +45,8 @@
 #   BENCH_DAYS       simulated days        (default 7)
 #   BENCH_SEED       simulator seed        (default 7)
 #   BENCH_INSTANCES  instance counts       (default "1 2 3")
+#   BENCH_LATENCY_INSTANCES  instance counts of the latency runs
+#                    (default "1 2")
 #   BENCH_LATENCY_RATE  records/s of the latency run (default: half of
 #                    the first run's rate less the idle wait)
 #   BENCH_PERF       set: a perf profile of the first run's first
@@ -60,6 +63,7 @@ PEOPLE=${BENCH_PEOPLE:-2000}
 DAYS=${BENCH_DAYS:-7}
 SEED=${BENCH_SEED:-7}
 INSTANCES=${BENCH_INSTANCES:-1 2 3}
+LATENCY_INSTANCES=${BENCH_LATENCY_INSTANCES:-1 2}
 NISSHI=${NISSHI_BIN:-$HOME/.cache/idlink/nisshi-0.8.1/bin/nisshi}
 IDLE_SECONDS=5
 
@@ -241,32 +245,51 @@ for n in $INSTANCES; do
     RESULTS+=("{\"instances\": $n, \"same_as_replay\": $same, \"seconds\": $secs, \"records_per_second\": $rate, \"records_per_second_less_idle_wait\": $busy, \"of_passthrough\": $ratio, \"peak_rss_kb\": [$(IFS=,; echo "${rss[*]}")], \"cpu_seconds\": [$(IFS=,; echo "${cpu[*]}")], \"broker_cpu_seconds\": $broker_used}")
 done
 
-# Latency at half of the first run's throughput (less the idle wait), one
-# instance live: from each input record's timestamp to the acknowledged
-# publication of the batch that took its routed event
-# (idlink_ingest_to_publish_seconds for every record, and
+# Latency at half of the first run's throughput (less the idle wait), for
+# each instance count in $BENCH_LATENCY_INSTANCES, live and ready before
+# the records are produced at that rate: from each input record's
+# timestamp to the acknowledged publication of the batch that took its
+# routed event (idlink_ingest_to_publish_seconds for every record, and
 # idlink_sign_in_to_publish_seconds for sign-ins, the issue's target: a
-# sign-in is published when its device partition takes it).
+# sign-in is published when its device partition takes it), summed over
+# the instances.
 lat_rate=${BENCH_LATENCY_RATE:-$((FIRST_BUSY / 2))}
-prefix=pb-lat-$(date +%s)
-config "$prefix" "$DIR/run-lat.toml"
-start_idlink "$prefix" "$DIR/run-lat.toml" "$DIR/run-lat.log"
-lpid=$STARTED_PID
-wait_ready "$STARTED_HTTP"
-sleep 2
-log "latency: producing at $lat_rate records/s while one instance runs"
-"$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" --rate "$lat_rate" \
-    --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-lat.json"
-for _ in $(seq 1 600); do
-    c=$(curl -fsS "http://$STARTED_HTTP/metrics" | awk '/^idlink_ingest_to_publish_seconds_count/ {print $2}')
-    python3 -c "import sys; sys.exit(0 if float('${c:-0}') >= $EVENTS else 1)" && break
-    sleep 0.2
+LATENCIES=()
+for n in $LATENCY_INSTANCES; do
+    prefix=pb-lat-$n-$(date +%s)
+    config "$prefix" "$DIR/run-lat-$n.toml"
+    pids=()
+    https=()
+    for i in $(seq 1 "$n"); do
+        start_idlink "$prefix" "$DIR/run-lat-$n.toml" "$DIR/run-lat-$n-$i.log"
+        https+=("$STARTED_HTTP")
+        pids+=("$STARTED_PID")
+    done
+    for h in "${https[@]}"; do wait_ready "$h"; done
+    sleep 2
+    log "latency: producing at $lat_rate records/s while $n instance(s) run"
+    "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" --rate "$lat_rate" \
+        --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-lat-$n.json"
+    for _ in $(seq 1 600); do
+        c=0
+        for h in "${https[@]}"; do
+            c=$(curl -fsS "http://$h/metrics" | awk -v c="$c" '/^idlink_ingest_to_publish_seconds_count/ {c += $2} END {print c}')
+        done
+        python3 -c "import sys; sys.exit(0 if float('${c:-0}') >= $EVENTS else 1)" && break
+        sleep 0.2
+    done
+    files=()
+    for i in $(seq 1 "$n"); do
+        curl -fsS "http://${https[$((i - 1))]}/metrics" > "$DIR/metrics-lat-$n-$i.txt"
+        files+=("$DIR/metrics-lat-$n-$i.txt")
+    done
+    for p in "${pids[@]}"; do kill -TERM "$p"; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    latency=$(python3 bench/latency.py --rate "$lat_rate" "${files[@]}")
+    log "latency, $n instance(s): $latency"
+    LATENCIES+=("{\"instances\": $n, \"quantiles\": $latency}")
 done
-curl -fsS "http://$STARTED_HTTP/metrics" > "$DIR/metrics-lat.txt"
-kill -TERM "$lpid"; wait "$lpid" 2>/dev/null || true
-LATENCY=$(python3 bench/latency.py "$DIR/metrics-lat.txt" "$lat_rate")
-log "latency: $LATENCY"
 
-printf '{"passthrough": %s, "runs": [%s], "latency": %s}\n' "$(cat "$DIR/chain.json")" "$(IFS=,; echo "${RESULTS[*]}")" "$LATENCY" | python3 -m json.tool > "$DIR/results.json"
+printf '{"passthrough": %s, "runs": [%s], "latency": [%s]}\n' "$(cat "$DIR/chain.json")" "$(IFS=,; echo "${RESULTS[*]}")" "$(IFS=,; echo "${LATENCIES[*]}")" | python3 -m json.tool > "$DIR/results.json"
 log "records: $TOTAL; results in $DIR/results.json"
 cat "$DIR/results.json"
