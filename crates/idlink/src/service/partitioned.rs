@@ -306,6 +306,23 @@ pub struct Partitioned {
     batch_started: Instant,
     /// When newer claims were last looked for.
     last_fence_check: Instant,
+    /// The published batch whose acknowledgements are still awaited: the
+    /// loop reads the next batch meanwhile, and settles it before it
+    /// publishes again (one batch in flight).
+    unsettled: Option<Unsettled>,
+}
+
+/// What waits for a published batch's acknowledgements: then its input
+/// offsets are committed and its latency observed.
+#[derive(Default)]
+struct Unsettled {
+    /// Routed input offsets to commit.
+    commits: Vec<(String, i32, i64)>,
+    /// Input records whose effects it publishes.
+    stamps: Vec<InputStamp>,
+    /// Output records per output topic: device links, account devices,
+    /// privacy acknowledgements.
+    published: [u64; 3],
 }
 
 impl Partitioned {
@@ -363,6 +380,7 @@ impl Partitioned {
             generation: 0,
             batch_len: 0,
             batch_started: Instant::now(),
+            unsettled: None,
             last_fence_check: Instant::now(),
         })
     }
@@ -438,6 +456,9 @@ impl Partitioned {
         if a.revoked {
             return Ok(());
         }
+        // What this instance wrote is acknowledged before it asks anyone
+        // to write records again or claims a task anew.
+        self.settle().await?;
         let k = self.cfg.kafka.clone();
         let held: BTreeSet<u32> = a
             .partitions
@@ -800,9 +821,13 @@ impl Partitioned {
         Ok(())
     }
 
-    /// Publishes everything the routes and tasks produced, waits until it
-    /// is acknowledged, then commits the routed input offsets.
+    /// Publishes everything the routes and tasks produced, after the
+    /// previous batch is acknowledged (see [`Partitioned::settle`]); this
+    /// batch is settled before the next, or by a checkpoint.
     async fn publish(&mut self) -> Result<()> {
+        // First the batch before: a fence check must find everything
+        // written before it acknowledged (see `drop_fenced_tasks`).
+        self.settle().await?;
         if self.last_fence_check.elapsed() >= FENCE_CHECK {
             self.drop_fenced_tasks(true).await?;
         }
@@ -873,6 +898,30 @@ impl Partitioned {
             }
         }
         self.telemetry.producer_queue(self.outbox.in_flight());
+        let mut batch = Unsettled {
+            published: [nd, na, nk],
+            ..Unsettled::default()
+        };
+        for t in self.tasks.values_mut() {
+            batch.stamps.append(&mut t.taken_ts);
+        }
+        for ((t, p), r) in &mut self.routes {
+            if let Some(o) = r.commit.take() {
+                batch.commits.push((t.clone(), *p, o));
+            }
+        }
+        self.unsettled = Some(batch);
+        self.telemetry.engines(self.tasks.values().map(|t| &t.de));
+        self.telemetry.stage_tasks(self.tasks.len());
+        self.batch_len = 0;
+        self.batch_started = Instant::now();
+        Ok(())
+    }
+
+    /// Waits until every record published is acknowledged (sending again
+    /// what timed out), then commits the settled batch's routed input
+    /// offsets and observes its latency.
+    async fn settle(&mut self) -> Result<()> {
         loop {
             let again = self.outbox.settle().await?;
             if again.is_empty() {
@@ -881,20 +930,23 @@ impl Partitioned {
             self.resend(again).await?;
         }
         self.telemetry.producer_queue(self.outbox.in_flight());
-        self.telemetry.published(&k.device_links_topic, nd);
-        self.telemetry.published(&k.account_devices_topic, na);
-        self.telemetry.published(&k.privacy_acks_topic, nk);
-        let now = chrono::Utc::now().timestamp_millis();
-        for t in self.tasks.values_mut() {
-            self.telemetry.published_effects(t.taken_ts.drain(..), now);
+        let Some(batch) = self.unsettled.take() else {
+            return Ok(());
+        };
+        let k = &self.cfg.kafka;
+        let topics = [
+            &k.device_links_topic,
+            &k.account_devices_topic,
+            &k.privacy_acks_topic,
+        ];
+        for (topic, n) in topics.into_iter().zip(batch.published) {
+            self.telemetry.published(topic, n);
         }
-        self.telemetry.engines(self.tasks.values().map(|t| &t.de));
-        self.telemetry.stage_tasks(self.tasks.len());
+        let now = chrono::Utc::now().timestamp_millis();
+        self.telemetry.published_effects(batch.stamps, now);
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), r) in &mut self.routes {
-            if let Some(o) = r.commit.take() {
-                tpl.add_partition_offset(t, *p, Offset::Offset(o))?;
-            }
+        for (t, p, o) in &batch.commits {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
         }
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
@@ -903,8 +955,6 @@ impl Partitioned {
             // lost only means they are routed again and dropped as repeats.
             tracing::warn!(error = %e, "committing input offsets failed");
         }
-        self.batch_len = 0;
-        self.batch_started = Instant::now();
         Ok(())
     }
 
@@ -1018,6 +1068,7 @@ impl Partitioned {
     /// it has taken, and commits those offsets.
     async fn checkpoint(&mut self) -> Result<()> {
         self.publish().await?;
+        self.settle().await?;
         let mut tpl = TopicPartitionList::new();
         for (&j, t) in &mut self.tasks {
             if !t.dirty {
