@@ -93,6 +93,20 @@ start_idlink() {
 wait_ready() {
     for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://$1/health/ready" 2>/dev/null && return; sleep 0.1; done
 }
+# Starts $1 instances in group $2 with config $3 (logs $4-<i>.log), waits
+# until every one is ready and the group has settled; sets the arrays
+# pids and https.
+start_group() {
+    pids=()
+    https=()
+    for i in $(seq 1 "$1"); do
+        start_idlink "$2" "$3" "$4-$i.log"
+        https+=("$STARTED_HTTP")
+        pids+=("$STARTED_PID")
+    done
+    for h in "${https[@]}"; do wait_ready "$h"; done
+    sleep 2 # the group settles: every instance holds its share (less than source_idle_seconds)
+}
 
 log "building: cargo build --release -p idlink --bin idlink --example kafka_load"
 cargo build --release -p idlink --bin idlink --example kafka_load >&2
@@ -184,15 +198,7 @@ RESULTS=()
 for n in $INSTANCES; do
     prefix=pb-$n-$(date +%s)
     config "$prefix" "$DIR/run-$n.toml"
-    pids=()
-    https=()
-    for i in $(seq 1 "$n"); do
-        start_idlink "$prefix" "$DIR/run-$n.toml" "$DIR/run-$n-$i.log"
-        https+=("$STARTED_HTTP")
-        pids+=("$STARTED_PID")
-    done
-    for h in "${https[@]}"; do wait_ready "$h"; done
-    sleep 2 # the group settles: every instance holds its share (less than source_idle_seconds)
+    start_group "$n" "$prefix" "$DIR/run-$n.toml" "$DIR/run-$n"
     broker_before=$([[ -n ${BROKER_PID:-} ]] && cpu_seconds "$BROKER_PID" || echo 0)
     cpu_before=()
     for p in "${pids[@]}"; do cpu_before+=("$(cpu_seconds "$p")"); done
@@ -258,15 +264,7 @@ LATENCIES=()
 for n in $LATENCY_INSTANCES; do
     prefix=pb-lat-$n-$(date +%s)
     config "$prefix" "$DIR/run-lat-$n.toml"
-    pids=()
-    https=()
-    for i in $(seq 1 "$n"); do
-        start_idlink "$prefix" "$DIR/run-lat-$n.toml" "$DIR/run-lat-$n-$i.log"
-        https+=("$STARTED_HTTP")
-        pids+=("$STARTED_PID")
-    done
-    for h in "${https[@]}"; do wait_ready "$h"; done
-    sleep 2
+    start_group "$n" "$prefix" "$DIR/run-lat-$n.toml" "$DIR/run-lat-$n"
     log "latency: producing at $lat_rate records/s while $n instance(s) run"
     "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" --rate "$lat_rate" \
         --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-lat-$n.json"
