@@ -942,8 +942,7 @@ impl Partitioned {
         for (topic, n) in topics.into_iter().zip(batch.published) {
             self.telemetry.published(topic, n);
         }
-        let now = chrono::Utc::now().timestamp_millis();
-        self.telemetry.published_effects(batch.stamps, now);
+        self.telemetry.published_effects(batch.stamps);
         let mut tpl = TopicPartitionList::new();
         for (t, p, o) in &batch.commits {
             tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;

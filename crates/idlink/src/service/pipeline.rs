@@ -690,10 +690,7 @@ impl Pipeline {
         self.telemetry.published(&k.device_links_topic, nd);
         self.telemetry.published(&k.account_devices_topic, na);
         self.telemetry.published(&k.privacy_acks_topic, nk);
-        self.telemetry.published_effects(
-            self.batch_ts.drain(..),
-            chrono::Utc::now().timestamp_millis(),
-        );
+        self.telemetry.published_effects(self.batch_ts.drain(..));
         self.telemetry.engine(&self.engine);
         self.batch_len = 0;
         self.batch_started = Instant::now();

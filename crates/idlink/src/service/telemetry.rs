@@ -9,6 +9,11 @@ use prometheus::{
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Bounds (seconds) of both ingest-to-publish histograms.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// An input record whose effects await publication, for the latency
 /// histograms.
 #[derive(Clone, Copy, Debug)]
@@ -178,17 +183,13 @@ impl Telemetry {
                 &r,
                 "idlink_ingest_to_publish_seconds",
                 "From an input record's timestamp to the acknowledged publication of its effects.",
-                vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                ],
+                LATENCY_BUCKETS.to_vec(),
             ),
             sign_in_latency: histogram(
                 &r,
                 "idlink_sign_in_to_publish_seconds",
                 "From a sign-in's input record timestamp to the acknowledged publication of its link.",
-                vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                ],
+                LATENCY_BUCKETS.to_vec(),
             ),
             watermark: fgauge(
                 &r,
@@ -323,9 +324,10 @@ impl Telemetry {
         tracing::info!(kind, "privacy request applied");
     }
 
-    /// The effects of `records` were acknowledged at `now_ms`: their
-    /// latency from ingest, and a sign-in's to its published link.
-    pub fn published_effects(&self, records: impl IntoIterator<Item = InputStamp>, now_ms: i64) {
+    /// The effects of `records` were just acknowledged: their latency
+    /// from ingest, and a sign-in's to its published link.
+    pub fn published_effects(&self, records: impl IntoIterator<Item = InputStamp>) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
         for r in records {
             let seconds = ((now_ms - r.ts_ms) as f64 / 1000.0).max(0.0);
             self.latency.observe(seconds);

@@ -284,10 +284,13 @@ impl Pipeline {
             for k in 0..self.devices.len() {
                 moved |= self.run_device(k, n);
             }
-            for b in 0..self.buckets.len() {
-                if self.buckets_held {
-                    break;
-                }
+            // A held bucket stage reads nothing (`hold_buckets`).
+            let buckets = if self.buckets_held {
+                0
+            } else {
+                self.buckets.len()
+            };
+            for b in 0..buckets {
                 let t = &mut self.buckets[b];
                 while let Some(msg) = self.sightings[b].get(t.at) {
                     t.stage.receive(msg.clone());
