@@ -7,6 +7,7 @@ use crate::ids::{AccountId, DeviceId};
 use crate::time::{MINUTE_MS, Millis};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use smol_str::SmolStr;
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
@@ -479,7 +480,7 @@ impl Decoder {
         name: &str,
         invalid: RejectReason,
         junk: RejectReason,
-    ) -> Result<Option<Box<str>>, Rejected> {
+    ) -> Result<Option<SmolStr>, Rejected> {
         let s = match f {
             None | Some(Field::Null) => return Ok(None),
             Some(Field::Str(s)) => s,
@@ -515,7 +516,7 @@ impl Decoder {
                 ),
             ));
         }
-        Ok(Some(s.into()))
+        Ok(Some(SmolStr::new(s)))
     }
 
     /// Whether an id is a placeholder that many clients send for "no id".

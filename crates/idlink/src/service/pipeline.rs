@@ -1,14 +1,15 @@
 //! The processing loop: consume, decode, link, publish, snapshot, commit.
 //!
-//! One task owns the engine. Input is handled in batches; a batch's
-//! outputs (graph changes, dead letters, privacy acks) are all
-//! acknowledged by the brokers before the next batch starts, so the work
-//! in flight is bounded by `batch_max_messages` (backpressure: when the
-//! producer is slow, consumption waits). Input offsets are committed only
-//! with a snapshot, after the outputs of everything before them were
-//! acknowledged: a crash replays input from the last snapshot, and
-//! replaying recomputes the same records, which the compacted topics fold
-//! into the same graph.
+//! One task owns the engine. Input is handled in batches, with one batch
+//! in flight: a batch's outputs (graph changes, dead letters, privacy
+//! acks) are published, and the next batch is read and linked while the
+//! brokers acknowledge them; they are all acknowledged before the next
+//! batch publishes, so the work in flight is bounded by two batches of
+//! `batch_max_messages` (backpressure: when the producer is slow,
+//! consumption waits). Input offsets are committed only with a snapshot,
+//! after the outputs of everything before them were acknowledged: a crash
+//! replays input from the last snapshot, and replaying recomputes the same
+//! records, which the compacted topics fold into the same graph.
 //!
 //! Only the group's active instance processes (see `ownership.rs`): a
 //! standby waits outside the group, and an instance that stops owning
@@ -86,6 +87,20 @@ pub struct Pipeline {
     watch: GroupWatch,
     /// When the group's newest claim was last looked up.
     last_fence_check: Instant,
+    /// The published batch whose acknowledgements are still awaited: the
+    /// loop reads and links the next batch meanwhile, and settles this
+    /// one before it publishes again or snapshots (one batch in flight).
+    unsettled: Option<Unsettled>,
+}
+
+/// What waits for a published batch's acknowledgements: then its
+/// publications are counted and its latency observed.
+struct Unsettled {
+    /// Input records whose effects it publishes.
+    stamps: Vec<InputStamp>,
+    /// Output records per output topic: device links, account devices,
+    /// privacy acknowledgements.
+    published: [u64; 3],
 }
 
 /// How long a standby that cannot describe the group (the brokers do not
@@ -164,6 +179,7 @@ impl Pipeline {
             active: false,
             role_generation: 0,
             last_fence_check: Instant::now(),
+            unsettled: None,
         })
     }
 
@@ -217,6 +233,9 @@ impl Pipeline {
         self.sources_generation = 0;
         self.batch_len = 0;
         self.batch_ts.clear();
+        // The dropped state's batch in flight is no longer this engine's
+        // to count (its records are still awaited by the next settle).
+        self.unsettled = None;
         self.since_snapshot = 0;
         Ok(())
     }
@@ -236,6 +255,19 @@ impl Pipeline {
             let served = self.serve(&mut shutdown).await;
             self.consumer.unsubscribe();
             self.active = false;
+            if matches!(served, Ok(Served::Yielded)) {
+                // Records of the last batch were written while this
+                // instance owned the group: await them, but send nothing
+                // again from here on.
+                self.unsettled = None;
+                let dropped = self.outbox.settle().await?;
+                if !dropped.is_empty() {
+                    tracing::warn!(
+                        records = dropped.len(),
+                        "yielding: timed-out records dropped"
+                    );
+                }
+            }
             match served? {
                 Served::Shutdown => return Ok(()),
                 Served::Yielded => {
@@ -322,7 +354,7 @@ impl Pipeline {
             }
             self.update_readiness();
             self.sync_sources();
-            let wait = if self.batch_len > 0 {
+            let wait = if self.batch_len > 0 || self.unsettled.is_some() {
                 batch_max.saturating_sub(self.batch_started.elapsed())
             } else {
                 idle
@@ -361,6 +393,15 @@ impl Pipeline {
             {
                 return Ok(Served::Yielded);
             }
+            // Input paused: the batch in flight is settled within
+            // batch_max_ms all the same, so its latency and counts show.
+            if self.batch_len == 0
+                && self.unsettled.is_some()
+                && self.batch_started.elapsed() >= batch_max
+                && !self.settle().await?
+            {
+                return Ok(Served::Yielded);
+            }
             if !flushed && last_message.elapsed() >= idle && self.caught_up() {
                 tracing::debug!(watermark = %self.engine.watermark(), "caught up: flushing");
                 self.engine.flush();
@@ -383,7 +424,7 @@ impl Pipeline {
         }
         tracing::info!("shutting down: publishing, snapshotting, committing");
         self.telemetry.set_ready(false, "shutting down");
-        if self.active && self.publish().await? && self.since_snapshot > 0 {
+        if self.active && self.publish().await? && self.settle().await? && self.since_snapshot > 0 {
             self.checkpoint().await?;
         }
         Ok(Served::Shutdown)
@@ -628,10 +669,12 @@ impl Pipeline {
         }
     }
 
-    /// Publishes the engine's changes and acks, and waits until every
-    /// record of the batch is acknowledged. Returns false, publishing
-    /// nothing, if another instance has claimed the group since this one
-    /// did (it was paused past its session timeout: a zombie).
+    /// Publishes the engine's changes and acks; they are awaited by the
+    /// next [`Pipeline::settle`], while the next batch is read. The batch
+    /// published before is settled first, so a look at the group's claim
+    /// finds everything written before it acknowledged. Returns false,
+    /// publishing nothing, if another instance has claimed the group since
+    /// this one did (it was paused past its session timeout: a zombie).
     ///
     /// The claim is looked up when [`FENCE_CHECK`] has passed since the
     /// last look. That is as safe as looking every time: an owner loses
@@ -640,6 +683,9 @@ impl Pipeline {
     /// while a process is stopped), and a look costs a broker round trip
     /// that every batch need not pay.
     async fn publish(&mut self) -> Result<bool> {
+        if !self.settle().await? {
+            return Ok(false);
+        }
         if self.last_fence_check.elapsed() >= FENCE_CHECK && self.superseded().await {
             tracing::warn!(
                 epoch = self.snapshots.epoch(),
@@ -651,11 +697,11 @@ impl Pipeline {
         let changes = self.engine.take_changes();
         let acks = self.engine.take_privacy_acks();
         let k = self.cfg.kafka.clone();
-        let (nd, na, nk) = (
+        let published = [
             changes.devices.len() as u64,
             changes.accounts.len() as u64,
             acks.len() as u64,
-        );
+        ];
         for (topic, list) in [
             (&k.device_links_topic, &changes.devices),
             (&k.account_devices_topic, &changes.accounts),
@@ -677,30 +723,52 @@ impl Pipeline {
             self.telemetry.privacy_ack(ack.kind);
         }
         self.telemetry.producer_queue(self.outbox.in_flight());
-        if !self.await_deliveries().await? {
-            tracing::warn!(
-                epoch = self.snapshots.epoch(),
-                "fenced: another instance claimed the group; its timed-out records are dropped"
-            );
-            self.active = false;
-            return Ok(false);
-        }
-        // Again once acknowledged, so the gauge never shows a stale peak.
-        self.telemetry.producer_queue(self.outbox.in_flight());
-        self.telemetry.published(&k.device_links_topic, nd);
-        self.telemetry.published(&k.account_devices_topic, na);
-        self.telemetry.published(&k.privacy_acks_topic, nk);
-        self.telemetry.published_effects(self.batch_ts.drain(..));
+        self.unsettled = Some(Unsettled {
+            stamps: std::mem::take(&mut self.batch_ts),
+            published,
+        });
         self.telemetry.engine(&self.engine);
         self.batch_len = 0;
         self.batch_started = Instant::now();
         Ok(true)
     }
 
+    /// Waits until every record written so far is acknowledged (sending
+    /// again what timed out, if this instance still owns the group), then
+    /// counts the settled batch's publications and observes its latency.
+    /// Returns false if this instance was fenced meanwhile.
+    async fn settle(&mut self) -> Result<bool> {
+        if !self.await_deliveries().await? {
+            tracing::warn!(
+                epoch = self.snapshots.epoch(),
+                "fenced: another instance claimed the group; its timed-out records are dropped"
+            );
+            self.unsettled = None;
+            self.active = false;
+            return Ok(false);
+        }
+        // Again once acknowledged, so the gauge never shows a stale peak.
+        self.telemetry.producer_queue(self.outbox.in_flight());
+        let Some(batch) = self.unsettled.take() else {
+            return Ok(true);
+        };
+        let k = &self.cfg.kafka;
+        let topics = [
+            &k.device_links_topic,
+            &k.account_devices_topic,
+            &k.privacy_acks_topic,
+        ];
+        for (topic, n) in topics.into_iter().zip(batch.published) {
+            self.telemetry.published(topic, n);
+        }
+        self.telemetry.published_effects(batch.stamps);
+        Ok(true)
+    }
+
     /// Snapshots the engine and commits the input offsets it covers.
     /// Returns false, writing nothing, if this instance was fenced.
     async fn checkpoint(&mut self) -> Result<bool> {
-        if !self.publish().await? {
+        if !self.publish().await? || !self.settle().await? {
             return Ok(false);
         }
         let started = Instant::now();
