@@ -37,6 +37,8 @@
 #   BENCH_DAYS     simulated days           (default 7)
 #   BENCH_SEED     simulator seed           (default 7)
 #   BENCH_BROKERS  external bootstrap servers instead of nisshi
+#   BENCH_PERF     set: a perf profile of the one-instance run in
+#                  $BENCH_DIR/perf.data ("dwarf": DWARF call graphs at 99 Hz)
 #   NISSHI_BIN     nisshi binary (default ~/.cache/idlink/nisshi-0.8.1/bin/nisshi)
 set -euo pipefail
 
@@ -147,10 +149,13 @@ start_idlink() { # $1 = config, $2 = log, [$3 = group]; waits until ready
     done
     die "idlink not ready within 60 s"
 }
-metric_sum() { # sum of all series of a metric
-    curl -fsS "http://$HTTP/metrics" | python3 -c "
-import sys
-print(sum(float(l.rsplit(' ',1)[1]) for l in sys.stdin if l.startswith('$1') and not l.startswith('#')))"
+# One scrape of the instance's metrics, summed over series: prints
+# "consumed buffered queued". Polling must cost next to nothing: the
+# machine's two cores are shared with the broker and idlink, so the loops
+# below use one curl and awk per look, no interpreter start-ups.
+scrape() {
+    curl -fsS "http://$HTTP/metrics" | awk '!/^#/ { split($1, n, "{"); v[n[1]] += $2 }
+        END { printf "%d %d %d\n", v["idlink_events_consumed_total"], v["idlink_reorder_buffer_events"], v["idlink_producer_queue_depth"] }'
 }
 
 # 4. Produce.
@@ -176,12 +181,10 @@ log "  pass-through: $(cat "$DIR/passthrough.json")"
 measure_run() {
     local name=$1 first="" consumed now buffered queued done_at t
     while :; do
-        consumed=$(metric_sum idlink_events_consumed_total)
-        now=$(date +%s.%N)
-        if [[ -z $first ]] && python3 -c "import sys; sys.exit(0 if $consumed > 0 else 1)"; then first=$now; fi
-        buffered=$(metric_sum idlink_reorder_buffer_events)
-        queued=$(metric_sum idlink_producer_queue_depth)
-        if python3 -c "import sys; sys.exit(0 if $consumed >= $TOTAL and $buffered == 0 and $queued == 0 else 1)"; then
+        read -r consumed buffered queued < <(scrape || echo 0 1 1)
+        now=$EPOCHREALTIME
+        if [[ -z $first ]] && ((consumed > 0)); then first=$now; fi
+        if ((consumed >= TOTAL && buffered == 0 && queued == 0)); then
             done_at=$now
             break
         fi
@@ -202,7 +205,18 @@ measure_run() {
 log "idlink run on the prefilled topics"
 cp "$DIR/idlink.toml" "$DIR/idlink-full.toml"
 start_idlink "$DIR/idlink-full.toml" "$DIR/idlink-full.log"
+perf_pid=
+if [[ -n ${BENCH_PERF:-} ]]; then
+    # A CPU profile of this run (frame pointers; "dwarf": DWARF call graphs).
+    if [[ $BENCH_PERF == dwarf ]]; then graph=(-F 99 --call-graph dwarf,16384); else graph=(-F 499 -g); fi
+    perf record "${graph[@]}" -p "$IDLINK_PID" -o "$DIR/perf.data" 2> "$DIR/perf.log" &
+    perf_pid=$!
+fi
 measure_run full
+if [[ -n $perf_pid ]]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+    log "  profile: perf report -i $DIR/perf.data --no-children"
+fi
 idlink_s=$RUN_S; rss_kb=$RSS_KB; same=$SAME
 kill -TERM "$IDLINK_PID"; wait "$IDLINK_PID" || true
 
@@ -231,8 +245,8 @@ start_idlink "$DIR/idlink-lat.toml" "$DIR/idlink-lat.log"
 "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sim/events.jsonl" --rate "$rate" \
     --events-topic "$LAT-device-events" --privacy-topic "$LAT-privacy-requests" > "$DIR/produce-lat.json"
 for _ in $(seq 1 600); do
-    consumed=$(metric_sum idlink_events_consumed_total)
-    python3 -c "import sys; sys.exit(0 if $consumed >= $TOTAL else 1)" && break
+    read -r consumed _ < <(scrape || echo 0)
+    ((consumed >= TOTAL)) && break
     sleep 0.1
 done
 sleep 2

@@ -49,6 +49,7 @@
 #                    (default "1 2")
 #   BENCH_LATENCY_RATE  records/s of the latency run (default: half of
 #                    the first run's rate less the idle wait)
+#   BENCH_BATCH_MS   service.batch_max_ms of the instances (default 50)
 #   BENCH_PERF       set: a perf profile of the first run's first
 #                    instance in $BENCH_DIR/perf.data (frame pointers;
 #                    "dwarf": DWARF call graphs at 99 Hz)
@@ -66,6 +67,7 @@ INSTANCES=${BENCH_INSTANCES:-1 2 3}
 LATENCY_INSTANCES=${BENCH_LATENCY_INSTANCES:-1 2}
 NISSHI=${NISSHI_BIN:-$HOME/.cache/idlink/nisshi-0.8.1/bin/nisshi}
 IDLE_SECONDS=5
+BATCH_MS=${BENCH_BATCH_MS:-50}
 
 log() { printf '[partitioned-bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -92,6 +94,16 @@ start_idlink() {
 # Waits (up to a minute) until the instance at $1 answers /health/ready.
 wait_ready() {
     for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://$1/health/ready" 2>/dev/null && return; sleep 0.1; done
+}
+# Input records whose effects the instances at $@ have published (the
+# count of idlink_ingest_to_publish_seconds, summed): one curl and awk per
+# instance, so looking costs the measured run next to nothing.
+published() {
+    local c=0 h
+    for h in "$@"; do
+        c=$(curl -fsS "http://$h/metrics" 2>/dev/null | awk -v c="$c" '/^idlink_ingest_to_publish_seconds_count/ {c += $2} END {printf "%d\n", c}')
+    done
+    echo "${c:-0}"
 }
 # Starts $1 instances in group $2 with config $3 (logs $4-<i>.log), waits
 # until every one is ready and the group has settled; sets the arrays
@@ -154,8 +166,8 @@ stage_partitions = 6
 
 [service]
 partitioned = true
-batch_max_ms = 50
-idle_flush_ms = 200
+batch_max_ms = $BATCH_MS
+idle_flush_ms = $((BATCH_MS > 200 ? BATCH_MS : 200))
 source_idle_seconds = $IDLE_SECONDS
 snapshot_interval_seconds = 10
 EOF
@@ -212,6 +224,10 @@ for n in $INSTANCES; do
     started=$(date +%s.%N)
     "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" \
         --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-$n.json"
+    # Cheap looks (one scrape per instance) until every device event's
+    # effects are published; only then the folds, which read the whole
+    # output topics and would take CPU from the run if done all along.
+    until (($(published "${https[@]}") >= EVENTS)); do sleep 0.1; done
     same=false
     for _ in $(seq 1 1200); do
         for t in device-links account-devices; do
@@ -269,11 +285,7 @@ for n in $LATENCY_INSTANCES; do
     "$LOAD" --brokers "$BROKERS" produce --input "$DIR/sorted.jsonl" --rate "$lat_rate" \
         --events-topic "$prefix-device-events" --privacy-topic "$prefix-privacy-requests" > "$DIR/produce-lat-$n.json"
     for _ in $(seq 1 600); do
-        c=0
-        for h in "${https[@]}"; do
-            c=$(curl -fsS "http://$h/metrics" | awk -v c="$c" '/^idlink_ingest_to_publish_seconds_count/ {c += $2} END {print c}')
-        done
-        python3 -c "import sys; sys.exit(0 if float('${c:-0}') >= $EVENTS else 1)" && break
+        (($(published "${https[@]}") >= EVENTS)) && break
         sleep 0.2
     done
     files=()

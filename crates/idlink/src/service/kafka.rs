@@ -26,6 +26,10 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// How often the loops look at the lag statistics (idle input partitions,
+/// caught-up tasks): per message would copy them per message.
+pub const LOOK_EVERY: Duration = Duration::from_millis(100);
+
 /// Consumer config: manual commits only after outputs and a snapshot are
 /// acknowledged; offsets are never stored automatically.
 pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {

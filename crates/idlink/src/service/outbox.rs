@@ -18,15 +18,21 @@ pub fn source(topic_index: u32, partition: i32) -> u32 {
     (topic_index << 16) | (partition.max(0) as u32 & 0xffff)
 }
 
+/// The wall clock, for input validation's future-skew check.
+pub fn wall_clock() -> Millis {
+    Millis(chrono::Utc::now().timestamp_millis())
+}
+
 /// Decodes an input record of topic `topic`; `privacy_topic` says which
-/// input topic it is, and an event of the other kind is rejected.
+/// input topic it is, and an event of the other kind is rejected. `now`
+/// is the wall clock (see [`wall_clock`]) for the future-skew check.
 pub fn decode(
     decoder: &Decoder,
     m: &impl Message,
     topic: &str,
     privacy_topic: bool,
+    now: Millis,
 ) -> Result<Event, Rejected> {
-    let now = Millis(chrono::Utc::now().timestamp_millis());
     let ev = match m.payload() {
         None => Err(Rejected {
             reason: RejectReason::EmptyPayload,

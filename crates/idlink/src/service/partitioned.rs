@@ -26,8 +26,8 @@
 //! owner computes.
 
 use super::config::ServiceConfig;
-use super::kafka::{PartitionState, ProducerHealth, ServiceContext, consumer_config};
-use super::outbox::{Outbox, Outgoing, dead_letter, decode, source};
+use super::kafka::{LOOK_EVERY, PartitionState, ProducerHealth, ServiceContext, consumer_config};
+use super::outbox::{Outbox, Outgoing, dead_letter, decode, source, wall_clock};
 use super::snapshots::Snapshots;
 use super::telemetry::{InputStamp, Telemetry};
 use crate::settings::Settings;
@@ -57,9 +57,6 @@ const SUFFIXES: [&str; 5] = ["device-events", "evidence", "shown", "sightings", 
 
 /// Longest time between two looks for newer claims before publishing.
 const FENCE_CHECK: Duration = Duration::from_millis(500);
-
-/// How often idle input partitions and caught-up tasks are looked for.
-const LOOK_EVERY: Duration = Duration::from_millis(100);
 
 /// Queued input above which a task's device-events partition is paused.
 const QUEUE_HIGH: usize = 100_000;
@@ -733,7 +730,7 @@ impl Partitioned {
         let src = r.source;
         self.batch_len += 1;
         let privacy = topic == self.cfg.kafka.privacy_topic;
-        match decode(&self.decoder, m, &topic, privacy) {
+        match decode(&self.decoder, m, &topic, privacy, wall_clock()) {
             Ok(ev) => {
                 self.telemetry.accepted(&topic);
                 if ev.ts > r.max_ts {

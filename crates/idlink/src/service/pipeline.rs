@@ -20,17 +20,19 @@
 
 use super::config::ServiceConfig;
 use super::kafka::{
-    PartitionState, ProducerHealth, ServiceContext, consumer_config, output_producer_config,
+    LOOK_EVERY, PartitionState, ProducerHealth, ServiceContext, consumer_config,
+    output_producer_config,
 };
-use super::outbox::{Outbox, Outgoing, dead_letter, decode, source};
+use super::outbox::{Outbox, Outgoing, dead_letter, decode, source, wall_clock};
 use super::ownership::{GroupWatch, Role};
 use super::snapshots::Snapshots;
 use super::telemetry::{InputStamp, Telemetry};
 use crate::settings::Settings;
 use anyhow::{Context, Result, bail};
+use idlink_core::Millis;
 use idlink_core::{Decoder, Engine, Ingested};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -49,8 +51,9 @@ pub struct Pipeline {
     engine: Engine,
     /// Input validation.
     decoder: Decoder,
-    /// Consumer of both input topics.
-    consumer: StreamConsumer<ServiceContext>,
+    /// Consumer of both input topics; shared so the loop can handle a
+    /// message borrowed from it (not copied out) while `self` changes.
+    consumer: Arc<StreamConsumer<ServiceContext>>,
     /// Producer of every output topic, and the records awaiting their
     /// acknowledgement.
     outbox: Outbox,
@@ -60,10 +63,12 @@ pub struct Pipeline {
     telemetry: Arc<Telemetry>,
     /// Assignment and lag, from librdkafka callbacks.
     partitions: Arc<PartitionState>,
-    /// Next offset per (topic, partition) of everything handed to the
+    /// Next offset per topic and partition of everything handed to the
     /// engine (from the restored snapshot on): records below it are
-    /// skipped, whenever Kafka delivers them again.
-    positions: BTreeMap<(String, i32), i64>,
+    /// skipped, whenever Kafka delivers them again. Nested by topic so a
+    /// message is looked up by its borrowed topic name, with no
+    /// allocation per message.
+    positions: BTreeMap<String, BTreeMap<i32, i64>>,
     /// Input timestamps of the open batch, for the latency histograms.
     batch_ts: Vec<InputStamp>,
     /// Messages in the open batch.
@@ -87,6 +92,11 @@ pub struct Pipeline {
     watch: GroupWatch,
     /// When the group's newest claim was last looked up.
     last_fence_check: Instant,
+    /// The wall clock for input validation's future-skew check, read when
+    /// a batch starts or the loop wakes without a message: reading it per
+    /// message is a measurable cost, and a day's skew limit does not care
+    /// about a second.
+    wall_now: Millis,
     /// The published batch whose acknowledgements are still awaited: the
     /// loop reads and links the next batch meanwhile, and settles this
     /// one before it publishes again or snapshots (one batch in flight).
@@ -164,7 +174,7 @@ impl Pipeline {
             settings: settings.clone(),
             watch: GroupWatch::new(k)?,
             cfg,
-            consumer,
+            consumer: Arc::new(consumer),
             outbox: Outbox::new(producer),
             snapshots,
             telemetry,
@@ -179,6 +189,7 @@ impl Pipeline {
             active: false,
             role_generation: 0,
             last_fence_check: Instant::now(),
+            wall_now: wall_clock(),
             unsettled: None,
         })
     }
@@ -198,14 +209,14 @@ impl Pipeline {
             Some((bytes, manifest)) => {
                 let engine = Engine::restore(&settings.core, settings.classifier.clone(), &bytes)
                     .context("the stored snapshot cannot be restored")?;
-                let restored: BTreeMap<(String, i32), i64> = manifest
-                    .positions
-                    .iter()
-                    .filter_map(|(tp, off)| {
-                        let (t, p) = tp.rsplit_once('/')?;
-                        Some(((t.to_string(), p.parse().ok()?), *off))
-                    })
-                    .collect();
+                let mut restored: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+                for (tp, off) in &manifest.positions {
+                    if let Some((t, p)) = tp.rsplit_once('/')
+                        && let Ok(p) = p.parse()
+                    {
+                        restored.entry(t.to_string()).or_default().insert(p, *off);
+                    }
+                }
                 tracing::info!(
                     epoch = manifest.epoch,
                     snapshot = manifest.id,
@@ -277,7 +288,11 @@ impl Pipeline {
                     // rejoins by itself) and then leaves, where a bare
                     // unsubscribe could leave a member behind that holds
                     // partitions and keeps the owner waiting.
-                    let fresh = new_consumer(&self.cfg.kafka, &self.telemetry, &self.partitions)?;
+                    let fresh = Arc::new(new_consumer(
+                        &self.cfg.kafka,
+                        &self.telemetry,
+                        &self.partitions,
+                    )?);
                     let old = std::mem::replace(&mut self.consumer, fresh);
                     tokio::task::block_in_place(|| drop(old));
                     // The state is stale from here on: drop it.
@@ -347,7 +362,11 @@ impl Pipeline {
         let snapshot_every = Duration::from_secs(rt.snapshot_interval_seconds);
         let mut last_message = Instant::now();
         let mut last_snapshot = Instant::now();
+        let mut last_look = Instant::now();
         let mut flushed = false;
+        // Its own handle: a message borrowed from it is handled while
+        // `self` changes.
+        let consumer = self.consumer.clone();
         loop {
             if !self.follow_assignment().await? {
                 return Ok(Served::Yielded);
@@ -361,7 +380,7 @@ impl Pipeline {
             };
             let next = tokio::select! {
                 _ = shutdown.recv() => break,
-                r = tokio::time::timeout(wait.max(Duration::from_millis(1)), self.consumer.recv()) => r.map(|m| m.map(|m| m.detach())),
+                r = tokio::time::timeout(wait.max(Duration::from_millis(1)), consumer.recv()) => r,
             };
             match next {
                 Ok(Ok(m)) => {
@@ -381,12 +400,15 @@ impl Pipeline {
                     tracing::warn!(error = %e, "consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(_) => {}
+                Err(_) => self.wall_now = wall_clock(),
             }
             if !self.active {
                 continue;
             }
-            self.mark_idle();
+            if last_look.elapsed() >= LOOK_EVERY {
+                last_look = Instant::now();
+                self.mark_idle();
+            }
             if (self.batch_len >= rt.batch_max_messages
                 || (self.batch_len > 0 && self.batch_started.elapsed() >= batch_max))
                 && !self.publish().await?
@@ -473,7 +495,7 @@ impl Pipeline {
         // position, or at its beginning if the state holds nothing of it
         // (positions are committed only with a snapshot that covers them).
         for (t, p) in assigned {
-            let at = match self.positions.get(&(t.clone(), *p)) {
+            let at = match self.positions.get(t).and_then(|ps| ps.get(p)) {
                 Some(&o) => Offset::Offset(o),
                 None => Offset::Beginning,
             };
@@ -588,26 +610,34 @@ impl Pipeline {
     }
 
     /// Decodes one input message and hands it to the engine.
-    fn handle(&mut self, m: &OwnedMessage) -> Result<()> {
-        let topic = m.topic().to_string();
+    fn handle(&mut self, m: &impl Message) -> Result<()> {
+        let topic = m.topic();
         if !self.active {
             // Not the owner (yet): the record is left for whoever is; this
             // instance reads it again from its position once it owns it.
-            self.telemetry.skipped(&topic);
+            self.telemetry.skipped(topic);
             return Ok(());
         }
         let (partition, offset) = (m.partition(), m.offset());
-        let key = (topic.clone(), partition);
         // Below the position: already in the state, from the restored
         // snapshot or from earlier in this run. Kafka delivers such records
         // again after the group is rejoined (a broker outage, a missed
         // session timeout): the consumer restarts from the last commit,
         // which trails what the engine has applied.
-        if self.positions.get(&key).is_some_and(|&next| offset < next) {
-            self.telemetry.skipped(&topic);
+        let next = match self.positions.get_mut(topic) {
+            Some(ps) => ps.entry(partition).or_insert(offset),
+            None => self
+                .positions
+                .entry(topic.to_string())
+                .or_default()
+                .entry(partition)
+                .or_insert(offset),
+        };
+        if offset < *next {
+            self.telemetry.skipped(topic);
             return Ok(());
         }
-        self.positions.insert(key, offset + 1);
+        *next = offset + 1;
         self.batch_len += 1;
         self.since_snapshot += 1;
         // The rebalance that assigned this partition ran inside the same
@@ -617,21 +647,21 @@ impl Pipeline {
         let topic_index = u32::from(topic != self.cfg.kafka.events_topic);
         self.last_seen
             .insert(source(topic_index, partition), Instant::now());
-        let decoded = decode(&self.decoder, m, &topic, topic_index == 1);
+        let decoded = decode(&self.decoder, m, topic, topic_index == 1, self.wall_now);
         if let Some(ts_ms) = m.timestamp().to_millis() {
             let sign_in = decoded.as_ref().is_ok_and(|ev| ev.is_sign_in());
             self.batch_ts.push(InputStamp { ts_ms, sign_in });
         }
         match decoded {
             Ok(ev) => {
-                self.telemetry.accepted(&topic);
+                self.telemetry.accepted(topic);
                 if self.engine.ingest(source(topic_index, partition), ev) == Ingested::Erased {
                     tracing::debug!("event covered by an erase marker dropped");
                 }
             }
             Err(rej) => {
                 self.telemetry
-                    .rejected(&topic, partition, offset, rej.reason);
+                    .rejected(topic, partition, offset, rej.reason);
                 let record = dead_letter(&self.cfg.kafka.dead_letters_topic, m, &rej);
                 self.send(record)?;
             }
@@ -730,6 +760,7 @@ impl Pipeline {
         self.telemetry.engine(&self.engine);
         self.batch_len = 0;
         self.batch_started = Instant::now();
+        self.wall_now = wall_clock();
         Ok(true)
     }
 
@@ -773,15 +804,17 @@ impl Pipeline {
         }
         let started = Instant::now();
         let bytes = self.engine.snapshot();
-        let positions: BTreeMap<String, i64> = self
-            .positions
-            .iter()
-            .map(|((t, p), o)| (format!("{t}/{p}"), *o))
-            .collect();
+        let every = || {
+            self.positions
+                .iter()
+                .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t, *p, *o)))
+        };
+        let positions: BTreeMap<String, i64> =
+            every().map(|(t, p, o)| (format!("{t}/{p}"), o)).collect();
         self.snapshots.save(&bytes, positions).await?;
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in &self.positions {
-            tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
+        for (t, p, o) in every() {
+            tpl.add_partition_offset(t, p, Offset::Offset(o))?;
         }
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync)
