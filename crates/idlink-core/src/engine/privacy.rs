@@ -7,6 +7,7 @@ use crate::event::{Event, EventKind, PrivacyTarget};
 use crate::time::Millis;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
+use smol_str::SmolStr;
 
 /// Namespace of device ids in erase-marker fingerprints.
 pub(super) const DEVICE_NS: u8 = 1;
@@ -60,8 +61,13 @@ pub(super) struct PendingPurge {
     devices: FxHashMap<u32, usize>,
     /// Opted-out accounts whose pending co-locations must go, and their ack.
     opted_out: FxHashMap<u32, usize>,
-    /// Fingerprints of erased ids, for counting purged buffered events.
-    fingerprints: Vec<(u128, usize)>,
+    /// Erased device ids, with their marker fingerprint and ack: the purge
+    /// finds the buffered events that mention them by id (a hash lookup),
+    /// not by a keyed fingerprint of every buffered event's ids. Never
+    /// stored: the purge runs before any snapshot.
+    erased_devices: FxHashMap<SmolStr, (u128, usize)>,
+    /// Erased account ids, likewise.
+    erased_accounts: FxHashMap<SmolStr, (u128, usize)>,
     /// Acknowledgements waiting for the purge.
     acks: Vec<PrivacyAck>,
 }
@@ -145,20 +151,18 @@ impl Engine {
         let ack = self.pending.acks.len();
         match (ev.kind, &target) {
             (EventKind::Erase, PrivacyTarget::Account(acc)) => {
-                self.add_marker(ACCOUNT_NS, acc.as_str(), ev.ts);
+                let fp = self.add_marker(ACCOUNT_NS, acc.as_str(), ev.ts);
                 self.pending
-                    .fingerprints
-                    .push((self.hasher.fingerprint(ACCOUNT_NS, acc.as_str()), ack));
+                    .erased_accounts
+                    .insert(acc.0.clone(), (fp, ack));
                 if let Some(a) = self.accounts.find(acc.as_str()) {
                     self.erase_account(a, ev.ts, &mut removed);
                     self.pending.accounts.insert(a, ack);
                 }
             }
             (EventKind::Erase, PrivacyTarget::Device(dev)) => {
-                self.add_marker(DEVICE_NS, dev.as_str(), ev.ts);
-                self.pending
-                    .fingerprints
-                    .push((self.hasher.fingerprint(DEVICE_NS, dev.as_str()), ack));
+                let fp = self.add_marker(DEVICE_NS, dev.as_str(), ev.ts);
+                self.pending.erased_devices.insert(dev.0.clone(), (fp, ack));
                 if let Some(d) = self.devices.find(dev.as_str()) {
                     self.erase_device(d, &mut removed);
                     self.pending.devices.insert(d, ack);
@@ -196,11 +200,13 @@ impl Engine {
         }
     }
 
-    fn add_marker(&mut self, ns: u8, id: &str, ts: Millis) {
+    /// Records an erase marker; returns its fingerprint.
+    fn add_marker(&mut self, ns: u8, id: &str, ts: Millis) -> u128 {
         let fp = self.hasher.fingerprint(ns, id);
         let t = self.markers.entry(fp).or_insert(ts);
         *t = (*t).max(ts);
         self.max_marker_ts = self.max_marker_ts.max(ts);
+        fp
     }
 
     /// Runs the pending purge: one pass over every bucket, profile and
@@ -221,27 +227,29 @@ impl Engine {
         };
         self.coloc.forget(&devices, &accounts, &opted, &mut count);
         let mut survivors: Vec<Event> = Vec::new();
-        if !p.fingerprints.is_empty() && !self.buffer.is_empty() {
-            let fps: FxHashMap<u128, usize> = p.fingerprints.iter().copied().collect();
+        let (erased_devices, erased_accounts) = (&p.erased_devices, &p.erased_accounts);
+        if !(erased_devices.is_empty() && erased_accounts.is_empty()) && !self.buffer.is_empty() {
             let mut purged: Vec<usize> = Vec::new();
             let markers = &self.markers;
-            let hasher = &self.hasher;
             self.buffer.retain(|e| {
                 if e.kind.is_privacy() {
                     return true;
                 }
                 let mut mentions = false;
-                let mut hit = |ns: u8, id: &str| {
-                    let fp = hasher.fingerprint(ns, id);
-                    let i = fps.get(&fp).copied()?;
+                let mut hit = |erased: &FxHashMap<SmolStr, (u128, usize)>, id: &str| {
+                    let &(fp, i) = erased.get(id)?;
                     mentions = true;
                     markers.get(&fp).is_some_and(|&t| e.ts <= t).then_some(i)
                 };
                 let found = e
                     .device
                     .as_ref()
-                    .and_then(|d| hit(DEVICE_NS, d.as_str()))
-                    .or_else(|| e.account.as_ref().and_then(|a| hit(ACCOUNT_NS, a.as_str())));
+                    .and_then(|d| hit(erased_devices, d.as_str()))
+                    .or_else(|| {
+                        e.account
+                            .as_ref()
+                            .and_then(|a| hit(erased_accounts, a.as_str()))
+                    });
                 match found {
                     Some(i) => {
                         purged.push(i);
