@@ -307,6 +307,9 @@ pub struct Partitioned {
     /// loop reads the next batch meanwhile, and settles it before it
     /// publishes again (one batch in flight).
     unsettled: Option<Unsettled>,
+    /// The wall clock for input validation's future-skew check, read when
+    /// a batch starts or the loop wakes without a message, not per record.
+    wall_now: Millis,
 }
 
 /// What waits for a published batch's acknowledgements: then its input
@@ -378,6 +381,7 @@ impl Partitioned {
             batch_len: 0,
             batch_started: Instant::now(),
             unsettled: None,
+            wall_now: wall_clock(),
             last_fence_check: Instant::now(),
         })
     }
@@ -419,7 +423,7 @@ impl Partitioned {
                     tracing::warn!(error = %e, "consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(_) => {}
+                Err(_) => self.wall_now = wall_clock(),
             }
             if last_look.elapsed() >= LOOK_EVERY {
                 last_look = Instant::now();
@@ -714,10 +718,16 @@ impl Partitioned {
     /// Routes one input record: to its device's partition (a privacy
     /// request to every partition), or to the dead letters.
     fn route(&mut self, m: &BorrowedMessage<'_>) -> Result<()> {
-        let topic = m.topic().to_string();
+        let topic = m.topic();
         let (partition, offset) = (m.partition(), m.offset());
-        let Some(r) = self.routes.get_mut(&(topic.clone(), partition)) else {
-            self.telemetry.skipped(&topic);
+        // A handful of routes: a scan finds one without building a key.
+        let Some(r) = self
+            .routes
+            .iter_mut()
+            .find(|((t, p), _)| t == topic && *p == partition)
+            .map(|(_, r)| r)
+        else {
+            self.telemetry.skipped(topic);
             return Ok(());
         };
         r.last_seen = Instant::now();
@@ -730,9 +740,9 @@ impl Partitioned {
         let src = r.source;
         self.batch_len += 1;
         let privacy = topic == self.cfg.kafka.privacy_topic;
-        match decode(&self.decoder, m, &topic, privacy, wall_clock()) {
+        match decode(&self.decoder, m, topic, privacy, self.wall_now) {
             Ok(ev) => {
-                self.telemetry.accepted(&topic);
+                self.telemetry.accepted(topic);
                 if ev.ts > r.max_ts {
                     r.max_ts = ev.ts;
                     r.moved = true;
@@ -758,7 +768,7 @@ impl Partitioned {
             }
             Err(rej) => {
                 self.telemetry
-                    .rejected(&topic, partition, offset, rej.reason);
+                    .rejected(topic, partition, offset, rej.reason);
                 let out = dead_letter(&self.cfg.kafka.dead_letters_topic, m, &rej);
                 self.outbox.send(out)?;
             }
@@ -912,6 +922,7 @@ impl Partitioned {
         self.telemetry.stage_tasks(self.tasks.len());
         self.batch_len = 0;
         self.batch_started = Instant::now();
+        self.wall_now = wall_clock();
         Ok(())
     }
 
