@@ -29,7 +29,7 @@ use super::config::ServiceConfig;
 use super::kafka::{LOOK_EVERY, PartitionState, ProducerHealth, ServiceContext, consumer_config};
 use super::outbox::{Outbox, Outgoing, dead_letter, decode, source, wall_clock};
 use super::snapshots::Snapshots;
-use super::telemetry::{InputStamp, Telemetry};
+use super::telemetry::{BatchOutput, InputStamp, Telemetry};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use idlink_core::engine::staged::{
@@ -313,16 +313,13 @@ pub struct Partitioned {
 }
 
 /// What waits for a published batch's acknowledgements: then its input
-/// offsets are committed and its latency observed.
+/// offsets are committed and its output observed.
 #[derive(Default)]
 struct Unsettled {
     /// Routed input offsets to commit.
     commits: Vec<(String, i32, i64)>,
-    /// Input records whose effects it publishes.
-    stamps: Vec<InputStamp>,
-    /// Output records per output topic: device links, account devices,
-    /// privacy acknowledgements.
-    published: [u64; 3],
+    /// What it wrote, for the telemetry.
+    output: BatchOutput,
 }
 
 impl Partitioned {
@@ -905,12 +902,10 @@ impl Partitioned {
             }
         }
         self.telemetry.producer_queue(self.outbox.in_flight());
-        let mut batch = Unsettled {
-            published: [nd, na, nk],
-            ..Unsettled::default()
-        };
+        let mut batch = Unsettled::default();
+        batch.output.published = [nd, na, nk];
         for t in self.tasks.values_mut() {
-            batch.stamps.append(&mut t.taken_ts);
+            batch.output.stamps.append(&mut t.taken_ts);
         }
         for ((t, p), r) in &mut self.routes {
             if let Some(o) = r.commit.take() {
@@ -941,16 +936,7 @@ impl Partitioned {
         let Some(batch) = self.unsettled.take() else {
             return Ok(());
         };
-        let k = &self.cfg.kafka;
-        let topics = [
-            &k.device_links_topic,
-            &k.account_devices_topic,
-            &k.privacy_acks_topic,
-        ];
-        for (topic, n) in topics.into_iter().zip(batch.published) {
-            self.telemetry.published(topic, n);
-        }
-        self.telemetry.published_effects(batch.stamps);
+        self.telemetry.settled(&self.cfg.kafka, batch.output);
         let mut tpl = TopicPartitionList::new();
         for (t, p, o) in &batch.commits {
             tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;

@@ -26,7 +26,7 @@ use super::kafka::{
 use super::outbox::{Outbox, Outgoing, dead_letter, decode, source, wall_clock};
 use super::ownership::{GroupWatch, Role};
 use super::snapshots::Snapshots;
-use super::telemetry::{InputStamp, Telemetry};
+use super::telemetry::{BatchOutput, InputStamp, Telemetry};
 use crate::settings::Settings;
 use anyhow::{Context, Result, bail};
 use futures::FutureExt;
@@ -101,17 +101,7 @@ pub struct Pipeline {
     /// The published batch whose acknowledgements are still awaited: the
     /// loop reads and links the next batch meanwhile, and settles this
     /// one before it publishes again or snapshots (one batch in flight).
-    unsettled: Option<Unsettled>,
-}
-
-/// What waits for a published batch's acknowledgements: then its
-/// publications are counted and its latency observed.
-struct Unsettled {
-    /// Input records whose effects it publishes.
-    stamps: Vec<InputStamp>,
-    /// Output records per output topic: device links, account devices,
-    /// privacy acknowledgements.
-    published: [u64; 3],
+    unsettled: Option<BatchOutput>,
 }
 
 /// How long a standby that cannot describe the group (the brokers do not
@@ -785,7 +775,7 @@ impl Pipeline {
             self.telemetry.privacy_ack(ack.kind);
         }
         self.telemetry.producer_queue(self.outbox.in_flight());
-        self.unsettled = Some(Unsettled {
+        self.unsettled = Some(BatchOutput {
             stamps: std::mem::take(&mut self.batch_ts),
             published,
         });
@@ -812,19 +802,9 @@ impl Pipeline {
         }
         // Again once acknowledged, so the gauge never shows a stale peak.
         self.telemetry.producer_queue(self.outbox.in_flight());
-        let Some(batch) = self.unsettled.take() else {
-            return Ok(true);
-        };
-        let k = &self.cfg.kafka;
-        let topics = [
-            &k.device_links_topic,
-            &k.account_devices_topic,
-            &k.privacy_acks_topic,
-        ];
-        for (topic, n) in topics.into_iter().zip(batch.published) {
-            self.telemetry.published(topic, n);
+        if let Some(batch) = self.unsettled.take() {
+            self.telemetry.settled(&self.cfg.kafka, batch);
         }
-        self.telemetry.published_effects(batch.stamps);
         Ok(true)
     }
 

@@ -2,6 +2,7 @@
 //! `tracing`, never with raw ids or addresses at info level) and updates
 //! its Prometheus metric, so the business code makes one call per event.
 
+use super::config::KafkaConfig;
 use idlink_core::{EngineStats, RejectReason};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -22,6 +23,17 @@ pub struct InputStamp {
     pub ts_ms: i64,
     /// Whether it is a sign-in ([`idlink_core::Event::is_sign_in`]).
     pub sign_in: bool,
+}
+
+/// What a published batch wrote, observed once its acknowledgements are
+/// in (one batch in flight: see the loops' `settle`).
+#[derive(Default)]
+pub struct BatchOutput {
+    /// Input records whose effects it publishes.
+    pub stamps: Vec<InputStamp>,
+    /// Output records per output topic: device links, account devices,
+    /// privacy acknowledgements.
+    pub published: [u64; 3],
 }
 
 /// The service's metrics and health flags.
@@ -322,6 +334,20 @@ impl Telemetry {
     pub fn privacy_ack(&self, kind: &str) {
         self.privacy_acks.with_label_values(&[kind]).inc();
         tracing::info!(kind, "privacy request applied");
+    }
+
+    /// `batch` was acknowledged: counts its records per output topic and
+    /// observes its latency.
+    pub fn settled(&self, k: &KafkaConfig, batch: BatchOutput) {
+        let topics = [
+            &k.device_links_topic,
+            &k.account_devices_topic,
+            &k.privacy_acks_topic,
+        ];
+        for (topic, n) in topics.into_iter().zip(batch.published) {
+            self.published(topic, n);
+        }
+        self.published_effects(batch.stamps);
     }
 
     /// The effects of `records` were just acknowledged: their latency
