@@ -7,6 +7,7 @@ mod outbox;
 mod ownership;
 mod partitioned;
 mod pipeline;
+mod purge;
 mod snapshots;
 pub mod telemetry;
 

@@ -28,6 +28,7 @@
 use super::config::ServiceConfig;
 use super::kafka::{LOOK_EVERY, PartitionState, ProducerHealth, ServiceContext, consumer_config};
 use super::outbox::{Outbox, Outgoing, dead_letter, decode, source, wall_clock};
+use super::purge::Purger;
 use super::snapshots::Snapshots;
 use super::telemetry::{BatchOutput, InputStamp, Telemetry};
 use crate::settings::Settings;
@@ -280,6 +281,8 @@ pub struct Partitioned {
     outbox: Outbox,
     /// The stage tasks' snapshot producer, shared by their stores.
     snapshot_producer: FutureProducer,
+    /// Deletes the internal records below the tasks' accepted commits.
+    purger: Purger,
     /// Metrics and readiness.
     telemetry: Arc<Telemetry>,
     /// Assignment and lag, from librdkafka callbacks.
@@ -356,6 +359,7 @@ impl Partitioned {
             })
             .context("creating the producer")?;
         let snapshot_producer = Snapshots::producer(k)?;
+        let purger = Purger::new(k, telemetry.clone())?;
         let sources = (0..events as i32)
             .map(|p| source(0, p))
             .chain((0..privacy as i32).map(|p| source(1, p)))
@@ -368,6 +372,7 @@ impl Partitioned {
             consumer: Arc::new(consumer),
             outbox: Outbox::new(producer),
             snapshot_producer,
+            purger,
             telemetry,
             partitions,
             internal,
@@ -441,6 +446,7 @@ impl Partitioned {
         tracing::info!("shutting down: publishing, snapshotting, committing");
         self.telemetry.set_ready(false, "shutting down");
         self.checkpoint().await?;
+        self.purger.finish(Duration::from_secs(5)).await;
         Ok(())
     }
 
@@ -525,6 +531,10 @@ impl Partitioned {
         let mut store =
             Snapshots::with_producer(&kafka, &self.cfg.service, self.snapshot_producer.clone())?;
         let started = Instant::now();
+        // Claimed before the state is read, so that the previous owner
+        // either sees the claim or has its last snapshot read here
+        // (`purge.rs`).
+        store.claim_ahead().await?;
         let (de, be, acc, epochs, read) = match store.load(&self.telemetry).await? {
             Some((bytes, manifest)) => {
                 let (d, b, a, epochs): (Vec<u8>, Vec<u8>, Vec<u8>, Epochs) =
@@ -1074,6 +1084,18 @@ impl Partitioned {
                 if o >= 0 {
                     tpl.add_partition_offset(name, j as i32, Offset::Offset(o))?;
                 }
+            }
+            // Unless another instance has claimed the task since (an
+            // unanswered look counts as claimed here), no restore will read
+            // below the snapshot just acknowledged.
+            if matches!(t.store.superseded(), Ok(false)) {
+                let positions = t.positions();
+                self.purger.purge(
+                    self.internal
+                        .iter()
+                        .zip(positions)
+                        .map(|(n, o)| (n.as_str(), j as i32, o)),
+                );
             }
         }
         if tpl.count() > 0

@@ -18,7 +18,9 @@
 //! group, epoch and snapshot id, so two owners never share a chunk key.
 //! Before publishing, the owner looks for a newer claim
 //! ([`Snapshots::superseded`]); a zombie finds its successor's claim and
-//! stops.
+//! stops. A partitioned stage task is claimed ahead of its restore
+//! ([`Snapshots::claim_ahead`]: a manifest record that holds no state),
+//! so that its previous owner may delete the input its snapshot covers.
 
 use super::config::{KafkaConfig, RuntimeConfig};
 use super::kafka::{client_config, producer_config};
@@ -54,6 +56,10 @@ pub struct Manifest {
     /// Next input offset per `topic/partition`: everything before it is in
     /// the snapshot.
     pub positions: BTreeMap<String, i64>,
+    /// A claim written ahead of the restore ([`Snapshots::claim_ahead`]):
+    /// it holds no state and is never restored, but its epoch counts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claim: bool,
 }
 
 /// Writes and reads snapshots.
@@ -72,6 +78,9 @@ pub struct Snapshots {
     epoch: u64,
     /// Whether `epoch` was claimed by this instance (it may write).
     claimed: bool,
+    /// An epoch claimed ahead of the restore, which [`Snapshots::claim`]
+    /// takes instead of a new one.
+    ahead: Option<u64>,
     /// Greatest epoch among this group's manifests seen so far.
     newest_epoch: u64,
     /// Manifests before this offset have been read.
@@ -143,6 +152,7 @@ impl Snapshots {
             last: None,
             epoch: 0,
             claimed: false,
+            ahead: None,
             newest_epoch: 0,
             scanned_to: 0,
             reader: reader(kafka)?,
@@ -159,13 +169,52 @@ impl Snapshots {
         self.claimed
     }
 
-    /// Takes the next epoch: the caller is the group's owner from now on
-    /// and must write a snapshot before it processes anything.
+    /// Takes the next epoch (or the one claimed ahead): the caller is the
+    /// group's owner from now on and must write a snapshot before it
+    /// processes anything.
     pub fn claim(&mut self) -> u64 {
-        self.epoch = self.newest_epoch.max(self.epoch) + 1;
+        self.epoch = match self.ahead.take() {
+            Some(epoch) => epoch,
+            None => self.newest_epoch.max(self.epoch) + 1,
+        };
         self.newest_epoch = self.epoch;
         self.claimed = true;
         self.epoch
+    }
+
+    /// Claims the next epoch before the state is read: writes a claim
+    /// record under it and returns once it is acknowledged; the next
+    /// [`Snapshots::claim`] takes it. An owner that deletes input its
+    /// snapshot covers looks for newer claims after the snapshot is
+    /// acknowledged (`purge.rs`): either it finds this one, or this
+    /// restore reads that snapshot or a newer one.
+    pub async fn claim_ahead(&mut self) -> Result<u64> {
+        self.superseded()?;
+        let epoch = self.newest_epoch.max(self.epoch) + 1;
+        let claim = Manifest {
+            key: self.kafka.group_id.clone(),
+            epoch,
+            id: 0,
+            first_offset: -1,
+            chunks: 0,
+            bytes: 0,
+            positions: BTreeMap::new(),
+            claim: true,
+        };
+        let value = serde_json::to_vec(&claim)?;
+        let key = manifest_key(&self.kafka.group_id, epoch);
+        let record = FutureRecord::to(&self.kafka.manifests_topic)
+            .key(&key)
+            .payload(&value)
+            .partition(0)
+            .headers(headers());
+        self.producer
+            .send(record, Duration::from_secs(60))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("writing a claim: {e}"))?;
+        self.newest_epoch = epoch;
+        self.ahead = Some(epoch);
+        Ok(epoch)
     }
 
     /// Forgets the claim (ownership lost); the held state is stale.
@@ -248,6 +297,7 @@ impl Snapshots {
             chunks: chunks.len(),
             bytes: bytes.len(),
             positions,
+            claim: false,
         };
         let value = serde_json::to_vec(&manifest)?;
         let mkey = manifest_key(&key, epoch);
@@ -295,15 +345,22 @@ impl Snapshots {
     pub async fn load(&mut self, telemetry: &Telemetry) -> Result<Option<(Vec<u8>, Manifest)>> {
         let kafka = self.kafka.clone();
         let mut scanned_to = self.scanned_to;
+        let mut newest_epoch = self.newest_epoch;
         let found = tokio::task::block_in_place(|| {
-            load_blocking(&self.reader, &kafka, telemetry, &mut scanned_to)
+            load_blocking(
+                &self.reader,
+                &kafka,
+                telemetry,
+                &mut scanned_to,
+                &mut newest_epoch,
+            )
         })?;
         // The restored manifest is the newest up to here: the next look for
         // newer claims need not read these manifests again.
         self.scanned_to = self.scanned_to.max(scanned_to);
         self.last = found.as_ref().map(|(_, m)| m.clone());
         self.epoch = self.last.as_ref().map_or(0, |m| m.epoch);
-        self.newest_epoch = self.newest_epoch.max(self.epoch);
+        self.newest_epoch = newest_epoch.max(self.epoch);
         self.claimed = false;
         Ok(found)
     }
@@ -378,16 +435,20 @@ fn load_blocking(
     kafka: &KafkaConfig,
     telemetry: &Telemetry,
     scanned_to: &mut i64,
+    newest_epoch: &mut u64,
 ) -> Result<Option<(Vec<u8>, Manifest)>> {
     let mut newest: Option<Manifest> = None;
     read_range(consumer, &kafka.manifests_topic, 0, |m| {
         *scanned_to = m.offset() + 1;
-        if let Some(man) = group_manifest(m, &kafka.group_id)
-            && newest
-                .as_ref()
-                .is_none_or(|n| (man.epoch, man.id) > (n.epoch, n.id))
-        {
-            newest = Some(man);
+        if let Some(man) = group_manifest(m, &kafka.group_id) {
+            *newest_epoch = (*newest_epoch).max(man.epoch);
+            if !man.claim
+                && newest
+                    .as_ref()
+                    .is_none_or(|n| (man.epoch, man.id) > (n.epoch, n.id))
+            {
+                newest = Some(man);
+            }
         }
         true
     })?;

@@ -90,6 +90,10 @@ pub struct Telemetry {
     /// Partitioned mode: the stage tasks this instance holds, to see how
     /// the work is spread over the group.
     stage_tasks: IntGauge,
+    /// Partitioned mode: purges of an internal partition below its stage
+    /// task's committed position, by result, so operators see the
+    /// internal topics kept short (or the brokers refusing to).
+    internal_purges: IntCounterVec,
     /// Engine counters already exported, to turn totals into increments.
     last: std::sync::Mutex<EngineStats>,
 }
@@ -238,6 +242,12 @@ impl Telemetry {
                 "Output records acknowledged by the brokers, by topic.",
                 &["topic"],
             ),
+            internal_purges: counter_vec(
+                &r,
+                "idlink_internal_purges_total",
+                "Partitioned mode: internal partitions purged below a stage task's committed position, by result.",
+                &["result"],
+            ),
             stage_tasks: gauge(
                 &r,
                 "idlink_stage_tasks",
@@ -381,6 +391,18 @@ impl Telemetry {
     /// Producer queue depth.
     pub fn producer_queue(&self, depth: i32) {
         self.producer_queue.set(i64::from(depth));
+    }
+
+    /// An internal partition's records below `offset` were deleted.
+    pub fn internal_purged(&self, topic: &str, partition: i32, offset: i64) {
+        self.internal_purges.with_label_values(&["ok"]).inc();
+        tracing::debug!(topic, partition, offset, "internal records purged");
+    }
+
+    /// Purging an internal partition failed (retention still bounds it).
+    pub fn internal_purge_failed(&self, topic: &str, partition: i32, error: &str) {
+        self.internal_purges.with_label_values(&["failed"]).inc();
+        tracing::warn!(topic, partition, error, "purging internal records failed");
     }
 
     /// Restore progress.

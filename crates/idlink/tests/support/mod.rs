@@ -744,6 +744,25 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The low watermark (first offset still stored) of every partition of
+/// `topic`.
+pub fn low_watermarks(brokers: &str, topic: &str) -> Result<Vec<i64>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut lows = Vec::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            lows.push(
+                c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?
+                    .0,
+            );
+        }
+    }
+    Ok(lows)
+}
+
 /// The sum of every series whose name and labels start with `prefix`.
 pub fn metric_sum(text: &str, prefix: &str) -> f64 {
     text.lines()
