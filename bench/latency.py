@@ -6,7 +6,8 @@
 Reads two histograms and prints one JSON object: for every record
 (`idlink_ingest_to_publish_seconds`) the records observed and, for p50
 and p99, the upper bound of the histogram bucket that holds the quantile
-(null when it is the +Inf bucket or nothing was observed); the same for
+(null when it is the +Inf bucket or nothing was observed), and the
+fractions observed within 0.5 s and within 1 s; the same for
 sign-ins alone under "sign_ins" (`idlink_sign_in_to_publish_seconds`,
 the issue's target). Several files (one per instance) are summed
 bucket by bucket. RATE, if given, is echoed as `rate_records_per_second`.
@@ -38,7 +39,17 @@ def quantiles(metric):
                 return None if le == float("inf") else le
         return None
 
-    return {"records": count, "p50_seconds_at_most": quantile(0.5), "p99_seconds_at_most": quantile(0.99)}
+    def within(seconds):
+        c = dict(buckets).get(seconds)
+        return round(c / count, 6) if count and c is not None else None
+
+    return {
+        "records": count,
+        "p50_seconds_at_most": quantile(0.5),
+        "p99_seconds_at_most": quantile(0.99),
+        "within_0_5_seconds": within(0.5),
+        "within_1_second": within(1.0),
+    }
 
 
 out = quantiles("idlink_ingest_to_publish_seconds")

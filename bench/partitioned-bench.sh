@@ -50,6 +50,9 @@
 #   BENCH_LATENCY_RATE  records/s of the latency run (default: half of
 #                    the first run's rate less the idle wait)
 #   BENCH_BATCH_MS   service.batch_max_ms of the instances (default 50)
+#   BENCH_SNAPSHOT_SECONDS  service.snapshot_interval_seconds of the
+#                    instances (default 10); each snapshot lets a task
+#                    purge its internal partitions below it
 #   BENCH_PERF       set: a perf profile of the first run's first
 #                    instance in $BENCH_DIR/perf.data (frame pointers;
 #                    "dwarf": DWARF call graphs at 99 Hz)
@@ -68,6 +71,7 @@ LATENCY_INSTANCES=${BENCH_LATENCY_INSTANCES:-1 2}
 NISSHI=${NISSHI_BIN:-$HOME/.cache/idlink/nisshi-0.8.1/bin/nisshi}
 IDLE_SECONDS=5
 BATCH_MS=${BENCH_BATCH_MS:-50}
+SNAPSHOT_SECONDS=${BENCH_SNAPSHOT_SECONDS:-10}
 
 log() { printf '[partitioned-bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -169,7 +173,7 @@ partitioned = true
 batch_max_ms = $BATCH_MS
 idle_flush_ms = $((BATCH_MS > 200 ? BATCH_MS : 200))
 source_idle_seconds = $IDLE_SECONDS
-snapshot_interval_seconds = 10
+snapshot_interval_seconds = $SNAPSHOT_SECONDS
 EOF
 }
 

@@ -1072,6 +1072,8 @@ impl Partitioned {
     async fn checkpoint(&mut self) -> Result<()> {
         self.publish().await?;
         self.settle().await?;
+        let started = Instant::now();
+        let mut bytes = 0;
         let mut tpl = TopicPartitionList::new();
         for (&j, t) in &mut self.tasks {
             if !t.dirty {
@@ -1079,7 +1081,7 @@ impl Partitioned {
             }
             // Snapshotting runs pending privacy purges, which may change
             // what is published: publish it with the next batch.
-            save(t, &self.internal, j).await?;
+            bytes += save(t, &self.internal, j).await?;
             for (name, o) in self.internal.iter().zip(t.positions()) {
                 if o >= 0 {
                     tpl.add_partition_offset(name, j as i32, Offset::Offset(o))?;
@@ -1098,17 +1100,19 @@ impl Partitioned {
                 );
             }
         }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
-        {
-            tracing::warn!(error = %e, "committing stage offsets failed");
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::warn!(error = %e, "committing stage offsets failed");
+            }
+            self.telemetry
+                .snapshot(bytes, started.elapsed().as_secs_f64());
         }
         Ok(())
     }
 }
 
-/// Snapshots task `j` with its positions.
-async fn save(t: &mut Task, internal: &[String; 5], j: u32) -> Result<()> {
+/// Snapshots task `j` with its positions; returns the snapshot's size.
+async fn save(t: &mut Task, internal: &[String; 5], j: u32) -> Result<usize> {
     let started = Instant::now();
     let bytes = staged::encode(&(
         t.de.stage_snapshot(),
@@ -1129,7 +1133,7 @@ async fn save(t: &mut Task, internal: &[String; 5], j: u32) -> Result<()> {
         seconds = started.elapsed().as_secs_f64(),
         "stage task snapshotted"
     );
-    Ok(())
+    Ok(bytes.len())
 }
 
 /// Whether another instance has claimed the task since this one did.

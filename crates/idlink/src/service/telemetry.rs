@@ -218,7 +218,11 @@ impl Telemetry {
                 "State restore progress from 0 to 1.",
             ),
             snapshots: counter(&r, "idlink_snapshots_total", "Engine snapshots written."),
-            snapshot_bytes: gauge(&r, "idlink_snapshot_bytes", "Size of the last snapshot."),
+            snapshot_bytes: gauge(
+                &r,
+                "idlink_snapshot_bytes",
+                "Size of the last snapshot (partitioned mode: of the stage tasks it wrote).",
+            ),
             snapshot_seconds: histogram(
                 &r,
                 "idlink_snapshot_duration_seconds",
@@ -245,7 +249,7 @@ impl Telemetry {
             internal_purges: counter_vec(
                 &r,
                 "idlink_internal_purges_total",
-                "Partitioned mode: internal partitions purged below a stage task's committed position, by result.",
+                "Partitioned mode: internal partitions purged below a stage task's acknowledged snapshot, by result.",
                 &["result"],
             ),
             stage_tasks: gauge(
