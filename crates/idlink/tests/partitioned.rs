@@ -87,6 +87,10 @@ fn one_two_and_three_instances_give_replays_graph() -> Result<()> {
                 let (_, m) = http_get(&svc.http, "/metrics")?;
                 purged[0] += metric(&m, "idlink_internal_purges_total{result=\"ok\"}");
                 purged[1] += metric(&m, "idlink_internal_purges_total{result=\"failed\"}");
+                assert!(
+                    metric(&m, "idlink_snapshots_total") > 0.0,
+                    "every instance reports its tasks' snapshots"
+                );
             }
             assert_eq!(purged[1], 0.0, "purges failed");
             if purged[0] > 0.0 && routed.iter().any(|&low| low > 0) {
