@@ -201,17 +201,7 @@ impl Snapshots {
             positions: BTreeMap::new(),
             claim: true,
         };
-        let value = serde_json::to_vec(&claim)?;
-        let key = manifest_key(&self.kafka.group_id, epoch);
-        let record = FutureRecord::to(&self.kafka.manifests_topic)
-            .key(&key)
-            .payload(&value)
-            .partition(0)
-            .headers(headers());
-        self.producer
-            .send(record, Duration::from_secs(60))
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("writing a claim: {e}"))?;
+        self.write_manifest(&claim).await?;
         self.newest_epoch = epoch;
         self.ahead = Some(epoch);
         Ok(epoch)
@@ -299,17 +289,7 @@ impl Snapshots {
             positions,
             claim: false,
         };
-        let value = serde_json::to_vec(&manifest)?;
-        let mkey = manifest_key(&key, epoch);
-        let record = FutureRecord::to(&self.kafka.manifests_topic)
-            .key(&mkey)
-            .payload(&value)
-            .partition(0)
-            .headers(headers());
-        self.producer
-            .send(record, Duration::from_secs(60))
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("writing snapshot manifest: {e}"))?;
+        self.write_manifest(&manifest).await?;
         if let Some(old) = self.last.replace(manifest.clone()) {
             // Best effort: a missed tombstone only leaves an unused record.
             let mut stale: Vec<(&str, String)> = (0..old.chunks)
@@ -338,6 +318,23 @@ impl Snapshots {
             }
         }
         Ok(manifest)
+    }
+
+    /// Writes a manifest (or a claim) under its group and epoch; returns
+    /// once it is acknowledged.
+    async fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let value = serde_json::to_vec(m)?;
+        let key = manifest_key(&m.key, m.epoch);
+        let record = FutureRecord::to(&self.kafka.manifests_topic)
+            .key(&key)
+            .payload(&value)
+            .partition(0)
+            .headers(headers());
+        self.producer
+            .send(record, Duration::from_secs(60))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("writing a snapshot manifest: {e}"))?;
+        Ok(())
     }
 
     /// Reads this group's newest snapshot, if any; the state it holds is
