@@ -33,6 +33,7 @@ use super::snapshots::Snapshots;
 use super::telemetry::{BatchOutput, InputStamp, Telemetry};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
+use futures::future::try_join_all;
 use idlink_core::engine::staged::{
     self, AccountStage, BucketStage, Sent, Shown, StageInput, ToAccounts, ToBuckets, ToDevices,
     partition_of,
@@ -1073,15 +1074,23 @@ impl Partitioned {
         self.publish().await?;
         self.settle().await?;
         let started = Instant::now();
-        let mut bytes = 0;
+        // Every changed task at once: one after another, each waited out
+        // its acknowledgements while the loop stood still. Snapshotting
+        // runs pending privacy purges, which may change what is
+        // published: publish it with the next batch.
+        let internal = &self.internal;
+        let saves = self
+            .tasks
+            .iter_mut()
+            .filter(|(_, t)| t.dirty)
+            .map(|(&j, t)| async move { save(t, internal, j).await.map(|n| (j, n)) });
+        let saved = try_join_all(saves).await?;
+        let bytes = saved.iter().map(|(_, n)| n).sum();
         let mut tpl = TopicPartitionList::new();
-        for (&j, t) in &mut self.tasks {
-            if !t.dirty {
+        for (j, _) in saved {
+            let Some(t) = self.tasks.get_mut(&j) else {
                 continue;
-            }
-            // Snapshotting runs pending privacy purges, which may change
-            // what is published: publish it with the next batch.
-            bytes += save(t, &self.internal, j).await?;
+            };
             for (name, o) in self.internal.iter().zip(t.positions()) {
                 if o >= 0 {
                     tpl.add_partition_offset(name, j as i32, Offset::Offset(o))?;

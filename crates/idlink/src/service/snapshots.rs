@@ -26,7 +26,7 @@ use super::config::{KafkaConfig, RuntimeConfig};
 use super::kafka::{client_config, producer_config};
 use super::telemetry::Telemetry;
 use anyhow::{Context, Result, bail};
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -309,10 +309,15 @@ impl Snapshots {
                 };
                 stale.push((self.kafka.manifests_topic.as_str(), k));
             }
-            for (topic, k) in stale {
+            // All at once: awaited one by one, each waited out the
+            // producer's linger.
+            let sends = stale.iter().map(|(topic, k)| {
                 let record: FutureRecord<'_, String, [u8]> =
-                    FutureRecord::to(topic).key(&k).partition(0);
-                if let Err((e, _)) = self.producer.send(record, Duration::from_secs(10)).await {
+                    FutureRecord::to(topic).key(k).partition(0);
+                self.producer.send(record, Duration::from_secs(10))
+            });
+            for sent in join_all(sends).await {
+                if let Err((e, _)) = sent {
                     tracing::warn!(error = %e, "removing an old snapshot record failed");
                 }
             }
