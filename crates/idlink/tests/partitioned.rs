@@ -252,9 +252,13 @@ fn privacy_requests_in_flight_leave_no_trace_and_are_acknowledged() -> Result<()
         "privacy requests acknowledged"
     );
 
-    // Every task's newest snapshot, read whole.
+    // Every task's newest snapshot, read whole. On the way, the order
+    // that lets an owner purge its internal records (`purge.rs`): every
+    // epoch of a task begins with its claim, written before the restore
+    // read anything, never with a snapshot.
     let task_prefix = format!("{}#stage-", names.group);
     let mut newest: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    let mut epochs = std::collections::BTreeSet::new();
     for r in read_all(&broker.addr, &names.topic("manifests"))? {
         let (Some(key), Some(value)) = (r.key, r.value) else {
             continue;
@@ -268,6 +272,9 @@ fn privacy_requests_in_flight_leave_no_trace_and_are_acknowledged() -> Result<()
         let Ok(m) = serde_json::from_str::<serde_json::Value>(&value) else {
             continue;
         };
+        if epochs.insert((task.to_string(), m["epoch"].as_u64())) {
+            assert_eq!(m["claim"], true, "task {task}'s epoch begins with {m}");
+        }
         if m["claim"] == true {
             // A claim written ahead of a restore: no state.
             continue;
