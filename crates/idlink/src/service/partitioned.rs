@@ -962,6 +962,19 @@ impl Partitioned {
         Ok(())
     }
 
+    /// The end of the manifests topic, for the tasks' looks for newer
+    /// claims (one lookup for all of them); `None` when it is unanswered.
+    fn manifests_end(&self) -> Option<i64> {
+        let t = self.tasks.values().next()?;
+        match t.store.manifests_end() {
+            Ok(end) => Some(end),
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for newer claims failed");
+                None
+            }
+        }
+    }
+
     /// Drops every task another instance has claimed since this one did,
     /// asking the new owner to write again the output records this one
     /// may have written after the claim; returns whether there was one.
@@ -971,11 +984,15 @@ impl Partitioned {
     async fn drop_fenced_tasks(&mut self, verified: bool) -> Result<bool> {
         self.last_fence_check = Instant::now();
         let mut fenced = false;
+        // Unanswered: the next look decides.
+        let Some(end) = self.manifests_end() else {
+            return Ok(false);
+        };
         for j in self.tasks.keys().copied().collect::<Vec<_>>() {
             let Some(t) = self.tasks.get_mut(&j) else {
                 continue;
             };
-            match t.store.superseded() {
+            match t.store.superseded_by(end) {
                 Ok(false) => {
                     if verified {
                         t.written = Written::default();
@@ -1086,6 +1103,7 @@ impl Partitioned {
             .map(|(&j, t)| async move { save(t, internal, j).await.map(|n| (j, n)) });
         let saved = try_join_all(saves).await?;
         let bytes = saved.iter().map(|(_, n)| n).sum();
+        let end = self.manifests_end();
         let mut tpl = TopicPartitionList::new();
         for (j, _) in saved {
             let Some(t) = self.tasks.get_mut(&j) else {
@@ -1098,8 +1116,9 @@ impl Partitioned {
             }
             // Unless another instance has claimed the task since (an
             // unanswered look counts as claimed here), no restore will read
-            // below the snapshot just acknowledged.
-            if matches!(t.store.superseded(), Ok(false)) {
+            // below the snapshot just acknowledged: the look starts at the
+            // end of the manifests after the acknowledgements.
+            if end.is_some_and(|end| matches!(t.store.superseded_by(end), Ok(false))) {
                 let positions = t.positions();
                 self.purger.purge(
                     self.internal

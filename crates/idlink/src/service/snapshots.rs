@@ -212,6 +212,30 @@ impl Snapshots {
         self.claimed = false;
     }
 
+    /// The end of the manifests topic now: a look for newer claims that
+    /// starts at it ([`Snapshots::superseded_by`]) sees every manifest
+    /// acknowledged before this call. Several stores of one manifests
+    /// topic (the partitioned run's tasks) share one lookup.
+    pub fn manifests_end(&self) -> Result<i64> {
+        let topic = &self.kafka.manifests_topic;
+        let (_, high) = tokio::task::block_in_place(|| {
+            self.reader
+                .fetch_watermarks(topic, 0, Duration::from_secs(30))
+        })
+        .with_context(|| format!("reading the end of {topic}"))?;
+        Ok(high)
+    }
+
+    /// [`Snapshots::superseded`] given the topic's end from
+    /// [`Snapshots::manifests_end`]: no lookup at all when this store has
+    /// read that far.
+    pub fn superseded_by(&mut self, end: i64) -> Result<bool> {
+        if self.scanned_to >= end {
+            return Ok(self.newest_epoch > self.epoch);
+        }
+        self.superseded()
+    }
+
     /// Whether another instance claimed a newer epoch than the state this
     /// one holds: reads the manifests written since the last look (one
     /// offset lookup when there are none).
