@@ -282,7 +282,8 @@ pub struct Partitioned {
     outbox: Outbox,
     /// The stage tasks' snapshot producer, shared by their stores.
     snapshot_producer: FutureProducer,
-    /// Deletes the internal records below the tasks' accepted commits.
+    /// Deletes the internal records below the tasks' acknowledged
+    /// snapshots.
     purger: Purger,
     /// Metrics and readiness.
     telemetry: Arc<Telemetry>,
