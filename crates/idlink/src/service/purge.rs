@@ -34,10 +34,12 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// How long the brokers may take to answer a purge: it runs in the
-/// background, and a purge that fails is only retried at the next commit.
+/// background, and a purge that fails is only retried after the task's
+/// next snapshot.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Deletes internal records below accepted commits, in the background.
+/// Deletes internal records below acknowledged snapshots, in the
+/// background.
 pub struct Purger {
     /// Sends `DeleteRecords`; kept here so that its answers are served.
     admin: AdminClient<DefaultClientContext>,

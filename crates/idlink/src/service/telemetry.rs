@@ -91,7 +91,7 @@ pub struct Telemetry {
     /// the work is spread over the group.
     stage_tasks: IntGauge,
     /// Partitioned mode: purges of an internal partition below its stage
-    /// task's committed position, by result, so operators see the
+    /// task's acknowledged snapshot, by result, so operators see the
     /// internal topics kept short (or the brokers refusing to).
     internal_purges: IntCounterVec,
     /// Engine counters already exported, to turn totals into increments.
@@ -340,7 +340,7 @@ impl Telemetry {
     }
 
     /// Output records were acknowledged.
-    pub fn published(&self, topic: &str, n: u64) {
+    fn published(&self, topic: &str, n: u64) {
         self.published.with_label_values(&[topic]).inc_by(n);
     }
 
@@ -366,7 +366,7 @@ impl Telemetry {
 
     /// The effects of `records` were just acknowledged: their latency
     /// from ingest, and a sign-in's to its published link.
-    pub fn published_effects(&self, records: impl IntoIterator<Item = InputStamp>) {
+    fn published_effects(&self, records: impl IntoIterator<Item = InputStamp>) {
         let now_ms = chrono::Utc::now().timestamp_millis();
         for r in records {
             let seconds = ((now_ms - r.ts_ms) as f64 / 1000.0).max(0.0);
