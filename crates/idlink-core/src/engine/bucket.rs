@@ -2,9 +2,9 @@
 //! day's aggregate that becomes evidence once the day is complete.
 
 use super::intern::NONE;
+use super::slot_index::{SlotIndex, prefetch};
 use crate::addr::Bucket;
 use crate::time::{DAY_MS, Millis};
-use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -306,7 +306,7 @@ pub struct BucketTable {
     /// States by slot; `None` is a free slot.
     slots: Vec<Option<(Bucket, BucketState)>>,
     /// Index from bucket to slot, hashed through `slots`.
-    index: HashTable<u32>,
+    index: SlotIndex,
     /// Free slots, reused before the vector grows.
     free: Vec<u32>,
 }
@@ -327,13 +327,13 @@ impl BucketTable {
     pub fn slot(&mut self, b: Bucket) -> (u32, bool) {
         let h = hash_bucket(&b);
         let slots = &self.slots;
-        let found = self.index.find(h, |&i| {
+        let found = self.index.find(h, |i| {
             slots
                 .get(i as usize)
                 .and_then(|s| s.as_ref())
                 .is_some_and(|s| s.0 == b)
         });
-        if let Some(&i) = found {
+        if let Some(i) = found {
             return (i, false);
         }
         let value = Some((b, BucketState::default()));
@@ -348,9 +348,24 @@ impl BucketTable {
             }
         };
         let slots = &self.slots;
-        self.index
-            .insert_unique(h, i, |&j| Self::key_hash(slots, j));
+        self.index.insert(h, i, |j| Self::key_hash(slots, j));
         (i, true)
+    }
+
+    /// Asks the CPU to start loading what [`BucketTable::slot`] reads for
+    /// `b`: its index positions (`first`), or, a few events later when
+    /// those have arrived, its slot. Only a hint: it changes nothing.
+    pub fn prefetch(&self, b: Bucket, first: bool) {
+        let h = hash_bucket(&b);
+        if first {
+            self.index.prefetch(h);
+        } else if let Some(s) = self
+            .index
+            .find(h, |_| true)
+            .and_then(|i| self.slots.get(i as usize))
+        {
+            prefetch(s);
+        }
     }
 
     /// The bucket and state in slot `i`.
@@ -374,9 +389,9 @@ impl BucketTable {
         let Some(Some((b, _))) = self.slots.get(i as usize) else {
             return;
         };
-        if let Ok(entry) = self.index.find_entry(hash_bucket(b), |&j| j == i) {
-            entry.remove();
-        }
+        let slots = &self.slots;
+        self.index
+            .remove(hash_bucket(b), i, |j| Self::key_hash(slots, j));
         self.slots[i as usize] = None;
         self.free.push(i);
     }
@@ -411,10 +426,10 @@ impl BucketTable {
     /// A table of `slots` (with `free` listing the empty ones), its index
     /// rebuilt.
     pub fn from_parts(slots: Vec<Option<(Bucket, BucketState)>>, free: Vec<u32>) -> Self {
-        let mut index = HashTable::with_capacity(slots.len());
+        let mut index = SlotIndex::with_capacity(slots.len());
         for (i, s) in slots.iter().enumerate() {
             if let Some((b, _)) = s {
-                index.insert_unique(hash_bucket(b), i as u32, |&j| Self::key_hash(&slots, j));
+                index.insert(hash_bucket(b), i as u32, |j| Self::key_hash(&slots, j));
             }
         }
         BucketTable { slots, index, free }

@@ -76,6 +76,12 @@ impl Colocation {
         }
     }
 
+    /// Asks the CPU to start loading bucket `b`'s index positions
+    /// (`first`) or its state: see [`BucketTable::prefetch`].
+    pub fn prefetch(&self, b: Bucket, first: bool) {
+        self.buckets.prefetch(b, first);
+    }
+
     /// Records a sighting on bucket `b` and the pairs it makes with the
     /// sightings in the window. `may_pair(account)` is false for accounts
     /// that must not collect evidence (opted out, being erased);

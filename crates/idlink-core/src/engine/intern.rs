@@ -5,10 +5,10 @@
 //! arena string; a slot holds its id's span (8 bytes) instead of a boxed
 //! string (16 bytes plus a heap block with its header and rounding). The
 //! lookup table holds only slot numbers and hashes through the arena
-//! (hashbrown's `HashTable`). Freed text is reclaimed by compacting the
-//! arena once more than half of it is garbage.
+//! ([`SlotIndex`], which can prefetch). Freed text is reclaimed by
+//! compacting the arena once more than half of it is garbage.
 
-use hashbrown::HashTable;
+use super::slot_index::{SlotIndex, prefetch};
 use rustc_hash::FxHasher;
 use std::hash::Hasher;
 
@@ -48,7 +48,7 @@ pub struct Slots<T> {
     /// Per slot: its id's span in `text` (empty when free) and its value.
     slots: Vec<(Span, T)>,
     /// Index from id text to slot, hashed through `text`.
-    index: HashTable<u32>,
+    index: SlotIndex,
     /// Freed slot numbers, reused before the vector grows.
     free: Vec<u32>,
 }
@@ -59,7 +59,7 @@ impl<T> Default for Slots<T> {
             text: String::new(),
             garbage: 0,
             slots: Vec::new(),
-            index: HashTable::new(),
+            index: SlotIndex::default(),
             free: Vec::new(),
         }
     }
@@ -69,6 +69,25 @@ fn hash(s: &str) -> u64 {
     let mut h = FxHasher::default();
     h.write(s.as_bytes());
     h.finish()
+}
+
+/// The hash of the id in slot `i`.
+fn hash_slot<T>(text: &str, slots: &[(Span, T)], i: u32) -> u64 {
+    slots
+        .get(i as usize)
+        .and_then(|s| text.get(s.0.range()))
+        .map_or(0, hash)
+}
+
+/// The stages of [`Slots::prefetch`], in the order they must run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Where the slot number is.
+    Index,
+    /// The slot.
+    Slot,
+    /// The id's text.
+    Text,
 }
 
 impl<T: serde::Serialize> serde::Serialize for Slots<T> {
@@ -102,7 +121,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Slots<T> {
             text: String::with_capacity(all.iter().map(|(id, _)| id.len()).sum()),
             garbage: 0,
             slots: Vec::with_capacity(all.len()),
-            index: HashTable::with_capacity(all.len()),
+            index: SlotIndex::with_capacity(all.len()),
             free,
         };
         for (id, value) in all {
@@ -111,8 +130,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Slots<T> {
             s.slots.push((span, value));
             if !id.is_empty() {
                 let (text, slots) = (&s.text, &s.slots);
-                s.index
-                    .insert_unique(hash(&id), i, |&j| hash(&text[slots[j as usize].0.range()]));
+                s.index.insert(hash(&id), i, |j| hash_slot(text, slots, j));
             }
         }
         Ok(s)
@@ -149,23 +167,55 @@ impl<T> Slots<T> {
 
     /// The slot of `id`, if interned.
     pub fn find(&self, id: &str) -> Option<u32> {
+        self.find_hashed(hash(id), id)
+    }
+
+    fn find_hashed(&self, h: u64, id: &str) -> Option<u32> {
         let (text, slots) = (&self.text, &self.slots);
         self.index
-            .find(hash(id), |&i| {
-                text.get(slots[i as usize].0.range()) == Some(id)
-            })
-            .copied()
+            .find(h, |i| text.get(slots[i as usize].0.range()) == Some(id))
+    }
+
+    /// Asks the CPU to start loading what a lookup of `id` reads, one
+    /// link of the chain per stage: `Index` (where the slot number is),
+    /// then `Slot` (the slot: the id's span and the value), then `Text`
+    /// (the id's text). Each stage finds its address through the loads
+    /// the previous one started, so the engine runs them a few events
+    /// apart. Only a hint: it changes nothing.
+    pub fn prefetch(&self, id: &str, stage: Prefetch) {
+        let h = hash(id);
+        if stage == Prefetch::Index {
+            self.index.prefetch(h);
+            return;
+        }
+        let Some(i) = self.index.find(h, |_| true) else {
+            return;
+        };
+        let Some((span, value)) = self.slots.get(i as usize) else {
+            return;
+        };
+        match stage {
+            Prefetch::Slot => {
+                prefetch(span);
+                prefetch(value);
+            }
+            _ => {
+                let r = span.range();
+                if let Some(b) = self.text.as_bytes().get(r.start) {
+                    prefetch(b);
+                }
+                if let Some(b) = self.text.as_bytes().get(r.end.saturating_sub(1)) {
+                    prefetch(b);
+                }
+            }
+        }
     }
 
     /// The slot of `id`, interning it with `make()` if new. Returns the
     /// slot and whether it was created.
     pub fn intern(&mut self, id: &str, make: impl FnOnce() -> T) -> (u32, bool) {
         let h = hash(id);
-        let (text, slots) = (&self.text, &self.slots);
-        if let Some(&i) = self
-            .index
-            .find(h, |&i| text.get(slots[i as usize].0.range()) == Some(id))
-        {
+        if let Some(i) = self.find_hashed(h, id) {
             return (i, false);
         }
         let span = self.append(id);
@@ -181,8 +231,7 @@ impl<T> Slots<T> {
             }
         };
         let (text, slots) = (&self.text, &self.slots);
-        self.index
-            .insert_unique(h, i, |&j| hash(&text[slots[j as usize].0.range()]));
+        self.index.insert(h, i, |j| hash_slot(text, slots, j));
         (i, true)
     }
 
@@ -196,9 +245,9 @@ impl<T> Slots<T> {
             return None;
         }
         let id: Box<str> = Box::from(self.text_of(span));
-        if let Ok(entry) = self.index.find_entry(hash(&id), |&j| j == i) {
-            entry.remove();
-        }
+        let (text, slots) = (&self.text, &self.slots);
+        self.index
+            .remove(hash(&id), i, |j| hash_slot(text, slots, j));
         let taken = std::mem::take(&mut self.slots[i as usize]);
         self.free.push(i);
         self.garbage += id.len();

@@ -141,6 +141,12 @@ impl Reorder {
         }
     }
 
+    /// The event `n` places behind the next in the sorted slots, if it is
+    /// there. For prefetching only: an event from the heap may come first.
+    pub fn ahead(&self, n: usize) -> Option<&Event> {
+        self.ready.get(n).map(|p| &p.event)
+    }
+
     /// Every waiting event, in no particular order.
     pub fn events(&self) -> impl Iterator<Item = &Event> {
         self.ready
