@@ -2,7 +2,7 @@
 //! day's aggregate that becomes evidence once the day is complete.
 
 use super::intern::NONE;
-use super::slot_index::{SlotIndex, prefetch};
+use super::slot_index::{SlotIndex, prefetch_all};
 use crate::addr::Bucket;
 use crate::time::{DAY_MS, Millis};
 use rustc_hash::FxBuildHasher;
@@ -364,7 +364,7 @@ impl BucketTable {
             .find(h, |_| true)
             .and_then(|i| self.slots.get(i as usize))
         {
-            prefetch(s);
+            prefetch_all(s);
         }
     }
 

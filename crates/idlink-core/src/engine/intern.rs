@@ -8,7 +8,7 @@
 //! ([`SlotIndex`], which can prefetch). Freed text is reclaimed by
 //! compacting the arena once more than half of it is garbage.
 
-use super::slot_index::{SlotIndex, prefetch};
+use super::slot_index::{SlotIndex, prefetch, prefetch_all};
 use rustc_hash::FxHasher;
 use std::hash::Hasher;
 
@@ -191,16 +191,13 @@ impl<T> Slots<T> {
         let Some(i) = self.index.find(h, |_| true) else {
             return;
         };
-        let Some((span, value)) = self.slots.get(i as usize) else {
+        let Some(slot) = self.slots.get(i as usize) else {
             return;
         };
         match stage {
-            Prefetch::Slot => {
-                prefetch(span);
-                prefetch(value);
-            }
+            Prefetch::Slot => prefetch_all(slot),
             _ => {
-                let r = span.range();
+                let r = slot.0.range();
                 if let Some(b) = self.text.as_bytes().get(r.start) {
                     prefetch(b);
                 }

@@ -156,19 +156,35 @@ fn positions_for(n: usize) -> usize {
         .max(MIN_POSITIONS)
 }
 
+/// Asks the CPU to start loading every cache line `r` spans.
+pub(super) fn prefetch_all<T>(r: &T) {
+    const LINE: usize = 64;
+    let start: *const T = r;
+    let start = start.cast::<u8>();
+    let first = start.addr() / LINE;
+    let last = (start.addr() + std::mem::size_of::<T>().max(1) - 1) / LINE;
+    for line in 0..=last - first {
+        prefetch_line(start.wrapping_add(line * LINE));
+    }
+}
+
 /// Asks the CPU to start loading the cache line that holds `r`.
 pub(super) fn prefetch<T>(r: &T) {
+    prefetch_line(r as *const T);
+}
+
+/// Asks the CPU to start loading the cache line that holds `p`.
+fn prefetch_line<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let p: *const T = r;
-        // SAFETY: a prefetch is a hint that never faults and neither reads
-        // nor writes memory as far as the program can tell; `p` comes from
-        // a live reference anyway. SSE is part of the x86_64 baseline.
+        // SAFETY: a prefetch is a hint that never faults, whatever the
+        // address, and neither reads nor writes memory as far as the
+        // program can tell. SSE is part of the x86_64 baseline.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
+    let _ = p;
 }
 
 #[cfg(test)]
