@@ -186,23 +186,27 @@ impl<T> Slots<T> {
         let h = hash(id);
         if stage == Prefetch::Index {
             self.index.prefetch(h);
-            return;
+        } else if let Some(i) = self.index.find(h, |_| true) {
+            self.prefetch_slot(i, stage);
         }
-        let Some(i) = self.index.find(h, |_| true) else {
-            return;
-        };
+    }
+
+    /// Asks the CPU to start loading slot `i` (`Slot`) or, once that has
+    /// arrived, its id's text (`Text`). Only a hint.
+    pub fn prefetch_slot(&self, i: u32, stage: Prefetch) {
         let Some(slot) = self.slots.get(i as usize) else {
             return;
         };
         match stage {
+            Prefetch::Index => {}
             Prefetch::Slot => prefetch_all(slot),
-            _ => {
+            Prefetch::Text => {
                 let r = slot.0.range();
-                if let Some(b) = self.text.as_bytes().get(r.start) {
-                    prefetch(b);
-                }
-                if let Some(b) = self.text.as_bytes().get(r.end.saturating_sub(1)) {
-                    prefetch(b);
+                let text = self.text.as_bytes();
+                for at in [r.start, r.end.saturating_sub(1)] {
+                    if let Some(b) = text.get(at) {
+                        prefetch(b);
+                    }
                 }
             }
         }
@@ -314,10 +318,26 @@ impl<T> Slots<T> {
     }
 
     /// Live slot numbers sorted by id text, for deterministic output.
+    ///
+    /// Sorted by the ids' first eight bytes first, held beside the slot
+    /// number: comparing texts in the arena costs two cache misses a
+    /// comparison at a million ids, and nearly every comparison is
+    /// decided by the prefix. (Bytes past the end count as zero; equal
+    /// prefixes fall back to the whole texts, so the order is exactly
+    /// the texts' byte order.)
     pub fn sorted(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.live().collect();
-        v.sort_unstable_by(|&a, &b| self.id(a).cmp(self.id(b)));
-        v
+        let mut v: Vec<(u64, u32)> = self
+            .live()
+            .map(|i| {
+                let mut head = [0u8; 8];
+                let id = self.id(i).as_bytes();
+                let n = id.len().min(8);
+                head[..n].copy_from_slice(&id[..n]);
+                (u64::from_be_bytes(head), i)
+            })
+            .collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| self.id(a.1).cmp(self.id(b.1))));
+        v.into_iter().map(|(_, i)| i).collect()
     }
 }
 
