@@ -361,6 +361,19 @@ mod tests {
         assert_eq!(s.sorted(), vec![b, c]);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn sorts_in_the_texts_byte_order(ids in proptest::collection::btree_set("(device-0|dev|d\\x00?|é)[a-c]{0,12}", 0..60)) {
+            let mut s: Slots<()> = Slots::default();
+            for id in ids.iter().rev() {
+                s.intern(id, || ());
+            }
+            let sorted: Vec<&str> = s.sorted().into_iter().map(|i| s.id(i)).collect();
+            let expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+            proptest::prop_assert_eq!(sorted, expected);
+        }
+    }
+
     #[test]
     fn compacts_freed_text_and_survives_serde() {
         let mut s: Slots<u32> = Slots::default();
