@@ -15,7 +15,7 @@ use crate::event::Event;
 use crate::time::Millis;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap};
 
 /// Ordering key: `ts`, kind priority, arrival sequence. Unique, because
 /// the sequence is.
@@ -53,9 +53,11 @@ impl Ord for Pending {
 /// Events waiting for the watermark.
 #[derive(Debug)]
 pub(super) struct Reorder {
-    /// Sorted events of the slots the release point has reached: every
-    /// one is in a slot below `next`.
-    ready: VecDeque<Pending>,
+    /// Sorted events of the slot the release point has reached, in
+    /// descending order so the next is popped off the end: the slot's own
+    /// vector, sorted in place, with no copy into a queue. Every one is in
+    /// a slot below `next`.
+    ready: Vec<Pending>,
     /// Events that arrived after their slot was sorted.
     heap: BinaryHeap<Reverse<Pending>>,
     /// Unsorted events by slot number (`ts` div `SLOT_MS`), all at or
@@ -70,7 +72,7 @@ pub(super) struct Reorder {
 impl Default for Reorder {
     fn default() -> Self {
         Reorder {
-            ready: VecDeque::new(),
+            ready: Vec::new(),
             heap: BinaryHeap::new(),
             slots: BTreeMap::new(),
             next: i64::MIN,
@@ -111,14 +113,14 @@ impl Reorder {
         };
         self.next = slot.saturating_add(1);
         self.in_slots -= events.len();
-        events.sort_unstable_by_key(|p| p.key);
-        self.ready.extend(events);
+        events.sort_unstable_by_key(|p| Reverse(p.key));
+        self.ready = events;
     }
 
     /// The smallest key waiting.
     pub fn peek_key(&mut self) -> Option<Key> {
         self.fill();
-        match (self.ready.front(), self.heap.peek()) {
+        match (self.ready.last(), self.heap.peek()) {
             (Some(r), Some(h)) => Some(r.key.min(h.0.key)),
             (Some(r), None) => Some(r.key),
             (None, Some(h)) => Some(h.0.key),
@@ -129,7 +131,7 @@ impl Reorder {
     /// Removes the event with the smallest key.
     pub fn pop(&mut self) -> Option<Pending> {
         self.fill();
-        let from_heap = match (self.ready.front(), self.heap.peek()) {
+        let from_heap = match (self.ready.last(), self.heap.peek()) {
             (Some(r), Some(h)) => h.0.key < r.key,
             (None, Some(_)) => true,
             _ => false,
@@ -137,14 +139,15 @@ impl Reorder {
         if from_heap {
             self.heap.pop().map(|r| r.0)
         } else {
-            self.ready.pop_front()
+            self.ready.pop()
         }
     }
 
     /// The event `n` places behind the next in the sorted slots, if it is
     /// there. For prefetching only: an event from the heap may come first.
     pub fn ahead(&self, n: usize) -> Option<&Event> {
-        self.ready.get(n).map(|p| &p.event)
+        let i = self.ready.len().checked_sub(n + 1)?;
+        self.ready.get(i).map(|p| &p.event)
     }
 
     /// Every waiting event, in no particular order.
