@@ -598,11 +598,15 @@ impl Engine {
     /// changes, and a wrong guess costs a wasted load.
     fn prefetch_ahead(&self) {
         /// How far ahead each stage looks; a stage reads what the one
-        /// before it started loading a few events earlier.
-        const STAGES: [(usize, Prefetch); 3] = [
-            (11, Prefetch::Index),
-            (7, Prefetch::Slot),
-            (3, Prefetch::Text),
+        /// before it started loading a few events earlier. `None`: the
+        /// ids' own text, which the first lookup stage hashes (an id too
+        /// long to sit inline in the event has been on the heap, and out
+        /// of the cache, since it was decoded).
+        const STAGES: [(usize, Option<Prefetch>); 4] = [
+            (15, None),
+            (11, Some(Prefetch::Index)),
+            (7, Some(Prefetch::Slot)),
+            (3, Some(Prefetch::Text)),
         ];
         for (n, stage) in STAGES {
             let Some(ev) = self.buffer.ahead(n) else {
@@ -611,11 +615,23 @@ impl Engine {
             if ev.kind.is_privacy() {
                 continue;
             }
-            if let Some(d) = &ev.device {
-                self.devices.prefetch(d.as_str(), stage);
+            let device = ev.device.as_ref().map(|x| &x.0);
+            let account = ev.account.as_ref().map(|x| &x.0);
+            let Some(stage) = stage else {
+                for id in [device, account].into_iter().flatten() {
+                    if id.is_heap_allocated()
+                        && let Some(b) = id.as_bytes().first()
+                    {
+                        slot_index::prefetch(b);
+                    }
+                }
+                continue;
+            };
+            if let Some(d) = device {
+                self.devices.prefetch(d, stage);
             }
-            if let Some(a) = &ev.account {
-                self.accounts.prefetch(a.as_str(), stage);
+            if let Some(a) = account {
+                self.accounts.prefetch(a, stage);
             }
             if stage != Prefetch::Text
                 && let Some(ip) = ev.ip
