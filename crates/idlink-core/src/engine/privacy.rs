@@ -228,7 +228,8 @@ impl Engine {
         self.coloc.forget(&devices, &accounts, &opted, &mut count);
         let mut survivors: Vec<Event> = Vec::new();
         let (erased_devices, erased_accounts) = (&p.erased_devices, &p.erased_accounts);
-        if !(erased_devices.is_empty() && erased_accounts.is_empty()) && !self.buffer.is_empty() {
+        let any_erased = !erased_devices.is_empty() || !erased_accounts.is_empty();
+        if any_erased && !self.buffer.is_empty() {
             let mut purged: Vec<usize> = Vec::new();
             let markers = &self.markers;
             self.buffer.retain(|e| {

@@ -57,8 +57,8 @@ impl SlotIndex {
     }
 
     /// The slot stored under hash `h` that `eq` accepts.
-    pub fn find(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
-        self.position(h, |s| eq(s)).map(|p| self.slots[p])
+    pub fn find(&self, h: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.position(h, eq).map(|p| self.slots[p])
     }
 
     /// The position of the entry under `h` that `eq` accepts.
