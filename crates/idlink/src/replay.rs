@@ -155,7 +155,6 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
     engine.finish();
     dead.flush()?;
     let (mut linked_devices, mut linked_accounts) = (0, 0);
-    let t_out = Instant::now();
     if !args.quiet {
         let mut w = BufWriter::new(File::create(args.out.join("device-links.jsonl"))?);
         for l in engine.device_lines() {
@@ -172,7 +171,6 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
         }
         w.flush()?;
     }
-    eprintln!("OUTPUT {:.3}", t_out.elapsed().as_secs_f64());
     let stats = engine.stats().clone();
     let (login, inferred) = engine.link_counts();
     summary.rejected = by_reason.values().sum();
