@@ -359,11 +359,7 @@ impl BucketTable {
         let h = hash_bucket(&b);
         if first {
             self.index.prefetch(h);
-        } else if let Some(s) = self
-            .index
-            .find(h, |_| true)
-            .and_then(|i| self.slots.get(i as usize))
-        {
+        } else if let Some(s) = self.index.guess(h).and_then(|i| self.slots.get(i as usize)) {
             prefetch_all(s);
         }
     }

@@ -186,7 +186,7 @@ impl<T> Slots<T> {
         let h = hash(id);
         if stage == Prefetch::Index {
             self.index.prefetch(h);
-        } else if let Some(i) = self.index.find(h, |_| true) {
+        } else if let Some(i) = self.index.guess(h) {
             self.prefetch_slot(i, stage);
         }
     }

@@ -137,6 +137,12 @@ impl SlotIndex {
         self.len -= 1;
     }
 
+    /// The slot a lookup of `h` most likely finds: the first whose tag
+    /// matches, without looking at keys. For prefetching only.
+    pub fn guess(&self, h: u64) -> Option<u32> {
+        self.find(h, |_| true)
+    }
+
     /// Asks the CPU to start loading the positions a lookup of `h` reads
     /// first. Only a hint: it changes no state and reads nothing.
     pub fn prefetch(&self, h: u64) {
