@@ -71,12 +71,9 @@ pub struct DayAgg {
     /// no candidate here. Fits because the config caps the devices a
     /// bucket-day may hold at 32.
     signed: u32,
-    /// Bit `i` set: `devices[i]` behaved like a bot when it was seen
-    /// here. Carried with the sighting, so the day is decided from what
-    /// the bucket saw, never by reading device state at the close: a
-    /// bucket stage of its own (ARCHITECTURE.md, "Partitioned scale-out")
-    /// decides it the same way.
-    bots: u32,
+    /// What the day's sightings said about each device, beyond being
+    /// signed in here.
+    facts: Facts,
     /// Distinct signed-in account slots seen.
     pub accounts: SmallVec<[u32; 2]>,
     /// Erased devices that were here, counted without their ids so their
@@ -87,6 +84,41 @@ pub struct DayAgg {
     /// Co-locations found, one per (device, account). Thin: most
     /// buckets have none.
     pub pairs: ThinVec<Pair>,
+}
+
+/// Per-device facts of a bucket-day, one bit per index into its device
+/// list. Carried with the sightings, so the day is decided from what the
+/// bucket saw, never by reading device state at the close: a bucket stage
+/// of its own (ARCHITECTURE.md, "Partitioned scale-out") decides it the
+/// same way.
+///
+/// Stored as one integer, the bot bits in its low half: format 3 stored
+/// the bot mask alone as a `u32`, and postcard reads that varint as the
+/// same `u64` with no linked bits, so its snapshots restore unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Facts {
+    /// Bit `i` set: the device behaved like a bot when it was seen here.
+    bots: u32,
+    /// Bit `i` set: the device held a sign-in link (to any account) when
+    /// it was seen here, so its owner is known: it is no unexplained
+    /// regular of the bucket.
+    linked: u32,
+}
+
+impl Serialize for Facts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::from(self.bots) | (u64::from(self.linked) << 32))
+    }
+}
+
+impl<'de> Deserialize<'de> for Facts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        Ok(Facts {
+            bots: v as u32,
+            linked: (v >> 32) as u32,
+        })
+    }
 }
 
 /// State of one bucket.
@@ -129,13 +161,13 @@ impl BucketState {
 
 impl DayAgg {
     /// Records a sighting of `device` (signed in to `account`, or
-    /// `NONE`; a bot at the time if `bot`); returns false if the day is
-    /// (now) crowded.
+    /// `NONE`; a bot at the time if `bot`; holding a sign-in link at the
+    /// time if `linked`); returns false if the day is (now) crowded.
     pub fn see(
         &mut self,
         device: u32,
         account: u32,
-        bot: bool,
+        (bot, linked): (bool, bool),
         max_devices: usize,
         max_accounts: usize,
     ) -> bool {
@@ -156,7 +188,10 @@ impl DayAgg {
             self.signed |= only_bit(at);
         }
         if bot {
-            self.bots |= only_bit(at);
+            self.facts.bots |= only_bit(at);
+        }
+        if linked {
+            self.facts.linked |= only_bit(at);
         }
         if self.devices.len() + self.anon_devices as usize > max_devices
             || self.accounts.len() + self.anon_accounts as usize > max_accounts
@@ -179,7 +214,19 @@ impl DayAgg {
 
     /// Whether `device` behaved like a bot when it was seen here today.
     pub fn is_bot(&self, device: u32) -> bool {
-        self.flag(self.bots, device)
+        self.flag(self.facts.bots, device)
+    }
+
+    /// Each device seen, and whether it is unexplained here: never
+    /// signed in here today, no bot and no sign-in link at any of its
+    /// sightings here. OR-ed over the day, so the answer does not depend
+    /// on the order the day's sightings were applied in.
+    pub fn unexplained(&self) -> impl Iterator<Item = (u32, bool)> + '_ {
+        let explained = self.signed | self.facts.bots | self.facts.linked;
+        self.devices
+            .iter()
+            .enumerate()
+            .map(move |(i, &d)| (d, !bit(explained, i)))
     }
 
     fn flag(&self, mask: u32, device: u32) -> bool {
@@ -192,7 +239,7 @@ impl DayAgg {
     /// Removes the devices `gone` names (erased), counting them as
     /// anonymous so the bucket never looks more exclusive than it was.
     pub fn forget_devices(&mut self, gone: impl Fn(u32) -> bool) {
-        let (mut signed, mut bots) = (0u32, 0u32);
+        let (mut signed, mut facts) = (0u32, Facts::default());
         let mut kept = 0u32;
         let mut removed = 0u32;
         for (i, &d) in self.devices.iter().enumerate() {
@@ -204,15 +251,18 @@ impl DayAgg {
             if bit(self.signed, i) {
                 signed |= to;
             }
-            if bit(self.bots, i) {
-                bots |= to;
+            if bit(self.facts.bots, i) {
+                facts.bots |= to;
+            }
+            if bit(self.facts.linked, i) {
+                facts.linked |= to;
             }
             kept += 1;
         }
         if removed > 0 {
             self.devices.retain(|d| !gone(*d));
             self.signed = signed;
-            self.bots = bots;
+            self.facts = facts;
             self.anon_devices += removed;
         }
     }
@@ -463,19 +513,27 @@ pub mod v2 {
     /// The table as format 2 stored it.
     pub type TableV2 = (Vec<Option<(Bucket, BucketStateV2)>>, Vec<u32>);
 
-    /// Today's state; `is_bot(device)` says whether a device of an open
-    /// aggregate is a bot now (format 2 did not keep it per sighting).
-    pub fn migrate(table: TableV2, is_bot: impl Fn(u32) -> bool) -> super::BucketTable {
+    /// Today's state; `is_bot(device)` and `is_linked(device)` say
+    /// whether a device of an open aggregate is a bot and holds a sign-in
+    /// link now (format 2 did not keep either per sighting).
+    pub fn migrate(
+        table: TableV2,
+        is_bot: impl Fn(u32) -> bool,
+        is_linked: impl Fn(u32) -> bool,
+    ) -> super::BucketTable {
         let (slots, free) = table;
         let slots = slots
             .into_iter()
             .map(|s| {
                 s.map(|(b, st)| {
                     let agg = st.agg.map(|a| {
-                        let mut bots = 0u32;
+                        let mut facts = super::Facts::default();
                         for (i, &d) in a.devices.iter().enumerate() {
                             if d != NONE && is_bot(d) {
-                                bots |= super::only_bit(i);
+                                facts.bots |= super::only_bit(i);
+                            }
+                            if d != NONE && is_linked(d) {
+                                facts.linked |= super::only_bit(i);
                             }
                         }
                         DayAgg {
@@ -485,7 +543,7 @@ pub mod v2 {
                             // today's limit is 32, so no live bit is lost
                             // unless a config went past it.
                             signed: a.signed as u32,
-                            bots,
+                            facts,
                             accounts: a.accounts,
                             anon_devices: a.anon_devices,
                             anon_accounts: a.anon_accounts,
@@ -512,31 +570,47 @@ mod tests {
     #[test]
     fn device_masks_follow_devices_through_removal() {
         let mut agg = DayAgg::default();
-        for (d, a, bot) in [
-            (1, NONE, false),
-            (2, 7, false),
-            (3, NONE, true),
-            (4, 8, false),
-            (5, NONE, true),
+        for (d, a, bot, linked) in [
+            (1, NONE, false, false),
+            (2, 7, false, true),
+            (3, NONE, true, false),
+            (4, 8, false, true),
+            (5, NONE, true, false),
+            (6, NONE, false, true),
+            (7, NONE, false, false),
         ] {
-            assert!(agg.see(d, a, bot, 10, 3));
+            assert!(agg.see(d, a, (bot, linked), 10, 3));
         }
         assert!(agg.is_signed(2) && agg.is_signed(4));
         assert!(!agg.is_signed(1) && !agg.is_signed(3) && !agg.is_signed(5));
         assert!(agg.is_bot(3) && agg.is_bot(5) && !agg.is_bot(2));
+        let unexplained = |agg: &DayAgg| -> Vec<u32> {
+            agg.unexplained()
+                .filter(|&(_, u)| u)
+                .map(|(d, _)| d)
+                .collect()
+        };
+        assert_eq!(unexplained(&agg), [1, 7]);
         // Removing devices before and between the flagged ones shifts
         // positions; the masks must follow.
         agg.forget_devices(|d| d == 1 || d == 3);
-        assert_eq!(agg.devices(), &[2, 4, 5]);
+        assert_eq!(agg.devices(), &[2, 4, 5, 6, 7]);
         assert!(agg.is_signed(2) && agg.is_signed(4) && !agg.is_signed(5));
         assert!(agg.is_bot(5) && !agg.is_bot(2) && !agg.is_bot(4));
+        assert_eq!(unexplained(&agg), [7]);
         assert_eq!(agg.anon_devices, 2);
         // A later sighting as a bot flags the device for the day.
-        assert!(agg.see(2, NONE, true, 10, 3));
+        assert!(agg.see(2, NONE, (true, false), 10, 3));
         assert!(agg.is_bot(2) && agg.is_signed(2));
         // Crowding counts the erased devices too.
-        assert!(agg.see(6, NONE, false, 6, 3), "2 anonymous + 4 named = 6");
-        assert!(!agg.see(9, NONE, false, 6, 3), "2 anonymous + 5 named > 6");
+        assert!(
+            agg.see(8, NONE, (false, false), 8, 3),
+            "2 anonymous + 6 named = 8"
+        );
+        assert!(
+            !agg.see(9, NONE, (false, false), 8, 3),
+            "2 anonymous + 7 named > 8"
+        );
         assert!(agg.crowded);
     }
 

@@ -53,12 +53,16 @@ pub(super) struct Colocation {
     buckets: BucketTable,
     /// Buckets holding state, visited when a day closes.
     active: Vec<u32>,
-    /// Per bucket, the unsigned devices seen on it within the horizon and
-    /// whether each was unexplained (no sign-in link, no bot) when last
-    /// seen there: how many unexplained devices share the address over
-    /// weeks, not just today. A household with a member who never signs
-    /// in keeps that member's devices here, which is what keeps them from
-    /// being handed to the member who does.
+    /// Per bucket, the devices seen on it within the horizon and whether
+    /// each was unexplained (never signed in there, no sign-in link, no
+    /// bot) on the last uncrowded day it was seen there: how many
+    /// unexplained devices share the address over weeks, not just today.
+    /// A household with a member who never signs in keeps that member's
+    /// devices here, which is what keeps them from being handed to the
+    /// member who does. Updated only when a bucket-day closes, from the
+    /// whole day: a crowded day adds nothing, and the order the day's
+    /// sightings came in (a flush may have applied some of a millisecond
+    /// before the rest) cannot change what it adds.
     regulars: FxHashMap<Bucket, SmallVec<[Regular; 2]>>,
 }
 
@@ -109,24 +113,10 @@ impl Colocation {
         }
         st.prune(ts.0.saturating_sub(p.window_ms));
         let Some(agg) = st.agg.as_mut() else { return };
-        if !agg.see(d, a, s.bot, p.max_bucket_devices, p.max_bucket_accounts) {
+        let facts = (s.bot, s.signed_in);
+        if !agg.see(d, a, facts, p.max_bucket_devices, p.max_bucket_accounts) {
             st.recent.clear();
             return;
-        }
-        if a == NONE {
-            let list = self.regulars.entry(b).or_default();
-            let seen = Regular::new(d, day, !s.bot && !s.signed_in);
-            match list.iter().position(|x| x.device == d) {
-                Some(i) if list[i].day() <= day => list[i] = seen,
-                Some(_) => {}
-                None if list.len() < MAX_REGULARS => list.push(seen),
-                None => {}
-            }
-        } else if let Some(list) = self.regulars.get_mut(&b)
-            && let Some(x) = list.iter_mut().find(|x| x.device == d)
-        {
-            // A regular that signs in here is explained from now on.
-            *x = Regular::new(d, x.day(), false);
         }
         let me_may_pair = a != NONE && may_pair(a);
         for r in &st.recent {
@@ -176,8 +166,13 @@ impl Colocation {
             }
             match agg {
                 Some(agg) if agg.crowded => crowded += 1,
-                Some(agg) if !agg.pairs.is_empty() => take(self.weigh(b, day, &agg, p, hasher)),
-                _ => {}
+                Some(agg) => {
+                    if !agg.pairs.is_empty() {
+                        take(self.weigh(b, day, &agg, p, hasher));
+                    }
+                    self.update_regulars(b, day, &agg);
+                }
+                None => {}
             }
         }
         self.active = keep;
@@ -210,10 +205,62 @@ impl Colocation {
         }
     }
 
+    /// Makes bucket `b`'s regulars what they are once the uncrowded
+    /// bucket-day `agg` of `day` has closed: the devices it saw take
+    /// today's answer (an unexplained one is added while the list has
+    /// room; an explained one is only updated, since it never counts).
+    fn update_regulars(&mut self, b: Bucket, day: i32, agg: &DayAgg) {
+        for (d, unexplained) in agg.unexplained() {
+            let list = match self.regulars.get_mut(&b) {
+                Some(list) => list,
+                None if unexplained => self.regulars.entry(b).or_default(),
+                None => continue,
+            };
+            match list.iter().position(|x| x.device == d) {
+                Some(i) => list[i] = Regular::new(d, day.max(list[i].day()), unexplained),
+                None if unexplained && list.len() < MAX_REGULARS => {
+                    list.push(Regular::new(d, day, true));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The unexplained regulars bucket `b` has within the horizon once
+    /// `agg`, its open `day`, is counted in ([`Self::update_regulars`]),
+    /// without changing them: a provisional close and the real one
+    /// weigh the same day alike.
+    fn unexplained_regulars(&self, b: Bucket, day: i32, agg: &DayAgg, p: &Params) -> usize {
+        let list = self.regulars.get(&b).map_or(&[][..], |l| &l[..]);
+        let earlier = list
+            .iter()
+            .filter(|x| {
+                x.unexplained()
+                    && i64::from(day) - i64::from(x.day()) < p.horizon_days
+                    && !agg.devices().contains(&x.device)
+            })
+            .count();
+        let mut room = MAX_REGULARS.saturating_sub(list.len());
+        let mut today = 0;
+        for (d, unexplained) in agg.unexplained() {
+            if !unexplained {
+                continue;
+            }
+            if list.iter().any(|x| x.device == d) {
+                today += 1;
+            } else if room > 0 {
+                room -= 1;
+                today += 1;
+            }
+        }
+        earlier + today
+    }
+
     /// The evidence one complete bucket-day offers. A pair weighs
     /// `exp(-gap / gap_scale) / (accounts × unknown^exponent)`, where
     /// `unknown` is the larger of today's unexplained devices and the
-    /// bucket's unexplained regulars within the horizon.
+    /// bucket's unexplained regulars within the horizon, today's
+    /// included.
     fn weigh(&self, b: Bucket, day: i32, agg: &DayAgg, p: &Params, hasher: &KeyedHasher) -> Offers {
         let devices = agg.devices();
         let humans = devices.iter().filter(|&&d| !agg.is_bot(d)).count();
@@ -221,11 +268,7 @@ impl Colocation {
             .iter()
             .filter(|&&d| !agg.is_bot(d) && !agg.is_signed(d))
             .count();
-        let known = self.regulars.get(&b).map_or(0, |list| {
-            list.iter()
-                .filter(|x| i64::from(day) - i64::from(x.day()) < p.horizon_days && x.unexplained())
-                .count()
-        });
+        let known = self.unexplained_regulars(b, day, agg, p);
         let unknown = today.max(known).max(1);
         let ambiguity = (unknown as f64).powf(p.ambiguity_exponent);
         let n_dev = humans + agg.anon_devices as usize;

@@ -484,15 +484,20 @@ impl Engine {
     /// (the watermark rests on it). When the day later closes for real,
     /// its provisional evidence is replaced, never added twice.
     ///
-    /// Known limitation: such an event of the same millisecond is applied
-    /// after the ones this flush released, even when it sorts before them
-    /// (a sign-in after an activity of that millisecond). Where its
-    /// account makes the bucket-day crowded, a device released before it
-    /// stays among the bucket's regulars, which one clean run would not
-    /// have recorded, and later days there weigh a little less.
-    /// Proptest found it (`what_run_does_besides_ingesting_is_invisible`
-    /// failed once in session 10's CI runs, in none of twenty local runs
-    /// of 2,000 cases); it is open.
+    /// Such an event of the same millisecond is applied after the ones
+    /// this flush released, even when it sorts before them (a sign-in
+    /// after an activity of that millisecond). What the bucket side
+    /// decides from a day does not depend on that order: crowding and
+    /// regulars are decided from the whole day when it closes. Known
+    /// limitation: what a released sighting carried about its device
+    /// can. A device's sign-in on one address, arriving after a flush
+    /// released its unsigned sighting of the same millisecond on another,
+    /// leaves that sighting without the sign-in link it would have
+    /// carried, and a privacy request of that millisecond finds the
+    /// released sightings already counted (an erased device then counts
+    /// anonymously where one clean run would not have seen it at all).
+    /// Both need one device's events, or a request and an event, in the
+    /// same millisecond on either side of a flush.
     pub fn flush(&mut self) {
         self.purge_pending();
         let max = self.sources.iter().map(|s| s.max_ts).max();

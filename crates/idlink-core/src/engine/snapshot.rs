@@ -115,7 +115,8 @@ mod v2 {
             let day = self.current_day;
             let devices = self.devices;
             let is_bot = |d: u32| devices.get(d).is_some_and(|x| x.is_bot(day));
-            let buckets = super::super::bucket::v2::migrate(self.buckets, is_bot);
+            let is_linked = |d: u32| devices.get(d).is_some_and(|x| !x.logins.is_empty());
+            let buckets = super::super::bucket::v2::migrate(self.buckets, is_bot, is_linked);
             let regulars = self
                 .profiles
                 .into_iter()
