@@ -57,6 +57,8 @@
 #                    instance in $BENCH_DIR/perf.data (frame pointers;
 #                    "dwarf": DWARF call graphs at 99 Hz)
 #   BENCH_BROKERS    external bootstrap servers instead of nisshi
+#   BENCH_IDLINK     idlink binary to measure instead of the one built
+#                    (an older build, for an A/B on the same day)
 #   NISSHI_BIN       nisshi binary (default ~/.cache/idlink/nisshi-0.8.1/bin/nisshi)
 set -euo pipefail
 
@@ -126,7 +128,7 @@ start_group() {
 
 log "building: cargo build --release -p idlink --bin idlink --example kafka_load"
 cargo build --release -p idlink --bin idlink --example kafka_load >&2
-BIN=$PWD/target/release/idlink
+BIN=${BENCH_IDLINK:-$PWD/target/release/idlink}
 LOAD=$PWD/target/release/examples/kafka_load
 
 if [[ -n ${BENCH_BROKERS:-} ]]; then
