@@ -180,25 +180,27 @@ fn a_flushed_day_that_turns_crowded_counts_for_nothing() {
         }
     }
     events.sort_by_key(|e| e.ts);
-    let mut straight = engine();
-    for ev in events.iter().cloned() {
-        straight.ingest(0, ev);
-    }
-    straight.finish();
+    let straight = run_flushing_after(&events, "");
     assert!(
-        !straight.device_lines().any(|l| l.contains("\"inferred\"")),
+        !straight.0.iter().any(|l| l.contains("\"inferred\"")),
         "crowded every day: nothing to infer"
     );
-    let mut flushed = engine();
-    for ev in events {
-        let before_crowd = ev.device.as_ref().is_some_and(|d| d.as_str() == "laptop");
-        flushed.ingest(0, ev);
-        if before_crowd {
-            flushed.flush();
+    assert_eq!(run_flushing_after(&events, "laptop"), straight);
+}
+
+/// The graph of `events` in one run, flushed after every event of
+/// `device` (none if empty).
+fn run_flushing_after(events: &[Event], device: &str) -> (Vec<String>, Vec<String>) {
+    let mut e = engine();
+    for ev in events.iter().cloned() {
+        let flush = ev.device.as_ref().is_some_and(|d| d.as_str() == device);
+        e.ingest(0, ev);
+        if flush {
+            e.flush();
         }
     }
-    flushed.finish();
-    assert_eq!(output(&flushed), output(&straight));
+    e.finish();
+    output(&e)
 }
 
 /// A flush releases the newest millisecond; a sign-in of that same
@@ -223,21 +225,10 @@ fn a_sign_in_after_a_flush_of_its_millisecond_changes_nothing() {
     events.push(sighting(t(0, 1310), "stranger", "81.2.3.4", None));
     events.push(login(t(0, 1310), "visitor-2", "81.2.3.4", "guest-2"));
     events.sort_by_key(|e| e.ts);
-    let mut straight = engine();
-    for ev in events.iter().cloned() {
-        straight.ingest(0, ev);
-    }
-    straight.finish();
-    let mut flushed = engine();
-    for ev in events {
-        let stranger = ev.device.as_ref().is_some_and(|d| d.as_str() == "stranger");
-        flushed.ingest(0, ev);
-        if stranger {
-            flushed.flush();
-        }
-    }
-    flushed.finish();
-    assert_eq!(output(&flushed), output(&straight));
+    assert_eq!(
+        run_flushing_after(&events, "stranger"),
+        run_flushing_after(&events, "")
+    );
 }
 
 #[test]
