@@ -368,3 +368,48 @@ impl Colocation {
         self.buckets.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// What a provisional close counts is what the real close leaves:
+        /// the two weigh a day alike only if they agree.
+        #[test]
+        fn the_provisional_count_is_the_count_after_the_close(
+            earlier in prop::collection::vec((0u32..40, 0i32..40, any::<bool>()), 0..=MAX_REGULARS),
+            today in prop::collection::vec(
+                (0u32..40, prop::bool::weighted(0.2), prop::bool::weighted(0.1), prop::bool::weighted(0.2)),
+                0..32,
+            ),
+        ) {
+            let b = Bucket::v4(0x5102_0304);
+            let day = 40;
+            let p = Params { horizon_days: 30, ..Params::default() };
+            let mut c = Colocation::default();
+            let mut list: SmallVec<[Regular; 2]> = SmallVec::new();
+            for (d, ago, unexplained) in earlier {
+                if !list.iter().any(|x| x.device == d) {
+                    list.push(Regular::new(d, day - ago, unexplained));
+                }
+            }
+            c.regulars.insert(b, list);
+            let mut agg = DayAgg::default();
+            for (d, signed, bot, linked) in today {
+                let account = if signed { 7 } else { NONE };
+                agg.see(d, account, (bot, linked), 32, 32);
+            }
+            let provisional = c.unexplained_regulars(b, day, &agg, &p);
+            c.update_regulars(b, day, &agg);
+            let after = c.regulars.get(&b).map_or(0, |list| {
+                list.iter()
+                    .filter(|x| x.unexplained() && i64::from(day - x.day()) < p.horizon_days)
+                    .count()
+            });
+            prop_assert_eq!(provisional, after);
+            prop_assert!(c.regulars.get(&b).map_or(0, |l| l.len()) <= MAX_REGULARS);
+        }
+    }
+}
