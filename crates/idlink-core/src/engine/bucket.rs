@@ -615,6 +615,25 @@ mod tests {
     }
 
     #[test]
+    fn a_format_3_bot_mask_reads_as_facts_without_links() {
+        let old = postcard::to_stdvec(&0x8000_0005u32).unwrap();
+        let facts: Facts = postcard::from_bytes(&old).unwrap();
+        assert_eq!(
+            facts,
+            Facts {
+                bots: 0x8000_0005,
+                linked: 0
+            }
+        );
+        let both = Facts {
+            bots: 0x8000_0001,
+            linked: 0xffff_ffff,
+        };
+        let bytes = postcard::to_stdvec(&both).unwrap();
+        assert_eq!(postcard::from_bytes::<Facts>(&bytes).unwrap(), both);
+    }
+
+    #[test]
     fn window_keeps_the_latest_sighting_per_device_and_account() {
         let mut st = BucketState::default();
         let s = |ts: i64, device: u32, account: u32| Sighting {
