@@ -205,55 +205,30 @@ impl Colocation {
         }
     }
 
-    /// Makes bucket `b`'s regulars what they are once the uncrowded
-    /// bucket-day `agg` of `day` has closed: the devices it saw take
-    /// today's answer (an unexplained one is added while the list has
-    /// room; an explained one is only updated, since it never counts).
+    /// Folds the uncrowded bucket-day `agg` of `day`, now closed, into
+    /// bucket `b`'s regulars.
     fn update_regulars(&mut self, b: Bucket, day: i32, agg: &DayAgg) {
-        for (d, unexplained) in agg.unexplained() {
-            let list = match self.regulars.get_mut(&b) {
-                Some(list) => list,
-                None if unexplained => self.regulars.entry(b).or_default(),
-                None => continue,
-            };
-            match list.iter().position(|x| x.device == d) {
-                Some(i) => list[i] = Regular::new(d, day.max(list[i].day()), unexplained),
-                None if unexplained && list.len() < MAX_REGULARS => {
-                    list.push(Regular::new(d, day, true));
+        match self.regulars.get_mut(&b) {
+            Some(list) => fold_day(list, day, agg),
+            None => {
+                let mut list = SmallVec::new();
+                fold_day(&mut list, day, agg);
+                if !list.is_empty() {
+                    self.regulars.insert(b, list);
                 }
-                None => {}
             }
         }
     }
 
     /// The unexplained regulars bucket `b` has within the horizon once
-    /// `agg`, its open `day`, is counted in ([`Self::update_regulars`]),
-    /// without changing them: a provisional close and the real one
-    /// weigh the same day alike.
+    /// `agg`, its open `day`, is folded in, without changing them: a
+    /// provisional close and the real one weigh the same day alike.
     fn unexplained_regulars(&self, b: Bucket, day: i32, agg: &DayAgg, p: &Params) -> usize {
-        let list = self.regulars.get(&b).map_or(&[][..], |l| &l[..]);
-        let earlier = list
-            .iter()
-            .filter(|x| {
-                x.unexplained()
-                    && i64::from(day) - i64::from(x.day()) < p.horizon_days
-                    && !agg.devices().contains(&x.device)
-            })
-            .count();
-        let mut room = MAX_REGULARS.saturating_sub(list.len());
-        let mut today = 0;
-        for (d, unexplained) in agg.unexplained() {
-            if !unexplained {
-                continue;
-            }
-            if list.iter().any(|x| x.device == d) {
-                today += 1;
-            } else if room > 0 {
-                room -= 1;
-                today += 1;
-            }
-        }
-        earlier + today
+        let mut list = self.regulars.get(&b).cloned().unwrap_or_default();
+        fold_day(&mut list, day, agg);
+        list.iter()
+            .filter(|x| x.unexplained() && i64::from(day) - i64::from(x.day()) < p.horizon_days)
+            .count()
     }
 
     /// The evidence one complete bucket-day offers. A pair weighs
@@ -366,6 +341,22 @@ impl Colocation {
     /// Buckets holding window or day state.
     pub fn len(&self) -> usize {
         self.buckets.len()
+    }
+}
+
+/// A bucket's regulars once the uncrowded bucket-day `agg` of `day` is
+/// counted in: the devices it saw take that day's answer; an unexplained
+/// one is added while the list has room, an explained one only updated
+/// (it never counts).
+fn fold_day(list: &mut SmallVec<[Regular; 2]>, day: i32, agg: &DayAgg) {
+    for (d, unexplained) in agg.unexplained() {
+        match list.iter().position(|x| x.device == d) {
+            Some(i) => list[i] = Regular::new(d, day.max(list[i].day()), unexplained),
+            None if unexplained && list.len() < MAX_REGULARS => {
+                list.push(Regular::new(d, day, true));
+            }
+            None => {}
+        }
     }
 }
 
