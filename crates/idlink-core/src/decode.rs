@@ -12,6 +12,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
+mod scan;
+
 /// Why an input was rejected. Each reason is a metric label and a
 /// dead-letter reason, so the set is closed and named in snake_case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,7 +150,7 @@ fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejected {
 /// A JSON value of a known field, reduced to the shapes the contract can
 /// tell apart, so a wrongly typed field gets its own reason instead of a
 /// generic parse error.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 enum Field<'a> {
     Str(Cow<'a, str>),
     Int(i64),
@@ -217,7 +219,7 @@ impl Field<'_> {
 
 /// The raw object; unknown fields are ignored by design (the contract lets
 /// producers add fields).
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 struct Raw<'a> {
     #[serde(borrow, default)]
     ts: Option<Field<'a>>,
@@ -270,6 +272,24 @@ impl Decoder {
     /// Decodes one line or message payload. `now` is the validating
     /// process's clock, used only for the future-skew check.
     pub fn decode(&self, payload: &[u8], now: Millis) -> Result<Event, Rejected> {
+        self.decode_with(payload, now, scan::scan)
+    }
+
+    /// [`Decoder::decode`] without its fast path: every payload goes
+    /// through serde_json. The reference that the fuzz target and the
+    /// tests compare the fast path with; not for production use.
+    #[doc(hidden)]
+    pub fn decode_reference(&self, payload: &[u8], now: Millis) -> Result<Event, Rejected> {
+        self.decode_with(payload, now, |_| None)
+    }
+
+    /// Decodes with `fast`, a scanner that may answer for serde_json.
+    fn decode_with(
+        &self,
+        payload: &[u8],
+        now: Millis,
+        fast: impl Fn(&str) -> Option<Raw<'_>>,
+    ) -> Result<Event, Rejected> {
         if payload.is_empty() {
             return Err(reject(
                 RejectReason::EmptyPayload,
@@ -298,8 +318,11 @@ impl Decoder {
                 Err(e) => reject(RejectReason::InvalidJson, e.to_string()),
             });
         }
-        let raw: Raw = serde_json::from_str(text)
-            .map_err(|e| reject(RejectReason::InvalidJson, e.to_string()))?;
+        let raw = match fast(text) {
+            Some(raw) => raw,
+            None => serde_json::from_str(text)
+                .map_err(|e| reject(RejectReason::InvalidJson, e.to_string()))?,
+        };
         self.validate(raw, now)
     }
 
@@ -501,7 +524,12 @@ impl Decoder {
                 ),
             ));
         }
-        if s.chars().any(char::is_control) {
+        let control = if s.is_ascii() {
+            s.bytes().any(|b| b.is_ascii_control())
+        } else {
+            s.chars().any(char::is_control)
+        };
+        if control {
             return Err(reject(
                 invalid,
                 format!("`{name}` contains control characters"),

@@ -1,0 +1,375 @@
+//! The fast path of decoding: a scanner for the shape nearly every input
+//! line has, one flat JSON object whose values are strings without
+//! escapes, small non-negative integers, `null`, `true` or `false`.
+//!
+//! serde_json stays the reference. Whatever the scanner is not sure of (an
+//! escape, a nested value, a fraction, a negative number, a known field
+//! given twice, malformed JSON) makes it answer `None`, and the line goes
+//! through serde_json as before. Where it answers, it answers exactly what
+//! serde_json would: the property `the_fast_path_agrees_with_serde_json`
+//! and the decode fuzz target compare the two on arbitrary input. The
+//! point is speed: serde_json's field and value visitors, not its string
+//! scanning, were most of its cost on these short, flat objects.
+
+use super::{Field, Raw};
+use std::borrow::Cow;
+
+/// Longest integer the scanner reads: 18 digits always fit an `i64`.
+const MAX_DIGITS: usize = 18;
+
+/// Marks, in the high bit of each byte, the bytes of `word` that end or
+/// interrupt a plain string: a quote, a backslash or a control character.
+/// Bits above the lowest mark may be spurious (a borrow carries into the
+/// next byte), so only the lowest mark is used.
+fn special_bytes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    quote | backslash | control
+}
+
+/// Scans `text` as one flat JSON object; `None` hands it to serde_json.
+pub(super) fn scan(text: &str) -> Option<Raw<'_>> {
+    let mut c = Cursor {
+        text,
+        bytes: text.as_bytes(),
+        at: 0,
+    };
+    let mut raw = Raw::default();
+    // Which known fields were seen: serde_json rejects a known field given
+    // twice, so a repeat goes to it for the error.
+    let mut seen = 0u8;
+    c.skip_ws();
+    c.eat(b'{')?;
+    c.skip_ws();
+    if c.eat(b'}').is_none() {
+        loop {
+            c.eat(b'"')?;
+            let key = c.string_body()?;
+            c.skip_ws();
+            c.eat(b':')?;
+            c.skip_ws();
+            let value = c.value()?;
+            let known = match key {
+                "ts" => Some((0, &mut raw.ts)),
+                "kind" => Some((1, &mut raw.kind)),
+                "device_id" => Some((2, &mut raw.device_id)),
+                "ip" => Some((3, &mut raw.ip)),
+                "account_id" => Some((4, &mut raw.account_id)),
+                "event_id" => Some((5, &mut raw.event_id)),
+                "source" => Some((6, &mut raw.source)),
+                "user_agent" => Some((7, &mut raw.user_agent)),
+                // Unknown fields are ignored, as the contract says.
+                _ => None,
+            };
+            if let Some((bit, slot)) = known {
+                if seen & (1 << bit) != 0 {
+                    return None;
+                }
+                seen |= 1 << bit;
+                *slot = value;
+            }
+            c.skip_ws();
+            if c.eat(b'}').is_some() {
+                break;
+            }
+            c.eat(b',')?;
+            c.skip_ws();
+        }
+    }
+    c.skip_ws();
+    (c.at == c.bytes.len()).then_some(raw)
+}
+
+/// A position in the text being scanned.
+struct Cursor<'a> {
+    /// The whole text, for borrowing string values out of it.
+    text: &'a str,
+    /// The same text as bytes, for scanning.
+    bytes: &'a [u8],
+    /// The next byte to read.
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek() == Some(byte)).then(|| self.at += 1)
+    }
+
+    /// Skips JSON whitespace (not Unicode's: serde_json rejects the rest).
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// A string's body after its opening quote, if it has no escape and
+    /// no control character; moves past the closing quote.
+    fn string_body(&mut self) -> Option<&'a str> {
+        let start = self.at;
+        let rest = &self.bytes[start..];
+        // Eight bytes at a time while they hold nothing special; most
+        // strings here are shorter than the set-up of a vectorized search.
+        let mut len = 0;
+        for word in rest.chunks_exact(8) {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(word);
+            let special = special_bytes(u64::from_le_bytes(bytes));
+            if special != 0 {
+                len += special.trailing_zeros() as usize / 8;
+                break;
+            }
+            len += 8;
+        }
+        while rest
+            .get(len)
+            .is_some_and(|&b| b != b'"' && b != b'\\' && b >= 0x20)
+        {
+            len += 1;
+        }
+        if rest.get(len) != Some(&b'"') {
+            return None;
+        }
+        // Quotes are ASCII, so both ends are character boundaries.
+        let body = self.text.get(start..start + len)?;
+        self.at = start + len + 1;
+        Some(body)
+    }
+
+    /// A value, as serde_json gives it to an `Option<Field>`: `null` is
+    /// `None`.
+    fn value(&mut self) -> Option<Option<Field<'a>>> {
+        match self.peek()? {
+            b'"' => {
+                self.at += 1;
+                Some(Some(Field::Str(Cow::Borrowed(self.string_body()?))))
+            }
+            b'0'..=b'9' => self.integer().map(|n| Some(Field::Int(n))),
+            b'n' => self.literal("null").map(|()| None),
+            b't' => self
+                .literal("true")
+                .map(|()| Some(Field::Other("a boolean"))),
+            b'f' => self
+                .literal("false")
+                .map(|()| Some(Field::Other("a boolean"))),
+            _ => None,
+        }
+    }
+
+    /// A non-negative integer of at most [`MAX_DIGITS`] digits without a
+    /// leading zero (which JSON forbids), not followed by a fraction or
+    /// an exponent.
+    fn integer(&mut self) -> Option<i64> {
+        let rest = &self.bytes[self.at..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > MAX_DIGITS || (digits > 1 && rest[0] == b'0') {
+            return None;
+        }
+        if matches!(rest.get(digits), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let n = rest[..digits]
+            .iter()
+            .fold(0i64, |n, &b| n * 10 + i64::from(b - b'0'));
+        self.at += digits;
+        Some(n)
+    }
+
+    fn literal(&mut self, word: &str) -> Option<()> {
+        let end = self.at + word.len();
+        (self.bytes.get(self.at..end)? == word.as_bytes()).then(|| self.at = end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What serde_json makes of the text, the reference.
+    fn reference(text: &str) -> Option<Raw<'_>> {
+        serde_json::from_str(text).ok()
+    }
+
+    #[test]
+    fn common_lines_take_the_fast_path() {
+        for line in [
+            r#"{"ts":"2026-01-05T00:00:20.629Z","kind":"widget_view","device_id":"9XHrfTIWQ6nni6vKUuSSvr","ip":"90.98.57.150","event_id":"ev-38a6feda49bf1bfe","source":"web","user_agent":"python-requests/2.31.0"}"#,
+            r#"{"ts": 1767632400000, "kind": "login", "device_id": "gerät-ü", "ip": "2a02::1", "account_id": "a", "extra": [1, {"x": 2}]}"#,
+            "  {\"ts\":1767632400000,\t\"kind\":null,\"x\":true,\"y\":false}\r\n",
+            "{}",
+        ] {
+            let fast = scan(line);
+            // The array of an unknown field is not scanned.
+            if line.contains('[') {
+                assert_eq!(fast, None);
+                continue;
+            }
+            assert!(fast.is_some(), "{line}");
+            assert_eq!(fast, reference(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn what_it_is_unsure_of_goes_to_serde_json() {
+        for line in [
+            r#"{"ts":"a\"b"}"#,
+            r#"{"t\u0073":1}"#,
+            r#"{"ts":1,"ts":2}"#,
+            r#"{"ts":-5}"#,
+            r#"{"ts":01}"#,
+            r#"{"ts":1.5}"#,
+            r#"{"ts":1e3}"#,
+            r#"{"ts":1234567890123456789}"#,
+            r#"{"ts":1,}"#,
+            r#"{"ts":1} x"#,
+            r#"{"ts":nul}"#,
+            "{\"ts\":\"a\u{1}b\"}",
+            "\u{feff}{}",
+            r#"{"ts":1"#,
+        ] {
+            assert_eq!(scan(line), None, "{line}");
+        }
+    }
+
+    /// A JSON value, valid or nearly so, of the kinds input carries.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => "[a-z0-9:. -]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            2 => "[ -~\\\\\u{1}\u{7f}\u{e9}\u{2028}]{0,24}".prop_map(|s| format!("\"{s}\"")),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            3 => (0u64..2_000_000_000_000_000).prop_map(|n| n.to_string()),
+            2 => prop::sample::select(vec![
+                "null", "true", "false", "nul", "truex", "0", "00", "01", "-0", "1.5", "2e3",
+                "1E+2", "[]", "[1,\"a\"]", "{}", "{\"a\":{}}", "\"", "", "9223372036854775808",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    /// A key: mostly the contract's fields, sometimes unknown or escaped.
+    fn key() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "ts",
+            "kind",
+            "device_id",
+            "ip",
+            "account_id",
+            "event_id",
+            "source",
+            "user_agent",
+            "x",
+            "TS",
+            "t\\u0073",
+            "",
+            "ü",
+        ])
+        .prop_map(|k| format!("\"{k}\""))
+    }
+
+    /// JSON whitespace, sometimes other characters a producer might emit.
+    fn space() -> impl Strategy<Value = String> {
+        prop_oneof![
+            30 => Just(""),
+            6 => prop::sample::select(vec![" ", "\t", "\r\n"]),
+            1 => prop::sample::select(vec!["\u{a0}", "x"]),
+        ]
+        .prop_map(str::to_owned)
+    }
+
+    /// An object of such members, then a few random edits.
+    fn line() -> impl Strategy<Value = String> {
+        let member = (key(), space(), space(), value(), space());
+        (
+            space(),
+            prop::collection::vec(member, 0..10),
+            prop::sample::select(vec![",", ",", ",", ",", ",", ",", ",", ";", ",,"]),
+            space(),
+            prop_oneof![
+                4 => Just(vec![]),
+                1 => prop::collection::vec((any::<prop::sample::Index>(), any::<char>()), 1..3),
+            ],
+            any::<prop::sample::Index>(),
+            prop::bool::weighted(0.1),
+        )
+            .prop_map(|(lead, members, sep, tail, edits, cut, do_cut)| {
+                let body: Vec<String> = members
+                    .into_iter()
+                    .map(|(k, s1, s2, v, s3)| format!("{k}{s1}:{s2}{v}{s3}"))
+                    .collect();
+                let mut text = format!("{lead}{{{}}}{tail}", body.join(sep));
+                for (at, ch) in edits {
+                    let mut i = at.index(text.len() + 1);
+                    while !text.is_char_boundary(i) {
+                        i -= 1;
+                    }
+                    text.insert(i, ch);
+                }
+                if do_cut {
+                    let mut i = cut.index(text.len() + 1);
+                    while !text.is_char_boundary(i) {
+                        i -= 1;
+                    }
+                    text.truncate(i);
+                }
+                text
+            })
+    }
+
+    /// The generated lines reach both paths, so the property below is not
+    /// vacuous.
+    #[test]
+    fn the_generated_lines_reach_both_paths() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let total = 4000;
+        let fast = (0..total)
+            .filter(|_| {
+                let text = line().new_tree(&mut runner).map(|t| t.current());
+                scan(&text.unwrap_or_default()).is_some()
+            })
+            .count();
+        assert!(
+            fast * 10 > total && fast * 10 < total * 9,
+            "{fast} of {total} lines took the fast path"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The lowest mark is the first quote, backslash or control byte.
+        #[test]
+        fn the_lowest_mark_is_the_first_special_byte(
+            word in prop::array::uniform8(prop_oneof![Just(b'"'), Just(b'\\'), any::<u8>()])
+        ) {
+            let first = word.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            let special = special_bytes(u64::from_le_bytes(word));
+            let lowest = (special != 0).then(|| special.trailing_zeros() as usize / 8);
+            prop_assert_eq!(lowest, first);
+        }
+
+        /// Where the fast path answers, serde_json answers the same.
+        #[test]
+        fn the_fast_path_agrees_with_serde_json(text in line()) {
+            if let Some(fast) = scan(&text) {
+                prop_assert_eq!(Some(fast), reference(&text), "{:?}", text);
+            }
+        }
+
+        /// The same on text with no structure at all.
+        #[test]
+        fn the_fast_path_agrees_on_any_text(text in "[{}\":,0-9a-z \\\\]{0,40}") {
+            if let Some(fast) = scan(&text) {
+                prop_assert_eq!(Some(fast), reference(&text), "{:?}", text);
+            }
+        }
+    }
+}
