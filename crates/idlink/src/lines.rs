@@ -9,6 +9,9 @@ pub struct BoundedLines<R> {
     inner: R,
     /// Longest line kept whole.
     max: usize,
+    /// Bytes of the reader's buffer lent out as the last line, consumed at
+    /// the next call: a line that lies whole in the buffer is not copied.
+    lent: usize,
 }
 
 /// One line: its bytes (without the newline), and whether it was cut.
@@ -22,20 +25,37 @@ pub struct Line<'a> {
 impl<R: BufRead> BoundedLines<R> {
     /// Wraps a reader.
     pub fn new(inner: R, max: usize) -> Self {
-        BoundedLines { inner, max }
+        BoundedLines {
+            inner,
+            max,
+            lent: 0,
+        }
     }
 
-    /// Reads the next line into `buf`; `None` at end of input.
-    pub fn next_line<'b>(&mut self, buf: &'b mut Vec<u8>) -> io::Result<Option<Line<'b>>> {
+    /// The next line, from the reader's buffer if it lies whole there, or
+    /// else gathered in `buf`; `None` at end of input.
+    pub fn next_line<'b>(&'b mut self, buf: &'b mut Vec<u8>) -> io::Result<Option<Line<'b>>> {
+        self.inner.consume(std::mem::take(&mut self.lent));
+        let whole = memchr(fill(&mut self.inner)?).filter(|&end| end <= self.max + 1);
+        if let Some(end) = whole {
+            self.lent = end + 1;
+            // Borrowed again (the buffer is filled, so this reads nothing):
+            // returning the first borrow on one path only is beyond
+            // today's borrow checker.
+            let line = &self.inner.fill_buf()?[..end];
+            return Ok(Some(finish(line, end > self.max)));
+        }
+        self.gather(buf)
+    }
+
+    /// Reads the next line into `buf`, across buffer refills, keeping at
+    /// most `max + 1` bytes of it.
+    fn gather<'b>(&mut self, buf: &'b mut Vec<u8>) -> io::Result<Option<Line<'b>>> {
         buf.clear();
         let mut truncated = false;
         let mut any = false;
         loop {
-            let chunk = match self.inner.fill_buf() {
-                Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            let chunk = fill(&mut self.inner)?;
             if chunk.is_empty() {
                 break;
             }
@@ -60,17 +80,33 @@ impl<R: BufRead> BoundedLines<R> {
         if !any {
             return Ok(None);
         }
-        if buf.len() > self.max {
-            truncated = true;
-        }
-        if buf.last() == Some(&b'\r') && !truncated {
-            buf.pop();
-        }
-        Ok(Some(Line {
-            bytes: buf,
-            truncated,
-        }))
+        truncated |= buf.len() > self.max;
+        Ok(Some(finish(buf, truncated)))
     }
+}
+
+/// The reader's buffered bytes, refilled if empty; retries interrupts.
+fn fill<R: BufRead>(inner: &mut R) -> io::Result<&[u8]> {
+    loop {
+        match inner.fill_buf() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(_) => break,
+        }
+    }
+    // Lent by a second call, which only hands out the filled buffer:
+    // returning the first borrow from inside the loop is beyond today's
+    // borrow checker.
+    inner.fill_buf()
+}
+
+/// A line without its `\r` (unless cut, when the `\r` is not its end).
+fn finish(bytes: &[u8], truncated: bool) -> Line<'_> {
+    let bytes = match bytes.split_last() {
+        Some((b'\r', rest)) if !truncated => rest,
+        _ => bytes,
+    };
+    Line { bytes, truncated }
 }
 
 fn memchr(b: &[u8]) -> Option<usize> {
@@ -94,5 +130,36 @@ mod tests {
         let l = r.next_line(&mut buf).unwrap().unwrap();
         assert_eq!((l.bytes, l.truncated), (&b"last"[..], false));
         assert!(r.next_line(&mut buf).unwrap().is_none());
+    }
+
+    proptest::proptest! {
+        /// Whatever the buffer size, the lines are the input's lines, each
+        /// cut after `max + 1` bytes and marked if longer than `max`.
+        #[test]
+        fn lines_do_not_depend_on_the_buffer(
+            data in proptest::collection::vec(proptest::sample::select(b"ab\r\n".to_vec()), 0..200),
+            capacity in 1usize..40,
+            max in 0usize..12,
+        ) {
+            let mut expected: Vec<(Vec<u8>, bool)> = Vec::new();
+            let mut pieces: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+            if pieces.last().is_some_and(|p| p.is_empty()) {
+                pieces.pop();
+            }
+            for p in pieces {
+                expected.push(if p.len() > max {
+                    (p[..=max].to_vec(), true)
+                } else {
+                    (p.strip_suffix(b"\r").unwrap_or(p).to_vec(), false)
+                });
+            }
+            let mut r = BoundedLines::new(io::BufReader::with_capacity(capacity, &data[..]), max);
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            while let Some(l) = r.next_line(&mut buf).unwrap() {
+                got.push((l.bytes.to_vec(), l.truncated));
+            }
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 }
