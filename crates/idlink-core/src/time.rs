@@ -55,11 +55,94 @@ impl Millis {
     }
 
     /// Parses RFC 3339 text (any offset) into event time.
+    ///
+    /// The shape producers send, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`,
+    /// is read directly; anything else (lowercase or space separators, a
+    /// leap second, more than nine fractional digits, an invalid date) goes
+    /// to chrono, which stays the reference: the property
+    /// `the_fast_path_agrees_with_chrono` compares the two.
     pub fn parse_rfc3339(text: &str) -> Option<Millis> {
-        DateTime::parse_from_rfc3339(text)
-            .ok()
-            .map(|t| Millis(t.timestamp_millis()))
+        plain_rfc3339(text.as_bytes()).or_else(|| {
+            DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|t| Millis(t.timestamp_millis()))
+        })
     }
+}
+
+/// The fast path of [`Millis::parse_rfc3339`]; `None` defers to chrono.
+fn plain_rfc3339(b: &[u8]) -> Option<Millis> {
+    let number = |from: usize, to: usize| -> Option<i64> {
+        b.get(from..to)?.iter().try_fold(0i64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if separators.iter().any(|&(i, c)| b.get(i) != Some(&c)) {
+        return None;
+    }
+    let (year, month, day) = (number(0, 4)?, number(5, 7)?, number(8, 10)?);
+    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
+    let valid = (1..=12).contains(&month)
+        && (1..=days_in_month(year, month)).contains(&day)
+        && hour < 24
+        && minute < 60
+        && second < 60;
+    if !valid {
+        return None;
+    }
+    let mut at = 19;
+    let mut nanos = 0;
+    if b.get(at) == Some(&b'.') {
+        let digits = b[at + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if !(1..=9).contains(&digits) {
+            return None;
+        }
+        nanos = number(at + 1, at + 1 + digits)? * 10i64.pow(9 - digits as u32);
+        at += 1 + digits;
+    }
+    let offset = match b.get(at..)? {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (number(at + 1, at + 3)?, number(at + 4, at + 6)?);
+            if h >= 24 || m >= 60 {
+                return None;
+            }
+            if *sign == b'-' {
+                -(h * 3600 + m * 60)
+            } else {
+                h * 3600 + m * 60
+            }
+        }
+        _ => return None,
+    };
+    let secs =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    Some(Millis(secs * 1000 + nanos / 1_000_000))
+}
+
+/// Days in a month of the proleptic Gregorian calendar.
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date (`days_from_civil` of H. Hinnant's
+/// "chrono-Compatible Low-Level Date Algorithms").
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 impl fmt::Display for Millis {
@@ -102,5 +185,85 @@ mod tests {
     fn negative_times_floor_to_the_previous_day() {
         assert_eq!(Millis(-1).day(), -1);
         assert_eq!(Millis(0).day(), 0);
+    }
+
+    /// What chrono makes of the text, the reference.
+    fn reference(text: &str) -> Option<Millis> {
+        DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| Millis(t.timestamp_millis()))
+    }
+
+    #[test]
+    fn what_it_is_unsure_of_goes_to_chrono() {
+        for text in [
+            "2026-01-05t18:03:11Z",
+            "2026-01-05 18:03:11Z",
+            "2026-01-05T18:03:11z",
+            "2016-12-31T23:59:60Z",
+            "2026-01-05T18:03:11.1234567891Z",
+            "2026-02-29T00:00:00Z",
+            "2026-01-05T18:03:11+24:00",
+            "2026-01-05T18:03:11",
+        ] {
+            assert_eq!(plain_rfc3339(text.as_bytes()), None, "{text}");
+        }
+        assert_eq!(
+            Millis::parse_rfc3339("2016-12-31T23:59:60.5Z"),
+            reference("2016-12-31T23:59:60.5Z")
+        );
+    }
+
+    /// An RFC 3339 text of `ms` in chrono's rendering at some offset and
+    /// precision, then maybe one character replaced.
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let ms = -62_167_219_200_000i64..253_402_300_799_999; // years 0000..=9999
+        let offset = prop_oneof![
+            Just(0),
+            -86_399i32..86_400,
+            (-23i32..24).prop_map(|h| h * 3600)
+        ];
+        let digits = 0usize..=9;
+        let edit = proptest::option::weighted(
+            0.3,
+            (
+                any::<proptest::sample::Index>(),
+                proptest::sample::select(b"0123459:-+.TtZz 6".to_vec()),
+            ),
+        );
+        (ms, offset, digits, edit).prop_map(|(ms, offset, digits, edit)| {
+            let offset = chrono::FixedOffset::east_opt(offset)
+                .unwrap_or(chrono::FixedOffset::east_opt(0).unwrap());
+            let t = DateTime::<Utc>::from_timestamp_millis(ms)
+                .unwrap()
+                .with_timezone(&offset);
+            let mut text = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+            if digits > 0 {
+                let nanos = format!("{:09}", t.timestamp_subsec_nanos());
+                text.push('.');
+                text.push_str(&nanos[..digits]);
+            }
+            text.push_str(&t.format("%:z").to_string().replace("+00:00", "Z"));
+            if let Some((at, c)) = edit {
+                let i = at.index(text.len());
+                text.replace_range(i..=i, &(c as char).to_string());
+            }
+            text
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(4096))]
+
+        /// The fast path answers as chrono does, or defers to it.
+        #[test]
+        fn the_fast_path_agrees_with_chrono(text in text()) {
+            let fast = plain_rfc3339(text.as_bytes());
+            if fast.is_some() {
+                proptest::prop_assert_eq!(fast, reference(&text), "{}", text);
+            }
+            proptest::prop_assert_eq!(Millis::parse_rfc3339(&text), reference(&text), "{}", text);
+        }
     }
 }

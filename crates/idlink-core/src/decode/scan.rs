@@ -118,10 +118,8 @@ impl<'a> Cursor<'a> {
         // Eight bytes at a time while they hold nothing special; most
         // strings here are shorter than the set-up of a vectorized search.
         let mut len = 0;
-        for word in rest.chunks_exact(8) {
-            let mut bytes = [0; 8];
-            bytes.copy_from_slice(word);
-            let special = special_bytes(u64::from_le_bytes(bytes));
+        for word in rest.as_chunks::<8>().0 {
+            let special = special_bytes(u64::from_le_bytes(*word));
             if special != 0 {
                 len += special.trailing_zeros() as usize / 8;
                 break;
