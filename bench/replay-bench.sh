@@ -34,6 +34,8 @@
 #   BENCH_MIN_DEVICES  fail below this many tracked devices (default 1000000; 0 disables)
 #   BENCH_RESIMULATE=1 simulate even if a matching simulation exists
 #   BENCH_POLL_RSS=1   use the /proc VmHWM polling fallback even if /usr/bin/time exists
+#   BENCH_IDLINK       idlink binary to measure instead of a fresh build
+#                      (an older build, for an A/B on the same day)
 #
 # Targets reported against: >= 1,000,000 events/s end to end on one core,
 # <= 300 bytes of peak RSS per tracked device.
@@ -76,11 +78,17 @@ fi
 
 mkdir -p "$DIR"
 
-# 1. Build.
-log "building: cargo build --release -p idlink"
-cargo build --release -p idlink >&2
-# Run a private copy: a concurrent build cannot swap the binary between runs.
-cp target/release/idlink "$DIR/idlink"
+# 1. Build, unless BENCH_IDLINK names another binary (an A/B on one day).
+if [[ -n ${BENCH_IDLINK:-} ]]; then
+    log "measuring $BENCH_IDLINK instead of a fresh build"
+    [[ -x $BENCH_IDLINK ]] || die "BENCH_IDLINK=$BENCH_IDLINK is not an executable"
+    cp "$BENCH_IDLINK" "$DIR/idlink"
+else
+    log "building: cargo build --release -p idlink"
+    cargo build --release -p idlink >&2
+    # Run a private copy: a concurrent build cannot swap the binary between runs.
+    cp target/release/idlink "$DIR/idlink"
+fi
 BIN=$DIR/idlink
 BIN_SHA=$(sha256sum "$BIN" | cut -c1-16)
 
