@@ -170,8 +170,10 @@ impl<'a> Cursor<'a> {
         if rest.get(len) != Some(&b'"') {
             return None;
         }
-        // Quotes are ASCII, so both ends are character boundaries.
-        let body = self.text.get(start..start + len)?;
+        // Quotes are ASCII, so both ends are character boundaries (two
+        // inlined splits; `str::get` with a range was an out-of-line call).
+        let (head, _) = self.text.split_at_checked(start + len)?;
+        let (_, body) = head.split_at_checked(start)?;
         self.at = start + len + 1;
         Some(body)
     }
