@@ -104,7 +104,8 @@ pub struct AddressConfig {
     pub ipv6_prefix_len: u8,
     /// Files of CIDR ranges (one per line, `#` comments) whose addresses
     /// never count: datacenters, VPNs, proxies. Paths are relative to the
-    /// config file's directory; the binary loads them.
+    /// config file's directory; the binary loads them. Any length: the
+    /// ranges are merged and searched by bisection.
     pub exclude_cidr_files: Vec<String>,
     /// Inline CIDR ranges that never count, beside the files.
     pub exclude_cidrs: Vec<String>,
