@@ -717,6 +717,20 @@ mod tests {
 
     use proptest::strategy::Strategy as _;
 
+    /// Where a fast reader answered `fast` for `text`, the standard
+    /// library answers the same; and `parse_ip` always does.
+    fn agrees_with_std(
+        fast: Option<IpAddr>,
+        text: &str,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let reference = text.parse::<IpAddr>().ok();
+        if fast.is_some() {
+            proptest::prop_assert_eq!(fast, reference, "{}", text);
+        }
+        proptest::prop_assert_eq!(parse_ip(text), reference, "{}", text);
+        Ok(())
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
 
@@ -733,15 +747,7 @@ mod tests {
         ) {
             let dotted = std::net::Ipv4Addr::from(octets).to_string();
             proptest::prop_assert_eq!(plain_ipv4(dotted.as_bytes()), Some(octets));
-            if let Some(fast) = plain_ipv4(text.as_bytes()) {
-                proptest::prop_assert_eq!(
-                    Some(IpAddr::from(fast)),
-                    text.parse::<IpAddr>().ok(),
-                    "{}",
-                    text
-                );
-            }
-            proptest::prop_assert_eq!(parse_ip(&text), text.parse::<IpAddr>().ok());
+            agrees_with_std(plain_ipv4(text.as_bytes()).map(IpAddr::from), &text)?;
         }
 
         /// Where the IPv6 fast path answers, the standard library agrees,
@@ -792,15 +798,7 @@ mod tests {
                 }
                 proptest::prop_assert_eq!(plain_ipv6(form.as_bytes()), Some(groups), "{}", form);
             }
-            if let Some(fast) = plain_ipv6(text.as_bytes()) {
-                proptest::prop_assert_eq!(
-                    Some(IpAddr::from(fast)),
-                    text.parse::<IpAddr>().ok(),
-                    "{}",
-                    text
-                );
-            }
-            proptest::prop_assert_eq!(parse_ip(&text), text.parse::<IpAddr>().ok(), "{}", text);
+            agrees_with_std(plain_ipv6(text.as_bytes()).map(IpAddr::from), &text)?;
         }
 
         /// Every fast path together (scanner, `ts`, IPv4) gives what the
