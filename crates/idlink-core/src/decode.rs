@@ -286,8 +286,8 @@ impl Decoder {
     }
 
     /// [`Decoder::decode`] without its fast paths: every payload goes
-    /// through serde_json, every `ts` through chrono and every `ip`
-    /// through the standard library. The reference that the fuzz target
+    /// through the standard library's UTF-8 check and serde_json, every
+    /// `ts` through chrono and every `ip` through the standard library. The reference that the fuzz target
     /// and the tests compare the fast paths with; not for production use.
     #[doc(hidden)]
     pub fn decode_reference(&self, payload: &[u8], now: Millis) -> Result<Event, Rejected> {
@@ -592,11 +592,12 @@ impl Decoder {
 /// Which way [`Decoder::decode_with`] reads a payload.
 #[derive(Clone, Copy)]
 enum Path {
-    /// The scanner, the `ts` reader and the IPv4 reader where they are
-    /// sure, their references elsewhere: production.
+    /// simdutf8, the JSON scanner, the `ts` reader and the address
+    /// readers where they are sure, their references elsewhere:
+    /// production.
     Fast,
-    /// serde_json, chrono and the standard library only: what the fast
-    /// path must agree with.
+    /// The standard library (UTF-8, addresses), serde_json and chrono
+    /// only: what the fast paths must agree with.
     Reference,
 }
 
