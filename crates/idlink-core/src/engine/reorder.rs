@@ -5,7 +5,8 @@
 //! a slot is sorted once, when the watermark reaches it. The slots of the
 //! next half hour or so are a ring indexed by slot number, where nearly
 //! every event lands at the cost of an index; slots further ahead are kept
-//! in a small ordered map, so partitions days apart cost nothing extra. Input is typically disordered by minutes, never by more than the
+//! in a small ordered map, so partitions days apart cost nothing extra.
+//! Input is typically disordered by minutes, never by more than the
 //! allowed lateness, so nearly every event costs an append and its share
 //! of one small sort, not a heap's cache-missing sift through every event
 //! of the lateness window. The few events whose slot was already sorted
@@ -148,9 +149,8 @@ impl Reorder {
                 self.next
             };
             let mut events = self.near.pop_front().unwrap_or_default();
-            if let Some(mut more) = self.far.first_entry().filter(|e| *e.key() == slot) {
-                events.append(more.get_mut());
-                more.remove();
+            if let Some(more) = self.far.first_entry().filter(|e| *e.key() == slot) {
+                events.append(&mut more.remove());
             }
             self.next = slot.saturating_add(1);
             if events.is_empty() {
