@@ -459,7 +459,7 @@ impl Engine {
                 self.stats.erased_events += 1;
                 return Ingested::Erased;
             }
-            self.apply_sighting(&event, false);
+            self.apply_sighting(&event, None, false);
             return Ingested::Late;
         }
         self.register_early(&event);
@@ -545,8 +545,12 @@ impl Engine {
 
     fn push(&mut self, event: Event) {
         self.seq += 1;
-        let key = (event.ts, event.kind.priority(), self.seq);
-        self.buffer.push(reorder::Pending { key, event });
+        let class = event.ip.map(|ip| self.classifier.classify(ip));
+        self.buffer.push(reorder::Pending {
+            seq: self.seq,
+            event,
+            class,
+        });
     }
 
     fn advance(&mut self) {
@@ -580,7 +584,7 @@ impl Engine {
                 break;
             };
             self.prefetch_ahead();
-            let ev = p.event;
+            let (ev, class) = (p.event, p.class);
             if day > self.current_day {
                 if self.current_day != i32::MIN {
                     let closing = self.current_day;
@@ -600,7 +604,7 @@ impl Engine {
                     self.mark_account(a);
                 }
             } else {
-                self.apply_sighting(&ev, true);
+                self.apply_sighting(&ev, class, true);
             }
         }
         self.released(wm);
@@ -624,7 +628,10 @@ impl Engine {
             (3, Some(Prefetch::Text)),
         ];
         for (n, stage) in STAGES {
-            let Some(ev) = self.buffer.ahead(n) else {
+            let Some(reorder::Pending {
+                event: ev, class, ..
+            }) = self.buffer.ahead(n)
+            else {
                 continue;
             };
             if ev.kind.is_privacy() {
@@ -649,17 +656,27 @@ impl Engine {
                 self.accounts.prefetch(a, stage);
             }
             if stage != Prefetch::Text
-                && let Some(ip) = ev.ip
-                && let AddressClass::Usable(b) = self.classifier.classify(ip)
+                && let AddressClass::Usable(b) = self.class_of(ev, *class)
             {
                 self.coloc.prefetch(b, stage == Prefetch::Index);
             }
         }
     }
 
+    /// The class of an event's address: `known` if it was found when the
+    /// event was buffered, found now otherwise.
+    fn class_of(&self, ev: &Event, known: Option<AddressClass>) -> AddressClass {
+        match (known, ev.ip) {
+            (Some(class), _) => class,
+            (None, Some(ip)) => self.classifier.classify(ip),
+            (None, None) => AddressClass::NonPublic,
+        }
+    }
+
     /// Applies a device event. `in_order` events also feed bot counters
-    /// and co-location; late ones only refresh sign-in links.
-    fn apply_sighting(&mut self, ev: &Event, in_order: bool) {
+    /// and co-location; late ones only refresh sign-in links. `class`:
+    /// the address's class if already known.
+    fn apply_sighting(&mut self, ev: &Event, class: Option<AddressClass>, in_order: bool) {
         let Some(device_id) = ev.device.as_ref() else {
             return;
         };
@@ -697,11 +714,7 @@ impl Engine {
             return;
         }
         self.stats.applied_events += 1;
-        let class = match ev.ip {
-            Some(ip) => self.classifier.classify(ip),
-            None => AddressClass::NonPublic,
-        };
-        let bucket = match class {
+        let bucket = match self.class_of(ev, class) {
             AddressClass::Usable(b) => Some(b),
             AddressClass::NonPublic => {
                 self.stats.non_public_sightings += 1;

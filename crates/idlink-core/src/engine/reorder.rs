@@ -13,6 +13,7 @@
 //! go to a heap; releasing merges the heap with the sorted slots, so the
 //! order is exactly that of a single priority queue.
 
+use crate::addr::AddressClass;
 use crate::event::Event;
 use crate::time::Millis;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -38,17 +39,30 @@ const SPARES: usize = 8;
 const SPARE_CAPACITY: usize = 4096;
 
 /// An event waiting for the watermark.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub(super) struct Pending {
-    /// Where the event sorts.
-    pub key: Key,
+    /// Arrival sequence, the last part of the key. The rest of the key is
+    /// the event's own `ts` and kind, not stored twice.
+    pub seq: u64,
     /// The event, inline: boxing it costs an allocation per event.
     pub event: Event,
+    /// The class of the event's address, found once when it is buffered:
+    /// two prefetch stages and the release each need it. Not in
+    /// snapshots; `None` (after a restore, or for an event without an
+    /// address) means "classify when needed".
+    pub class: Option<AddressClass>,
+}
+
+impl Pending {
+    /// Where the event sorts.
+    pub fn key(&self) -> Key {
+        (self.event.ts, self.event.kind.priority(), self.seq)
+    }
 }
 
 impl PartialEq for Pending {
     fn eq(&self, o: &Self) -> bool {
-        self.key == o.key
+        self.seq == o.seq
     }
 }
 impl Eq for Pending {}
@@ -59,7 +73,25 @@ impl PartialOrd for Pending {
 }
 impl Ord for Pending {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.key.cmp(&o.key)
+        self.key().cmp(&o.key())
+    }
+}
+
+impl Serialize for Pending {
+    /// As `(key, event)`, the layout of snapshots since version 2.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.key(), &self.event).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pending {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ((_, _, seq), event) = <(Key, Event)>::deserialize(d)?;
+        Ok(Pending {
+            seq,
+            event,
+            class: None,
+        })
     }
 }
 
@@ -120,7 +152,7 @@ impl Reorder {
 
     /// Adds an event.
     pub fn push(&mut self, p: Pending) {
-        let slot = p.key.0.0.div_euclid(SLOT_MS);
+        let slot = p.event.ts.0.div_euclid(SLOT_MS);
         let base = slot.saturating_sub(NEAR as i64 / 2);
         if self.in_slots == 0 && base > self.next {
             // Nothing waits in the ring: it moves to this event, leaving
@@ -176,7 +208,7 @@ impl Reorder {
                 continue;
             }
             self.in_slots -= events.len();
-            events.sort_unstable_by_key(|p| Reverse(p.key));
+            events.sort_unstable_by_key(|p| Reverse(p.key()));
             let emptied = std::mem::replace(&mut self.ready, events);
             if self.spare.len() < SPARES && (1..=SPARE_CAPACITY).contains(&emptied.capacity()) {
                 self.spare.push(emptied);
@@ -189,9 +221,9 @@ impl Reorder {
     pub fn peek_key(&mut self) -> Option<Key> {
         self.fill();
         match (self.ready.last(), self.heap.peek()) {
-            (Some(r), Some(h)) => Some(r.key.min(h.0.key)),
-            (Some(r), None) => Some(r.key),
-            (None, Some(h)) => Some(h.0.key),
+            (Some(r), Some(h)) => Some(r.key().min(h.0.key())),
+            (Some(r), None) => Some(r.key()),
+            (None, Some(h)) => Some(h.0.key()),
             (None, None) => None,
         }
     }
@@ -200,7 +232,7 @@ impl Reorder {
     pub fn pop(&mut self) -> Option<Pending> {
         self.fill();
         let from_heap = match (self.ready.last(), self.heap.peek()) {
-            (Some(r), Some(h)) => h.0.key < r.key,
+            (Some(r), Some(h)) => h.0.key() < r.key(),
             (None, Some(_)) => true,
             _ => false,
         };
@@ -213,9 +245,9 @@ impl Reorder {
 
     /// The event `n` places behind the next in the sorted slots, if it is
     /// there. For prefetching only: an event from the heap may come first.
-    pub fn ahead(&self, n: usize) -> Option<&Event> {
+    pub fn ahead(&self, n: usize) -> Option<&Pending> {
         let i = self.ready.len().checked_sub(n + 1)?;
-        self.ready.get(i).map(|p| &p.event)
+        self.ready.get(i)
     }
 
     /// Every waiting event, in no particular order.
@@ -286,7 +318,7 @@ mod tests {
 
     fn pending(ts: i64, seq: u64) -> Pending {
         Pending {
-            key: (Millis(ts), 3, seq),
+            seq,
             event: Event {
                 ts: Millis(ts),
                 kind: EventKind::Activity,
@@ -294,6 +326,7 @@ mod tests {
                 account: None,
                 ip: None,
             },
+            class: None,
         }
     }
 
@@ -307,7 +340,7 @@ mod tests {
         assert_eq!(r.len(), ts.len());
         let mut out = Vec::new();
         while let Some(k) = r.peek_key() {
-            let p = r.pop().map(|p| p.key);
+            let p = r.pop().map(|p| p.key());
             assert_eq!(p, Some(k));
             out.push(k);
         }
@@ -328,12 +361,14 @@ mod tests {
         for (seq, &t) in ts.iter().enumerate() {
             r.push(pending(t, seq as u64));
         }
-        assert_eq!(r.pop().map(|p| p.key.0.0), Some(-5));
-        assert_eq!(r.pop().map(|p| p.key.0.0), Some(9_500));
+        assert_eq!(r.pop().map(|p| p.key().0.0), Some(-5));
+        assert_eq!(r.pop().map(|p| p.key().0.0), Some(9_500));
         r.push(pending(9_900, 100));
         r.push(pending(i64::MAX, 101));
         r.push(pending(i64::MIN, 102));
-        let keys: Vec<i64> = std::iter::from_fn(|| r.pop()).map(|p| p.key.0.0).collect();
+        let keys: Vec<i64> = std::iter::from_fn(|| r.pop())
+            .map(|p| p.key().0.0)
+            .collect();
         assert_eq!(
             keys,
             [
@@ -351,6 +386,8 @@ mod tests {
         assert!(r.is_empty());
     }
 
+    const KINDS: [EventKind; 3] = [EventKind::Activity, EventKind::Erase, EventKind::Login];
+
     proptest::proptest! {
         /// Whatever the arrival order, the gaps and the interleaving of
         /// pushes and pops, events come out as from one priority queue.
@@ -358,8 +395,8 @@ mod tests {
         fn releases_as_a_priority_queue(
             ops in proptest::collection::vec(
                 proptest::prop_oneof![
-                    6 => (-3_000_000i64..3_000_000).prop_map(Some),
-                    1 => proptest::prelude::any::<i64>().prop_map(Some),
+                    6 => ((-3_000_000i64..3_000_000), 0..KINDS.len()).prop_map(Some),
+                    1 => (proptest::prelude::any::<i64>(), 0..KINDS.len()).prop_map(Some),
                     3 => proptest::strategy::Just(None),
                 ],
                 0..400,
@@ -369,18 +406,21 @@ mod tests {
             let mut model = std::collections::BTreeSet::new();
             for (seq, op) in ops.into_iter().enumerate() {
                 match op {
-                    Some(t) => {
-                        r.push(pending(t, seq as u64));
-                        model.insert((Millis(t), 3u8, seq as u64));
+                    Some((t, k)) => {
+                        let mut p = pending(t, seq as u64);
+                        // Equal `ts` sort by kind: privacy first.
+                        p.event.kind = KINDS[k];
+                        r.push(p);
+                        model.insert((Millis(t), KINDS[k].priority(), seq as u64));
                     }
                     None => {
                         prop_assert_eq!(r.peek_key(), model.first().copied());
-                        prop_assert_eq!(r.pop().map(|p| p.key), model.pop_first());
+                        prop_assert_eq!(r.pop().map(|p| p.key()), model.pop_first());
                     }
                 }
                 prop_assert_eq!(r.len(), model.len());
             }
-            let rest: Vec<Key> = std::iter::from_fn(|| r.pop()).map(|p| p.key).collect();
+            let rest: Vec<Key> = std::iter::from_fn(|| r.pop()).map(|p| p.key()).collect();
             prop_assert_eq!(rest, model.into_iter().collect::<Vec<_>>());
         }
     }
@@ -394,7 +434,7 @@ mod tests {
         let bytes = postcard::to_stdvec(&r).expect("serializes");
         let mut back: Reorder = postcard::from_bytes(&bytes).expect("deserializes");
         let keys: Vec<i64> = std::iter::from_fn(|| back.pop())
-            .map(|p| p.key.0.0)
+            .map(|p| p.key().0.0)
             .collect();
         assert_eq!(keys, [1, 2, 4, 8]);
     }
