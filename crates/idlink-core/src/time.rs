@@ -101,25 +101,22 @@ fn plain_rfc3339(b: &[u8]) -> Option<Millis> {
         return None;
     }
     let mut at = 19;
-    let mut nanos = 0;
-    if b.get(at) == Some(&b'.') {
-        // One to nine digits, read as they are counted.
-        let mut digits = 0;
-        while let Some(d) = b
-            .get(at + 1 + digits)
-            .map(|c| c.wrapping_sub(b'0'))
-            .filter(|&d| d < 10)
-        {
-            if digits == 9 {
-                return None;
-            }
-            nanos = nanos * 10 + i64::from(d);
-            digits += 1;
-        }
-        if digits == 0 {
+    let mut millis = 0;
+    if let Some((b'.', fraction)) = b[at..].split_first() {
+        // One to nine digits. Milliseconds are the first three (chrono
+        // truncates the rest), padded with zeros.
+        let digits = fraction
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .unwrap_or(fraction.len());
+        if !(1..=9).contains(&digits) {
             return None;
         }
-        nanos *= 10i64.pow(9 - digits as u32);
+        let digit = |i: usize| match fraction.get(i) {
+            Some(&c) if i < digits => i64::from(c - b'0'),
+            _ => 0,
+        };
+        millis = digit(0) * 100 + digit(1) * 10 + digit(2);
         at += 1 + digits;
     }
     let offset = match b.get(at..)? {
@@ -136,7 +133,7 @@ fn plain_rfc3339(b: &[u8]) -> Option<Millis> {
     };
     let secs =
         days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    Some(Millis(secs * 1000 + nanos / 1_000_000))
+    Some(Millis(secs * 1000 + millis))
 }
 
 /// The number two ASCII digits write, if both are digits.
