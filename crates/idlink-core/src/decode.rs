@@ -755,7 +755,8 @@ fn plain_ipv4(text: &[u8]) -> Option<[u8; 4]> {
 }
 
 /// Whether every byte is printable ASCII, a space to `~`: eight bytes in
-/// one integer, the last few padded with a printable byte.
+/// one integer, the last few as the last eight (which overlap bytes
+/// already checked), or padded with a printable byte if there are fewer.
 fn printable_ascii(s: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = ONES * 0x80;
@@ -764,8 +765,14 @@ fn printable_ascii(s: &[u8]) -> bool {
     // `x + 1` is set exactly at 0x7f (DEL).
     let word = |w: u64| w & HIGH == 0 && (!(w + ONES * 0x60) | (w + ONES)) & HIGH == 0;
     let (words, tail) = s.as_chunks::<8>();
-    let mut last = [b'a'; 8];
-    last[..tail.len()].copy_from_slice(tail);
+    let last = match s.last_chunk::<8>() {
+        Some(last) => *last,
+        None => {
+            let mut padded = [b'a'; 8];
+            padded[..tail.len()].copy_from_slice(tail);
+            padded
+        }
+    };
     words.iter().all(|w| word(u64::from_le_bytes(*w))) && word(u64::from_le_bytes(last))
 }
 

@@ -199,19 +199,21 @@ impl<'a> Cursor<'a> {
         let rest = &self.bytes[start..];
         // A block at a time while it holds nothing special; most strings
         // here are shorter than the set-up of a longer vectorized search.
-        // The line's last few bytes, fewer than a block, are padded with
-        // bytes that are not special rather than read one at a time.
+        // The line's last few bytes, fewer than a block, are read as the
+        // line's last whole block, which overlaps bytes already found
+        // plain; a line shorter than a block is padded with plain bytes.
         let (blocks, tail) = rest.as_chunks::<BLOCK>();
         let found = blocks
             .iter()
             .enumerate()
             .find_map(|(i, block)| Some(i * BLOCK + first_special(block)?));
-        let len = match found {
-            Some(len) => len,
-            None => {
+        let len = match (found, rest.last_chunk::<BLOCK>()) {
+            (Some(len), _) => len,
+            (None, Some(last)) => rest.len() - BLOCK + first_special(last)?,
+            (None, None) => {
                 let mut padded = [b'a'; BLOCK];
                 padded[..tail.len()].copy_from_slice(tail);
-                blocks.len() * BLOCK + first_special(&padded)?
+                first_special(&padded)?
             }
         };
         if rest.get(len) != Some(&b'"') {
