@@ -31,13 +31,6 @@ const SLOT_MS: i64 = 1_000;
 /// default lateness of 10 minutes with room for disorder around it.
 const NEAR: usize = 2048;
 
-/// Emptied slot vectors kept for reuse, at most.
-const SPARES: usize = 8;
-
-/// Largest emptied slot vector kept for reuse, in events: a burst's huge
-/// slot is freed rather than held.
-const SPARE_CAPACITY: usize = 4096;
-
 /// An event waiting for the watermark.
 #[derive(Debug)]
 pub(super) struct Pending {
@@ -118,11 +111,6 @@ pub(super) struct Reorder {
     next: i64,
     /// Events in `near` and `far`.
     in_slots: usize,
-    /// Emptied slot vectors with their capacity, which the next slots to
-    /// receive an event take: a slot filled from an empty vector grew it
-    /// by reallocation, copying its events each time, which cost more
-    /// than its sort.
-    spare: Vec<Vec<Pending>>,
 }
 
 impl Default for Reorder {
@@ -134,7 +122,6 @@ impl Default for Reorder {
             far: BTreeMap::new(),
             next: i64::MIN,
             in_slots: 0,
-            spare: Vec::new(),
         }
     }
 }
@@ -171,13 +158,7 @@ impl Reorder {
                 if self.near.len() <= i {
                     self.near.resize_with(i + 1, Vec::new);
                 }
-                let events = &mut self.near[i];
-                if events.capacity() == 0
-                    && let Some(spare) = self.spare.pop()
-                {
-                    *events = spare;
-                }
-                events.push(p);
+                self.near[i].push(p);
             }
             _ => self.far.entry(slot).or_default().push(p),
         }
@@ -209,10 +190,7 @@ impl Reorder {
             }
             self.in_slots -= events.len();
             events.sort_unstable_by_key(|p| Reverse(p.key()));
-            let emptied = std::mem::replace(&mut self.ready, events);
-            if self.spare.len() < SPARES && (1..=SPARE_CAPACITY).contains(&emptied.capacity()) {
-                self.spare.push(emptied);
-            }
+            self.ready = events;
             return;
         }
     }
