@@ -654,9 +654,9 @@ impl Decoder {
 /// Which way [`Decoder::decode_with`] reads a payload.
 #[derive(Clone, Copy)]
 enum Path {
-    /// simdutf8, the JSON scanner, the `ts` reader and the address
-    /// readers where they are sure, their references elsewhere:
-    /// production.
+    /// The ASCII check and simdutf8, the JSON scanner (with its plain
+    /// known keys), the `ts` reader and the address readers where they
+    /// are sure, their references elsewhere: production.
     Fast,
     /// The standard library (UTF-8, addresses), serde_json and chrono
     /// only: what the fast paths must agree with.
