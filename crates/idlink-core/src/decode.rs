@@ -623,13 +623,10 @@ impl Decoder {
                 format!("`{name}` contains control characters"),
             ));
         }
-        if self.is_junk(&s) {
+        if self.is_junk(s) {
             return Err(reject(
                 junk,
-                format!(
-                    "`{name}` {:?} is a placeholder, not an id",
-                    truncate(&s, 64)
-                ),
+                format!("`{name}` {:?} is a placeholder, not an id", truncate(s, 64)),
             ));
         }
         Ok(Some(SmolStr::new(s)))
