@@ -173,9 +173,9 @@ impl Field<'_> {
 /// comes unescaped, in a copy of its own.
 #[derive(Debug, PartialEq)]
 enum Value<'a> {
-    /// Everything but an unescaped string.
+    /// Everything but a string that had an escape.
     Borrowed(Field<'a>),
-    /// An unescaped string.
+    /// A string that had an escape, unescaped into a copy.
     Owned(String),
 }
 
