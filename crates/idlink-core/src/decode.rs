@@ -760,19 +760,27 @@ fn plain_ipv4(text: &[u8]) -> Option<[u8; 4]> {
 /// bytes, which overlap bytes already read (or, if `s` is shorter, `s`
 /// padded with `pad`). For tests that every byte passes.
 fn words(s: &[u8], pad: u8) -> (impl Iterator<Item = u64> + '_, u64) {
-    let (words, tail) = s.as_chunks::<8>();
-    let last = match s.last_chunk::<8>() {
-        Some(last) => *last,
-        None => {
-            let mut padded = [pad; 8];
-            padded[..tail.len()].copy_from_slice(tail);
-            padded
-        }
-    };
+    let (words, _) = s.as_chunks::<8>();
+    let (last, _) = last_block::<8>(s, pad);
     (
         words.iter().map(|w| u64::from_le_bytes(*w)),
         u64::from_le_bytes(last),
     )
+}
+
+/// The last `N` bytes of `s` and where they start: a whole block that
+/// overlaps the bytes before it, so a block-at-a-time reader needs no
+/// byte loop for the rest; or, if `s` is shorter, `s` padded with `pad`,
+/// starting at 0.
+fn last_block<const N: usize>(s: &[u8], pad: u8) -> ([u8; N], usize) {
+    match s.last_chunk::<N>() {
+        Some(last) => (*last, s.len() - N),
+        None => {
+            let mut padded = [pad; N];
+            padded[..s.len()].copy_from_slice(s);
+            (padded, 0)
+        }
+    }
 }
 
 /// Every byte's high bit, in a word.
@@ -794,8 +802,8 @@ fn printable_ascii(s: &[u8]) -> bool {
     // high bit of `x + 0x60` is clear exactly below 0x20, and that of
     // `x + 1` is set exactly at 0x7f (DEL).
     let word = |w: u64| w & HIGH == 0 && (!(w + ONES * 0x60) | (w + ONES)) & HIGH == 0;
-    let (all, last) = words(s, b'a');
-    word(last) && { all }.all(word)
+    let (mut all, last) = words(s, b'a');
+    word(last) && all.all(word)
 }
 
 /// `s` without leading and trailing whitespace, as `str::trim` gives it,

@@ -11,7 +11,7 @@
 //! point is speed: serde_json's field and value visitors, not its string
 //! scanning, were most of its cost on these short, flat objects.
 
-use super::{Field, Raw};
+use super::{Field, Raw, last_block};
 
 /// Longest integer the scanner reads: 18 digits always fit an `i64`.
 const MAX_DIGITS: usize = 18;
@@ -202,18 +202,16 @@ impl<'a> Cursor<'a> {
         // The line's last few bytes, fewer than a block, are read as the
         // line's last whole block, which overlaps bytes already found
         // plain; a line shorter than a block is padded with plain bytes.
-        let (blocks, tail) = rest.as_chunks::<BLOCK>();
+        let (blocks, _) = rest.as_chunks::<BLOCK>();
         let found = blocks
             .iter()
             .enumerate()
             .find_map(|(i, block)| Some(i * BLOCK + first_special(block)?));
-        let len = match (found, rest.last_chunk::<BLOCK>()) {
-            (Some(len), _) => len,
-            (None, Some(last)) => rest.len() - BLOCK + first_special(last)?,
-            (None, None) => {
-                let mut padded = [b'a'; BLOCK];
-                padded[..tail.len()].copy_from_slice(tail);
-                first_special(&padded)?
+        let len = match found {
+            Some(len) => len,
+            None => {
+                let (last, at) = last_block::<BLOCK>(rest, b'a');
+                at + first_special(&last)?
             }
         };
         if rest.get(len) != Some(&b'"') {
