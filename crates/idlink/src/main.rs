@@ -108,7 +108,11 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(service::run(settings, cfg))?;
+            let result = runtime.block_on(service::run(settings, cfg));
+            // A consumer still leaving its group on a blocking thread (see
+            // `leave_group`) must not hold the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result?;
         }
         Command::Replay {
             input,

@@ -26,6 +26,29 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// How long a stopping instance waits for its consumer to leave the group.
+pub const LEAVE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Drops `clients` (a service loop holding a group consumer) on a blocking
+/// thread and waits for that at most `limit`. Dropping a group consumer
+/// leaves the group, and rust-rdkafka polls until librdkafka says it has
+/// left, with no bound (fede1024/rust-rdkafka#509): a rebalance or a broker
+/// that stops answering would hold the process forever after its work is
+/// done. Everything it wrote is acknowledged by then, so past the limit it
+/// exits anyway and the group reassigns its partitions after the session
+/// timeout.
+pub async fn leave_group<T: Send + 'static>(clients: T, limit: Duration) {
+    let dropped = tokio::task::spawn_blocking(move || drop(clients));
+    match tokio::time::timeout(limit, dropped).await {
+        Ok(_) => tracing::info!("left the consumer group"),
+        Err(_) => tracing::warn!(
+            seconds = limit.as_secs(),
+            "the consumer has not left its group in time: exiting without it; the group \
+             reassigns its partitions after the session timeout"
+        ),
+    }
+}
+
 /// How often the loops look at the lag statistics (idle input partitions,
 /// caught-up tasks): per message would copy them per message.
 pub const LOOK_EVERY: Duration = Duration::from_millis(100);

@@ -35,21 +35,32 @@ pub async fn run(settings: Settings, cfg: ServiceConfig) -> Result<()> {
             let _ = tx.send(());
         })
     };
-    let result = async {
+    let stop = shutdown_tx.subscribe();
+    let service = async move {
+        // Each loop ends however it ends (stopped or failed) with a bounded
+        // leave of the group: dropping it unbounded could hold the process.
         if cfg.service.partitioned {
-            let p = partitioned::Partitioned::start(&settings, cfg, telemetry.clone()).await?;
-            p.run(shutdown_tx.subscribe()).await
+            let mut p = partitioned::Partitioned::start(&settings, cfg, telemetry).await?;
+            let result = p.run(stop).await;
+            kafka::leave_group(p, kafka::LEAVE_LIMIT).await;
+            result
         } else {
-            let p = pipeline::Pipeline::start(&settings, cfg, telemetry.clone()).await?;
-            p.run(shutdown_tx.subscribe()).await
+            let mut p = pipeline::Pipeline::start(&settings, cfg, telemetry).await?;
+            let result = p.run(stop).await;
+            kafka::leave_group(p, kafka::LEAVE_LIMIT).await;
+            result
         }
     };
-    // The deadline counts from the signal; the loop itself is unbounded.
+    // A task of its own, so that the deadline fires even while the loop is
+    // inside a blocking Kafka call. It counts from the signal; the loop
+    // itself is unbounded.
+    let mut service = tokio::spawn(service);
     let mut rx = shutdown_tx.subscribe();
     let result = tokio::select! {
-        r = result => r,
+        r = &mut service => r.unwrap_or_else(|e| Err(anyhow::anyhow!("the service task failed: {e}"))),
         _ = async { let _ = rx.recv().await; tokio::time::sleep(deadline).await } => {
-            anyhow::bail!("shutdown did not finish within {} s", deadline.as_secs())
+            service.abort();
+            Err(anyhow::anyhow!("shutdown did not finish within {} s", deadline.as_secs()))
         }
     };
     let _ = shutdown_tx.send(());

@@ -390,8 +390,9 @@ impl Partitioned {
         })
     }
 
-    /// Runs until shutdown.
-    pub async fn run(mut self, mut shutdown: broadcast::Receiver<()>) -> Result<()> {
+    /// Runs until shutdown. The caller drops `self` (see
+    /// [`super::kafka::leave_group`]).
+    pub async fn run(&mut self, mut shutdown: broadcast::Receiver<()>) -> Result<()> {
         let k = self.cfg.kafka.clone();
         let mut topics: Vec<&str> = vec![&k.events_topic, &k.privacy_topic];
         topics.extend(self.internal.iter().map(String::as_str));
@@ -447,8 +448,15 @@ impl Partitioned {
         }
         tracing::info!("shutting down: publishing, snapshotting, committing");
         self.telemetry.set_ready(false, "shutting down");
+        // Step by step, each logged: a stop that runs out its deadline
+        // says which wait it was in.
+        self.publish().await?;
+        self.settle().await?;
+        tracing::info!("shutting down: output acknowledged");
         self.checkpoint().await?;
+        tracing::info!("shutting down: tasks snapshotted, offsets committed");
         self.purger.finish(Duration::from_secs(5)).await;
+        tracing::info!("shut down");
         Ok(())
     }
 
@@ -1103,8 +1111,10 @@ impl Partitioned {
             .filter(|(_, t)| t.dirty)
             .map(|(&j, t)| async move { save(t, internal, j).await.map(|n| (j, n)) });
         let saved = try_join_all(saves).await?;
+        tracing::debug!(tasks = saved.len(), "checkpoint: snapshots acknowledged");
         let bytes = saved.iter().map(|(_, n)| n).sum();
         let end = self.manifests_end();
+        tracing::debug!(?end, "checkpoint: manifests' end looked up");
         let mut tpl = TopicPartitionList::new();
         for (j, _) in saved {
             let Some(t) = self.tasks.get_mut(&j) else {

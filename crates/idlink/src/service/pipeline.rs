@@ -247,8 +247,9 @@ impl Pipeline {
     }
 
     /// Runs until shutdown: a standby until the group is free, then its
-    /// owner; back to standby if another instance wins the group.
-    pub async fn run(mut self, mut shutdown: broadcast::Receiver<()>) -> Result<()> {
+    /// owner; back to standby if another instance wins the group. The
+    /// caller drops `self` (see [`super::kafka::leave_group`]).
+    pub async fn run(&mut self, mut shutdown: broadcast::Receiver<()>) -> Result<()> {
         loop {
             if !self.standby(&mut shutdown).await {
                 return Ok(());

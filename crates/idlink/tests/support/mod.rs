@@ -620,14 +620,22 @@ impl Service {
     }
 
     /// SIGTERM, then the exit status.
-    pub fn terminate(mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+    pub fn terminate(self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        Ok(self.terminate_with_log(timeout)?.0)
+    }
+
+    /// [`Service::terminate`], returning the whole log as well.
+    pub fn terminate_with_log(
+        mut self,
+        timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, String)> {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait()? {
-                return Ok(s);
+                return Ok((s, self.log_text()));
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
