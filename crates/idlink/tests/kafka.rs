@@ -143,9 +143,15 @@ fn run_publishes_the_same_graph_as_replay() -> Result<()> {
     assert!(metric(&metrics, "idlink_sign_in_to_publish_seconds_count") > 0.0);
     assert!(metrics.contains("idlink_consumer_lag{"));
 
-    // Graceful shutdown: exit 0, well within the deadline.
-    let status = service.terminate(Duration::from_secs(30))?;
-    assert!(status.success(), "exit status {status}");
+    // Graceful shutdown: exit 0, well within the deadline, each step logged.
+    service.terminate_in_steps(
+        Duration::from_secs(30),
+        &[
+            "shutting down: publishing",
+            "shutting down: output acknowledged",
+            "shut down",
+        ],
+    )?;
     Ok(())
 }
 

@@ -469,9 +469,15 @@ impl Pipeline {
         }
         tracing::info!("shutting down: publishing, snapshotting, committing");
         self.telemetry.set_ready(false, "shutting down");
-        if self.active && self.publish().await? && self.settle().await? && self.since_snapshot > 0 {
-            self.checkpoint().await?;
+        // Step by step, each logged (as in the partitioned mode).
+        if self.active && self.publish().await? && self.settle().await? {
+            tracing::info!("shutting down: output acknowledged");
+            if self.since_snapshot > 0 {
+                self.checkpoint().await?;
+                tracing::info!("shutting down: snapshotted, offsets committed");
+            }
         }
+        tracing::info!("shut down");
         Ok(Served::Shutdown)
     }
 

@@ -624,6 +624,21 @@ impl Service {
         Ok(self.terminate_with_log(timeout)?.0)
     }
 
+    /// [`Service::terminate`], and checks that the log names each step of
+    /// the stop in `steps` (message prefixes), in order: a stop that runs
+    /// out its deadline must say which wait it was in.
+    pub fn terminate_in_steps(self, timeout: Duration, steps: &[&str]) -> Result<()> {
+        let (status, log) = self.terminate_with_log(timeout)?;
+        if !status.success() {
+            bail!("graceful stop exit status {status}:\n{log}");
+        }
+        let at: Vec<Option<usize>> = steps.iter().map(|s| log.rfind(s)).collect();
+        if !(at.iter().all(Option::is_some) && at.is_sorted()) {
+            bail!("the stop's steps {steps:?} at {at:?} in:\n{log}");
+        }
+        Ok(())
+    }
+
     /// [`Service::terminate`], returning the whole log as well.
     pub fn terminate_with_log(
         mut self,
