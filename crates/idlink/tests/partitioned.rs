@@ -28,6 +28,14 @@ const PARTITIONED: &str =
 const PARTITIONED_WITH_PAUSES: &str =
     "partitioned = true\nsource_idle_seconds = 20\nprivacy_source_idle_ms = 20000";
 
+/// What a graceful stop of an instance logs, in order.
+const STOP_STEPS: [&str; 4] = [
+    "shutting down: publishing",
+    "shutting down: output acknowledged",
+    "shutting down: tasks snapshotted",
+    "shut down",
+];
+
 /// Waits for replay's graph, watching `service` for an early exit.
 /// On failure, every instance's log tail is in the error: the work is
 /// shared, so any of them may be the one that tells why.
@@ -159,15 +167,7 @@ fn instances_join_mid_stream_then_one_dies() -> Result<()> {
     rt.block_on(produce(&producer, &names, parts[3]))?;
     graph(&broker, &names, &s, &mut services)?;
     for svc in services {
-        svc.terminate_in_steps(
-            Duration::from_secs(30),
-            &[
-                "shutting down: publishing",
-                "shutting down: output acknowledged",
-                "shutting down: tasks snapshotted",
-                "shut down",
-            ],
-        )?;
+        svc.terminate_in_steps(Duration::from_secs(30), &STOP_STEPS)?;
     }
     Ok(())
 }
@@ -375,15 +375,7 @@ fn random_crashes_of_an_instance_leave_the_same_graph() -> Result<()> {
     }
     graph(&broker, &names, &s, &mut services)?;
     for svc in services {
-        svc.terminate_in_steps(
-            Duration::from_secs(30),
-            &[
-                "shutting down: publishing",
-                "shutting down: output acknowledged",
-                "shutting down: tasks snapshotted",
-                "shut down",
-            ],
-        )?;
+        svc.terminate_in_steps(Duration::from_secs(30), &STOP_STEPS)?;
     }
     Ok(())
 }
