@@ -218,3 +218,128 @@ fn a_zombie_owner_corrupts_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+/// Writes `value` (`None`: a tombstone) under `key` to `topic`, partition
+/// `partition` or by key, as the service would.
+fn write_record(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    let mut r: rdkafka::producer::FutureRecord<'_, str, str> =
+        rdkafka::producer::FutureRecord::to(topic).key(key);
+    if let Some(p) = partition {
+        r = r.partition(p);
+    }
+    if let Some(v) = value {
+        r = r.payload(v);
+    }
+    runtime()
+        .block_on(producer.send(r, Duration::from_secs(30)))
+        .map_err(|(e, _)| anyhow::anyhow!("writing {key} to {topic}: {e}"))?;
+    Ok(())
+}
+
+/// What a zombie's late records do, made to happen on purpose: stale
+/// records land after the owner's (a device's line replaced by a
+/// tombstone, an account's by a wrong line, a key the graph never had),
+/// then the request a fenced owner writes for their keys. The owner
+/// renders them again while it runs; after it stops, the next owner does
+/// when it restores; and once a snapshot covers a request, it is removed.
+#[test]
+fn republish_requests_repair_records_written_late() -> Result<()> {
+    let _serial = serial();
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new("republish");
+    let config = write_config(dir.path(), &names, "")?;
+    let s = stream(dir.path(), &config, 100, 6, 93)?;
+    let producer = producer(&broker.addr)?;
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    let mut owner = Service::start(&config, &broker.addr, &names, dir.path())?;
+    owner.wait_ready(Duration::from_secs(60))?;
+    runtime().block_on(produce(&producer, &names, &lines))?;
+    wait_for_graph_of(&broker, &names, &s, &mut owner)?;
+
+    let id_of = |text: &str, field: &str, n: usize| -> String {
+        text.lines()
+            .nth(n)
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v[field].as_str().map(String::from))
+            .unwrap_or_default()
+    };
+    let (links, accounts) = (names.topic("device-links"), names.topic("account-devices"));
+    let manifests = names.topic("manifests");
+    let late = |n: usize| -> Result<()> {
+        let device = id_of(&s.expected_devices, "device_id", n);
+        let account = id_of(&s.expected_accounts, "account_id", n);
+        let ghost = format!("ghost-device-{n}");
+        write_record(&producer, &links, None, &device, None)?;
+        write_record(
+            &producer,
+            &accounts,
+            None,
+            &account,
+            Some(r#"{"stale":true}"#),
+        )?;
+        write_record(&producer, &links, None, &ghost, Some(r#"{"stale":true}"#))?;
+        let folded = fold(&read_all(&broker.addr, &links)?);
+        assert_ne!(folded, s.expected_devices, "the late records landed");
+        let request = serde_json::json!({
+            "group": names.group,
+            "epoch": 0,
+            "devices": [device, ghost],
+            "accounts": [account],
+        });
+        let key = format!("{}/republish/0/test-{n}", names.group);
+        write_record(
+            &producer,
+            &manifests,
+            Some(0),
+            &key,
+            Some(&request.to_string()),
+        )
+    };
+
+    // The owner is idle: its look for newer claims finds the request.
+    late(0)?;
+    wait_for_graph_of(&broker, &names, &s, &mut owner)?;
+
+    // No owner when the request lands: the next one acts on it after its
+    // restore (the request is newer than the restored snapshot).
+    owner.terminate_in_steps(Duration::from_secs(30), &["shut down"])?;
+    late(1)?;
+    let mut next = Service::start(&config, &broker.addr, &names, dir.path())?;
+    next.wait_ready(Duration::from_secs(60))?;
+    wait_for_graph_of(&broker, &names, &s, &mut next)?;
+
+    // Covered by a snapshot, each request is removed (a tombstone).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut last: std::collections::BTreeMap<String, bool> = Default::default();
+        for r in read_all(&broker.addr, &manifests)? {
+            if let Some(k) = r.key.filter(|k| is_republish_request(k)) {
+                last.insert(k, r.value.is_some());
+            }
+        }
+        if last.len() == 2 && last.values().all(|live| !live) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "republish requests not removed: {last:?}\n{}",
+                next.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = next.log_text();
+    assert!(
+        log.contains("writing again what a replaced owner may have overwritten"),
+        "{}",
+        next.log_tail()
+    );
+    Ok(())
+}

@@ -1184,6 +1184,36 @@ impl Engine {
         std::mem::take(&mut self.acks)
     }
 
+    /// Renders these devices' `device-links` records and these accounts'
+    /// `account-devices` records again with the next
+    /// [`Engine::take_changes`]: the line of an id it holds, a tombstone for
+    /// one it does not (erased, unlinked, or never seen). A fenced owner
+    /// asks for this for the keys it may have written after its
+    /// successor's: the current owner's rendering must be the last record
+    /// of each key. (A device partition of the staged engine is given
+    /// devices only: its account stage renders the accounts.)
+    pub fn republish(&mut self, devices: &[Box<str>], accounts: &[Box<str>]) {
+        let Some(c) = self.changes.as_mut() else {
+            return;
+        };
+        for id in devices {
+            match self.devices.find(id) {
+                Some(d) => {
+                    c.devices.insert(d);
+                }
+                None => c.removed_devices.push(id.clone()),
+            }
+        }
+        for id in accounts {
+            match self.accounts.find(id) {
+                Some(a) => {
+                    c.accounts.insert(a);
+                }
+                None => c.removed_accounts.push(id.clone()),
+            }
+        }
+    }
+
     /// Drains the output changes since the last call (change tracking
     /// must be on).
     pub fn take_changes(&mut self) -> Changes {

@@ -626,3 +626,41 @@ fn a_device_hidden_by_the_cap_comes_back_when_the_account_shrinks() {
         "{d:?}"
     );
 }
+
+/// What a fenced owner asks for: the current rendering of each key, a
+/// tombstone for an id the engine does not hold, and nothing else.
+#[test]
+fn republish_renders_the_asked_keys_again() {
+    let mut e = engine();
+    e.track_changes();
+    for ev in stream() {
+        e.ingest(0, ev);
+    }
+    e.finish();
+    e.take_changes();
+    let key = |s: &str| Box::<str>::from(s);
+    e.republish(
+        &[key("phone"), key("ghost")],
+        &[key("alice"), key("nobody")],
+    );
+    let c = e.take_changes();
+    assert_eq!(
+        c.devices,
+        vec![
+            ("ghost".to_string(), None),
+            ("phone".to_string(), e.device_line("phone")),
+        ]
+    );
+    assert!(c.devices[1].1.is_some());
+    assert_eq!(
+        c.accounts,
+        vec![
+            ("nobody".to_string(), None),
+            ("alice".to_string(), e.account_line("alice")),
+        ]
+    );
+    // Without change tracking there is nothing to publish.
+    let mut quiet = engine();
+    quiet.republish(&[key("phone")], &[key("alice")]);
+    assert_eq!(quiet.take_changes().devices.len(), 0);
+}

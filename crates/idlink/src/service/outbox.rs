@@ -147,6 +147,61 @@ fn headers(extra: &[(&str, &str)]) -> OwnedHeaders {
     h
 }
 
+/// Keys of the `device-links` and `account-devices` records an owner
+/// wrote since it last made sure, after their acknowledgement, that it
+/// still owned the work: should it find it does not (it was frozen past
+/// its session timeout), those records may have landed after its
+/// successor's, and it asks the current owner to write them again. Kept
+/// as pushed (no lookup per record); duplicates go when the request is
+/// made.
+#[derive(Default)]
+pub struct Written {
+    /// `device-links` keys.
+    devices: Vec<Box<str>>,
+    /// `account-devices` keys.
+    accounts: Vec<Box<str>>,
+}
+
+/// Keys of each kind in one republish request, to keep records small
+/// (ids are at most 256 bytes: under 3 MB even then, ~0.4 MB typically).
+pub const KEYS_PER_REQUEST: usize = 10_000;
+
+impl Written {
+    /// Notes a `device-links` key.
+    pub fn device(&mut self, key: impl Into<Box<str>>) {
+        self.devices.push(key.into());
+    }
+
+    /// Notes an `account-devices` key.
+    pub fn account(&mut self, key: impl Into<Box<str>>) {
+        self.accounts.push(key.into());
+    }
+
+    /// No key noted.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty() && self.accounts.is_empty()
+    }
+
+    /// The keys, sorted and without repeats, as `(devices, accounts)` parts
+    /// of at most [`KEYS_PER_REQUEST`] keys of each kind: one request each.
+    pub fn into_parts(self) -> Vec<(Vec<Box<str>>, Vec<Box<str>>)> {
+        let mut parts = Vec::new();
+        let [mut devices, mut accounts] = [self.devices, self.accounts].map(|mut v| {
+            v.sort_unstable();
+            v.dedup();
+            v.into_iter()
+        });
+        loop {
+            let d: Vec<Box<str>> = devices.by_ref().take(KEYS_PER_REQUEST).collect();
+            let a: Vec<Box<str>> = accounts.by_ref().take(KEYS_PER_REQUEST).collect();
+            if d.is_empty() && a.is_empty() {
+                return parts;
+            }
+            parts.push((d, a));
+        }
+    }
+}
+
 /// The producer and the records of the open batch with their deliveries,
 /// kept until acknowledged so a delivery that timed out can be sent again.
 pub struct Outbox {
@@ -229,5 +284,31 @@ impl Outbox {
         // Empty, with its capacity, for the next batch.
         self.pending = pending;
         Ok(again)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_keys_come_out_sorted_once_in_bounded_parts() {
+        let mut w = Written::default();
+        assert!(w.is_empty() && Written::default().into_parts().is_empty());
+        for i in (0..KEYS_PER_REQUEST + 5).rev() {
+            w.device(format!("d{i:06}"));
+            w.device(format!("d{i:06}"));
+        }
+        w.account("b");
+        w.account("a");
+        w.account("b");
+        let parts = w.into_parts();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].0.len(), KEYS_PER_REQUEST);
+        assert_eq!(parts[1].0.len(), 5);
+        assert_eq!(&*parts[0].0[0], "d000000");
+        assert!(parts[0].0.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(parts[0].1, vec!["a".into(), "b".into()] as Vec<Box<str>>);
+        assert!(parts[1].1.is_empty());
     }
 }

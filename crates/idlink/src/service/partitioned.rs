@@ -27,7 +27,7 @@
 
 use super::config::ServiceConfig;
 use super::kafka::{LOOK_EVERY, PartitionState, ProducerHealth, ServiceContext, consumer_config};
-use super::outbox::{Outbox, Outgoing, dead_letter, decode, source, wall_clock};
+use super::outbox::{Outbox, Outgoing, Written, dead_letter, decode, source, wall_clock};
 use super::purge::Purger;
 use super::snapshots::Snapshots;
 use super::telemetry::{BatchOutput, InputStamp, Telemetry};
@@ -70,16 +70,6 @@ type Tag = (u32, u64);
 
 /// Per internal topic, the newest epoch taken from each sending task.
 type Epochs = [BTreeMap<u32, u64>; 5];
-
-/// Keys of the output records an owner wrote since it last made sure it
-/// still owned the task.
-#[derive(Default)]
-struct Written {
-    /// `device-links` keys.
-    devices: BTreeSet<Box<str>>,
-    /// `account-devices` keys.
-    accounts: BTreeSet<Box<str>>,
-}
 
 /// A record of a stream that the device partition takes in its own time.
 struct Queued<T> {
@@ -685,7 +675,7 @@ impl Partitioned {
             DEVICE_EVENTS => staged::decode::<StageInput>(payload).map(|x| match x {
                 // Not part of the computation: acted on as read.
                 StageInput::Republish { devices, accounts } => {
-                    task.de.republish(&devices);
+                    task.de.republish(&devices, &[]);
                     task.acc.republish(&accounts);
                 }
                 x => task.inputs.push_back(queued(Some(x))),
@@ -882,7 +872,7 @@ impl Partitioned {
                 let value = line.as_deref().map(str::as_bytes);
                 let out = Outgoing::new(&k.device_links_topic, Some(key.as_bytes()), value, &[]);
                 self.outbox.send(out)?;
-                t.written.devices.insert(key.into());
+                t.written.device(key);
                 nd += 1;
             }
             for part in t.de.take_account_parts() {
@@ -914,7 +904,7 @@ impl Partitioned {
                 let value = line.as_deref().map(str::as_bytes);
                 let out = Outgoing::new(&k.account_devices_topic, Some(key.as_bytes()), value, &[]);
                 self.outbox.send(out)?;
-                t.written.accounts.insert(key.into());
+                t.written.account(key);
                 na += 1;
             }
             for (d, msg) in t.acc.take_for_devices() {
@@ -1029,32 +1019,18 @@ impl Partitioned {
     /// ([`StageInput::Republish`]). The request is not tagged: a fenced
     /// instance's request must not be dropped as stale.
     fn ask_republish(&mut self, j: u32, written: Written) -> Result<()> {
-        /// Keys per request, to keep records small.
-        const KEYS_PER_RECORD: usize = 10_000;
-        let devices: Vec<Box<str>> = written.devices.into_iter().collect();
-        let accounts: Vec<Box<str>> = written.accounts.into_iter().collect();
-        if devices.is_empty() && accounts.is_empty() {
+        if written.is_empty() {
             return Ok(());
         }
+        let parts = written.into_parts();
         tracing::warn!(
             task = j,
-            devices = devices.len(),
-            accounts = accounts.len(),
+            devices = parts.iter().map(|p| p.0.len()).sum::<usize>(),
+            accounts = parts.iter().map(|p| p.1.len()).sum::<usize>(),
             "asking the task's owner to write records again"
         );
-        let chunks = devices.len().max(accounts.len()).div_ceil(KEYS_PER_RECORD);
-        for i in 0..chunks {
-            let part = |v: &[Box<str>]| -> Vec<Box<str>> {
-                v.iter()
-                    .skip(i * KEYS_PER_RECORD)
-                    .take(KEYS_PER_RECORD)
-                    .cloned()
-                    .collect()
-            };
-            let request = StageInput::Republish {
-                devices: part(&devices),
-                accounts: part(&accounts),
-            };
+        for (devices, accounts) in parts {
+            let request = StageInput::Republish { devices, accounts };
             let out =
                 Outgoing::internal(&self.internal[DEVICE_EVENTS], j, staged::encode(&request));
             self.outbox.send(out)?;

@@ -23,7 +23,7 @@ use super::kafka::{
     LOOK_EVERY, PartitionState, ProducerHealth, ServiceContext, consumer_config,
     output_producer_config,
 };
-use super::outbox::{Outbox, Outgoing, dead_letter, decode, source, wall_clock};
+use super::outbox::{Outbox, Outgoing, Written, dead_letter, decode, source, wall_clock};
 use super::ownership::{GroupWatch, Role};
 use super::snapshots::Snapshots;
 use super::telemetry::{BatchOutput, InputStamp, Telemetry};
@@ -93,6 +93,11 @@ pub struct Pipeline {
     watch: GroupWatch,
     /// When the group's newest claim was last looked up.
     last_fence_check: Instant,
+    /// Output keys published since a look found this instance still the
+    /// owner after their records were acknowledged: if a look finds it
+    /// replaced, those records may have landed after the new owner's, and
+    /// it asks the owner to write them again.
+    written: Written,
     /// The wall clock for input validation's future-skew check, read when
     /// a batch starts or the loop wakes without a message: reading it per
     /// message is a measurable cost, and a day's skew limit does not care
@@ -184,6 +189,7 @@ impl Pipeline {
             active: false,
             role_generation: 0,
             last_fence_check: Instant::now(),
+            written: Written::default(),
             wall_now: wall_clock(),
             unsettled: None,
         })
@@ -263,17 +269,8 @@ impl Pipeline {
             self.consumer.unsubscribe();
             self.active = false;
             if matches!(served, Ok(Served::Yielded)) {
-                // Records of the last batch were written while this
-                // instance owned the group: await them, but send nothing
-                // again from here on.
                 self.unsettled = None;
-                let dropped = self.outbox.settle().await?;
-                if !dropped.is_empty() {
-                    tracing::warn!(
-                        records = dropped.len(),
-                        "yielding: timed-out records dropped"
-                    );
-                }
+                self.stand_down().await?;
             }
             match served? {
                 Served::Shutdown => return Ok(()),
@@ -436,6 +433,23 @@ impl Pipeline {
             {
                 return Ok(Served::Yielded);
             }
+            // Idle, the owner still looks for a newer claim and for
+            // republish requests, as a busy one does before it publishes.
+            if self.batch_len == 0
+                && self.unsettled.is_none()
+                && self.last_fence_check.elapsed() >= FENCE_CHECK
+            {
+                if self.superseded().await? {
+                    tracing::warn!(
+                        epoch = self.snapshots.epoch(),
+                        "fenced: another instance claimed the group"
+                    );
+                    return Ok(Served::Yielded);
+                }
+                if self.snapshots.has_requests() && !self.publish().await? {
+                    return Ok(Served::Yielded);
+                }
+            }
             // Input paused: the batch in flight is settled within
             // batch_max_ms all the same, so its latency and counts show.
             if self.batch_len == 0
@@ -515,7 +529,7 @@ impl Pipeline {
     /// new epoch with a snapshot if this instance holds no claim, and
     /// starts every partition at the state's position.
     async fn activate(&mut self, assigned: &[(String, i32)]) -> Result<bool> {
-        if self.superseded().await {
+        if self.superseded().await? {
             tracing::info!("another instance owned the group meanwhile: restoring its state");
             self.restore().await?;
         }
@@ -549,14 +563,20 @@ impl Pipeline {
     }
 
     /// Whether another instance claimed the group since this one's state
-    /// was current. Asks until the brokers answer: nothing may be written
-    /// before they do, and an outage is ridden out, not fatal.
-    async fn superseded(&mut self) -> bool {
+    /// was current; if one did, this instance stands down first
+    /// ([`Pipeline::stand_down`]). Asks until the brokers answer: nothing
+    /// may be written before they do, and an outage is ridden out, not
+    /// fatal. The look also reads republish requests, which the next
+    /// [`Pipeline::publish`] acts on.
+    async fn superseded(&mut self) -> Result<bool> {
         loop {
             match self.snapshots.superseded() {
                 Ok(s) => {
                     self.last_fence_check = Instant::now();
-                    return s;
+                    if s {
+                        self.stand_down().await?;
+                    }
+                    return Ok(s);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "checking the group's owner failed: retrying");
@@ -565,6 +585,28 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// This instance no longer owns the group (or may not): it awaits what
+    /// it wrote, sending nothing again, and then asks the owner to write
+    /// again every record it published since it last made sure it owned
+    /// the group. A frozen owner's producer can send queued records when
+    /// it wakes, after its successor's; the owner's renderings of those
+    /// keys, written after this request, are then the last of each key.
+    async fn stand_down(&mut self) -> Result<()> {
+        self.active = false;
+        let dropped = self.outbox.settle().await?;
+        if !dropped.is_empty() {
+            tracing::warn!(
+                records = dropped.len(),
+                "standing down: timed-out records dropped"
+            );
+        }
+        let written = std::mem::take(&mut self.written);
+        if !written.is_empty() {
+            self.snapshots.ask_republish(written).await?;
+        }
+        Ok(())
     }
 
     /// Registers every assigned partition as a watermark source when the
@@ -719,7 +761,7 @@ impl Pipeline {
                 records = again.len(),
                 "deliveries timed out: sending them again if this instance still owns the group"
             );
-            if self.superseded().await {
+            if self.superseded().await? {
                 return Ok(false);
             }
             for out in again {
@@ -745,13 +787,28 @@ impl Pipeline {
         if !self.settle().await? {
             return Ok(false);
         }
-        if self.last_fence_check.elapsed() >= FENCE_CHECK && self.superseded().await {
-            tracing::warn!(
-                epoch = self.snapshots.epoch(),
-                "fenced: another instance claimed the group; publishing nothing"
+        if self.last_fence_check.elapsed() >= FENCE_CHECK {
+            if self.superseded().await? {
+                tracing::warn!(
+                    epoch = self.snapshots.epoch(),
+                    "fenced: another instance claimed the group; publishing nothing"
+                );
+                return Ok(false);
+            }
+            // Everything published before was acknowledged before this
+            // look, so it landed before any later claim.
+            self.written = Written::default();
+        }
+        for r in self.snapshots.take_requests() {
+            tracing::info!(
+                fenced_epoch = r.epoch,
+                devices = r.devices.len(),
+                accounts = r.accounts.len(),
+                "writing again what a replaced owner may have overwritten"
             );
-            self.active = false;
-            return Ok(false);
+            self.engine.republish(&r.devices, &r.accounts);
+            // The next snapshot covers it, and the request is removed.
+            self.since_snapshot = self.since_snapshot.max(1);
         }
         let changes = self.engine.take_changes();
         let acks = self.engine.take_privacy_acks();
@@ -761,13 +818,18 @@ impl Pipeline {
             changes.accounts.len() as u64,
             acks.len() as u64,
         ];
-        for (topic, list) in [
-            (&k.device_links_topic, &changes.devices),
-            (&k.account_devices_topic, &changes.accounts),
+        for (topic, list, devices) in [
+            (&k.device_links_topic, changes.devices, true),
+            (&k.account_devices_topic, changes.accounts, false),
         ] {
             for (key, value) in list {
                 let value = value.as_deref().map(str::as_bytes);
                 self.send(Outgoing::new(topic, Some(key.as_bytes()), value, &[]))?;
+                if devices {
+                    self.written.device(key);
+                } else {
+                    self.written.account(key);
+                }
             }
         }
         for ack in &acks {

@@ -21,6 +21,14 @@
 //! stops. A partitioned stage task is claimed ahead of its restore
 //! ([`Snapshots::claim_ahead`]: a manifest record that holds no state),
 //! so that its previous owner may delete the input its snapshot covers.
+//!
+//! **Republish requests.** What a frozen owner had handed to its producer
+//! can still land after its successor's records. An owner that finds it
+//! was replaced asks for those keys to be written again
+//! ([`Snapshots::ask_republish`]): a request record in the manifests
+//! topic, which the owner's looks read. A manifest records from which
+//! offset on requests were not yet acted on in its state
+//! (`requests_from`), so a restore acts on exactly those.
 
 use super::config::{KafkaConfig, RuntimeConfig};
 use super::kafka::{client_config, producer_config};
@@ -60,6 +68,35 @@ pub struct Manifest {
     /// it holds no state and is never restored, but its epoch counts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub claim: bool,
+    /// Republish requests at this offset of the manifests topic and after
+    /// were not yet acted on in this state: a restore acts on them.
+    /// (Manifests from before requests have 0: every request is acted on
+    /// again, which only writes current records again.)
+    #[serde(default)]
+    pub requests_from: i64,
+}
+
+/// A fenced owner's request: the group's owner renders these keys again
+/// (its line, or a tombstone), so that the last record of each is its own.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RepublishRequest {
+    /// The consumer group.
+    pub group: String,
+    /// Epoch of the fenced owner that asked (for the logs).
+    pub epoch: u64,
+    /// `device-links` keys.
+    pub devices: Vec<Box<str>>,
+    /// `account-devices` keys.
+    pub accounts: Vec<Box<str>>,
+}
+
+/// A request read from the manifests topic and not yet acted on.
+#[derive(Debug)]
+struct Pending {
+    /// Its record key, tombstoned once a snapshot covers it.
+    key: String,
+    /// What it asks.
+    request: RepublishRequest,
 }
 
 /// Writes and reads snapshots.
@@ -85,6 +122,14 @@ pub struct Snapshots {
     newest_epoch: u64,
     /// Manifests before this offset have been read.
     scanned_to: i64,
+    /// Republish requests read and not yet taken by the owner.
+    requests: Vec<Pending>,
+    /// Requests before this offset were taken (or covered by the restored
+    /// snapshot): the next snapshot's `requests_from`.
+    requests_from: i64,
+    /// Record keys of requests taken since the last snapshot: removed once
+    /// a snapshot covers them.
+    taken: Vec<String>,
     /// Reads manifests and chunks (never joins the group).
     reader: BaseConsumer,
 }
@@ -94,6 +139,9 @@ fn manifest_key(group: &str, epoch: u64) -> String {
     format!("{group}/{epoch}")
 }
 
+/// Prefix of a republish request's record key (after the group).
+const REQUEST_KEY: &[u8] = b"/republish/";
+
 /// The manifest in a record of the manifests topic, if it is one of
 /// `group`'s (keyed by the group, or by group and epoch).
 fn group_manifest(m: &rdkafka::message::BorrowedMessage<'_>, group: &str) -> Option<Manifest> {
@@ -101,11 +149,28 @@ fn group_manifest(m: &rdkafka::message::BorrowedMessage<'_>, group: &str) -> Opt
     let ours = key == group.as_bytes()
         || key
             .strip_prefix(group.as_bytes())
-            .is_some_and(|rest| rest.first() == Some(&b'/'));
+            .is_some_and(|rest| rest.first() == Some(&b'/') && !rest.starts_with(REQUEST_KEY));
     if !ours {
         return None;
     }
     serde_json::from_slice(m.payload()?).ok()
+}
+
+/// The republish request in a record of the manifests topic, if it is one
+/// of `group`'s (a tombstone, once acted on, is none).
+fn group_request(m: &rdkafka::message::BorrowedMessage<'_>, group: &str) -> Option<Pending> {
+    let key = m.key()?;
+    if !key
+        .strip_prefix(group.as_bytes())
+        .is_some_and(|rest| rest.starts_with(REQUEST_KEY))
+    {
+        return None;
+    }
+    let request: RepublishRequest = serde_json::from_slice(m.payload()?).ok()?;
+    Some(Pending {
+        key: String::from_utf8_lossy(key).into_owned(),
+        request,
+    })
 }
 
 /// Prefix of a snapshot's chunk keys (before epochs: group and id only).
@@ -155,6 +220,9 @@ impl Snapshots {
             ahead: None,
             newest_epoch: 0,
             scanned_to: 0,
+            requests: Vec::new(),
+            requests_from: 0,
+            taken: Vec::new(),
             reader: reader(kafka)?,
         })
     }
@@ -200,6 +268,7 @@ impl Snapshots {
             bytes: 0,
             positions: BTreeMap::new(),
             claim: true,
+            requests_from: 0,
         };
         self.write_manifest(&claim).await?;
         self.newest_epoch = epoch;
@@ -244,11 +313,14 @@ impl Snapshots {
         let topic = self.kafka.manifests_topic.clone();
         let mut newest = self.newest_epoch;
         let mut end = self.scanned_to;
+        let requests = &mut self.requests;
         tokio::task::block_in_place(|| {
             read_range(&self.reader, &topic, self.scanned_to, |m| {
                 end = m.offset() + 1;
                 if let Some(man) = group_manifest(m, &group) {
                     newest = newest.max(man.epoch);
+                } else if let Some(r) = group_request(m, &group) {
+                    requests.push(r);
                 }
                 true
             })
@@ -312,8 +384,25 @@ impl Snapshots {
             bytes: bytes.len(),
             positions,
             claim: false,
+            requests_from: self.requests_from,
         };
         self.write_manifest(&manifest).await?;
+        // The requests acted on are covered by this snapshot: best effort,
+        // as below (a missed tombstone only leaves a request that a later
+        // restore skips by its offset).
+        let taken = std::mem::take(&mut self.taken);
+        let sends = taken.iter().map(|k| {
+            let record: FutureRecord<'_, String, [u8]> =
+                FutureRecord::to(&self.kafka.manifests_topic)
+                    .key(k)
+                    .partition(0);
+            self.producer.send(record, Duration::from_secs(10))
+        });
+        for sent in join_all(sends).await {
+            if let Err((e, _)) = sent {
+                tracing::warn!(error = %e, "removing a republish request failed");
+            }
+        }
         if let Some(old) = self.last.replace(manifest.clone()) {
             // Best effort: a missed tombstone only leaves an unused record.
             let mut stale: Vec<(&str, String)> = (0..old.chunks)
@@ -366,12 +455,75 @@ impl Snapshots {
         Ok(())
     }
 
+    /// Asks the group's owner (whoever it is by the time it reads the
+    /// request, this instance included) to write these records again;
+    /// returns once the requests are acknowledged. Called by an instance
+    /// that found it was replaced, after its own records were acknowledged
+    /// or expired, so the owner's renderings land after them.
+    pub async fn ask_republish(&self, written: super::outbox::Written) -> Result<()> {
+        let group = &self.kafka.group_id;
+        // Unique per asking: an epoch can be fenced more than once (its
+        // owner froze, woke, was given the group back, froze again).
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        for (i, (devices, accounts)) in written.into_parts().into_iter().enumerate() {
+            tracing::warn!(
+                epoch = self.epoch,
+                devices = devices.len(),
+                accounts = accounts.len(),
+                "asking the group's owner to write records again"
+            );
+            let request = RepublishRequest {
+                group: group.clone(),
+                epoch: self.epoch,
+                devices,
+                accounts,
+            };
+            let value = serde_json::to_vec(&request)?;
+            let key = format!(
+                "{group}{}{}/{nonce}-{i}",
+                String::from_utf8_lossy(REQUEST_KEY),
+                self.epoch
+            );
+            let record = FutureRecord::to(&self.kafka.manifests_topic)
+                .key(&key)
+                .payload(&value)
+                .partition(0)
+                .headers(headers());
+            self.producer
+                .send(record, Duration::from_secs(60))
+                .await
+                .map_err(|(e, _)| anyhow::anyhow!("writing a republish request: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether republish requests wait for [`Snapshots::take_requests`].
+    pub fn has_requests(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    /// The republish requests read so far, for the owner to act on before
+    /// it next publishes; the next snapshot counts them as covered.
+    pub fn take_requests(&mut self) -> Vec<RepublishRequest> {
+        self.requests_from = self.scanned_to;
+        self.requests
+            .drain(..)
+            .map(|p| {
+                self.taken.push(p.key);
+                p.request
+            })
+            .collect()
+    }
+
     /// Reads this group's newest snapshot, if any; the state it holds is
     /// of that snapshot's epoch, and not claimed by this instance.
     pub async fn load(&mut self, telemetry: &Telemetry) -> Result<Option<(Vec<u8>, Manifest)>> {
         let kafka = self.kafka.clone();
         let mut scanned_to = self.scanned_to;
         let mut newest_epoch = self.newest_epoch;
+        let mut requests = Vec::new();
         let found = tokio::task::block_in_place(|| {
             load_blocking(
                 &self.reader,
@@ -379,11 +531,21 @@ impl Snapshots {
                 telemetry,
                 &mut scanned_to,
                 &mut newest_epoch,
+                &mut requests,
             )
         })?;
         // The restored manifest is the newest up to here: the next look for
         // newer claims need not read these manifests again.
         self.scanned_to = self.scanned_to.max(scanned_to);
+        // The requests the restored state has not acted on, whoever wrote
+        // them; what this instance held before is stale with its state.
+        self.requests_from = found.as_ref().map_or(0, |(_, m)| m.requests_from);
+        self.requests = requests
+            .into_iter()
+            .filter(|(offset, _)| *offset >= self.requests_from)
+            .map(|(_, p)| p)
+            .collect();
+        self.taken.clear();
         self.last = found.as_ref().map(|(_, m)| m.clone());
         self.epoch = self.last.as_ref().map_or(0, |m| m.epoch);
         self.newest_epoch = newest_epoch.max(self.epoch);
@@ -455,17 +617,22 @@ fn read_range(
 }
 
 /// Also sets `scanned_to` past the last manifest read, so the next look
-/// for newer claims starts there.
+/// for newer claims starts there, and collects the republish requests
+/// with their offsets.
 fn load_blocking(
     consumer: &BaseConsumer,
     kafka: &KafkaConfig,
     telemetry: &Telemetry,
     scanned_to: &mut i64,
     newest_epoch: &mut u64,
+    requests: &mut Vec<(i64, Pending)>,
 ) -> Result<Option<(Vec<u8>, Manifest)>> {
     let mut newest: Option<Manifest> = None;
     read_range(consumer, &kafka.manifests_topic, 0, |m| {
         *scanned_to = m.offset() + 1;
+        if let Some(r) = group_request(m, &kafka.group_id) {
+            requests.push((m.offset(), r));
+        }
         if let Some(man) = group_manifest(m, &kafka.group_id) {
             *newest_epoch = (*newest_epoch).max(man.epoch);
             if !man.claim

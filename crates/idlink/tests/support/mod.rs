@@ -803,10 +803,16 @@ pub fn newest_manifest(brokers: &str, names: &Names) -> Result<serde_json::Value
             r.key
                 .as_deref()
                 .is_some_and(|k| k.starts_with(&format!("{}/", names.group)))
+                && !r.key.as_deref().is_some_and(is_republish_request)
         })
         .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.value?).ok())
         .max_by_key(|m| (m["epoch"].as_u64(), m["id"].as_u64()))
         .unwrap_or_default())
+}
+
+/// Whether a manifests-topic key is a fenced owner's republish request.
+pub fn is_republish_request(key: &str) -> bool {
+    key.contains("/republish/")
 }
 
 /// The seed of the random fault points: `IDLINK_FAULT_SEED` reproduces a

@@ -147,22 +147,6 @@ impl Engine {
         }
     }
 
-    /// Renders these devices' `device-links` records again with the next
-    /// [`Engine::take_changes`]: its line for a device it holds, a
-    /// tombstone for one it does not (erased, or never linked).
-    pub fn republish(&mut self, devices: &[Box<str>]) {
-        for id in devices {
-            match self.devices.find(id) {
-                Some(d) => self.mark_device(d),
-                None => {
-                    if let Some(c) = self.changes.as_mut() {
-                        c.removed_devices.push(id.clone());
-                    }
-                }
-            }
-        }
-    }
-
     /// Whether every watermark source is caught up and quiet: all input
     /// has been read.
     pub fn sources_idle(&self) -> bool {
