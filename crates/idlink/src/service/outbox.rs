@@ -157,10 +157,13 @@ fn headers(extra: &[(&str, &str)]) -> OwnedHeaders {
 #[derive(Default)]
 pub struct Written {
     /// `device-links` keys.
-    devices: Vec<Box<str>>,
+    devices: Keys,
     /// `account-devices` keys.
-    accounts: Vec<Box<str>>,
+    accounts: Keys,
 }
+
+/// Record keys (device or account ids).
+pub type Keys = Vec<Box<str>>;
 
 /// Keys of each kind in one republish request, to keep records small
 /// (ids are at most 256 bytes: under 3 MB even then, ~0.4 MB typically).
@@ -184,7 +187,7 @@ impl Written {
 
     /// The keys, sorted and without repeats, as `(devices, accounts)` parts
     /// of at most [`KEYS_PER_REQUEST`] keys of each kind: one request each.
-    pub fn into_parts(self) -> Vec<(Vec<Box<str>>, Vec<Box<str>>)> {
+    pub fn into_parts(self) -> Vec<(Keys, Keys)> {
         let mut parts = Vec::new();
         let [mut devices, mut accounts] = [self.devices, self.accounts].map(|mut v| {
             v.sort_unstable();
@@ -192,8 +195,8 @@ impl Written {
             v.into_iter()
         });
         loop {
-            let d: Vec<Box<str>> = devices.by_ref().take(KEYS_PER_REQUEST).collect();
-            let a: Vec<Box<str>> = accounts.by_ref().take(KEYS_PER_REQUEST).collect();
+            let d: Keys = devices.by_ref().take(KEYS_PER_REQUEST).collect();
+            let a: Keys = accounts.by_ref().take(KEYS_PER_REQUEST).collect();
             if d.is_empty() && a.is_empty() {
                 return parts;
             }

@@ -457,9 +457,11 @@ impl Snapshots {
 
     /// Asks the group's owner (whoever it is by the time it reads the
     /// request, this instance included) to write these records again;
-    /// returns once the requests are acknowledged. Called by an instance
-    /// that found it was replaced, after its own records were acknowledged
-    /// or expired, so the owner's renderings land after them.
+    /// returns once the requests are acknowledged, trying again while the
+    /// brokers do not answer (the request is the only record of those
+    /// keys). Called by an instance that found it was replaced, after its
+    /// own records were acknowledged or expired, so the owner's renderings
+    /// land after them.
     pub async fn ask_republish(&self, written: super::outbox::Written) -> Result<()> {
         let group = &self.kafka.group_id;
         // Unique per asking: an epoch can be fenced more than once (its
@@ -486,15 +488,20 @@ impl Snapshots {
                 String::from_utf8_lossy(REQUEST_KEY),
                 self.epoch
             );
-            let record = FutureRecord::to(&self.kafka.manifests_topic)
-                .key(&key)
-                .payload(&value)
-                .partition(0)
-                .headers(headers());
-            self.producer
-                .send(record, Duration::from_secs(60))
-                .await
-                .map_err(|(e, _)| anyhow::anyhow!("writing a republish request: {e}"))?;
+            loop {
+                let record = FutureRecord::to(&self.kafka.manifests_topic)
+                    .key(&key)
+                    .payload(&value)
+                    .partition(0)
+                    .headers(headers());
+                match self.producer.send(record, Duration::from_secs(60)).await {
+                    Ok(_) => break,
+                    Err((e, _)) => {
+                        tracing::warn!(error = %e, "writing a republish request failed: retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
         }
         Ok(())
     }
