@@ -40,6 +40,8 @@
 #   BENCH_PERF     set: a perf profile of the one-instance run in
 #                  $BENCH_DIR/perf.data ("dwarf": DWARF call graphs at 99 Hz)
 #   NISSHI_BIN     nisshi binary (default ~/.cache/idlink/nisshi-0.8.1/bin/nisshi)
+#   BENCH_IDLINK   idlink binary to measure instead of the fresh build (an
+#                  A/B on one day; the load tool is still built)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -74,7 +76,9 @@ wait_port() {
 # 1. Build.
 log "building: cargo build --release -p idlink --bin idlink --example kafka_load"
 cargo build --release -p idlink --bin idlink --example kafka_load >&2
-BIN=$PWD/target/release/idlink
+BIN=${BENCH_IDLINK:-$PWD/target/release/idlink}
+[[ -x $BIN ]] || die "BENCH_IDLINK=$BIN is not an executable"
+[[ -z ${BENCH_IDLINK:-} ]] || log "measuring $BIN instead of the fresh build"
 LOAD=$PWD/target/release/examples/kafka_load
 
 # 2. Broker.
