@@ -217,6 +217,18 @@ fn a_zombie_owner_corrupts_nothing() -> Result<()> {
         "the zombie noticed it was replaced:\n{}",
         both[1].log_tail()
     );
+    // What it may have sent late, it asked the owner to write again, and
+    // the owner (the successor, or the zombie itself once it restored the
+    // successor's state) did.
+    if log.contains("asking the group's owner to write records again") {
+        assert!(
+            both.iter().any(|s| s
+                .log_text()
+                .contains("writing again what a replaced owner may have overwritten")),
+            "the republish request was not acted on:\n{}",
+            both[owner].log_tail()
+        );
+    }
     Ok(())
 }
 
