@@ -18,7 +18,7 @@ use super::state::{Evidence, WEIGHT_ONE};
 use crate::addr::Bucket;
 use crate::keyed::KeyedHasher;
 use crate::time::Millis;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -64,6 +64,34 @@ pub(super) struct Colocation {
     /// sightings came in (a flush may have applied some of a millisecond
     /// before the rest) cannot change what it adds.
     regulars: FxHashMap<Bucket, SmallVec<[Regular; 2]>>,
+    /// Accounts that opted in again while their opt-out still waits for
+    /// the privacy purge: their pairs from before the opt-out are still in
+    /// today's aggregates, so new pairs must not merge with them. They
+    /// wait in `fresh` and join the aggregates once the purge removed the
+    /// old ones, instead of an early purge (a pass over every bucket) at
+    /// each such opt-in. Empty whenever no purge is pending (snapshots).
+    #[serde(skip)]
+    aside: FxHashSet<u32>,
+    /// Pairs of the accounts set aside, in the order they were made.
+    #[serde(skip)]
+    fresh: Vec<FreshPair>,
+}
+
+/// A pair kept aside until the purge ([`Colocation::set_aside`]).
+#[derive(Clone, Copy, Debug)]
+struct FreshPair {
+    /// The bucket's slot.
+    slot: u32,
+    /// The bucket-day it belongs to.
+    day: i32,
+    /// The unsigned device.
+    device: u32,
+    /// The signed-in account.
+    account: u32,
+    /// The gap between the two sightings.
+    gap_ms: i64,
+    /// When the later sighting happened.
+    at: Millis,
 }
 
 impl Colocation {
@@ -77,6 +105,8 @@ impl Colocation {
             buckets,
             active,
             regulars,
+            aside: FxHashSet::default(),
+            fresh: Vec::new(),
         }
     }
 
@@ -124,10 +154,24 @@ impl Colocation {
                 continue;
             }
             let gap = ts.0 - r.ts.0;
-            if a == NONE && r.account != NONE && may_pair(r.account) {
-                agg.pair(d, r.account, gap, ts);
+            let (device, account) = if a == NONE && r.account != NONE && may_pair(r.account) {
+                (d, r.account)
             } else if me_may_pair && r.account == NONE {
-                agg.pair(r.device, a, gap, ts);
+                (r.device, a)
+            } else {
+                continue;
+            };
+            if !self.aside.is_empty() && self.aside.contains(&account) {
+                self.fresh.push(FreshPair {
+                    slot,
+                    day,
+                    device,
+                    account,
+                    gap_ms: gap,
+                    at: ts,
+                });
+            } else {
+                agg.pair(device, account, gap, ts);
             }
         }
         st.remember(bucket::Sighting {
@@ -287,12 +331,50 @@ impl Colocation {
         });
     }
 
+    /// Keeps account `a`'s new pairs aside until the next
+    /// [`Colocation::forget`]: it opted in again while its opt-out (whose
+    /// pairs that purge removes) is pending.
+    pub fn set_aside(&mut self, a: u32) {
+        self.aside.insert(a);
+    }
+
+    /// Drops the pairs kept aside for account `a` (it opted out again);
+    /// returns how many.
+    pub fn drop_aside(&mut self, a: u32) -> u64 {
+        let before = self.fresh.len();
+        self.fresh.retain(|f| f.account != a);
+        (before - self.fresh.len()) as u64
+    }
+
     /// Removes erased devices and accounts (by slot, with the index of the
     /// request that erased them) and the pending pairs of opted-out
-    /// accounts. Erased ids stay counted, anonymously, where they made a
-    /// bucket-day crowded or ambiguous. `count(request)` is called for
-    /// every sighting or pair dropped.
+    /// accounts, then adds the pairs kept aside (but those of erased ids).
+    /// Erased ids stay counted, anonymously, where they made a bucket-day
+    /// crowded or ambiguous. `count(request)` is called for every sighting
+    /// or pair dropped.
     pub fn forget(
+        &mut self,
+        devices: &FxHashMap<u32, usize>,
+        accounts: &FxHashMap<u32, usize>,
+        opted: &FxHashMap<u32, usize>,
+        mut count: impl FnMut(usize),
+    ) {
+        self.forget_pass(devices, accounts, opted, &mut count);
+        self.aside.clear();
+        for f in std::mem::take(&mut self.fresh) {
+            if let Some(&i) = devices.get(&f.device).or(accounts.get(&f.account)) {
+                count(i);
+            } else if let Some((_, st)) = self.buckets.get_mut(f.slot)
+                && st.day == f.day
+                && let Some(agg) = st.agg.as_mut()
+            {
+                agg.pair(f.device, f.account, f.gap_ms, f.at);
+            }
+        }
+    }
+
+    /// [`Colocation::forget`]'s pass over every bucket.
+    fn forget_pass(
         &mut self,
         devices: &FxHashMap<u32, usize>,
         accounts: &FxHashMap<u32, usize>,

@@ -61,6 +61,10 @@ pub(super) struct PendingPurge {
     devices: FxHashMap<u32, usize>,
     /// Opted-out accounts whose pending co-locations must go, and their ack.
     opted_out: FxHashMap<u32, usize>,
+    /// Opted-out accounts that opted in again before the purge, with the
+    /// opt-out's ack: their pairs from before it still go, and their new
+    /// ones wait aside in the co-location state until then.
+    rejoined: FxHashMap<u32, usize>,
     /// Erased device ids, with their marker fingerprint and ack: the purge
     /// finds the buffered events that mention them by id (a hash lookup),
     /// not by a keyed fingerprint of every buffered event's ids. Never
@@ -122,6 +126,22 @@ impl PendingPurge {
     pub(super) fn has_account(&self, a: u32) -> bool {
         self.accounts.contains_key(&a) || self.opted_out.contains_key(&a)
     }
+
+    /// Notes that account `a`, whose opt-out waits for the purge, opted in
+    /// again; false (nothing noted) unless that is its one pending cycle
+    /// (not erased, not already back once).
+    fn rejoin(&mut self, a: u32) -> bool {
+        if self.accounts.contains_key(&a) || self.rejoined.contains_key(&a) {
+            return false;
+        }
+        match self.opted_out.remove(&a) {
+            Some(ack) => {
+                self.rejoined.insert(a, ack);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Engine {
@@ -172,12 +192,20 @@ impl Engine {
                 let (a, _) = self.accounts.intern(acc.as_str(), Default::default);
                 self.opt_out(a, ev.ts, &mut removed);
                 self.pending.opted_out.insert(a, ack);
+                // Back once since its last opt-out: what it paired since
+                // goes too.
+                removed.sightings += self.coloc.drop_aside(a);
             }
             (EventKind::OptIn, PrivacyTarget::Account(acc)) => {
                 if let Some(a) = self.accounts.find(acc.as_str()) {
                     // Pairs from before the opt-out must go before new
-                    // evidence may be collected.
-                    if self.pending.has_account(a) {
+                    // ones may join them: the purge removes the old ones,
+                    // and the new ones wait aside until then. Anything
+                    // rarer (erased meanwhile, or back a second time) runs
+                    // the purge now.
+                    if self.pending.rejoin(a) {
+                        self.coloc.set_aside(a);
+                    } else if self.pending.has_account(a) {
                         self.purge_pending();
                     }
                     if let Some(x) = self.accounts.get_mut(a) {
@@ -219,7 +247,10 @@ impl Engine {
         let mut p = std::mem::take(&mut self.pending);
         let devices = std::mem::take(&mut p.devices);
         let accounts = std::mem::take(&mut p.accounts);
-        let opted = std::mem::take(&mut p.opted_out);
+        // Pairs from before an opt-out count towards it, even if the
+        // account opted in and out again since.
+        let mut opted = std::mem::take(&mut p.opted_out);
+        opted.extend(std::mem::take(&mut p.rejoined));
         let mut count = |ack: usize| {
             if let Some(a) = p.acks.get_mut(ack) {
                 a.removed.sightings += 1;
