@@ -429,9 +429,8 @@ fn burst(name: &str, extra: &str, per_record: usize, memory_bound: u64) -> Resul
         &format!("{extra}\nbatch_max_messages = {BURST_BATCH}"),
     )?;
     let s = stream(dir.path(), &config, 500, 8, 61)?;
-    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
-    let steady = lines.len() / 40;
-    eprintln!("{} records, {steady} records/s steady", lines.len());
+    let steady = s.lines.len() / 40;
+    eprintln!("{} records, {steady} records/s steady", s.lines.len());
     let rt = runtime();
     let producer = producer(&broker.addr)?;
     let mut service = Service::start(&config, &broker.addr, &names, dir.path())?;
@@ -455,36 +454,18 @@ fn burst(name: &str, extra: &str, per_record: usize, memory_bound: u64) -> Resul
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        // Paced production: each phase sends its rate in 100 ms ticks.
-        let started = Instant::now();
-        let mut sent = 0;
-        for (times, seconds) in PHASES {
-            let rate = times * steady;
-            let phase = Instant::now();
-            while sent < lines.len() && phase.elapsed() < Duration::from_secs(seconds) {
-                let tick = Instant::now();
-                let end = (sent + rate / 10).min(lines.len());
-                rt.block_on(produce(&producer, &names, &lines[sent..end]))?;
-                sent = end;
-                std::thread::sleep(Duration::from_millis(100).saturating_sub(tick.elapsed()));
-            }
-            eprintln!("phase of {rate} records/s ended after {sent} records");
-        }
-        let produced_in = started.elapsed();
-        let caught_up = Instant::now();
-        let r = wait_for_graph(
+        // Whatever this ends in, the sampler stops: the scope waits for it.
+        let r = paced_then_caught_up(
+            &rt,
+            &producer,
             &broker.addr,
             &names,
             &s,
+            steady,
             &mut service,
-            Duration::from_secs(240),
-        );
-        eprintln!(
-            "graph complete {:?} after the last record was produced",
-            caught_up.elapsed()
         );
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        r.map(|()| produced_in)
+        r
     })?;
 
     let p = pressure.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -512,4 +493,42 @@ fn burst(name: &str, extra: &str, per_record: usize, memory_bound: u64) -> Resul
     assert_eq!(metric_sum(&metrics, "idlink_consumer_lag{"), 0.0);
     assert_eq!(metric(&metrics, "idlink_ready"), 1.0);
     Ok(())
+}
+
+/// The burst test's input (`s`'s lines), produced at [`PHASES`]' paced
+/// rates (`steady` records/s times each phase's factor); then waits for
+/// replay's graph. Returns how long producing took.
+fn paced_then_caught_up(
+    rt: &tokio::runtime::Runtime,
+    producer: &rdkafka::producer::FutureProducer,
+    brokers: &str,
+    names: &Names,
+    s: &Stream,
+    steady: usize,
+    service: &mut Service,
+) -> Result<Duration> {
+    let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();
+    // Paced production: each phase sends its rate in 100 ms ticks.
+    let started = Instant::now();
+    let mut sent = 0;
+    for (times, seconds) in PHASES {
+        let rate = times * steady;
+        let phase = Instant::now();
+        while sent < lines.len() && phase.elapsed() < Duration::from_secs(seconds) {
+            let tick = Instant::now();
+            let end = (sent + rate / 10).min(lines.len());
+            rt.block_on(produce(producer, names, &lines[sent..end]))?;
+            sent = end;
+            std::thread::sleep(Duration::from_millis(100).saturating_sub(tick.elapsed()));
+        }
+        eprintln!("phase of {rate} records/s ended after {sent} records");
+    }
+    let produced_in = started.elapsed();
+    let caught_up = Instant::now();
+    let r = wait_for_graph(brokers, names, s, service, Duration::from_secs(240));
+    eprintln!(
+        "graph complete {:?} after the last record was produced",
+        caught_up.elapsed()
+    );
+    r.map(|()| produced_in)
 }
