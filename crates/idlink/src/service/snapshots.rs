@@ -442,17 +442,28 @@ impl Snapshots {
     /// once it is acknowledged.
     async fn write_manifest(&self, m: &Manifest) -> Result<()> {
         let value = serde_json::to_vec(m)?;
-        let key = manifest_key(&m.key, m.epoch);
+        self.write_to_manifests(&manifest_key(&m.key, m.epoch), &value)
+            .await
+            .map_err(|e| anyhow::anyhow!("writing a snapshot manifest: {e}"))
+    }
+
+    /// Writes one record to the manifests topic (its only partition);
+    /// returns once it is acknowledged.
+    async fn write_to_manifests(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), rdkafka::error::KafkaError> {
         let record = FutureRecord::to(&self.kafka.manifests_topic)
-            .key(&key)
-            .payload(&value)
+            .key(key)
+            .payload(value)
             .partition(0)
             .headers(headers());
         self.producer
             .send(record, Duration::from_secs(60))
             .await
-            .map_err(|(e, _)| anyhow::anyhow!("writing a snapshot manifest: {e}"))?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|(e, _)| e)
     }
 
     /// Asks the group's owner (whoever it is by the time it reads the
@@ -488,19 +499,9 @@ impl Snapshots {
                 String::from_utf8_lossy(REQUEST_KEY),
                 self.epoch
             );
-            loop {
-                let record = FutureRecord::to(&self.kafka.manifests_topic)
-                    .key(&key)
-                    .payload(&value)
-                    .partition(0)
-                    .headers(headers());
-                match self.producer.send(record, Duration::from_secs(60)).await {
-                    Ok(_) => break,
-                    Err((e, _)) => {
-                        tracing::warn!(error = %e, "writing a republish request failed: retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
+            while let Err(e) = self.write_to_manifests(&key, &value).await {
+                tracing::warn!(error = %e, "writing a republish request failed: retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
         Ok(())
