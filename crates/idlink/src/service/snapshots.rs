@@ -387,32 +387,21 @@ impl Snapshots {
             requests_from: self.requests_from,
         };
         self.write_manifest(&manifest).await?;
-        // The requests acted on are covered by this snapshot: best effort,
-        // as below (a missed tombstone only leaves a request that a later
-        // restore skips by its offset).
-        let taken = std::mem::take(&mut self.taken);
-        let sends = taken.iter().map(|k| {
-            let record: FutureRecord<'_, String, [u8]> =
-                FutureRecord::to(&self.kafka.manifests_topic)
-                    .key(k)
-                    .partition(0);
-            self.producer.send(record, Duration::from_secs(10))
-        });
-        for sent in join_all(sends).await {
-            if let Err((e, _)) = sent {
-                tracing::warn!(error = %e, "removing a republish request failed");
-            }
-        }
+        // Best effort: a missed tombstone only leaves an unused record (a
+        // request a later restore skips by its offset). The requests acted
+        // on are covered by this snapshot.
+        let manifests = self.kafka.manifests_topic.as_str();
+        let mut stale: Vec<(&str, String)> = std::mem::take(&mut self.taken)
+            .into_iter()
+            .map(|k| (manifests, k))
+            .collect();
         if let Some(old) = self.last.replace(manifest.clone()) {
-            // Best effort: a missed tombstone only leaves an unused record.
-            let mut stale: Vec<(&str, String)> = (0..old.chunks)
-                .map(|i| {
-                    (
-                        self.kafka.snapshots_topic.as_str(),
-                        format!("{}{i}", chunk_prefix(&old.key, old.epoch, old.id)),
-                    )
-                })
-                .collect();
+            stale.extend((0..old.chunks).map(|i| {
+                (
+                    self.kafka.snapshots_topic.as_str(),
+                    format!("{}{i}", chunk_prefix(&old.key, old.epoch, old.id)),
+                )
+            }));
             if old.epoch != epoch {
                 // The previous owner's manifest key: this epoch's replaces it.
                 let k = if old.epoch == 0 {
@@ -420,19 +409,19 @@ impl Snapshots {
                 } else {
                     manifest_key(&key, old.epoch)
                 };
-                stale.push((self.kafka.manifests_topic.as_str(), k));
+                stale.push((manifests, k));
             }
-            // All at once: awaited one by one, each waited out the
-            // producer's linger.
-            let sends = stale.iter().map(|(topic, k)| {
-                let record: FutureRecord<'_, String, [u8]> =
-                    FutureRecord::to(topic).key(k).partition(0);
-                self.producer.send(record, Duration::from_secs(10))
-            });
-            for sent in join_all(sends).await {
-                if let Err((e, _)) = sent {
-                    tracing::warn!(error = %e, "removing an old snapshot record failed");
-                }
+        }
+        // All at once: awaited one by one, each waited out the producer's
+        // linger.
+        let sends = stale.iter().map(|(topic, k)| {
+            let record: FutureRecord<'_, String, [u8]> =
+                FutureRecord::to(topic).key(k).partition(0);
+            self.producer.send(record, Duration::from_secs(10))
+        });
+        for sent in join_all(sends).await {
+            if let Err((e, _)) = sent {
+                tracing::warn!(error = %e, "removing an old snapshot record failed");
             }
         }
         Ok(manifest)
