@@ -10,6 +10,13 @@
 //!   slight disorder) and `finish()`. The events are cloned outside the
 //!   timed region; the engine is dropped outside it too.
 //!
+//! * `staged/*`: a bucket partition of the partitioned mode holding
+//!   100,000 address buckets, given 200 erasures in one consumed batch:
+//!   `privacy_batch` takes the acknowledgements once (as the service does
+//!   after every batch: one pass over the buckets), `privacy_one_by_one`
+//!   after every request (a pass each, what every request cost before the
+//!   bucket stage batched its purges).
+//!
 //! Inputs are synthesized deterministically in-process (a SplitMix64
 //! stream with a fixed seed), so runs are comparable across machines and
 //! commits. Each group uses a small sample count and a few seconds of
@@ -21,8 +28,10 @@
 //! ```
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use idlink_core::engine::staged::{BucketStage, PrivacyCopy, Progress, Sent, Sighting, ToBuckets};
 use idlink_core::{
-    AccountId, AddressClassifier, Config, Decoder, DeviceId, Engine, Event, EventKind, Millis,
+    AccountId, AddressClassifier, Bucket, Config, Decoder, DeviceId, Engine, Event, EventKind,
+    Millis,
 };
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -387,5 +396,134 @@ fn bench_engine(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_engine);
+/// Buckets in the `staged/*` bucket partition.
+const STAGED_BUCKETS: u32 = 100_000;
+/// Erasures in its batch.
+const STAGED_ERASURES: u32 = 200;
+
+/// A bucket partition fed by one device partition: each of
+/// [`STAGED_BUCKETS`] addresses sees a signed-in phone and an unsigned
+/// laptop in the first hour of a day, all released; returns its snapshot
+/// and the messages numbered so far.
+fn staged_bucket_state(config: &Config) -> (Vec<u8>, u64) {
+    let mut stage = BucketStage::new(config, 0, 1);
+    let mut seq = 0;
+    let mut send = |stage: &mut BucketStage, msg| {
+        seq += 1;
+        stage.receive(Sent { from: 0, seq, msg });
+    };
+    let day = Millis(START_MS).day() as i32;
+    send(
+        &mut stage,
+        staged_progress(i32::MIN, Millis(START_MS), Some(Millis(START_MS)), true),
+    );
+    for i in 0..STAGED_BUCKETS {
+        let ts = START_MS + i64::from(i) % 60 * MINUTE / 60;
+        for (device, account) in [
+            (format!("p{i}"), Some(format!("a{i}"))),
+            (format!("l{i}"), None),
+        ] {
+            send(
+                &mut stage,
+                ToBuckets::Sighting(Sighting {
+                    bucket: Bucket::v4(0x5100_0000 + i),
+                    device: device.into(),
+                    signed_in: account.is_some(),
+                    account: account.map(Into::into),
+                    ts: Millis(ts),
+                    priority: 3,
+                    bot: false,
+                }),
+            );
+        }
+    }
+    send(
+        &mut stage,
+        staged_progress(day, Millis(START_MS + 60 * MINUTE), None, false),
+    );
+    stage.take_for_devices();
+    stage.take_applied();
+    (stage.snapshot(), seq)
+}
+
+fn staged_progress(day: i32, upto: Millis, next: Option<Millis>, ended: bool) -> ToBuckets {
+    ToBuckets::Progress(Progress {
+        day,
+        upto,
+        next,
+        ended,
+        flushes: 0,
+        finished: false,
+    })
+}
+
+/// [`STAGED_ERASURES`] device erasures, each followed by the progress
+/// that releases it, numbered after the state's `seq` messages.
+fn staged_erasures(seq: u64) -> Vec<Sent<ToBuckets>> {
+    let day = Millis(START_MS).day() as i32;
+    (0..STAGED_ERASURES)
+        .flat_map(|i| {
+            let ts = START_MS + 61 * MINUTE + i64::from(i);
+            let erase = ToBuckets::Privacy(PrivacyCopy {
+                event: Event {
+                    ts: Millis(ts),
+                    kind: EventKind::Erase,
+                    device: Some(DeviceId::from(format!("p{}", i * 7).as_str())),
+                    account: None,
+                    ip: None,
+                },
+                late: false,
+                released_to: Millis::MIN,
+            });
+            [erase, staged_progress(day, Millis(ts + 1), None, false)]
+        })
+        .zip(seq + 1..)
+        .map(|(msg, seq)| Sent { from: 0, seq, msg })
+        .collect()
+}
+
+fn bench_staged(c: &mut Criterion) {
+    let config = Config::default();
+    let (state, seq) = staged_bucket_state(&config);
+    let erasures = staged_erasures(seq);
+    let restore = || BucketStage::restore(&config, &state).expect("the bench's snapshot restores");
+    let probe = restore();
+    eprintln!(
+        "staged corpus: a bucket partition of {} buckets ({} snapshot bytes), {} erasures",
+        probe.bucket_count(),
+        state.len(),
+        STAGED_ERASURES
+    );
+    let mut g = c.benchmark_group("staged");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(u64::from(STAGED_ERASURES)));
+    let run = |stage: &mut BucketStage, ack_every_message: bool| {
+        let mut acks = 0;
+        for m in &erasures {
+            stage.receive(m.clone());
+            if ack_every_message {
+                acks += stage.take_applied().len();
+            }
+        }
+        acks += stage.take_applied().len();
+        assert_eq!(
+            acks, STAGED_ERASURES as usize,
+            "every erasure is acknowledged"
+        );
+        stage.privacy_purges()
+    };
+    assert_eq!(run(&mut restore(), false), 1, "one pass for the batch");
+    g.bench_function("privacy_batch", |b| {
+        b.iter_batched(restore, |mut s| run(&mut s, false), BatchSize::LargeInput);
+    });
+    g.bench_function("privacy_one_by_one", |b| {
+        b.iter_batched(restore, |mut s| run(&mut s, true), BatchSize::LargeInput);
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_decode, bench_engine, bench_staged);
 criterion_main!(benches);

@@ -59,6 +59,76 @@ struct Copies {
     event: Event,
 }
 
+/// Privacy work that needs a pass over every bucket of the partition,
+/// done in batches, as the engine does its own (`PendingPurge`). A request
+/// takes effect on its id's slot at once: an erased or opted-out account
+/// pairs with nothing, and neither does an erased device. Windows, day
+/// aggregates and buffered sightings follow at the next
+/// [`BucketStage::purge`], which runs before anything could observe the
+/// difference: a day's close, a flush's answer, handing out the
+/// acknowledgements (after every consumed batch), a snapshot, a sighting
+/// that names an erased id, or another request about a waiting id. One
+/// pass per request made a wave of erasures cost a pass over every bucket
+/// for each of them.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Erased device slots, freed by the purge, and their request (an
+    /// index into `acks`).
+    devices: FxHashMap<u32, usize>,
+    /// Erased account slots, likewise; opted out until freed.
+    accounts: FxHashMap<u32, usize>,
+    /// Opted-out accounts whose pairs go.
+    opted: FxHashMap<u32, usize>,
+    /// Erased device ids with the time before which their buffered
+    /// sightings go (the request's `ts`, or later for a late request),
+    /// and their request. Buffered sightings carry ids, not slots.
+    erased_devices: FxHashMap<Box<str>, (Millis, usize)>,
+    /// Erased account ids, likewise.
+    erased_accounts: FxHashMap<Box<str>, (Millis, usize)>,
+    /// Opted-out account ids, so that a later request about one finds it
+    /// waiting.
+    opted_ids: FxHashMap<Box<str>, usize>,
+    /// The requests, in the order applied; the purge counts what each
+    /// removed and hands them on for acknowledgement.
+    acks: Vec<Applied>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty()
+    }
+
+    /// Whether a request about `id` (a device if `device`) waits here.
+    fn names(&self, device: bool, id: &str) -> bool {
+        if device {
+            self.erased_devices.contains_key(id)
+        } else {
+            self.erased_accounts.contains_key(id) || self.opted_ids.contains_key(id)
+        }
+    }
+
+    /// Whether sighting `s` names an erased id: its device or account
+    /// would land in a slot about to be freed.
+    fn erases_any(&self, s: &Sighting) -> bool {
+        self.erased_devices.contains_key(&s.device)
+            || s.account
+                .as_deref()
+                .is_some_and(|a| self.erased_accounts.contains_key(a))
+    }
+
+    /// The request that drops buffered sighting `s` (keyed at `ts`).
+    fn drops(&self, ts: Millis, s: &Sighting) -> Option<usize> {
+        let before = |&(cut, i): &(Millis, usize)| (ts < cut).then_some(i);
+        self.erased_devices
+            .get(&s.device)
+            .and_then(before)
+            .or_else(|| {
+                let a = s.account.as_deref()?;
+                self.erased_accounts.get(a).and_then(before)
+            })
+    }
+}
+
 /// One partition of the bucket stage. Its snapshot is its serde form,
 /// without what comes from the config.
 #[derive(Debug, Serialize, Deserialize)]
@@ -103,12 +173,21 @@ pub struct BucketStage {
     /// Privacy requests applied, for the account stage's acknowledgement.
     #[serde(skip)]
     applied: Vec<Applied>,
+    /// Privacy requests waiting for their pass over the buckets. Purged
+    /// before the acknowledgements are taken, which comes before every
+    /// snapshot.
+    #[serde(skip)]
+    pending: Pending,
     /// Numbered messages taken from each device partition.
     received: Vec<u64>,
     /// Numbered messages sent to each device partition.
     sent: Vec<u64>,
     /// Bucket-days voided as crowded.
     crowded: u64,
+    /// Passes over every bucket that privacy purges made, for tests and
+    /// telemetry.
+    #[serde(skip)]
+    purges: u64,
     /// Days a slot outlives its last sighting.
     #[serde(skip)]
     keep_days: i64,
@@ -139,15 +218,19 @@ impl BucketStage {
             answered: vec![0; device_partitions.max(1) as usize],
             out: Vec::new(),
             applied: Vec::new(),
+            pending: Pending::default(),
             received: vec![0; device_partitions.max(1) as usize],
             sent: vec![0; device_partitions.max(1) as usize],
             crowded: 0,
+            purges: 0,
         }
     }
 
-    /// The partition's snapshot (take its outgoing messages first).
-    pub fn snapshot(&self) -> Vec<u8> {
-        postcard::to_stdvec(&(STAGE_VERSION, self)).unwrap_or_default()
+    /// The partition's snapshot (take its outgoing messages first: the
+    /// acknowledgements of requests purged here would be taken later).
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        self.purge();
+        postcard::to_stdvec(&(STAGE_VERSION, &*self)).unwrap_or_default()
     }
 
     /// A bucket partition from its snapshot and the current config.
@@ -172,6 +255,12 @@ impl BucketStage {
     /// Bucket-days voided as crowded so far.
     pub fn crowded_bucket_days(&self) -> u64 {
         self.crowded
+    }
+
+    /// Passes over every bucket that privacy purges made since start
+    /// (each for every request waiting).
+    pub fn privacy_purges(&self) -> u64 {
+        self.purges
     }
 
     /// Address buckets holding state.
@@ -242,6 +331,7 @@ impl BucketStage {
     /// Takes the privacy requests applied here, for the account stage's
     /// acknowledgement: `(account partition, message)`.
     pub fn take_applied(&mut self) -> Vec<(u32, ToAccounts)> {
+        self.purge();
         let n = self.device_partitions;
         std::mem::take(&mut self.applied)
             .into_iter()
@@ -325,6 +415,7 @@ impl BucketStage {
         if asking.is_empty() {
             return;
         }
+        self.purge();
         let mut offers = Offers::new();
         if self.day != i32::MIN {
             self.coloc
@@ -354,6 +445,14 @@ impl BucketStage {
         while let Some(entry) = self.buffer.first_entry() {
             if entry.key().0 >= bound {
                 break;
+            }
+            if let Item::Sighting(s) = entry.get()
+                && self.pending.erases_any(s)
+            {
+                // Its ids' slots are about to be freed; the purge may also
+                // drop the sighting itself.
+                self.purge();
+                continue;
             }
             match entry.remove() {
                 Item::Sighting(s) => self.see(s),
@@ -386,19 +485,20 @@ impl BucketStage {
             bot: s.bot,
             signed_in: s.signed_in,
         };
-        let accounts = &self.accounts;
+        let (accounts, pending) = (&self.accounts, &self.pending.devices);
         self.coloc.see(
             s.bucket,
             seen,
             &self.p,
             |acc| accounts.get(acc).is_some_and(|x| !x.opted_out),
-            |_| false,
+            |dev| !pending.is_empty() && pending.contains_key(&dev),
         );
     }
 
     /// Closes the open day: its evidence goes to the device partitions,
     /// with the first event after it (`None`: the input ended).
     fn close(&mut self, now: Option<Millis>) {
+        self.purge();
         let day = self.day;
         let mut offers = Offers::new();
         if day != i32::MIN {
@@ -474,26 +574,22 @@ impl BucketStage {
         }
     }
 
-    /// Drops the buffered sightings before `cut` for which `names` says
-    /// they name the erased id; returns how many.
-    fn purge_buffer(&mut self, cut: Millis, names: impl Fn(&Sighting) -> bool) -> u64 {
-        let before = self.buffer.len();
-        self.buffer.retain(|k, item| match item {
-            Item::Sighting(s) => k.0 >= cut || !names(s),
-            Item::Privacy(_) => true,
-        });
-        (before - self.buffer.len()) as u64
-    }
-
     /// Applies a privacy request: in `ts` order (`late` is `None`), or at
     /// once, behind the merged watermark, with the latest release bound
-    /// of the device partitions that applied it.
+    /// of the device partitions that applied it. Its pass over the
+    /// buckets waits for the next [`BucketStage::purge`].
     fn apply_privacy(&mut self, ev: &Event, late: Option<Millis>) {
         let Some(target) = ev.privacy_target() else {
             return;
         };
-        let none = FxHashMap::default();
-        let mut removed = Removed::default();
+        let (device, id) = match &target {
+            PrivacyTarget::Account(a) => (false, a.as_str()),
+            PrivacyTarget::Device(d) => (true, d.as_str()),
+        };
+        if self.pending.names(device, id) {
+            // One waiting request per id: what each removes stays its own.
+            self.purge();
+        }
         let (subject, id_hash) = ack_subject(&self.hasher, &target);
         // Buffered sightings the device partitions sent before applying the
         // request go with it (they were in windows there).
@@ -501,39 +597,36 @@ impl BucketStage {
             Some(r) => r.max(ev.ts.saturating_add(1)),
             None => ev.ts.saturating_add(1),
         };
-        match (ev.kind, target) {
-            (EventKind::Erase, PrivacyTarget::Account(acc)) => {
-                if let Some(a) = self.accounts.find(acc.as_str()) {
-                    let gone = FxHashMap::from_iter([(a, 0usize)]);
-                    self.coloc
-                        .forget(&none, &gone, &none, |_| removed.sightings += 1);
-                    self.accounts.remove(a);
+        let i = self.pending.acks.len();
+        let pending = &mut self.pending;
+        match ev.kind {
+            EventKind::Erase if device => {
+                if let Some(d) = self.devices.find(id) {
+                    pending.devices.insert(d, i);
                 }
-                removed.buffered_events +=
-                    self.purge_buffer(cut, |s| s.account.as_deref() == Some(acc.as_str()));
+                pending.erased_devices.insert(id.into(), (cut, i));
             }
-            (EventKind::Erase, PrivacyTarget::Device(dev)) => {
-                if let Some(d) = self.devices.find(dev.as_str()) {
-                    let gone = FxHashMap::from_iter([(d, 0usize)]);
-                    self.coloc
-                        .forget(&gone, &none, &none, |_| removed.sightings += 1);
-                    self.devices.remove(d);
+            EventKind::Erase => {
+                if let Some(a) = self.accounts.find(id) {
+                    if let Some(x) = self.accounts.get_mut(a) {
+                        x.opted_out = true;
+                    }
+                    pending.accounts.insert(a, i);
                 }
-                removed.buffered_events += self.purge_buffer(cut, |s| &*s.device == dev.as_str());
+                pending.erased_accounts.insert(id.into(), (cut, i));
             }
-            (EventKind::OptOut, PrivacyTarget::Account(acc)) => {
-                let (a, _) = self.accounts.intern(acc.as_str(), Account::default);
+            EventKind::OptOut if !device => {
+                let (a, _) = self.accounts.intern(id, Account::default);
                 if let Some(x) = self.accounts.get_mut(a) {
                     x.opted_out = true;
                 }
-                let opted = FxHashMap::from_iter([(a, 0usize)]);
-                self.coloc
-                    .forget(&none, &none, &opted, |_| removed.sightings += 1);
+                pending.opted.insert(a, i);
+                pending.opted_ids.insert(id.into(), i);
             }
-            (EventKind::OptIn, PrivacyTarget::Account(acc)) => {
+            EventKind::OptIn if !device => {
                 if let Some(x) = self
                     .accounts
-                    .find(acc.as_str())
+                    .find(id)
                     .and_then(|a| self.accounts.get_mut(a))
                 {
                     x.opted_out = false;
@@ -541,13 +634,243 @@ impl BucketStage {
             }
             _ => return,
         }
-        self.applied.push(Applied {
+        pending.acks.push(Applied {
             ts: ev.ts,
             kind: ev.kind,
             device: subject == "device",
             id_hash,
             by: (1, self.partition),
-            removed,
+            removed: Removed::default(),
         });
+    }
+
+    /// Runs the waiting requests' pass: drops the buffered sightings and
+    /// the window, aggregate and pair entries that name erased ids (the
+    /// aggregates keep them as anonymous counts), the pairs of opted-out
+    /// accounts, and frees the erased ids' slots. Each request's count of
+    /// what it removed is then complete.
+    fn purge(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut p = std::mem::take(&mut self.pending);
+        let mut acks = std::mem::take(&mut p.acks);
+        if !p.erased_devices.is_empty() || !p.erased_accounts.is_empty() {
+            self.buffer.retain(|k, item| match item {
+                Item::Sighting(s) => match p.drops(k.0, s) {
+                    Some(i) => {
+                        if let Some(a) = acks.get_mut(i) {
+                            a.removed.buffered_events += 1;
+                        }
+                        false
+                    }
+                    None => true,
+                },
+                Item::Privacy(_) => true,
+            });
+        }
+        if !(p.devices.is_empty() && p.accounts.is_empty() && p.opted.is_empty()) {
+            self.purges += 1;
+        }
+        self.coloc.forget(&p.devices, &p.accounts, &p.opted, |i| {
+            if let Some(a) = acks.get_mut(i) {
+                a.removed.sightings += 1;
+            }
+        });
+        for &d in p.devices.keys() {
+            self.devices.remove(d);
+        }
+        for &a in p.accounts.keys() {
+            self.accounts.remove(a);
+        }
+        self.applied.append(&mut acks);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::PrivacyCopy;
+    use super::*;
+    use crate::addr::Bucket;
+    use crate::ids::{AccountId, DeviceId};
+    use crate::time::MINUTE_MS;
+
+    /// 2026-01-05T00:00Z plus `minute` minutes.
+    fn t(minute: i64) -> Millis {
+        Millis(1_767_571_200_000 + minute * MINUTE_MS)
+    }
+
+    /// A sighting on the one bucket of these tests.
+    fn seen(minute: i64, device: &str, account: Option<&str>) -> ToBuckets {
+        ToBuckets::Sighting(Sighting {
+            bucket: Bucket::v4(0x5102_0304),
+            device: device.into(),
+            account: account.map(Into::into),
+            ts: t(minute),
+            priority: 3,
+            bot: false,
+            signed_in: account.is_some(),
+        })
+    }
+
+    /// A privacy request of `kind` about `id` (a device if `device`).
+    fn request(minute: i64, kind: EventKind, device: bool, id: &str) -> ToBuckets {
+        ToBuckets::Privacy(PrivacyCopy {
+            event: Event {
+                ts: t(minute),
+                kind,
+                device: device.then(|| DeviceId::from(id)),
+                account: (!device).then(|| AccountId::from(id)),
+                ip: None,
+            },
+            late: false,
+            released_to: Millis::MIN,
+        })
+    }
+
+    /// The one device partition has sent everything before `upto`, in the
+    /// open `day`.
+    fn progress(day: i32, upto: Millis, next: Option<Millis>, ended: bool) -> ToBuckets {
+        ToBuckets::Progress(Progress {
+            day,
+            upto,
+            next,
+            ended,
+            flushes: 0,
+            finished: false,
+        })
+    }
+
+    /// Runs `msgs` (the first event at minute 0 opens the day) through a
+    /// bucket partition fed by one device partition, releases them all
+    /// at once, closes the input, and returns every account offered to a
+    /// device, the acknowledgements, and the purges run.
+    fn run(msgs: Vec<ToBuckets>) -> (Vec<(String, String)>, Vec<Applied>, u64) {
+        let mut b = BucketStage::new(&Config::default(), 0, 1);
+        let day = t(0).day() as i32;
+        let send = |b: &mut BucketStage, seq: &mut u64, msg| {
+            *seq += 1;
+            b.receive(Sent {
+                from: 0,
+                seq: *seq,
+                msg,
+            });
+        };
+        let mut seq = 0;
+        send(&mut b, &mut seq, progress(i32::MIN, t(0), Some(t(0)), true));
+        for m in msgs {
+            send(&mut b, &mut seq, m);
+        }
+        // One release: every request waits for one pass.
+        send(&mut b, &mut seq, progress(day, t(600), None, false));
+        send(
+            &mut b,
+            &mut seq,
+            progress(day, Millis::MAX, Some(Millis::MAX), true),
+        );
+        let mut offered: Vec<(String, String)> = b
+            .take_for_devices()
+            .into_iter()
+            .flat_map(|(_, sent)| match sent.msg {
+                ToDevices::Closed { offers, .. } | ToDevices::SoFar { offers, .. } => offers,
+            })
+            .map(|o| (o.device.into(), o.account.into()))
+            .collect();
+        offered.sort();
+        let purges = b.privacy_purges();
+        let acks = b
+            .take_applied()
+            .into_iter()
+            .filter_map(|(_, m)| match m {
+                ToAccounts::Applied(a) => Some(a),
+                ToAccounts::Part(_) => None,
+            })
+            .collect();
+        (offered, acks, purges)
+    }
+
+    fn pair(device: &str, account: &str) -> (String, String) {
+        (device.to_owned(), account.to_owned())
+    }
+
+    #[test]
+    fn a_batch_of_requests_makes_one_pass_and_pairs_nothing_erased() {
+        // Without requests, the laptop is offered both signed-in accounts.
+        let sightings = || {
+            vec![
+                seen(0, "phone", Some("alice")),
+                seen(1, "tablet", Some("bob")),
+                seen(2, "laptop", None),
+            ]
+        };
+        let (offered, _, _) = run(sightings());
+        assert_eq!(
+            offered,
+            vec![pair("laptop", "alice"), pair("laptop", "bob")]
+        );
+
+        // Erasing the phone and bob, and opting carol out, before the
+        // laptop is seen: no pair with either, one pass for all three.
+        let mut msgs = sightings();
+        let laptop = msgs.pop().expect("three sightings");
+        msgs.extend([
+            request(2, EventKind::Erase, true, "phone"),
+            request(2, EventKind::Erase, false, "bob"),
+            request(2, EventKind::OptOut, false, "carol"),
+            laptop,
+        ]);
+        let (offered, acks, purges) = run(msgs);
+        assert_eq!(offered, Vec::new());
+        assert_eq!(purges, 1);
+        let kinds: Vec<_> = acks.iter().map(|a| (a.kind, a.device)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (EventKind::Erase, true),
+                (EventKind::Erase, false),
+                (EventKind::OptOut, false)
+            ]
+        );
+        // Each erased id's sighting in the window went with it.
+        assert_eq!(acks[0].removed.sightings, 1);
+        assert_eq!(acks[1].removed.sightings, 1);
+    }
+
+    #[test]
+    fn a_sighting_naming_an_erased_id_runs_the_pass_first() {
+        // The phone is erased, then seen again signed in: a new device, not
+        // the slot about to be freed, so the laptop after it pairs with it.
+        // Its sighting of the erasure's millisecond goes with the erasure.
+        let (offered, acks, purges) = run(vec![
+            seen(0, "phone", Some("alice")),
+            request(1, EventKind::Erase, true, "phone"),
+            seen(1, "phone", Some("alice")),
+            seen(2, "phone", Some("alice")),
+            seen(3, "laptop", None),
+        ]);
+        assert_eq!(offered, vec![pair("laptop", "alice")]);
+        assert_eq!(purges, 1);
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].removed.sightings, 1);
+        assert_eq!(acks[0].removed.buffered_events, 1);
+    }
+
+    #[test]
+    fn a_second_request_about_a_waiting_id_runs_the_pass_first() {
+        // Opted out and back in before the pass: alice's pair from before
+        // goes, the one after counts (the laptop's sighting is out of the
+        // window by then).
+        let (offered, acks, purges) = run(vec![
+            seen(0, "phone", Some("alice")),
+            seen(1, "laptop", None),
+            request(2, EventKind::OptOut, false, "alice"),
+            request(3, EventKind::OptIn, false, "alice"),
+            seen(40, "phone", Some("alice")),
+            seen(41, "tv", None),
+        ]);
+        assert_eq!(offered, vec![pair("tv", "alice")]);
+        assert_eq!(purges, 1);
+        assert_eq!(acks.len(), 2);
+        assert_eq!(acks[0].removed.sightings, 1);
     }
 }
