@@ -92,11 +92,7 @@ fn two_or_three_instances_started_at_once_give_replays_graph() -> Result<()> {
 
 #[test]
 fn instances_join_mid_stream_and_the_owner_dies_then_stops() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("joins");
-    let config = write_config(dir.path(), &names, "")?;
+    let (_serial, broker, dir, names, config) = setup("joins", "")?;
     let s = stream(dir.path(), &config, 150, 8, 81)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
@@ -144,11 +140,7 @@ fn instances_join_mid_stream_and_the_owner_dies_then_stops() -> Result<()> {
 
 #[test]
 fn a_zombie_owner_corrupts_nothing() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("zombie");
-    let config = write_config(dir.path(), &names, "")?;
+    let (_serial, broker, dir, names, config) = setup("zombie", "")?;
     let s = stream(dir.path(), &config, 150, 8, 91)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
@@ -263,11 +255,7 @@ fn write_record(
 /// when it restores; and once a snapshot covers a request, it is removed.
 #[test]
 fn republish_requests_repair_records_written_late() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("republish");
-    let config = write_config(dir.path(), &names, "")?;
+    let (_serial, broker, dir, names, config) = setup("republish", "")?;
     let s = stream(dir.path(), &config, 100, 6, 93)?;
     let producer = producer(&broker.addr)?;
     let lines: Vec<Option<String>> = s.lines.iter().cloned().map(Some).collect();

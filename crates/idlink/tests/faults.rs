@@ -10,11 +10,7 @@ use support::*;
 
 #[test]
 fn random_crashes_leave_the_same_graph() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("crashes");
-    let config = write_config(dir.path(), &names, "")?;
+    let (_serial, broker, dir, names, config) = setup("crashes", "")?;
     let s = stream(dir.path(), &config, 150, 8, 21)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
@@ -66,11 +62,7 @@ fn a_broker_outage_is_ridden_out_when_partitioned() -> Result<()> {
 /// settings `extra`) is busy, and starts again; the service reports
 /// not-ready meanwhile, reconnects by itself and ends in replay's graph.
 fn ride_out_an_outage(name: &str, extra: &str) -> Result<()> {
-    let _serial = serial();
-    let mut broker = Broker::start_persistent()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new(name);
-    let config = write_config(dir.path(), &names, extra)?;
+    let (_serial, mut broker, dir, names, config) = setup_persistent(name, extra)?;
     let s = stream(dir.path(), &config, 100, 6, 31)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
@@ -247,11 +239,7 @@ fn malformed_floods_and_odd_ids_are_handled_when_partitioned() -> Result<()> {
 /// letter with its reason, the graph is replay's, and resident memory
 /// stays under `memory_bound`.
 fn abuse(name: &str, extra: &str, memory_bound: u64) -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new(name);
-    let config = write_config(dir.path(), &names, extra)?;
+    let (_serial, broker, dir, names, config) = setup(name, extra)?;
     let s = stream_with(dir.path(), &config, 600, 8, 41, floods)?;
     assert!(s.lines.len() > 100_000, "{} good lines", s.lines.len());
     eprintln!("{} good lines", s.lines.len());
@@ -312,11 +300,7 @@ fn abuse(name: &str, extra: &str, memory_bound: u64) -> Result<()> {
 /// the state store: the newest snapshot holds none of the erased ids.
 #[test]
 fn erased_ids_leave_no_trace_in_outputs_or_the_snapshot() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("erasure");
-    let config = write_config(dir.path(), &names, "")?;
+    let (_serial, broker, dir, names, config) = setup("erasure", "")?;
     let s = stream(dir.path(), &config, 400, 10, 51)?;
     let erased = erased_ids(dir.path())?;
     assert!(erased.len() >= 3, "the stream erases something: {erased:?}");
@@ -419,15 +403,8 @@ fn a_burst_is_absorbed_by_backpressure_when_partitioned() -> Result<()> {
 /// exceed `per_record` per record of one batch, resident memory stays
 /// under `memory_bound`, and the service catches up to replay's graph.
 fn burst(name: &str, extra: &str, per_record: usize, memory_bound: u64) -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new(name);
-    let config = write_config(
-        dir.path(),
-        &names,
-        &format!("{extra}\nbatch_max_messages = {BURST_BATCH}"),
-    )?;
+    let extra = format!("{extra}\nbatch_max_messages = {BURST_BATCH}");
+    let (_serial, broker, dir, names, config) = setup(name, &extra)?;
     let s = stream(dir.path(), &config, 500, 8, 61)?;
     let steady = s.lines.len() / 40;
     eprintln!("{} records, {steady} records/s steady", s.lines.len());

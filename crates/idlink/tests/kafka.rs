@@ -43,11 +43,7 @@ fn poison() -> Vec<(Option<String>, &'static str)> {
 
 #[test]
 fn run_publishes_the_same_graph_as_replay() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("clean");
-    let config = write_config(dir.path(), &names, "")?;
+    let (_serial, broker, dir, names, config) = setup("clean", "")?;
     let s = stream(dir.path(), &config, 120, 8, 11)?;
     let poison = poison();
     let mut input: Vec<Option<String>> = Vec::new();
@@ -157,11 +153,7 @@ fn run_publishes_the_same_graph_as_replay() -> Result<()> {
 
 #[test]
 fn restarts_and_crashes_leave_the_same_graph() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("restart");
-    let config = write_config(dir.path(), &names, "")?;
+    let (_serial, broker, dir, names, config) = setup("restart", "")?;
     let s = stream(dir.path(), &config, 120, 8, 12)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
@@ -236,11 +228,7 @@ fn refuses_an_unknown_setting() -> Result<()> {
 fn refuses_an_output_topic_that_is_not_compacted() -> Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("policy");
-    let config = write_config(dir.path(), &names, "")?;
+    let (_serial, broker, _dir, names, config) = setup("policy", "")?;
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)
         .create()?;
@@ -265,11 +253,7 @@ fn refuses_an_output_topic_that_is_not_compacted() -> Result<()> {
 /// `account-devices` at once.
 #[test]
 fn a_sign_in_is_published_at_once_while_the_stream_flows() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("realtime");
-    let config = write_config(dir.path(), &names, "")?;
+    let (_serial, broker, dir, names, config) = setup("realtime", "")?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
     let mut service = Service::start(&config, &broker.addr, &names, dir.path())?;

@@ -139,11 +139,7 @@ fn one_two_and_three_instances_give_replays_graph() -> Result<()> {
 
 #[test]
 fn instances_join_mid_stream_then_one_dies() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("partjoin");
-    let config = write_config(dir.path(), &names, PARTITIONED_WITH_PAUSES)?;
+    let (_serial, broker, dir, names, config) = setup("partjoin", PARTITIONED_WITH_PAUSES)?;
     let s = stream(dir.path(), &config, 150, 8, 121)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
@@ -174,11 +170,7 @@ fn instances_join_mid_stream_then_one_dies() -> Result<()> {
 
 #[test]
 fn a_frozen_instance_corrupts_nothing() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("partzombie");
-    let config = write_config(dir.path(), &names, PARTITIONED_WITH_PAUSES)?;
+    let (_serial, broker, dir, names, config) = setup("partzombie", PARTITIONED_WITH_PAUSES)?;
     let s = stream(dir.path(), &config, 150, 8, 131)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
@@ -216,11 +208,7 @@ fn a_frozen_instance_corrupts_nothing() -> Result<()> {
 /// in any stage task's newest snapshot.
 #[test]
 fn privacy_requests_in_flight_leave_no_trace_and_are_acknowledged() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("partprivacy");
-    let config = write_config(dir.path(), &names, PARTITIONED)?;
+    let (_serial, broker, dir, names, config) = setup("partprivacy", PARTITIONED)?;
     let s = stream(dir.path(), &config, 400, 10, 52)?;
     let erased = erased_ids(dir.path())?;
     assert!(erased.len() >= 3, "the stream erases something: {erased:?}");
@@ -343,11 +331,7 @@ fn privacy_requests_in_flight_leave_no_trace_and_are_acknowledged() -> Result<()
 /// replay's.
 #[test]
 fn random_crashes_of_an_instance_leave_the_same_graph() -> Result<()> {
-    let _serial = serial();
-    let broker = Broker::start()?;
-    let dir = tempfile::tempdir()?;
-    let names = Names::new("partcrash");
-    let config = write_config(dir.path(), &names, PARTITIONED_WITH_PAUSES)?;
+    let (_serial, broker, dir, names, config) = setup("partcrash", PARTITIONED_WITH_PAUSES)?;
     let s = stream(dir.path(), &config, 150, 8, 141)?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;

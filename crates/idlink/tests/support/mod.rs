@@ -34,6 +34,37 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a service test starts from, in the order to bind it: the serial
+/// lock (bound first, so released last), a broker of its own, a temporary
+/// directory, the test's topic names, and the config that both `replay`
+/// and `run` read there (`extra` added, see [`write_config`]).
+pub fn setup(test: &str, extra: &str) -> Result<Setup> {
+    setup_on(test, extra, Broker::start)
+}
+
+/// [`setup`] on a broker whose data survives a restart.
+pub fn setup_persistent(test: &str, extra: &str) -> Result<Setup> {
+    setup_on(test, extra, Broker::start_persistent)
+}
+
+/// What [`setup`] gives.
+pub type Setup = (
+    MutexGuard<'static, ()>,
+    Broker,
+    tempfile::TempDir,
+    Names,
+    PathBuf,
+);
+
+fn setup_on(test: &str, extra: &str, start: fn() -> Result<Broker>) -> Result<Setup> {
+    let serial = serial();
+    let broker = start()?;
+    let dir = tempfile::tempdir()?;
+    let names = Names::new(test);
+    let config = write_config(dir.path(), &names, extra)?;
+    Ok((serial, broker, dir, names, config))
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
