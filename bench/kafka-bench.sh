@@ -50,69 +50,22 @@ DIR=${BENCH_DIR:-target/kafka-bench}
 PEOPLE=${BENCH_PEOPLE:-3000}
 DAYS=${BENCH_DAYS:-7}
 SEED=${BENCH_SEED:-7}
-NISSHI=${NISSHI_BIN:-$HOME/.cache/idlink/nisshi-0.8.1/bin/nisshi}
-
-log() { printf '[kafka-bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-command -v python3 >/dev/null || die "python3 is required"
-
-rm -rf "$DIR"
-mkdir -p "$DIR"
-DIR=$(cd "$DIR" && pwd)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BENCH_NAME=kafka-bench
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 json() { python3 -c "import json,sys; print(json.load(open('$1'))$2)"; }
-wait_port() {
-    for _ in $(seq 1 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on port $1"
-}
 
 # 1. Build.
-log "building: cargo build --release -p idlink --bin idlink --example kafka_load"
-cargo build --release -p idlink --bin idlink --example kafka_load >&2
-BIN=${BENCH_IDLINK:-$PWD/target/release/idlink}
-[[ -x $BIN ]] || die "BENCH_IDLINK=$BIN is not an executable"
-[[ -z ${BENCH_IDLINK:-} ]] || log "measuring $BIN instead of the fresh build"
-LOAD=$PWD/target/release/examples/kafka_load
+build_binaries
 
 # 2. Broker.
-if [[ -n ${BENCH_BROKERS:-} ]]; then
-    BROKERS=$BENCH_BROKERS
-    log "broker: $BROKERS (external)"
-else
-    [[ -x $NISSHI ]] || die "no nisshi at $NISSHI: run scripts/install-nisshi.sh, or set BENCH_BROKERS"
-    port=$(free_port)
-    mkdir -p "$DIR/broker"
-    (cd "$DIR/broker" && exec "$NISSHI" broker --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://nisshi/ \
-        --group-initial-rebalance-delay 0s > broker.log 2>&1) &
-    PIDS+=($!)
-    wait_port "$port"
-    BROKERS=127.0.0.1:$port
-    log "broker: nisshi on $BROKERS"
-fi
+start_broker
 
 RUN=bench-$(date +%s)
 config() { # $1 = topic prefix, $2 = file
-    cat > "$2" <<EOF
-[addresses]
-exclude_cidr_files = ["$PWD/config/cidr/datacenter.txt", "$PWD/config/cidr/vpn.txt"]
-
-[kafka]
-events_topic = "$1-device-events"
-privacy_topic = "$1-privacy-requests"
-device_links_topic = "$1-device-links"
-account_devices_topic = "$1-account-devices"
-dead_letters_topic = "$1-dead-letters"
-privacy_acks_topic = "$1-privacy-acks"
-snapshots_topic = "$1-snapshots"
-manifests_topic = "$1-manifests"
+    {
+        topics_config "$1"
+        cat <<EOF
 input_partitions = 4
 output_partitions = 4
 
@@ -121,6 +74,7 @@ idle_flush_ms = 200
 source_idle_seconds = 1
 snapshot_interval_seconds = 10
 EOF
+    } > "$2"
 }
 
 # 3. Simulate and replay.

@@ -70,24 +70,15 @@ DAYS=${BENCH_DAYS:-7}
 SEED=${BENCH_SEED:-7}
 INSTANCES=${BENCH_INSTANCES:-1 2 3}
 LATENCY_INSTANCES=${BENCH_LATENCY_INSTANCES:-1 2}
-NISSHI=${NISSHI_BIN:-$HOME/.cache/idlink/nisshi-0.8.1/bin/nisshi}
 IDLE_SECONDS=5
 BATCH_MS=${BENCH_BATCH_MS:-50}
 SNAPSHOT_SECONDS=${BENCH_SNAPSHOT_SECONDS:-10}
 
-log() { printf '[partitioned-bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-command -v python3 >/dev/null || die "python3 is required"
-
-rm -rf "$DIR"
-mkdir -p "$DIR"
-DIR=$(cd "$DIR" && pwd)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+BENCH_NAME=partitioned-bench
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 # CPU seconds (user + system) a process has used so far.
 cpu_seconds() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print(round((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'),1))" 2>/dev/null || echo 0; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Starts `idlink run` in group $1 with config $2, logging to $3; sets
 # STARTED_PID and STARTED_HTTP (its metrics and health address).
 start_idlink() {
@@ -126,41 +117,13 @@ start_group() {
     sleep 2 # the group settles: every instance holds its share (less than source_idle_seconds)
 }
 
-log "building: cargo build --release -p idlink --bin idlink --example kafka_load"
-cargo build --release -p idlink --bin idlink --example kafka_load >&2
-BIN=${BENCH_IDLINK:-$PWD/target/release/idlink}
-LOAD=$PWD/target/release/examples/kafka_load
-
-if [[ -n ${BENCH_BROKERS:-} ]]; then
-    BROKERS=$BENCH_BROKERS
-else
-    [[ -x $NISSHI ]] || die "no nisshi at $NISSHI: run scripts/install-nisshi.sh, or set BENCH_BROKERS"
-    port=$(free_port)
-    mkdir -p "$DIR/broker"
-    (cd "$DIR/broker" && exec "$NISSHI" broker --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://nisshi/ \
-        --group-initial-rebalance-delay 0s > broker.log 2>&1) &
-    BROKER_PID=$!
-    PIDS+=($!)
-    for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-    BROKERS=127.0.0.1:$port
-fi
-log "broker: $BROKERS"
+build_binaries
+start_broker
 
 config() { # $1 = topic prefix, $2 = file
-    cat > "$2" <<EOF
-[addresses]
-exclude_cidr_files = ["$PWD/config/cidr/datacenter.txt", "$PWD/config/cidr/vpn.txt"]
-
-[kafka]
-events_topic = "$1-device-events"
-privacy_topic = "$1-privacy-requests"
-device_links_topic = "$1-device-links"
-account_devices_topic = "$1-account-devices"
-dead_letters_topic = "$1-dead-letters"
-privacy_acks_topic = "$1-privacy-acks"
-snapshots_topic = "$1-snapshots"
-manifests_topic = "$1-manifests"
+    {
+        topics_config "$1"
+        cat <<EOF
 internal_topic_prefix = "$1-internal"
 input_partitions = 6
 output_partitions = 4
@@ -177,6 +140,7 @@ idle_flush_ms = $((BATCH_MS > 200 ? BATCH_MS : 200))
 source_idle_seconds = $IDLE_SECONDS
 snapshot_interval_seconds = $SNAPSHOT_SECONDS
 EOF
+    } > "$2"
 }
 
 log "simulating $PEOPLE people, $DAYS days, seed $SEED"
@@ -234,6 +198,7 @@ for n in $INSTANCES; do
     # effects are published; only then the folds, which read the whole
     # output topics and would take CPU from the run if done all along.
     until (($(published "${https[@]}") >= EVENTS)); do sleep 0.1; done
+    published_at=$(date +%s.%N)
     same=false
     for _ in $(seq 1 1200); do
         for t in device-links account-devices; do
@@ -263,14 +228,16 @@ for n in $INSTANCES; do
     broker_cpu=$([[ -n ${BROKER_PID:-} ]] && cpu_seconds "$BROKER_PID" || echo 0)
     broker_used=$(python3 -c "print(round($broker_cpu - $broker_before, 1))")
     secs=$(python3 -c "print(round($done_at - $started, 2))")
+    published_secs=$(python3 -c "print(round($published_at - $started, 2))")
     rate=$(python3 -c "print(round($TOTAL / ($done_at - $started)))")
     # The graph is final only after the input has been quiet for
     # source_idle_seconds (then the last flush): a fixed wait, not work.
     busy=$(python3 -c "print(round($TOTAL / ($done_at - $started - $IDLE_SECONDS)))")
     ratio=$(python3 -c "import json; print(round($busy / json.load(open('$DIR/chain.json'))['records_per_second'], 2))")
+    log "$n instance(s): every device event's effects published after $published_secs s"
     log "$n instance(s): replay's graph $same after $secs s ($rate records/s; $busy records/s less the ${IDLE_SECONDS} s idle wait, $ratio of the pass-through); peak RSS kB per instance: ${rss[*]}; CPU s per instance: ${cpu[*]}; broker CPU s: $broker_used"
     FIRST_BUSY=${FIRST_BUSY:-$busy}
-    RESULTS+=("{\"instances\": $n, \"same_as_replay\": $same, \"seconds\": $secs, \"records_per_second\": $rate, \"records_per_second_less_idle_wait\": $busy, \"of_passthrough\": $ratio, \"peak_rss_kb\": [$(IFS=,; echo "${rss[*]}")], \"cpu_seconds\": [$(IFS=,; echo "${cpu[*]}")], \"broker_cpu_seconds\": $broker_used}")
+    RESULTS+=("{\"instances\": $n, \"same_as_replay\": $same, \"seconds\": $secs, \"published_seconds\": $published_secs, \"records_per_second\": $rate, \"records_per_second_less_idle_wait\": $busy, \"of_passthrough\": $ratio, \"peak_rss_kb\": [$(IFS=,; echo "${rss[*]}")], \"cpu_seconds\": [$(IFS=,; echo "${cpu[*]}")], \"broker_cpu_seconds\": $broker_used}")
 done
 
 # Latency at half of the first run's throughput (less the idle wait), for
