@@ -184,8 +184,8 @@ pub struct BucketStage {
     sent: Vec<u64>,
     /// Bucket-days voided as crowded.
     crowded: u64,
-    /// Passes over every bucket that privacy purges made, for tests and
-    /// telemetry.
+    /// Passes over every bucket that privacy purges made, for the tests
+    /// and the criterion bench to count.
     #[serde(skip)]
     purges: u64,
     /// Days a slot outlives its last sighting.
