@@ -5,15 +5,11 @@
 
 #![no_main]
 
-use idlink_core::{Config, Decoder, EventKind, Millis};
+use idlink_core::{EventKind, Millis};
 use libfuzzer_sys::fuzz_target;
-use std::sync::LazyLock;
 
-/// The validating clock: 2030-01-01T00:00:00Z.
-const NOW: Millis = Millis(1_893_456_000_000);
-
-static CONFIG: LazyLock<Config> = LazyLock::new(Config::default);
-static DECODER: LazyLock<Decoder> = LazyLock::new(|| Decoder::new(&CONFIG.input));
+mod common;
+use common::{CONFIG, DECODER, NOW};
 
 fuzz_target!(|data: &[u8]| {
     let decoded = DECODER.decode(data, NOW);

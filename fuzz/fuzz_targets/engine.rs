@@ -10,20 +10,12 @@
 
 #![no_main]
 
-use idlink_core::{AddressClassifier, Config, Decoder, Engine, Millis};
+use idlink_core::Engine;
 use libfuzzer_sys::fuzz_target;
+
+mod common;
+use common::{CONFIG, DECODER, NOW, classifier};
 use serde_json::Value;
-use std::sync::LazyLock;
-
-/// The validating clock: 2030-01-01T00:00:00Z.
-const NOW: Millis = Millis(1_893_456_000_000);
-
-static CONFIG: LazyLock<Config> = LazyLock::new(Config::default);
-static DECODER: LazyLock<Decoder> = LazyLock::new(|| Decoder::new(&CONFIG.input));
-
-fn classifier() -> AddressClassifier {
-    AddressClassifier::new(CONFIG.addresses.ipv6_prefix_len, &[])
-}
 
 fn parse(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("output line is not JSON ({e}): {line}"))

@@ -19,21 +19,13 @@
 
 #![no_main]
 
+use idlink_core::Engine;
 use idlink_core::engine::staged::{Pipeline, Stage};
-use idlink_core::{AddressClassifier, Config, Decoder, Engine, Millis};
 use libfuzzer_sys::fuzz_target;
+
+mod common;
+use common::{CONFIG, DECODER, NOW, classifier};
 use std::collections::BTreeSet;
-use std::sync::LazyLock;
-
-/// The validating clock: 2030-01-01T00:00:00Z.
-const NOW: Millis = Millis(1_893_456_000_000);
-
-static CONFIG: LazyLock<Config> = LazyLock::new(Config::default);
-static DECODER: LazyLock<Decoder> = LazyLock::new(|| Decoder::new(&CONFIG.input));
-
-fn classifier() -> AddressClassifier {
-    AddressClassifier::new(CONFIG.addresses.ipv6_prefix_len, &[])
-}
 
 /// The stage and partition a control digit names.
 fn target(d: u8, partitions: u32) -> (Stage, usize) {
@@ -61,7 +53,9 @@ fuzz_target!(|data: &[u8]| {
             }
             [b'!', b'c', b'r', b'a', b's', b'h', d @ b'0'..=b'9'] => {
                 let (stage, k) = target(*d, partitions);
-                staged.crash(stage, k).expect("a partition's snapshot restores");
+                staged
+                    .crash(stage, k)
+                    .expect("a partition's snapshot restores");
             }
             _ => {
                 let Ok(event) = DECODER.decode(line, NOW) else {
