@@ -232,7 +232,11 @@ for n in $INSTANCES; do
     rate=$(python3 -c "print(round($TOTAL / ($done_at - $started)))")
     # The graph is final only after the input has been quiet for
     # source_idle_seconds (then the last flush): a fixed wait, not work.
-    busy=$(python3 -c "print(round($TOTAL / ($done_at - $started - $IDLE_SECONDS)))")
+    if python3 -c "import sys; sys.exit(0 if $done_at - $started > $IDLE_SECONDS + 1 else 1)"; then
+        busy=$(python3 -c "print(round($TOTAL / ($done_at - $started - $IDLE_SECONDS)))")
+    else
+        die "the run took $secs s, within the ${IDLE_SECONDS} s idle wait it includes: too small to measure (raise BENCH_PEOPLE or BENCH_DAYS)"
+    fi
     ratio=$(python3 -c "import json; print(round($busy / json.load(open('$DIR/chain.json'))['records_per_second'], 2))")
     log "$n instance(s): every device event's effects published after $published_secs s"
     log "$n instance(s): replay's graph $same after $secs s ($rate records/s; $busy records/s less the ${IDLE_SECONDS} s idle wait, $ratio of the pass-through); peak RSS kB per instance: ${rss[*]}; CPU s per instance: ${cpu[*]}; broker CPU s: $broker_used"
