@@ -46,7 +46,7 @@
 #   BENCH_SEED       simulator seed        (default 7)
 #   BENCH_INSTANCES  instance counts       (default "1 2 3")
 #   BENCH_LATENCY_INSTANCES  instance counts of the latency runs
-#                    (default "1 2")
+#                    (default "1 2"; empty: none)
 #   BENCH_LATENCY_RATE  records/s of the latency run (default: half of
 #                    the first run's rate less the idle wait)
 #   BENCH_BATCH_MS   service.batch_max_ms of the instances (default 50)
@@ -69,7 +69,7 @@ PEOPLE=${BENCH_PEOPLE:-2000}
 DAYS=${BENCH_DAYS:-7}
 SEED=${BENCH_SEED:-7}
 INSTANCES=${BENCH_INSTANCES:-1 2 3}
-LATENCY_INSTANCES=${BENCH_LATENCY_INSTANCES:-1 2}
+LATENCY_INSTANCES=${BENCH_LATENCY_INSTANCES-1 2}
 IDLE_SECONDS=5
 BATCH_MS=${BENCH_BATCH_MS:-50}
 SNAPSHOT_SECONDS=${BENCH_SNAPSHOT_SECONDS:-10}
