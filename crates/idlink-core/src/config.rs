@@ -160,6 +160,15 @@ pub struct LinkingConfig {
     /// Minimum share of the device's total evidence (anonymous removed
     /// evidence included) that the leading account must hold.
     pub min_share: f64,
+    /// A day of close use: a day on which the device was seen at most this
+    /// many minutes from the account's signed-in use on the same bucket.
+    pub close_gap_minutes: f64,
+    /// Minimum coverage: the leading account's days of close use as a
+    /// share of the days the device was seen at all (within the horizon,
+    /// at most the last 32 days). A person's own device is used alongside
+    /// their signed-in one on most of its days; a housemate's device, used
+    /// on its owner's schedule, meets it on a few. 0 turns it off.
+    pub min_coverage: f64,
     /// Whether a device that has a sign-in link may also get an inferred
     /// link to another account. Off by default: a device someone signed
     /// in on is explained already.
@@ -186,9 +195,11 @@ impl Default for LinkingConfig {
             ambiguity_exponent: 0.5,
             evidence_horizon_days: 30,
             min_days: 2,
-            min_score: 2.0,
-            min_mean_weight: 0.3,
-            min_share: 0.8,
+            min_score: 1.0,
+            min_mean_weight: 0.1,
+            min_share: 0.6,
+            close_gap_minutes: 5.0,
+            min_coverage: 0.5,
             infer_for_signed_in_devices: false,
             login_link_ttl_days: 400,
             max_accounts_per_device: 8,
@@ -332,6 +343,13 @@ impl Config {
                     .into(),
             );
         }
+        // At or past window_minutes, every co-location is close use.
+        if !(l.close_gap_minutes >= 0.0 && l.close_gap_minutes.is_finite()) {
+            return bad("linking.close_gap_minutes must be a number of minutes, 0 or more".into());
+        }
+        if !(0.0..=1.0).contains(&l.min_coverage) {
+            return bad("linking.min_coverage must be 0..=1".into());
+        }
         if l.login_link_ttl_days < 1 {
             return bad("linking.login_link_ttl_days must be at least 1".into());
         }
@@ -351,6 +369,12 @@ impl Config {
             return bad("linking.window_minutes must stay below a day".into());
         }
         let b = &self.bots;
+        if b.max_events_per_day >= u32::from(u16::MAX) {
+            return bad("bots.max_events_per_day must be below 65535".into());
+        }
+        if b.mark_days >= i64::from(u16::MAX) {
+            return bad("bots.mark_days must be below 65535".into());
+        }
         if b.max_events_per_day < 1
             || b.max_buckets_per_day < 1
             || b.mark_days < 1

@@ -53,6 +53,14 @@ enum LinkEvidence {
         days: u16,
         /// Distinct address buckets of evidence.
         buckets: u16,
+        /// Distinct days of close use: the device seen minutes from the
+        /// account's signed-in use (`linking.close_gap_minutes`).
+        close_days: u16,
+        /// Days the device was seen at all over the same window.
+        active_days: u16,
+        /// `close_days / active_days`, the share of the device's days
+        /// spent beside the account.
+        coverage: f64,
         /// The strongest supporting bucket-days.
         support: Vec<Support>,
     },
@@ -146,15 +154,18 @@ pub(crate) fn device_line(
         links.push(Link {
             account_id: accounts.id(i.account),
             link_type: "inferred",
-            confidence: fixed(i.confidence),
+            confidence: fixed(i.confidence.into()),
             first_seen: i.first_seen.to_string(),
             last_seen: i.last_seen.to_string(),
             evidence: LinkEvidence::CoLocation {
                 signal: "co_location",
                 score: fixed(i.score),
-                share: fixed(i.share),
+                share: fixed(i.share.into()),
                 days: i.days,
                 buckets: i.buckets,
+                close_days: i.close_days,
+                active_days: i.active_days,
+                coverage: round4(f64::from(i.close_days) / f64::from(i.active_days.max(1))),
                 support: support
                     .into_iter()
                     .map(|(w, e)| Support {
@@ -230,9 +241,9 @@ pub(crate) fn account_entry(
     Some(AccountEntry {
         device_id: id.into(),
         login: false,
-        confidence: i.confidence,
+        confidence: i.confidence.into(),
         last_seen: i.last_seen,
-        rank: (false, i.confidence, i.last_seen),
+        rank: (false, i.confidence.into(), i.last_seen),
     })
 }
 

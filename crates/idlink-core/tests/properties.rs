@@ -981,6 +981,10 @@ fn edgy_config() -> impl Strategy<Value = Config> {
         (2u32..12, 1u32..4, 1u32..600, 1u32..9),
         (any::<bool>(), 1usize..9, 1usize..9, 0usize..4, 1i64..=400),
         prop_oneof![Just(32u8), Just(64), Just(128)],
+        (
+            prop_oneof![Just(0.0f64), Just(5.0), Just(2000.0)],
+            prop_oneof![Just(0.0f64), Just(0.5), Just(1.0)],
+        ),
     )
         .prop_map(
             |(
@@ -990,6 +994,7 @@ fn edgy_config() -> impl Strategy<Value = Config> {
                 (bdev, bacc, bev, bbuck),
                 (infer, mapd, mdpa, sup, ttl),
                 v6,
+                (close_gap, coverage),
             )| {
                 let mut c = Config::default();
                 c.time.allowed_lateness_minutes = late;
@@ -998,6 +1003,8 @@ fn edgy_config() -> impl Strategy<Value = Config> {
                 c.linking.min_days = min_days;
                 c.linking.min_score = min_score;
                 c.linking.min_share = min_share;
+                c.linking.close_gap_minutes = close_gap;
+                c.linking.min_coverage = coverage;
                 c.linking.infer_for_signed_in_devices = infer;
                 c.linking.max_accounts_per_device = mapd;
                 c.linking.max_devices_per_account = mdpa;

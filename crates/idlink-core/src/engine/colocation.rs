@@ -95,21 +95,6 @@ struct FreshPair {
 }
 
 impl Colocation {
-    /// State from its parts (a snapshot migration).
-    pub fn from_parts(
-        buckets: BucketTable,
-        active: Vec<u32>,
-        regulars: FxHashMap<Bucket, SmallVec<[Regular; 2]>>,
-    ) -> Self {
-        Colocation {
-            buckets,
-            active,
-            regulars,
-            aside: FxHashSet::default(),
-            fresh: Vec::new(),
-        }
-    }
-
     /// Asks the CPU to start loading bucket `b`'s index positions
     /// (`first`) or its state: see [`BucketTable::prefetch`].
     pub fn prefetch(&self, b: Bucket, first: bool) {

@@ -35,7 +35,7 @@ use crate::keyed::KeyedHasher;
 use crate::time::{DAY_MS, MINUTE_MS, Millis};
 use intern::{NONE, Prefetch, Slots};
 use rustc_hash::{FxHashMap, FxHashSet};
-use state::{Account, Device, InferredLink, LoginLink, WEIGHT_ONE};
+use state::{ACTIVE_DAYS, Account, Device, InferredLink, LoginLink, WEIGHT_ONE};
 use std::hash::BuildHasher;
 
 pub use privacy::{PrivacyAck, Removed};
@@ -168,6 +168,8 @@ struct Params {
     bot_buckets: u32,
     bot_hours: u32,
     bot_mark_days: i32,
+    close_gap_s: u16,
+    min_coverage: f64,
     marker_ttl_days: i64,
     max_support: usize,
 }
@@ -184,6 +186,9 @@ impl Params {
             min_score: c.linking.min_score,
             min_mean_weight: c.linking.min_mean_weight,
             min_share: c.linking.min_share,
+            close_gap_s: (c.linking.close_gap_minutes * 60.0).clamp(0.0, f64::from(u16::MAX))
+                as u16,
+            min_coverage: c.linking.min_coverage,
             infer_for_signed_in: c.linking.infer_for_signed_in_devices,
             login_ttl_days: c.linking.login_link_ttl_days,
             max_accounts_per_device: c.linking.max_accounts_per_device,
@@ -741,12 +746,10 @@ impl Engine {
         let Some(dev) = self.devices.get_mut(d) else {
             return;
         };
-        if dev.bot_day != day {
-            dev.bot_day = day;
-            dev.day_events = 0;
-            dev.day_buckets = 0;
-            dev.day_hours = 0;
+        if dev.bot_day < day {
+            dev.start_day(day);
         }
+        dev.mark_active(day);
         dev.day_hours |= 1u32 << (ts.0.rem_euclid(DAY_MS) / (60 * MINUTE_MS));
         dev.day_events = dev.day_events.saturating_add(1);
         if let Some(b) = bucket {
@@ -754,11 +757,11 @@ impl Engine {
             dev.day_buckets |= 1u64 << (h >> 58);
         }
         let was_bot = dev.is_bot(day);
-        if dev.day_events > p.bot_events
+        if u32::from(dev.day_events) > p.bot_events
             || dev.day_buckets.count_ones() > p.bot_buckets
             || dev.day_hours.count_ones() > p.bot_hours
         {
-            dev.bot_until = day.saturating_add(p.bot_mark_days);
+            dev.mark_bot(day.saturating_add(p.bot_mark_days));
             if !was_bot {
                 self.stats.bots_marked += 1;
             }
@@ -1126,7 +1129,12 @@ impl Engine {
         if dev.is_bot(day) || (!dev.logins.is_empty() && !self.p.infer_for_signed_in) {
             return None;
         }
-        let cands = score::candidates(&dev.evidence, day, self.p.horizon_days);
+        let window = self.p.horizon_days.min(i64::from(ACTIVE_DAYS)) as i32;
+        let close = score::CloseUse {
+            gap_s: self.p.close_gap_s,
+            window_days: window,
+        };
+        let cands = score::candidates(&dev.evidence, day, self.p.horizon_days, close);
         let total: f64 = cands.iter().map(|c| c.score).sum();
         let best = cands
             .iter()
@@ -1139,21 +1147,28 @@ impl Engine {
             })?;
         let share = if total > 0.0 { best.score / total } else { 0.0 };
         let mean = best.score / f64::from(best.days.max(1));
+        let active = dev.active_days_to(day, window).max(1);
+        let coverage = f64::from(best.close_days) / f64::from(active);
         if best.score < self.p.min_score
             || best.days < self.p.min_days
             || share < self.p.min_share
             || mean < self.p.min_mean_weight
+            || coverage < self.p.min_coverage
         {
             return None;
         }
         let fixed = |x: f64| (score::round4(x) * f64::from(WEIGHT_ONE)).round() as u32;
+        // Shares and confidences are at most one, so they fit in 16 bits.
+        let fixed16 = |x: f64| fixed(x).min(u32::from(u16::MAX)) as u16;
         Some(InferredLink {
             account: best.account,
             score: fixed(best.score),
-            share: fixed(share),
-            confidence: fixed(score::confidence(best.score, share)),
+            share: fixed16(share),
+            confidence: fixed16(score::confidence(best.close_days, active)),
             days: best.days,
             buckets: best.buckets,
+            close_days: best.close_days,
+            active_days: active.min(u32::from(u16::MAX)) as u16,
             decided_day: day,
             first_seen: best.first_seen,
             last_seen: best.last_seen,

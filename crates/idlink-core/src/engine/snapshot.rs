@@ -13,7 +13,7 @@ use crate::engine::Engine;
 use thiserror::Error;
 
 /// Bumped whenever the state layout changes.
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 
 /// A snapshot that cannot be restored.
 #[derive(Debug, Error)]
@@ -47,7 +47,7 @@ impl Engine {
         let found = postcard::take_from_bytes::<u32>(bytes)?.0;
         let mut e = match found {
             VERSION => postcard::from_bytes::<(u32, Engine)>(bytes)?.1,
-            2 => postcard::from_bytes::<(u32, v2::EngineV2)>(bytes)?
+            3 => postcard::from_bytes::<(u32, v3::EngineV3)>(bytes)?
                 .1
                 .migrate(),
             _ => return Err(SnapshotError::Version { found }),
@@ -60,37 +60,94 @@ impl Engine {
     }
 }
 
-/// Format 2, before device facts travelled with sightings and before
-/// accounts remembered the day they were last seen on a bucket.
-mod v2 {
-    use super::super::bucket::{Regular, v2::TableV2};
+/// Format 3, before devices remembered the days they were active (for an
+/// inferred link's coverage) and kept their bot mark beside the day's
+/// event count.
+mod v3 {
     use super::super::colocation::Colocation;
     use super::super::intern::Slots;
-    use super::super::state::{Account, Device};
+    use super::super::state::{Account, Device, Evidence, InferredLink, LoginLink};
     use super::super::{Engine, EngineStats, Source, reorder};
-    use crate::addr::Bucket;
     use crate::time::Millis;
     use rustc_hash::FxHashMap;
     use serde::Deserialize;
     use smallvec::SmallVec;
     use thin_vec::ThinVec;
 
-    /// An account without `seen_day`.
+    /// An inferred link with 32-bit share and confidence and no coverage.
     #[derive(Deserialize)]
-    pub struct AccountV2 {
-        devices: super::super::state::IdList,
-        evidence_devices: ThinVec<u32>,
-        opted_out: bool,
+    struct InferredLinkV3 {
+        account: u32,
+        score: u32,
+        share: u32,
+        confidence: u32,
+        days: u16,
+        buckets: u16,
+        decided_day: i32,
+        first_seen: Millis,
+        last_seen: Millis,
     }
 
-    /// The engine's stored fields in format 2, in order.
+    /// A device with an absolute bot mark and no active days.
     #[derive(Deserialize)]
-    pub struct EngineV2 {
-        devices: Slots<Device>,
-        accounts: Slots<AccountV2>,
-        buckets: TableV2,
-        active_buckets: Vec<u32>,
-        profiles: FxHashMap<Bucket, SmallVec<[(u32, i32); 2]>>,
+    pub struct DeviceV3 {
+        logins: SmallVec<[LoginLink; 1]>,
+        inferred: Option<Box<InferredLinkV3>>,
+        evidence: ThinVec<Evidence>,
+        bot_day: i32,
+        day_events: u32,
+        day_buckets: u64,
+        day_hours: u32,
+        bot_until: i32,
+    }
+
+    impl DeviceV3 {
+        /// Today's device. Its active days are taken from its evidence
+        /// and its latest day (format 3 kept no other record of them), so
+        /// coverage counts at least every day it met an account.
+        fn migrate(self) -> Device {
+            let mut dev = Device {
+                logins: self.logins,
+                inferred: self.inferred.map(|i| {
+                    Box::new(InferredLink {
+                        account: i.account,
+                        score: i.score,
+                        share: i.share.min(u32::from(u16::MAX)) as u16,
+                        confidence: i.confidence.min(u32::from(u16::MAX)) as u16,
+                        days: i.days,
+                        buckets: i.buckets,
+                        close_days: i.days,
+                        active_days: i.days,
+                        decided_day: i.decided_day,
+                        first_seen: i.first_seen,
+                        last_seen: i.last_seen,
+                    })
+                }),
+                evidence: self.evidence,
+                bot_day: self.bot_day,
+                day_events: self.day_events.min(u32::from(u16::MAX)) as u16,
+                bot_days: 0,
+                day_buckets: self.day_buckets,
+                day_hours: self.day_hours,
+                active_days: 0,
+            };
+            if self.bot_until >= self.bot_day {
+                dev.mark_bot(self.bot_until);
+            }
+            dev.mark_active(dev.bot_day);
+            for day in dev.evidence.iter().map(|e| e.day).collect::<Vec<_>>() {
+                dev.mark_active(day);
+            }
+            dev
+        }
+    }
+
+    /// The engine's stored fields in format 3, in order.
+    #[derive(Deserialize)]
+    pub struct EngineV3 {
+        devices: Slots<DeviceV3>,
+        accounts: Slots<Account>,
+        coloc: Colocation,
         buffer: reorder::Reorder,
         seq: u64,
         sources: Vec<Source>,
@@ -104,45 +161,13 @@ mod v2 {
         inferred_links: u64,
     }
 
-    impl EngineV2 {
-        /// Format 3 from format 2. What format 2 did not keep is taken
-        /// from the state as it is now: a device of an open day's
-        /// aggregate is a bot there if it is one now, a regular is
-        /// unexplained if it holds no sign-in link and is no bot now, and
-        /// every account counts as seen on the current day (so none is
-        /// freed before windows that may name it have passed).
+    impl EngineV3 {
+        /// Format 4 from format 3: only the devices changed.
         pub fn migrate(self) -> Engine {
-            let day = self.current_day;
-            let devices = self.devices;
-            let is_bot = |d: u32| devices.get(d).is_some_and(|x| x.is_bot(day));
-            let is_linked = |d: u32| devices.get(d).is_some_and(|x| !x.logins.is_empty());
-            let buckets = super::super::bucket::v2::migrate(self.buckets, is_bot, is_linked);
-            let regulars = self
-                .profiles
-                .into_iter()
-                .map(|(b, list)| {
-                    let list = list
-                        .into_iter()
-                        .map(|(d, last)| {
-                            let unexplained = devices
-                                .get(d)
-                                .is_some_and(|x| x.logins.is_empty() && !x.is_bot(day));
-                            Regular::new(d, last, unexplained)
-                        })
-                        .collect();
-                    (b, list)
-                })
-                .collect();
-            let accounts = self.accounts.map_values(|a| Account {
-                devices: a.devices,
-                evidence_devices: a.evidence_devices,
-                opted_out: a.opted_out,
-                seen_day: day,
-            });
             let mut e = Engine::new(&crate::config::Config::default(), Default::default());
-            e.devices = devices;
-            e.accounts = accounts;
-            e.coloc = Colocation::from_parts(buckets, self.active_buckets, regulars);
+            e.devices = self.devices.map_values(DeviceV3::migrate);
+            e.accounts = self.accounts;
+            e.coloc = self.coloc;
             e.buffer = self.buffer;
             e.seq = self.seq;
             e.sources = self.sources;

@@ -31,13 +31,18 @@ pub struct InferredLink {
     /// Score of the account at decision time (fixed-point).
     pub score: u32,
     /// Share of the device's evidence the account held (fixed-point).
-    pub share: u32,
+    pub share: u16,
     /// Confidence published (fixed-point, 4 decimals).
-    pub confidence: u32,
+    pub confidence: u16,
     /// Distinct days of evidence.
     pub days: u16,
     /// Distinct buckets of evidence.
     pub buckets: u16,
+    /// Distinct days of close use (co-location minutes apart).
+    pub close_days: u16,
+    /// Days the device was seen at all in the window coverage is
+    /// measured over: `close_days / active_days` is the coverage.
+    pub active_days: u16,
     /// UTC day the decision was made on; support is decayed to it.
     pub decided_day: i32,
     /// Earliest supporting co-location.
@@ -83,33 +88,106 @@ pub struct Device {
     /// most devices have none, and an empty one is a single pointer.
     pub evidence: ThinVec<Evidence>,
     /// UTC day of the latest in-order sighting: the bot counters below
-    /// refer to it, and idle eviction counts from it.
+    /// and `active_days` refer to it, and idle eviction counts from it.
     pub bot_day: i32,
-    /// Events on `bot_day` (saturating).
-    pub day_events: u32,
+    /// Events on `bot_day` (saturating; `bots.max_events_per_day` is
+    /// validated below its maximum).
+    pub day_events: u16,
+    /// Days, `bot_day` included, that the device still counts as a bot:
+    /// through `bot_day + bot_days - 1` (0: not a bot). Relative to
+    /// `bot_day` so that it shares a word with `day_events`.
+    pub bot_days: u16,
     /// A 64-bit linear-counting sketch of the buckets seen on `bot_day`:
     /// its population count estimates distinct addresses in 8 bytes.
     pub day_buckets: u64,
     /// Hours of `bot_day` with activity, one bit each: people sleep,
     /// crawlers do not.
     pub day_hours: u32,
-    /// Last UTC day the device is treated as a bot (i32::MIN if never).
-    pub bot_until: i32,
+    /// Days with an in-order sighting, one bit each, bit `i` for day
+    /// `bot_day - i`: the days an inferred link's coverage is measured
+    /// against (the last [`ACTIVE_DAYS`] of them).
+    pub active_days: u32,
 }
+
+/// How many days back `Device::active_days` remembers.
+pub const ACTIVE_DAYS: i32 = 32;
 
 impl Device {
     /// A fresh device.
     pub fn new() -> Self {
         Device {
-            bot_until: i32::MIN,
             bot_day: i32::MIN,
             ..Default::default()
         }
     }
 
+    /// Last UTC day the device counts as a bot (`i32::MIN` if none).
+    pub fn bot_until(&self) -> i32 {
+        match self.bot_days {
+            0 => i32::MIN,
+            n => self.bot_day.saturating_add(i32::from(n) - 1),
+        }
+    }
+
     /// Whether the device counts as a bot on `day`.
     pub fn is_bot(&self, day: i32) -> bool {
-        self.bot_until >= day
+        self.bot_until() >= day
+    }
+
+    /// Marks the device a bot through `until` (at least `bot_day`).
+    pub fn mark_bot(&mut self, until: i32) {
+        let days = i64::from(until) - i64::from(self.bot_day) + 1;
+        self.bot_days = days.clamp(1, i64::from(u16::MAX)) as u16;
+    }
+
+    /// Moves the per-day counters to `day`, a later day than `bot_day`:
+    /// the day's counters start afresh, the bot mark keeps its last day,
+    /// and `active_days` shifts to count from `day`.
+    pub fn start_day(&mut self, day: i32) {
+        let until = self.bot_until();
+        let shift = i64::from(day) - i64::from(self.bot_day);
+        self.active_days = match u32::try_from(shift) {
+            Ok(s) if s < 32 => self.active_days << s,
+            _ => 0,
+        };
+        self.bot_day = day;
+        self.bot_days = 0;
+        if until >= day {
+            self.mark_bot(until);
+        }
+        self.day_events = 0;
+        self.day_buckets = 0;
+        self.day_hours = 0;
+    }
+
+    /// Notes an in-order sighting on `day` (`bot_day` or one of the
+    /// days before it that `active_days` remembers).
+    pub fn mark_active(&mut self, day: i32) {
+        if let Ok(back) = u32::try_from(i64::from(self.bot_day) - i64::from(day))
+            && back < ACTIVE_DAYS as u32
+        {
+            self.active_days |= 1 << back;
+        }
+    }
+
+    /// Days with an in-order sighting among the `window` days that end
+    /// with `day` (at most [`ACTIVE_DAYS`] are remembered).
+    pub fn active_days_to(&self, day: i32, window: i32) -> u32 {
+        let window = window.clamp(0, ACTIVE_DAYS);
+        // Bit i is day bot_day - i; the window is days day-window+1..=day.
+        let lo = i64::from(self.bot_day) - i64::from(day);
+        let hi = lo + i64::from(window) - 1;
+        let (lo, hi) = (lo.max(0), hi.min(i64::from(ACTIVE_DAYS) - 1));
+        if lo > hi {
+            return 0;
+        }
+        let bits = hi - lo + 1;
+        let mask = if bits >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << bits) - 1
+        };
+        ((self.active_days >> lo) & mask).count_ones()
     }
 
     /// Whether the device has nothing worth keeping.
@@ -193,5 +271,49 @@ pub fn remove_value(v: &mut impl SlotList, x: u32) -> bool {
 pub fn add_value(v: &mut impl SlotList, x: u32) {
     if !v.contains(&x) {
         v.push_slot(x);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_days_shift_with_the_day_and_count_a_window() {
+        let mut d = Device::new();
+        for day in [100, 101, 103, 110] {
+            d.start_day(day);
+            d.mark_active(day);
+        }
+        // Bits for 110, 103, 101, 100.
+        assert_eq!(d.active_days_to(110, 32), 4);
+        assert_eq!(d.active_days_to(110, 10), 3);
+        assert_eq!(d.active_days_to(103, 4), 3);
+        assert_eq!(d.active_days_to(102, 2), 1);
+        assert_eq!(d.active_days_to(120, 10), 0);
+        // An earlier day still remembered is marked in place.
+        d.mark_active(105);
+        assert_eq!(d.active_days_to(110, 6), 2);
+        // Past 32 days, everything earlier is forgotten.
+        d.start_day(142);
+        d.mark_active(142);
+        assert_eq!(d.active_days_to(142, 32), 1);
+        d.start_day(200);
+        assert_eq!(d.active_days, 0);
+    }
+
+    #[test]
+    fn a_bot_mark_keeps_its_last_day_across_days() {
+        let mut d = Device::new();
+        assert!(!d.is_bot(0));
+        d.start_day(10);
+        d.mark_bot(40);
+        assert_eq!(d.bot_until(), 40);
+        d.start_day(25);
+        assert!(d.is_bot(25) && d.is_bot(40) && !d.is_bot(41));
+        assert_eq!(d.bot_until(), 40);
+        d.start_day(41);
+        assert_eq!(d.bot_until(), i32::MIN);
+        assert!(!d.is_bot(41));
     }
 }

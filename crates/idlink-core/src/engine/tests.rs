@@ -79,6 +79,93 @@ fn the_household_laptop_is_inferred() {
     );
 }
 
+/// The inferred account of `device` after `events`, if any.
+fn inferred_account(events: Vec<Event>, device: &str) -> Option<String> {
+    let mut e = engine();
+    for ev in events {
+        e.ingest(0, ev);
+    }
+    e.finish();
+    let line = e.device_line(device)?;
+    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    v["links"]
+        .as_array()?
+        .iter()
+        .find(|l| l["link_type"] == "inferred")
+        .and_then(|l| l["account_id"].as_str().map(str::to_owned))
+}
+
+/// A tablet used a minute from alice's signed-in phone on six evenings,
+/// and on `alone` more days on its own (the phone not in use nearby): its
+/// coverage is 6 / (6 + alone).
+fn tablet_days(alone: i64) -> Vec<Event> {
+    let mut v = Vec::new();
+    for day in 0..6 {
+        v.push(sighting(t(day, 1200), "phone", "81.2.3.4", Some("alice")));
+        v.push(sighting(t(day, 1201), "tablet", "81.2.3.4", None));
+    }
+    for day in 6..6 + alone {
+        v.push(sighting(t(day, 600), "tablet", "81.2.3.4", None));
+    }
+    v
+}
+
+#[test]
+fn a_device_used_mostly_apart_from_the_account_is_not_inferred() {
+    // Coverage 6/10 and 6/12 reach the default 0.5; 6/13 does not,
+    // whatever the score of its six close evenings.
+    assert_eq!(
+        inferred_account(tablet_days(4), "tablet").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        inferred_account(tablet_days(6), "tablet").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(inferred_account(tablet_days(7), "tablet"), None);
+    // Turned off, coverage no longer holds the link back.
+    let mut config = Config::default();
+    config.linking.min_coverage = 0.0;
+    let mut e = Engine::new(&config, AddressClassifier::new(64, &[]));
+    for ev in tablet_days(7) {
+        e.ingest(0, ev);
+    }
+    e.finish();
+    assert!(
+        e.device_line("tablet")
+            .is_some_and(|l| l.contains("\"inferred\""))
+    );
+}
+
+#[test]
+fn only_close_use_counts_towards_coverage() {
+    // Six evenings 10 minutes apart: co-location (within the 30-minute
+    // window) but not close use (5 minutes), so no coverage.
+    let mut v = Vec::new();
+    for day in 0..6 {
+        v.push(sighting(t(day, 1200), "phone", "81.2.3.4", Some("alice")));
+        v.push(sighting(t(day, 1210), "tablet", "81.2.3.4", None));
+    }
+    let mut config = Config::default();
+    config.linking.min_score = 0.01;
+    config.linking.min_mean_weight = 0.0;
+    let run = |config: &Config| {
+        let mut e = Engine::new(config, AddressClassifier::new(64, &[]));
+        for ev in v.iter().cloned() {
+            e.ingest(0, ev);
+        }
+        e.finish();
+        e.device_line("tablet")
+    };
+    assert_eq!(run(&config), None);
+    config.linking.close_gap_minutes = 10.0;
+    let line = run(&config).expect("close use at 10 minutes");
+    assert!(
+        line.contains("\"close_days\":6,\"active_days\":6,\"coverage\":1.0"),
+        "{line}"
+    );
+}
+
 #[test]
 fn a_snapshot_mid_stream_restores_to_the_same_result() {
     let events = stream();
@@ -120,15 +207,15 @@ fn a_corrupt_or_foreign_snapshot_is_refused() {
     ));
 }
 
-/// A snapshot of the previous format (written by the engine before device
-/// facts travelled with sightings, from the first ten events of
+/// A snapshot of the previous format (written by the engine before
+/// devices remembered their active days, from the first ten events of
 /// [`stream`]) is migrated: carrying on from it gives today's result.
 #[test]
 fn a_snapshot_of_the_previous_format_is_migrated() {
-    let v2 = include_bytes!("../../tests/fixtures/snapshot-v2.bin");
-    assert_eq!(postcard::take_from_bytes::<u32>(v2).unwrap().0, 2);
-    let mut e = Engine::restore(&Config::default(), AddressClassifier::new(64, &[]), v2)
-        .expect("format 2 restores");
+    let v3 = include_bytes!("../../tests/fixtures/snapshot-v3.bin");
+    assert_eq!(postcard::take_from_bytes::<u32>(v3).unwrap().0, 3);
+    let mut e = Engine::restore(&Config::default(), AddressClassifier::new(64, &[]), v3)
+        .expect("format 3 restores");
     assert!(e.device_count() > 0 && e.buffered() > 0 && e.bucket_count() > 0);
     for ev in stream()[10..].iter().cloned() {
         e.ingest(0, ev);
@@ -141,7 +228,7 @@ fn a_snapshot_of_the_previous_format_is_migrated() {
         AddressClassifier::new(64, &[]),
         &e.snapshot(),
     )
-    .expect("format 3 restores");
+    .expect("format 4 restores");
     assert_eq!(output(&again), straight());
 }
 
