@@ -66,7 +66,7 @@ impl Engine {
 mod v3 {
     use super::super::colocation::Colocation;
     use super::super::intern::Slots;
-    use super::super::state::{Account, Device, Evidence, InferredLink, LoginLink};
+    use super::super::state::{ACTIVE_DAYS, Account, Device, Evidence, InferredLink, LoginLink};
     use super::super::{Engine, EngineStats, Source, reorder};
     use crate::time::Millis;
     use rustc_hash::FxHashMap;
@@ -102,10 +102,14 @@ mod v3 {
     }
 
     impl DeviceV3 {
-        /// Today's device. Its active days are taken from its evidence
-        /// and its latest day (format 3 kept no other record of them), so
-        /// coverage counts at least every day it met an account.
-        fn migrate(self) -> Device {
+        /// Today's device. Format 3 kept no record of its active days, so
+        /// it counts as active on every remembered day from `since` (the
+        /// earliest day of any device's evidence) through its latest day.
+        /// Once a deployment has run longer than the evidence horizon,
+        /// `since` lies before every day coverage looks at, and the guess
+        /// can only lower coverage: an upgrade may hold an inferred link
+        /// back until the device's own record fills in, never make one.
+        fn migrate(self, since: i32) -> Device {
             let mut dev = Device {
                 logins: self.logins,
                 inferred: self.inferred.map(|i| {
@@ -134,8 +138,8 @@ mod v3 {
             if self.bot_until >= self.bot_day {
                 dev.mark_bot(self.bot_until);
             }
-            dev.mark_active(dev.bot_day);
-            for day in dev.evidence.iter().map(|e| e.day).collect::<Vec<_>>() {
+            let remembered = dev.bot_day.saturating_sub(ACTIVE_DAYS - 1);
+            for day in since.max(remembered)..=dev.bot_day {
                 dev.mark_active(day);
             }
             dev
@@ -165,7 +169,14 @@ mod v3 {
         /// Format 4 from format 3: only the devices changed.
         pub fn migrate(self) -> Engine {
             let mut e = Engine::new(&crate::config::Config::default(), Default::default());
-            e.devices = self.devices.map_values(DeviceV3::migrate);
+            let since = self
+                .devices
+                .live()
+                .filter_map(|d| self.devices.get(d))
+                .flat_map(|d| d.evidence.iter().map(|e| e.day))
+                .min()
+                .unwrap_or(self.current_day);
+            e.devices = self.devices.map_values(|d| d.migrate(since));
             e.accounts = self.accounts;
             e.coloc = self.coloc;
             e.buffer = self.buffer;
@@ -180,6 +191,43 @@ mod v3 {
             e.login_links = self.login_links;
             e.inferred_links = self.inferred_links;
             e
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_migrated_device_is_active_on_every_day_since_the_earliest_evidence() {
+            let old = DeviceV3 {
+                day_events: 70_000,
+                ..old_device()
+            };
+            let dev = old.migrate(20);
+            // Days 20..=40: coverage can only be understated.
+            assert_eq!(dev.active_days_to(40, 32), 21);
+            assert_eq!(dev.active_days_to(40, 10), 10);
+            assert_eq!((dev.bot_until(), dev.day_events), (45, u16::MAX));
+            let never = DeviceV3 {
+                bot_until: i32::MIN,
+                ..old_device()
+            };
+            assert!(!never.migrate(0).is_bot(40));
+        }
+
+        /// A format-3 device last seen on day 40, a bot through day 45.
+        fn old_device() -> DeviceV3 {
+            DeviceV3 {
+                logins: SmallVec::new(),
+                inferred: None,
+                evidence: ThinVec::new(),
+                bot_day: 40,
+                day_events: 1,
+                day_buckets: 0,
+                day_hours: 0,
+                bot_until: 45,
+            }
         }
     }
 }

@@ -147,7 +147,7 @@ impl Device {
         let until = self.bot_until();
         let shift = i64::from(day) - i64::from(self.bot_day);
         self.active_days = match u32::try_from(shift) {
-            Ok(s) if s < 32 => self.active_days << s,
+            Ok(s) if s < ACTIVE_DAYS as u32 => self.active_days << s,
             _ => 0,
         };
         self.bot_day = day;
