@@ -119,8 +119,8 @@ pub fn candidates(
 /// the device's days spent beside the account's signed-in use) times
 /// `close_days / (close_days + 1)`, which discounts a coverage shown on
 /// few days. On the simulator, coverage is what tracks precision: links
-/// of coverage 0.5–0.6 were right 96 % of the time, of 0.8 and more every
-/// time, while score and share did not rank them.
+/// of coverage 0.5–0.6 were right 95.6 % of the time, of 0.8 and more
+/// every time, while score and share did not rank them.
 pub fn confidence(close_days: u16, active_days: u32) -> f64 {
     let coverage = f64::from(close_days) / f64::from(active_days.max(1));
     let days = f64::from(close_days);
