@@ -165,9 +165,9 @@ pub struct LinkingConfig {
     pub close_gap_minutes: f64,
     /// Minimum coverage: the leading account's days of close use as a
     /// share of the days the device was seen at all (within the horizon,
-    /// at most the last 32 days). A person's own device is used alongside
-    /// their signed-in one on most of its days; a housemate's device, used
-    /// on its owner's schedule, meets it on a few. 0 turns it off.
+    /// at most the last 32 days). A device used beside the account on a
+    /// few of its many days is someone else's, however often they meet.
+    /// 0 turns it off.
     pub min_coverage: f64,
     /// Whether a device that has a sign-in link may also get an inferred
     /// link to another account. Off by default: a device someone signed
@@ -195,11 +195,11 @@ impl Default for LinkingConfig {
             ambiguity_exponent: 0.5,
             evidence_horizon_days: 30,
             min_days: 2,
-            min_score: 1.0,
-            min_mean_weight: 0.1,
-            min_share: 0.6,
+            min_score: 2.0,
+            min_mean_weight: 0.3,
+            min_share: 0.8,
             close_gap_minutes: 5.0,
-            min_coverage: 0.5,
+            min_coverage: 0.2,
             infer_for_signed_in_devices: false,
             login_link_ttl_days: 400,
             max_accounts_per_device: 8,

@@ -68,6 +68,13 @@ struct Pick {
 /// person-days do not allocate.
 #[derive(Default)]
 pub(crate) struct ActivityGen {
+    /// Percent of home sessions aligned with a housemate's that day.
+    sync_percent: u32,
+    /// The day `home_starts` belongs to.
+    home_day: u32,
+    /// Start of every home session planned so far today, by household:
+    /// what a synced session aligns with.
+    home_starts: std::collections::HashMap<u32, Vec<u32>>,
     /// The current person's sessions for the day.
     sessions: Vec<Session>,
     /// Event times of the current device in the current session.
@@ -92,6 +99,41 @@ struct Kit {
 }
 
 impl ActivityGen {
+    /// A generator whose home sessions follow a housemate's `sync_percent`
+    /// percent of the time.
+    pub(crate) fn new(sync_percent: u32) -> Self {
+        ActivityGen {
+            sync_percent,
+            ..ActivityGen::default()
+        }
+    }
+
+    /// Moves `sync_percent` of person `p`'s home sessions to within ten
+    /// minutes of a housemate's planned earlier today, and remembers the
+    /// rest for the housemates planned after. Draws nothing at 0 %, so
+    /// default scenarios keep their bytes.
+    fn sync_home_sessions(&mut self, household: u32, day: u32, rng: &mut SimRng) {
+        if self.sync_percent == 0 {
+            return;
+        }
+        if self.home_day != day {
+            self.home_starts.clear();
+            self.home_day = day;
+        }
+        let starts = self.home_starts.entry(household).or_default();
+        let earlier = starts.len();
+        for s in self.sessions.iter_mut().filter(|s| s.place == Place::Home) {
+            if earlier > 0 && chance(rng, f64::from(self.sync_percent) / 100.0) {
+                let with = starts.get(index(rng, earlier)).copied().unwrap_or(s.start);
+                let len = s.end - s.start;
+                s.start =
+                    (with + between(rng, 0, u64::from(10 * MIN)) as u32).min(DAY_MS as u32 - 1);
+                s.end = (s.start + len).min(DAY_MS as u32 - 1);
+            }
+            starts.push(s.start);
+        }
+    }
+
     /// Appends person `p`'s events for the day to `out`.
     pub(crate) fn person_day(
         &mut self,
@@ -124,6 +166,7 @@ impl ActivityGen {
             }
         }
         self.plan_sessions(pop, p, day, rng);
+        self.sync_home_sessions(person.household, day.day, rng);
         let sessions = std::mem::take(&mut self.sessions);
         for s in &sessions {
             self.run_session(pop, p, &kit, *s, day, rng, out);

@@ -36,6 +36,12 @@ pub struct Scenario {
     /// Start of day 0. Days are 24-hour periods from here; weekdays and
     /// weekends follow the calendar date of each period's start.
     pub start: DateTime<Utc>,
+    /// Percent of home sessions that start within ten minutes of a
+    /// housemate's home session that day instead of on their own
+    /// schedule: households that go online together, the hard case for
+    /// telling a housemate's device from the owner's. 0 (the default)
+    /// keeps every schedule independent.
+    pub household_sync_percent: u32,
 }
 
 impl Default for Scenario {
@@ -45,6 +51,7 @@ impl Default for Scenario {
             days: 30,
             seed: 1,
             start: default_start(),
+            household_sync_percent: 0,
         }
     }
 }
@@ -85,11 +92,16 @@ impl Scenario {
     ///
     /// # Errors
     /// [`SimError::InvalidScenario`] for zero people or days (or more than
-    /// ten years), [`SimError::Io`] when the files cannot be written.
+    /// ten years, or a sync above 100 %), [`SimError::Io`] when the files cannot be written.
     pub fn write(&self, dir: &Path) -> Result<SimStats, SimError> {
         if self.people == 0 || self.days == 0 {
             return Err(SimError::InvalidScenario(
                 "people and days must both be at least 1".into(),
+            ));
+        }
+        if self.household_sync_percent > 100 {
+            return Err(SimError::InvalidScenario(
+                "household_sync_percent is a percentage, at most 100".into(),
             ));
         }
         if self.days > MAX_DAYS {
@@ -106,7 +118,7 @@ impl Scenario {
         let mut writer = EventWriter::new(file, self.start.timestamp_millis(), salt);
         let id_texts = TextTable::new(pop.ids.iter().map(|r| r.text.as_str()));
         let account_texts = TextTable::new(pop.accounts.iter().map(|a| a.text.as_str()));
-        let mut activity = ActivityGen::default();
+        let mut activity = ActivityGen::new(self.household_sync_percent);
         let mut day_events = Vec::new();
         for day in 0..self.days {
             let mut rng = rng::stream(self.seed, 1000 + u64::from(day));
@@ -136,6 +148,7 @@ impl Scenario {
             days: self.days,
             seed: self.seed,
             start: Some(rfc3339_ms(self.start.timestamp_millis())),
+            household_sync_percent: self.household_sync_percent,
         };
         let truth = truth::build(&pop, scenario, &privacy.opted_out_at_end());
         truth.write(&dir.join("truth.json"))?;

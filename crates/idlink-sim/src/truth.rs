@@ -44,6 +44,14 @@ pub struct ScenarioTruth {
     /// Scenario start (RFC 3339), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
+    /// Percent of home sessions aligned with a housemate's (written only
+    /// when not 0, so default scenarios keep their bytes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub household_sync_percent: u32,
+}
+
+fn is_zero(x: &u32) -> bool {
+    *x == 0
 }
 
 /// The truth about one device id.

@@ -56,6 +56,42 @@ fn same_seed_gives_identical_bytes_and_other_seeds_differ() {
     assert!(x != z, "a different seed should give different events");
 }
 
+/// Synchronized households: deterministic, different from independent
+/// schedules, recorded in the truth, and a percentage.
+#[test]
+fn household_sync_moves_home_sessions_and_is_recorded() {
+    let (a, b, c) = (
+        Scratch::new("sync-a"),
+        Scratch::new("sync-b"),
+        Scratch::new("sync-c"),
+    );
+    let synced = Scenario {
+        household_sync_percent: 100,
+        ..small(5)
+    };
+    synced.write(a.dir()).expect("write a");
+    synced.write(b.dir()).expect("write b");
+    small(5).write(c.dir()).expect("write c");
+    let read = |d: &Scratch, f: &str| std::fs::read(d.path(f)).expect("read");
+    assert!(read(&a, "events.jsonl") == read(&b, "events.jsonl"));
+    assert!(read(&a, "events.jsonl") != read(&c, "events.jsonl"));
+    let truth = |d: &Scratch| -> Value {
+        serde_json::from_slice(&read(d, "truth.json")).expect("truth parses")
+    };
+    assert_eq!(truth(&a)["scenario"]["household_sync_percent"], 100);
+    // Independent schedules keep the field out, so their bytes never moved.
+    assert!(
+        truth(&c)["scenario"]
+            .get("household_sync_percent")
+            .is_none()
+    );
+    let over = Scenario {
+        household_sync_percent: 101,
+        ..small(5)
+    };
+    assert!(over.write(a.dir()).is_err());
+}
+
 #[test]
 fn rejects_empty_scenarios() {
     let dir = Scratch::new("empty");

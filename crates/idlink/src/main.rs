@@ -54,6 +54,11 @@ enum Command {
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Percent of home sessions that start within ten minutes of a
+        /// housemate's (households that go online together); 0 keeps
+        /// schedules independent.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+        household_sync: u32,
         /// Output directory (events.jsonl, truth.json).
         #[arg(long)]
         out: PathBuf,
@@ -136,12 +141,14 @@ fn main() -> Result<()> {
             people,
             days,
             seed,
+            household_sync,
             out,
         } => {
             let scenario = idlink_sim::Scenario {
                 people,
                 days,
                 seed,
+                household_sync_percent: household_sync,
                 ..Default::default()
             };
             let stats = scenario.write(&out)?;

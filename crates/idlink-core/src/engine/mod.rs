@@ -1164,7 +1164,7 @@ impl Engine {
             account: best.account,
             score: fixed(best.score),
             share: fixed16(share),
-            confidence: fixed16(score::confidence(best.close_days, active)),
+            confidence: fixed16(score::confidence(best.score, share)),
             days: best.days,
             buckets: best.buckets,
             close_days: best.close_days,

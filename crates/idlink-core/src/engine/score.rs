@@ -115,16 +115,11 @@ pub fn candidates(
     out
 }
 
-/// Confidence published for an inferred link: its coverage (the share of
-/// the device's days spent beside the account's signed-in use) times
-/// `close_days / (close_days + 1)`, which discounts a coverage shown on
-/// few days. On the simulator, coverage is what tracks precision: links
-/// of coverage 0.5–0.6 were right 95.6 % of the time, of 0.8 and more
-/// every time, while score and share did not rank them.
-pub fn confidence(close_days: u16, active_days: u32) -> f64 {
-    let coverage = f64::from(close_days) / f64::from(active_days.max(1));
-    let days = f64::from(close_days);
-    round4(coverage.min(1.0) * days / (days + 1.0))
+/// Confidence published for an inferred link: the account's share of the
+/// evidence times `score / (score + 1)`, which grows with the days of
+/// same-session use (0.71 at the default threshold, 0.83 at twice it).
+pub fn confidence(score: f64, share: f64) -> f64 {
+    round4(share * score / (score + 1.0))
 }
 
 /// Rounds to four decimals, the precision of every published number.

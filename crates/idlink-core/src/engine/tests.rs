@@ -79,9 +79,12 @@ fn the_household_laptop_is_inferred() {
     );
 }
 
-/// The inferred account of `device` after `events`, if any.
+/// The inferred account of `device` after `events` with coverage ≥ 0.5
+/// required, if any.
 fn inferred_account(events: Vec<Event>, device: &str) -> Option<String> {
-    let mut e = engine();
+    let mut config = Config::default();
+    config.linking.min_coverage = 0.5;
+    let mut e = Engine::new(&config, AddressClassifier::new(64, &[]));
     for ev in events {
         e.ingest(0, ev);
     }
@@ -112,8 +115,8 @@ fn tablet_days(alone: i64) -> Vec<Event> {
 
 #[test]
 fn a_device_used_mostly_apart_from_the_account_is_not_inferred() {
-    // Coverage 6/10 and 6/12 reach the default 0.5; 6/13 does not,
-    // whatever the score of its six close evenings.
+    // Coverage 6/10 and 6/12 reach 0.5; 6/13 does not, whatever the
+    // score of its six close evenings.
     assert_eq!(
         inferred_account(tablet_days(4), "tablet").as_deref(),
         Some("alice")
@@ -149,6 +152,7 @@ fn only_close_use_counts_towards_coverage() {
     let mut config = Config::default();
     config.linking.min_score = 0.01;
     config.linking.min_mean_weight = 0.0;
+    config.linking.min_coverage = 0.5;
     let run = |config: &Config| {
         let mut e = Engine::new(config, AddressClassifier::new(64, &[]));
         for ev in v.iter().cloned() {
