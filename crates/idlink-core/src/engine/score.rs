@@ -27,8 +27,8 @@ pub struct Candidate {
     pub score: f64,
     /// Distinct days of evidence within the horizon.
     pub days: u16,
-    /// Distinct days of close use within the horizon: days with a
-    /// co-location at most `close_gap_s` apart.
+    /// Distinct days of close use within [`CloseUse::window_days`]: days
+    /// with a co-location at most [`CloseUse::gap_s`] apart.
     pub close_days: u16,
     /// Distinct buckets of evidence within the horizon.
     pub buckets: u16,
