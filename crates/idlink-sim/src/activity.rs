@@ -108,9 +108,9 @@ impl ActivityGen {
         }
     }
 
-    /// Moves `sync_percent` of person `p`'s home sessions to within ten
-    /// minutes of a housemate's planned earlier today, and remembers the
-    /// rest for the housemates planned after. Draws nothing at 0 %, so
+    /// Moves `sync_percent` of the current person's home sessions to
+    /// within ten minutes of a housemate's planned earlier today, and
+    /// remembers them all for the housemates planned after. Draws nothing at 0 %, so
     /// default scenarios keep their bytes.
     fn sync_home_sessions(&mut self, household: u32, day: u32, rng: &mut SimRng) {
         if self.sync_percent == 0 {
@@ -125,7 +125,7 @@ impl ActivityGen {
         for s in self.sessions.iter_mut().filter(|s| s.place == Place::Home) {
             if earlier > 0 && chance(rng, f64::from(self.sync_percent) / 100.0) {
                 let with = starts.get(index(rng, earlier)).copied().unwrap_or(s.start);
-                let len = s.end - s.start;
+                let len = s.end.saturating_sub(s.start);
                 s.start =
                     (with + between(rng, 0, u64::from(10 * MIN)) as u32).min(DAY_MS as u32 - 1);
                 s.end = (s.start + len).min(DAY_MS as u32 - 1);
