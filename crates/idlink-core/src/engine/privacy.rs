@@ -335,15 +335,7 @@ impl Engine {
                 self.remove_login(d, a);
                 removed.login_links += 1;
             }
-            if self
-                .devices
-                .get(d)
-                .and_then(|x| x.inferred.as_ref())
-                .is_some_and(|i| i.account == a)
-            {
-                self.set_inferred(d, None);
-                removed.inferred_links += 1;
-            }
+            self.drop_inferred_to(d, a, removed);
         }
         removed.evidence += self.anonymise_evidence(a, &holding, ts);
         if let Some(acc) = self.accounts.get_mut(a) {
@@ -383,6 +375,19 @@ impl Engine {
         self.mark_device(d);
     }
 
+    /// Removes device `d`'s inferred link if it points to account `a`.
+    fn drop_inferred_to(&mut self, d: u32, a: u32, removed: &mut Removed) {
+        if self
+            .devices
+            .get(d)
+            .and_then(|x| x.inferred.as_ref())
+            .is_some_and(|i| i.account == a)
+        {
+            self.set_inferred(d, None);
+            removed.inferred_links += 1;
+        }
+    }
+
     /// Opt-out: inferred links to `a` go and its evidence becomes
     /// anonymous; no new evidence is collected while opted out.
     fn opt_out(&mut self, a: u32, ts: Millis, removed: &mut Removed) {
@@ -393,15 +398,7 @@ impl Engine {
         let linked = acc.devices.clone();
         let holding = std::mem::take(&mut acc.evidence_devices);
         for d in linked {
-            if self
-                .devices
-                .get(d)
-                .and_then(|x| x.inferred.as_ref())
-                .is_some_and(|i| i.account == a)
-            {
-                self.set_inferred(d, None);
-                removed.inferred_links += 1;
-            }
+            self.drop_inferred_to(d, a, removed);
         }
         removed.evidence += self.anonymise_evidence(a, &holding, ts);
         self.redecide(&holding);
