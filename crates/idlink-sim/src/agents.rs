@@ -39,6 +39,16 @@ pub(crate) fn phone(rng: &mut SimRng, app: bool) -> u8 {
     }
 }
 
+/// User agent for the browser of the phone whose app has user agent
+/// `app`: the same platform (iOS or Android).
+pub(crate) fn phone_browser(app: u8, rng: &mut SimRng) -> u8 {
+    if text(app).contains("iOS") {
+        0
+    } else {
+        1 + index(rng, 2) as u8
+    }
+}
+
 /// User agent for a laptop or desktop browser.
 pub(crate) fn computer(rng: &mut SimRng) -> u8 {
     5 + index(rng, 4) as u8

@@ -80,6 +80,13 @@ pub(crate) struct Device {
     pub state_id: u32,
     /// Whether the device speaks IPv6 when the home network offers it.
     pub v6: bool,
+    /// For an app phone: the same phone's browser, a device of its own
+    /// (a cookie id, the platform's browser user agent, never signed in)
+    /// that some of the phone's sessions end in. One phone, two ids.
+    pub browser: Option<u32>,
+    /// This is such a browser: it has no sessions of its own, and is in
+    /// no person's kit.
+    pub in_app_phone: bool,
 }
 
 impl Device {
@@ -270,7 +277,15 @@ pub(crate) struct Population {
 
 impl Population {
     /// Builds the world for `people` persons over `days` days.
-    pub(crate) fn build(people: u32, days: u32, salt: u64, rng: &mut SimRng) -> Population {
+    /// `phone_browsers`: percent of app phones that also browse under a
+    /// cookie of their own (see [`Device::browser`]).
+    pub(crate) fn build(
+        people: u32,
+        days: u32,
+        phone_browsers: u32,
+        salt: u64,
+        rng: &mut SimRng,
+    ) -> Population {
         let mut pop = Population {
             persons: Vec::with_capacity(people as usize),
             households: Vec::new(),
@@ -290,7 +305,62 @@ impl Population {
         pop.build_networks(people, rng);
         pop.build_bots(rng);
         pop.plan_cookie_resets(days, rng);
+        pop.add_phone_browsers(phone_browsers, rng);
         pop
+    }
+
+    /// Gives `percent` % of app phones their own browser. Runs last, so
+    /// the rest of the population is drawn exactly as without browsers
+    /// (the browsers' cookies are never reset), and draws nothing at 0 %.
+    fn add_phone_browsers(&mut self, percent: u32, rng: &mut SimRng) {
+        if percent == 0 {
+            return;
+        }
+        for d in 0..self.devices.len() {
+            let Some(phone) = self.devices.get(d) else {
+                continue;
+            };
+            if phone.kind != DeviceKind::Phone
+                || !phone.app
+                || !chance(rng, f64::from(percent) / 100.0)
+            {
+                continue;
+            }
+            let plans = phone
+                .plans
+                .iter()
+                .map(|p| SignPlan {
+                    person: p.person,
+                    signs: false,
+                    first_day: 0,
+                    once: false,
+                    logged_out: false,
+                })
+                .collect();
+            let (ua, household, v6) = (
+                agents::phone_browser(phone.ua, rng),
+                phone.household,
+                phone.v6,
+            );
+            let b = self.devices.len() as u32;
+            let id = self.push_id(ids::cookie_id(rng), IdOwner::Device(b), IdOrigin::Original);
+            self.devices.push(Device {
+                kind: DeviceKind::Phone,
+                app: false,
+                ua,
+                household,
+                plans,
+                ids: vec![IdSpan { from_ms: 0, id }],
+                signed: None,
+                state_id: id,
+                v6,
+                browser: None,
+                in_app_phone: true,
+            });
+            if let Some(phone) = self.devices.get_mut(d) {
+                phone.browser = Some(b);
+            }
+        }
     }
 
     fn build_households(&mut self, people: u32, days: u32, rng: &mut SimRng) {
@@ -496,6 +566,8 @@ impl Population {
             signed,
             state_id: id,
             v6: kind != DeviceKind::Desktop || chance(rng, 0.5),
+            browser: None,
+            in_app_phone: false,
         });
         d
     }

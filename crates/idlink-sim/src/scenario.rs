@@ -42,6 +42,13 @@ pub struct Scenario {
     /// telling a housemate's device from the owner's. 0 (the default)
     /// keeps every schedule independent.
     pub household_sync_percent: u32,
+    /// Percent of app phones whose owner also browses on them in the
+    /// phone's browser, under a cookie of its own: one phone seen under
+    /// two ids (the install id, signed in or not, and a cookie never
+    /// signed in) with the same platform's user agents. Half the sessions
+    /// of such a phone end in the browser. 0 (the default) gives every
+    /// phone one id.
+    pub phone_browser_percent: u32,
 }
 
 impl Default for Scenario {
@@ -52,6 +59,7 @@ impl Default for Scenario {
             seed: 1,
             start: default_start(),
             household_sync_percent: 0,
+            phone_browser_percent: 0,
         }
     }
 }
@@ -92,16 +100,17 @@ impl Scenario {
     ///
     /// # Errors
     /// [`SimError::InvalidScenario`] for zero people or days (or more than
-    /// ten years, or a sync above 100 %), [`SimError::Io`] when the files cannot be written.
+    /// ten years, or a percentage above 100), [`SimError::Io`] when the files cannot be written.
     pub fn write(&self, dir: &Path) -> Result<SimStats, SimError> {
         if self.people == 0 || self.days == 0 {
             return Err(SimError::InvalidScenario(
                 "people and days must both be at least 1".into(),
             ));
         }
-        if self.household_sync_percent > 100 {
+        if self.household_sync_percent > 100 || self.phone_browser_percent > 100 {
             return Err(SimError::InvalidScenario(
-                "household_sync_percent is a percentage, at most 100".into(),
+                "household_sync_percent and phone_browser_percent are percentages, at most 100"
+                    .into(),
             ));
         }
         if self.days > MAX_DAYS {
@@ -111,8 +120,13 @@ impl Scenario {
         }
         fs::create_dir_all(dir)?;
         let salt = mix(self.seed ^ 0x1d11_4b5e);
-        let mut pop =
-            Population::build(self.people, self.days, salt, &mut rng::stream(self.seed, 0));
+        let mut pop = Population::build(
+            self.people,
+            self.days,
+            self.phone_browser_percent,
+            salt,
+            &mut rng::stream(self.seed, 0),
+        );
         let mut privacy = PrivacyPlan::draw(&mut pop, self.days, &mut rng::stream(self.seed, 1));
         let file = File::create(dir.join("events.jsonl"))?;
         let mut writer = EventWriter::new(file, self.start.timestamp_millis(), salt);
@@ -149,6 +163,7 @@ impl Scenario {
             seed: self.seed,
             start: Some(rfc3339_ms(self.start.timestamp_millis())),
             household_sync_percent: self.household_sync_percent,
+            phone_browser_percent: self.phone_browser_percent,
         };
         let truth = truth::build(&pop, scenario, &privacy.opted_out_at_end());
         truth.write(&dir.join("truth.json"))?;

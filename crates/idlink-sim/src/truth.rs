@@ -48,6 +48,10 @@ pub struct ScenarioTruth {
     /// when not 0, so default scenarios keep their bytes).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub household_sync_percent: u32,
+    /// Percent of app phones with a browser id of their own (written only
+    /// when not 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub phone_browser_percent: u32,
 }
 
 fn is_zero(x: &u32) -> bool {
@@ -208,7 +212,7 @@ pub(crate) fn build(pop: &Population, scenario: ScenarioTruth, opted_out: &[u32]
                     .collect();
                 offices.sort();
                 offices.dedup();
-                let profile = profile(
+                let mut profile = profile(
                     pop,
                     dev.kind,
                     &users,
@@ -216,6 +220,9 @@ pub(crate) fn build(pop: &Population, scenario: ScenarioTruth, opted_out: &[u32]
                     rec.origin,
                     &active,
                 );
+                if dev.in_app_phone {
+                    profile.push_str("-browser");
+                }
                 DeviceTruth {
                     device_id: rec.text.clone(),
                     owners,

@@ -92,6 +92,107 @@ fn household_sync_moves_home_sessions_and_is_recorded() {
     assert!(over.write(a.dir()).is_err());
 }
 
+/// Phones with a browser id of their own: every such id belongs to its
+/// phone's owners, is never signed in, is seen with one phone platform,
+/// takes over part of the phone's activity without changing it, and only
+/// exists when asked for.
+#[test]
+fn phone_browsers_are_the_phones_second_id() {
+    let (a, c) = (Scratch::new("browsers-a"), Scratch::new("browsers-c"));
+    Scenario {
+        phone_browser_percent: 100,
+        ..small(6)
+    }
+    .write(a.dir())
+    .expect("write a");
+    small(6).write(c.dir()).expect("write c");
+    let truth = |d: &Scratch| -> Value {
+        serde_json::from_slice(&std::fs::read(d.path("truth.json")).expect("read"))
+            .expect("truth parses")
+    };
+    let browsers = |t: &Value| -> HashSet<String> {
+        t["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .filter(|d| str_field(d, "profile").is_some_and(|p| p.ends_with("+phone-browser")))
+            .map(|d| {
+                assert_eq!(d["signed_in"].as_array().map(Vec::len), Some(0));
+                str_field(d, "device_id").expect("id").to_string()
+            })
+            .collect()
+    };
+    let (ta, tc) = (truth(&a), truth(&c));
+    assert_eq!(ta["scenario"]["phone_browser_percent"], 100);
+    assert!(tc["scenario"].get("phone_browser_percent").is_none());
+    assert!(browsers(&tc).is_empty());
+    let ids = browsers(&ta);
+    assert!(ids.len() > 20, "{} browser ids", ids.len());
+    // Per id: the platforms it is seen with.
+    let mut platforms: HashMap<String, HashSet<&str>> = HashMap::new();
+    let mut seen = 0;
+    let events = std::fs::read_to_string(a.path("events.jsonl")).expect("read");
+    for line in events.lines() {
+        let v: Value = serde_json::from_str(line).expect("event parses");
+        let Some(d) = str_field(&v, "device_id").filter(|d| ids.contains(*d)) else {
+            continue;
+        };
+        if v.get("ip").is_none() {
+            // A privacy request naming the id.
+            continue;
+        }
+        seen += 1;
+        assert!(
+            v.get("account_id").is_none(),
+            "a phone's browser never signs in"
+        );
+        assert_ne!(
+            str_field(&v, "source"),
+            Some("app"),
+            "a browser, not the app"
+        );
+        let ua = str_field(&v, "user_agent").expect("user agent");
+        let platform = if ua.contains("iPhone") {
+            "ios"
+        } else if ua.contains("Android") {
+            "android"
+        } else {
+            "other"
+        };
+        platforms.entry(d.to_string()).or_default().insert(platform);
+    }
+    assert!(seen > ids.len(), "browser ids are used");
+    // The same activity as without browsers: some of it under other ids.
+    let activity = |d: &Scratch| {
+        let text = std::fs::read_to_string(d.path("events.jsonl")).expect("read");
+        let mut times: Vec<(String, String)> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("event parses"))
+            .filter(|v| v.get("ip").is_some())
+            .map(|v| {
+                (
+                    ts_ms(&v).to_string(),
+                    str_field(&v, "ip").unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        times.sort();
+        times
+    };
+    assert!(
+        activity(&a) == activity(&c),
+        "browsers change who, not when or where"
+    );
+    for (d, p) in &platforms {
+        assert!(p.len() == 1 && !p.contains("other"), "{d} is seen as {p:?}");
+    }
+    let over = Scenario {
+        phone_browser_percent: 101,
+        ..small(6)
+    };
+    assert!(over.write(a.dir()).is_err());
+}
+
 #[test]
 fn rejects_empty_scenarios() {
     let dir = Scratch::new("empty");

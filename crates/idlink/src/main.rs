@@ -59,6 +59,10 @@ enum Command {
         /// schedules independent.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
         household_sync: u32,
+        /// Percent of app phones also used in their browser under a cookie
+        /// of its own (one phone, two ids); 0 gives every phone one id.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+        phone_browsers: u32,
         /// Output directory (events.jsonl, truth.json).
         #[arg(long)]
         out: PathBuf,
@@ -142,6 +146,7 @@ fn main() -> Result<()> {
             days,
             seed,
             household_sync,
+            phone_browsers,
             out,
         } => {
             let scenario = idlink_sim::Scenario {
@@ -149,6 +154,7 @@ fn main() -> Result<()> {
                 days,
                 seed,
                 household_sync_percent: household_sync,
+                phone_browser_percent: phone_browsers,
                 ..Default::default()
             };
             let stats = scenario.write(&out)?;
