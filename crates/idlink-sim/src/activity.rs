@@ -281,77 +281,17 @@ impl ActivityGen {
             let n = 1 + count(rng, 1.0);
             self.push_times(rng, a, b, n);
         }
-        self.use_device(pop, p, primary, ip, day, rng, out);
+        let first = out.len();
+        self.device_events(pop, p, primary, ip, day, rng, out);
+        end_in_browser(pop, primary, day, out.get_mut(first..).unwrap_or_default());
         if let (Some((sec, place_of_secondary)), Some((a, b))) = (pick.secondary, second_window) {
             let ip = self.address(pop, sec, place_of_secondary, mobile_ip, day, rng);
             self.times.clear();
             let n = 1 + count(rng, act * (0.3 + dur_min / 30.0));
             self.push_times(rng, a, b, n);
-            self.use_device(pop, p, sec, ip, day, rng, out);
-        }
-    }
-
-    /// Emits the events at `self.times` on device `d`. Half the sessions
-    /// of an app phone that has its own browser end in the browser: their
-    /// later activity goes out under the browser's id, from the same
-    /// address (one phone, two ids). Which sessions, and where they
-    /// switch, is a hash of the phone, the day and the session's first
-    /// event, not a draw: the scenario's events are the same as without
-    /// browsers, only some of them are seen under another id.
-    #[allow(clippy::too_many_arguments)]
-    fn use_device(
-        &mut self,
-        pop: &mut Population,
-        p: u32,
-        d: u32,
-        ip: Ip,
-        day: DayInfo,
-        rng: &mut SimRng,
-        out: &mut Vec<Ev>,
-    ) {
-        let first = out.len();
-        self.device_events(pop, p, d, ip, day, rng, out);
-        let Some(browser) = pop
-            .devices
-            .get(d as usize)
-            .and_then(|x| x.browser)
-            .and_then(|b| pop.devices.get(b as usize))
-        else {
-            return;
-        };
-        let events = out.get_mut(first..).unwrap_or_default();
-        let Some(start) = events.iter().map(|e| e.ts).min() else {
-            return;
-        };
-        let coin = mix(u64::from(d) << 32 ^ u64::from(day.day) << 24 ^ start);
-        if coin & 1 == 0 || events.len() < 2 {
-            return;
-        }
-        let mut times: Vec<u64> = events.iter().map(|e| e.ts).collect();
-        times.sort_unstable();
-        let switch = times
-            .get(1 + (coin >> 1) as usize % (times.len() - 1))
-            .copied();
-        for e in events
-            .iter_mut()
-            .filter(|e| switch.is_some_and(|t| e.ts >= t))
-            .filter(|e| !matches!(e.kind, Kind::Login | Kind::Logout))
-        {
-            let id = browser.id_at(e.ts);
-            for (rec, step) in [(e.id, -1), (id, 1)] {
-                if let Some(r) = pop.ids.get_mut(rec as usize) {
-                    r.events = r.events.saturating_add_signed(step);
-                }
-            }
-            e.id = id;
-            e.acct = NONE;
-            e.ua = browser.ua;
-            if e.kind == Kind::AppOpen {
-                e.kind = Kind::PageView;
-            }
-            if e.src == Source::App {
-                e.src = Source::Web;
-            }
+            let first = out.len();
+            self.device_events(pop, p, sec, ip, day, rng, out);
+            end_in_browser(pop, sec, day, out.get_mut(first..).unwrap_or_default());
         }
     }
 
@@ -662,6 +602,57 @@ impl ActivityGen {
                     plan.logged_out = true;
                 }
             }
+        }
+    }
+}
+
+/// Half the sessions of an app phone that has its own browser end in the
+/// browser: the later activity of `events` (the session's events on phone
+/// `d`) goes out under the browser's id, from the same address (one
+/// phone, two ids). Which sessions, and where they switch, is a hash of
+/// the phone, the day and the session's first event, not a draw: the
+/// scenario's events are the same as without browsers, only some of them
+/// are seen under another id.
+fn end_in_browser(pop: &mut Population, d: u32, day: DayInfo, events: &mut [Ev]) {
+    let Some(browser) = pop
+        .devices
+        .get(d as usize)
+        .and_then(|x| x.browser)
+        .and_then(|b| pop.devices.get(b as usize))
+    else {
+        return;
+    };
+    let Some(start) = events.iter().map(|e| e.ts).min() else {
+        return;
+    };
+    let coin = mix(u64::from(d) << 32 ^ u64::from(day.day) << 24 ^ start);
+    if coin & 1 == 0 || events.len() < 2 {
+        return;
+    }
+    let mut times: Vec<u64> = events.iter().map(|e| e.ts).collect();
+    times.sort_unstable();
+    let switch = times
+        .get(1 + (coin >> 1) as usize % (times.len() - 1))
+        .copied();
+    for e in events
+        .iter_mut()
+        .filter(|e| switch.is_some_and(|t| e.ts >= t))
+        .filter(|e| !matches!(e.kind, Kind::Login | Kind::Logout))
+    {
+        let id = browser.id_at(e.ts);
+        for (rec, step) in [(e.id, -1), (id, 1)] {
+            if let Some(r) = pop.ids.get_mut(rec as usize) {
+                r.events = r.events.saturating_add_signed(step);
+            }
+        }
+        e.id = id;
+        e.acct = NONE;
+        e.ua = browser.ua;
+        if e.kind == Kind::AppOpen {
+            e.kind = Kind::PageView;
+        }
+        if e.src == Source::App {
+            e.src = Source::Web;
         }
     }
 }
