@@ -86,7 +86,7 @@ pub(crate) struct Device {
     pub browser: Option<u32>,
     /// This is such a browser: it has no sessions of its own, and is in
     /// no person's kit.
-    pub in_app_phone: bool,
+    pub is_phone_browser: bool,
 }
 
 impl Device {
@@ -355,7 +355,7 @@ impl Population {
                 state_id: id,
                 v6,
                 browser: None,
-                in_app_phone: true,
+                is_phone_browser: true,
             });
             if let Some(phone) = self.devices.get_mut(d) {
                 phone.browser = Some(b);
@@ -567,7 +567,7 @@ impl Population {
             state_id: id,
             v6: kind != DeviceKind::Desktop || chance(rng, 0.5),
             browser: None,
-            in_app_phone: false,
+            is_phone_browser: false,
         });
         d
     }

@@ -220,7 +220,7 @@ pub(crate) fn build(pop: &Population, scenario: ScenarioTruth, opted_out: &[u32]
                     rec.origin,
                     &active,
                 );
-                if dev.in_app_phone {
+                if dev.is_phone_browser {
                     profile.push_str("-browser");
                 }
                 DeviceTruth {
