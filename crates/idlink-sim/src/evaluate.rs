@@ -62,6 +62,11 @@ pub struct Evaluation {
     pub unsigned_pairs_found: u64,
     /// `unsigned_pairs_found / unsigned_pairs`.
     pub unsigned_recall: f64,
+    /// Unsigned pairs and those found, by the kind of device its truth
+    /// profile names (`laptop`, `phone`, `phone-browser`,
+    /// `shared-tablet-unsigned`, ...), so that a scenario's hard cases show
+    /// on their own.
+    pub unsigned_by_device_kind: BTreeMap<String, PairCount>,
     /// Readable sentences, one per violation: erased ids present, inferred
     /// links to opted-out accounts, links on bots.
     pub violations: Vec<String>,
@@ -69,6 +74,25 @@ pub struct Evaluation {
     pub wrong_inferred: Vec<WrongLink>,
     /// Count of all wrong inferred links per reason category.
     pub wrong_inferred_by_reason: BTreeMap<String, u64>,
+}
+
+/// Pairs of one kind, and how many of them are linked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PairCount {
+    /// Pairs.
+    pub pairs: u64,
+    /// Pairs present as a link.
+    pub found: u64,
+}
+
+/// The kind of device a truth profile names: its last `+` part, or its
+/// first for a shared tablet (whose profile starts with its kind).
+fn device_kind(profile: &str) -> &str {
+    let first = profile.split('+').next().unwrap_or(profile);
+    if first.starts_with("shared-tablet") {
+        return first;
+    }
+    profile.rsplit('+').next().unwrap_or(profile)
 }
 
 fn ratio(num: u64, den: u64) -> f64 {
@@ -183,6 +207,12 @@ pub fn evaluate(truth: &Path, links: &Path) -> Result<Evaluation, SimError> {
             if !signed_here {
                 eval.unsigned_pairs += 1;
                 eval.unsigned_pairs_found += u64::from(hit);
+                let kind = eval
+                    .unsigned_by_device_kind
+                    .entry(device_kind(&d.profile).to_string())
+                    .or_default();
+                kind.pairs += 1;
+                kind.found += u64::from(hit);
             }
         }
     }
@@ -253,6 +283,15 @@ impl fmt::Display for Evaluation {
             "unsigned pairs:  {:>8}  found   {:>8}  recall    {:.4}",
             self.unsigned_pairs, self.unsigned_pairs_found, self.unsigned_recall
         )?;
+        for (kind, n) in &self.unsigned_by_device_kind {
+            writeln!(
+                f,
+                "  {kind:<22}{:>8}  found   {:>8}  recall    {:.4}",
+                n.pairs,
+                n.found,
+                ratio(n.found, n.pairs)
+            )?;
+        }
         writeln!(f, "violations:      {:>8}", self.violations.len())?;
         for v in self.violations.iter().take(VIOLATIONS_SHOWN) {
             writeln!(f, "  - {v}")?;
@@ -277,5 +316,25 @@ impl fmt::Display for Evaluation {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_kind;
+
+    #[test]
+    fn a_profile_names_its_device_kind_wherever_it_stands() {
+        assert_eq!(device_kind("owner-unsigned+laptop"), "laptop");
+        assert_eq!(
+            device_kind("owner-unsigned+cookie-reset+phone-browser"),
+            "phone-browser"
+        );
+        assert_eq!(
+            device_kind("shared-tablet-unsigned+cookie-reset"),
+            "shared-tablet-unsigned"
+        );
+        assert_eq!(device_kind("shared-tablet-signed"), "shared-tablet-signed");
+        assert_eq!(device_kind("signed-in"), "signed-in");
     }
 }

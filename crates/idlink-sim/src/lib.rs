@@ -29,6 +29,6 @@ mod truth;
 
 pub use baseline::naive_baseline;
 pub use error::SimError;
-pub use evaluate::{Evaluation, WrongLink, evaluate};
+pub use evaluate::{Evaluation, PairCount, WrongLink, evaluate};
 pub use scenario::{Scenario, SimStats};
 pub use truth::{AccountTruth, DeviceTruth, ScenarioTruth, Truth};

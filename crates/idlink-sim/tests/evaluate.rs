@@ -66,6 +66,16 @@ fn perfect_links_score_one_and_count_pairs() {
     assert_eq!(e.recall, 1.0);
     // Unsigned: d-laptop/a1 and d-tablet/a1.
     assert_eq!((e.unsigned_pairs, e.unsigned_pairs_found), (2, 2));
+    let by_kind: Vec<(&str, u64, u64)> = e
+        .unsigned_by_device_kind
+        .iter()
+        .map(|(k, n)| (k.as_str(), n.pairs, n.found))
+        .collect();
+    assert_eq!(
+        by_kind,
+        [("laptop", 1, 1), ("shared-tablet-signed", 1, 1)],
+        "by the last part of the profile"
+    );
     assert!(e.violations.is_empty(), "{:?}", e.violations);
     assert!(e.wrong_inferred.is_empty());
 }
