@@ -31,7 +31,7 @@ use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group,
 use idlink_core::engine::staged::{BucketStage, PrivacyCopy, Progress, Sent, Sighting, ToBuckets};
 use idlink_core::{
     AccountId, AddressClassifier, Bucket, Config, Decoder, DeviceId, Engine, Event, EventKind,
-    Millis,
+    Millis, Platform,
 };
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -322,6 +322,7 @@ fn engine_events(target: usize) -> Vec<Event> {
                 device: Some(dev.clone()),
                 account,
                 ip: Some(roam.unwrap_or(h.ip)),
+                platform: Platform::Unknown,
             });
         }
     }
@@ -433,6 +434,7 @@ fn staged_bucket_state(config: &Config) -> (Vec<u8>, u64) {
                     ts: Millis(ts),
                     priority: 3,
                     bot: false,
+                    platform: Platform::Unknown,
                 }),
             );
         }
@@ -471,6 +473,7 @@ fn staged_erasures(seq: u64) -> Vec<Sent<ToBuckets>> {
                     device: Some(DeviceId::from(format!("p{}", i * 7).as_str())),
                     account: None,
                     ip: None,
+                    platform: Platform::Unknown,
                 },
                 late: false,
                 released_to: Millis::MIN,

@@ -173,6 +173,13 @@ pub struct LinkingConfig {
     /// link to another account. Off by default: a device someone signed
     /// in on is explained already.
     pub infer_for_signed_in_devices: bool,
+    /// Whether a phone is refused an inferred link to an account that was
+    /// signed in, on an address the phone shared with it that day, only on
+    /// phones of the other platform (iPhone against Android, read from
+    /// `user_agent`). People carry one phone; a household's phones are
+    /// often of both makes, so such a phone is a housemate's. A phone's own
+    /// browser shares its app's platform and is not refused.
+    pub refuse_platform_clash: bool,
     /// A sign-in link unused for this many days is removed.
     pub login_link_ttl_days: i64,
     /// Most sign-in links one device keeps (a family tablet has several);
@@ -201,6 +208,7 @@ impl Default for LinkingConfig {
             close_gap_minutes: 5.0,
             min_coverage: 0.2,
             infer_for_signed_in_devices: false,
+            refuse_platform_clash: true,
             login_link_ttl_days: 400,
             max_accounts_per_device: 8,
             max_devices_per_account: 64,

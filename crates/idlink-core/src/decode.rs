@@ -1,6 +1,7 @@
 //! The input contract: one JSON object per line or message, validated into
 //! an [`Event`] or rejected with a specific, countable reason.
 
+use crate::agent::Platform;
 use crate::config::InputConfig;
 use crate::event::{Event, EventKind};
 use crate::ids::{AccountId, DeviceId};
@@ -494,6 +495,7 @@ impl Decoder {
                 device: device.map(DeviceId),
                 account: account.map(AccountId),
                 ip: None,
+                platform: Platform::Unknown,
             });
         }
         let Some(device) = device else {
@@ -532,12 +534,17 @@ impl Decoder {
                 "`login` needs an `account_id`",
             ));
         }
+        let platform = match raw.user_agent {
+            Some(Field::Str(ua)) => Platform::of_user_agent(ua),
+            _ => Platform::Unknown,
+        };
         Ok(Event {
             ts,
             kind,
             device: Some(DeviceId(device)),
             account: account.map(AccountId),
             ip: Some(ip),
+            platform,
         })
     }
 
@@ -1013,6 +1020,41 @@ mod tests {
             )
             .unwrap();
         assert_eq!(e.device.unwrap().as_str(), "d1");
+    }
+
+    #[test]
+    fn the_user_agent_gives_the_phone_platform_on_both_paths() {
+        let d = dec();
+        for (ua, want) in [
+            (
+                r#","user_agent":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_4)""#,
+                Platform::Ios,
+            ),
+            (
+                r#","user_agent":"Dalvik/2.1.0 (Linux; U; Android 14)""#,
+                Platform::Android,
+            ),
+            (
+                r#","user_agent":"Mozilla/5.0 (Android\u0020tablet)""#,
+                Platform::Android,
+            ),
+            (
+                r#","user_agent":"Mozilla/5.0 (Macintosh)""#,
+                Platform::Unknown,
+            ),
+            (r#","user_agent":null"#, Platform::Unknown),
+            ("", Platform::Unknown),
+        ] {
+            let line = format!(
+                r#"{{"ts":1767632400000,"kind":"page_view","device_id":"d1","ip":"81.2.3.4"{ua}}}"#
+            );
+            let fast = d.decode(line.as_bytes(), NOW).unwrap();
+            assert_eq!(fast.platform, want, "{line}");
+            assert_eq!(Ok(fast), d.decode_reference(line.as_bytes(), NOW), "{line}");
+        }
+        let erase =
+            br#"{"ts":1767632400000,"kind":"erase","device_id":"d1","user_agent":"iPhone"}"#;
+        assert_eq!(d.decode(erase, NOW).unwrap().platform, Platform::Unknown);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A validated input event.
 
+use crate::agent::Platform;
 use crate::ids::{AccountId, DeviceId};
 use crate::time::Millis;
 use std::net::IpAddr;
@@ -76,6 +77,10 @@ pub struct Event {
     pub account: Option<AccountId>,
     /// Where the device was seen; `None` for privacy requests.
     pub ip: Option<IpAddr>,
+    /// The phone platform its `user_agent` names: the one thing kept of
+    /// the user agent, in one byte. Added in snapshot format 5.
+    #[serde(deserialize_with = "crate::format::added")]
+    pub platform: Platform,
 }
 
 impl Event {

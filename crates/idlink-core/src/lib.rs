@@ -9,16 +9,19 @@
 //! there is no tokio, rdkafka or file-system code among its dependencies.
 
 pub mod addr;
+pub mod agent;
 pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod event;
+mod format;
 pub mod ids;
 pub mod keyed;
 pub mod output;
 pub mod time;
 
 pub use addr::{AddressClass, AddressClassifier, Bucket};
+pub use agent::Platform;
 pub use config::{Config, ConfigError};
 pub use decode::{Decoder, RejectReason, Rejected};
 pub use engine::{Engine, EngineStats, Ingested};

@@ -21,7 +21,7 @@ use idlink_core::engine::PrivacyAck;
 use idlink_core::engine::staged::{Pipeline, Stage};
 use idlink_core::{
     AccountId, AddressClassifier, Config, Decoder, DeviceId, Engine, EngineStats, Event, EventKind,
-    Millis,
+    Millis, Platform,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -169,6 +169,10 @@ fn sighting(
         device: Some(dev(d)),
         account,
         ip: addr,
+        // Fixed per device, as a device's user agent is: computers and
+        // phones of both platforms, so that some anonymous phones clash
+        // with some accounts' phones and others do not.
+        platform: [Platform::Ios, Platform::Unknown, Platform::Android][d % 4 % 3],
     }
 }
 
@@ -215,6 +219,7 @@ fn privacy(days: i64) -> impl Strategy<Value = Event> {
                 device: None,
                 account: Some(acct(who % 4)),
                 ip: None,
+                platform: Platform::Unknown,
             },
             1 => Event {
                 ts,
@@ -222,6 +227,7 @@ fn privacy(days: i64) -> impl Strategy<Value = Event> {
                 device: None,
                 account: Some(acct(who % 4)),
                 ip: None,
+                platform: Platform::Unknown,
             },
             2 => Event {
                 ts,
@@ -229,6 +235,7 @@ fn privacy(days: i64) -> impl Strategy<Value = Event> {
                 device: None,
                 account: Some(acct(who % 4)),
                 ip: None,
+                platform: Platform::Unknown,
             },
             _ => Event {
                 ts,
@@ -236,6 +243,7 @@ fn privacy(days: i64) -> impl Strategy<Value = Event> {
                 device: Some(dev(who)),
                 account: None,
                 ip: None,
+                platform: Platform::Unknown,
             },
         }
     })
@@ -512,6 +520,7 @@ fn erase_after(events: &[Event], target: usize, after: i64) -> (String, Event) {
         device: erase_device.then(|| DeviceId::from(id.as_str())),
         account: (!erase_device).then(|| AccountId::from(id.as_str())),
         ip: None,
+        platform: Platform::Unknown,
     };
     (id, request)
 }
@@ -934,6 +943,7 @@ fn erased_device_retracts_its_account_line() {
             device: Some(dev(0)),
             account: None,
             ip: None,
+            platform: Platform::Unknown,
         },
         // The erase and the close of day 0 are released by one ingest, so
         // no publish happens between them.
@@ -1079,6 +1089,7 @@ fn wild_steps() -> impl Strategy<Value = Vec<Step>> {
                         device,
                         account,
                         ip,
+                        platform: Platform::Unknown,
                     };
                 match op {
                     0 => Step::AdvanceTo(ts),

@@ -4,6 +4,7 @@
 use super::intern::NONE;
 use super::slot_index::{SlotIndex, prefetch_all};
 use crate::addr::Bucket;
+use crate::agent::Platform;
 use crate::time::{DAY_MS, Millis};
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
@@ -75,7 +76,7 @@ pub struct DayAgg {
     /// signed in here.
     facts: Facts,
     /// Distinct signed-in account slots seen.
-    pub accounts: SmallVec<[u32; 2]>,
+    accounts: SmallVec<[u32; 2]>,
     /// Erased devices that were here, counted without their ids so their
     /// removal never makes the bucket look more exclusive.
     pub anon_devices: u32,
@@ -84,6 +85,14 @@ pub struct DayAgg {
     /// Co-locations found, one per (device, account). Thin: most
     /// buckets have none.
     pub pairs: ThinVec<Pair>,
+    /// The phone platforms each signed-in account was seen on here
+    /// today, two bits (iPhone, Android) per position in `accounts`; the
+    /// accounts past the sixteenth say nothing. With the devices'
+    /// platforms in `facts`, a pair's platform clash is decided from the
+    /// whole day, whatever order its sightings came in. Added in snapshot
+    /// format 5.
+    #[serde(deserialize_with = "crate::format::added")]
+    account_phones: u32,
 }
 
 /// Per-device facts of a bucket-day, one bit per index into its device
@@ -92,9 +101,11 @@ pub struct DayAgg {
 /// of its own (ARCHITECTURE.md, "Partitioned scale-out") decides it the
 /// same way.
 ///
-/// Stored as one integer, the bot bits in its low half: format 3 stored
-/// the bot mask alone as a `u32`, and postcard reads that varint as the
-/// same `u64` with no linked bits, so its snapshots restore unchanged.
+/// Stored as one integer, the bot bits lowest, then the linked, iPhone
+/// and Android bits: format 3 stored the bot mask alone as a `u32` and
+/// format 4 the first two as a `u64`, and postcard reads either varint as
+/// the same `u128` with the later masks empty, so their snapshots restore
+/// unchanged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Facts {
     /// Bit `i` set: the device behaved like a bot when it was seen here.
@@ -103,20 +114,41 @@ struct Facts {
     /// it was seen here, so its owner is known: it is no unexplained
     /// regular of the bucket.
     linked: u32,
+    /// Bit `i` set: the device's user agent named an iPhone at one of its
+    /// sightings here.
+    ios: u32,
+    /// Bit `i` set: likewise, an Android device.
+    android: u32,
+}
+
+impl Facts {
+    /// The platform of the device at position `i`: the one its sightings
+    /// here named, unknown if none or both.
+    fn platform(&self, i: usize) -> Platform {
+        Platform::from_bits(u32::from(bit(self.ios, i)) | u32::from(bit(self.android, i)) << 1)
+    }
 }
 
 impl Serialize for Facts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::from(self.bots) | (u64::from(self.linked) << 32))
+        let masks = [self.bots, self.linked, self.ios, self.android];
+        let v = masks
+            .iter()
+            .enumerate()
+            .fold(0u128, |v, (i, &m)| v | (u128::from(m) << (32 * i)));
+        s.serialize_u128(v)
     }
 }
 
 impl<'de> Deserialize<'de> for Facts {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = u64::deserialize(d)?;
+        let v = u128::deserialize(d)?;
+        let mask = |i: u32| (v >> (32 * i)) as u32;
         Ok(Facts {
-            bots: v as u32,
-            linked: (v >> 32) as u32,
+            bots: mask(0),
+            linked: mask(1),
+            ios: mask(2),
+            android: mask(3),
         })
     }
 }
@@ -162,12 +194,13 @@ impl BucketState {
 impl DayAgg {
     /// Records a sighting of `device` (signed in to `account`, or
     /// `NONE`; a bot at the time if `bot`; holding a sign-in link at the
-    /// time if `linked`); returns false if the day is (now) crowded.
+    /// time if `linked`; on a phone of `platform`); returns false if the
+    /// day is (now) crowded.
     pub fn see(
         &mut self,
         device: u32,
         account: u32,
-        (bot, linked): (bool, bool),
+        (bot, linked, platform): (bool, bool, Platform),
         max_devices: usize,
         max_accounts: usize,
     ) -> bool {
@@ -182,10 +215,20 @@ impl DayAgg {
             }
         };
         if account != NONE {
-            if !self.accounts.contains(&account) {
-                self.accounts.push(account);
-            }
+            let i = match self.accounts.iter().position(|&a| a == account) {
+                Some(i) => i,
+                None => {
+                    self.accounts.push(account);
+                    self.accounts.len() - 1
+                }
+            };
             self.signed |= only_bit(at);
+            self.account_phones |= place(i, platform.bits());
+        }
+        match platform {
+            Platform::Ios => self.facts.ios |= only_bit(at),
+            Platform::Android => self.facts.android |= only_bit(at),
+            Platform::Unknown => {}
         }
         if bot {
             self.facts.bots |= only_bit(at);
@@ -207,6 +250,11 @@ impl DayAgg {
         &self.devices
     }
 
+    /// Distinct signed-in account slots seen.
+    pub fn accounts(&self) -> &[u32] {
+        &self.accounts
+    }
+
     /// Whether `device` was seen signed in here today.
     pub fn is_signed(&self, device: u32) -> bool {
         self.flag(self.signed, device)
@@ -215,6 +263,21 @@ impl DayAgg {
     /// Whether `device` behaved like a bot when it was seen here today.
     pub fn is_bot(&self, device: u32) -> bool {
         self.flag(self.facts.bots, device)
+    }
+
+    /// Whether `device` is a phone and `account` was signed in here today
+    /// only on phones of the other platform. Read from the whole day, so
+    /// the answer does not depend on the order its sightings came in.
+    pub fn platform_clash(&self, device: u32, account: u32) -> bool {
+        let Some(d) = self.devices.iter().position(|&x| x == device) else {
+            return false;
+        };
+        let Some(a) = self.accounts.iter().position(|&x| x == account) else {
+            return false;
+        };
+        let phones = pair_at(self.account_phones, a);
+        let mine = self.facts.platform(d).bits();
+        mine != 0 && phones != 0 && phones & mine == 0
     }
 
     /// Each device seen, and whether it is unexplained here: never
@@ -240,6 +303,7 @@ impl DayAgg {
     /// anonymous so the bucket never looks more exclusive than it was.
     pub fn forget_devices(&mut self, gone: impl Fn(u32) -> bool) {
         let (mut signed, mut facts) = (0u32, Facts::default());
+        let moved = |mask: u32, i: usize, to: u32| if bit(mask, i) { to } else { 0 };
         let mut kept = 0u32;
         let mut removed = 0u32;
         for (i, &d) in self.devices.iter().enumerate() {
@@ -248,15 +312,11 @@ impl DayAgg {
                 continue;
             }
             let to = only_bit(kept as usize);
-            if bit(self.signed, i) {
-                signed |= to;
-            }
-            if bit(self.facts.bots, i) {
-                facts.bots |= to;
-            }
-            if bit(self.facts.linked, i) {
-                facts.linked |= to;
-            }
+            signed |= moved(self.signed, i, to);
+            facts.bots |= moved(self.facts.bots, i, to);
+            facts.linked |= moved(self.facts.linked, i, to);
+            facts.ios |= moved(self.facts.ios, i, to);
+            facts.android |= moved(self.facts.android, i, to);
             kept += 1;
         }
         if removed > 0 {
@@ -264,6 +324,25 @@ impl DayAgg {
             self.signed = signed;
             self.facts = facts;
             self.anon_devices += removed;
+        }
+    }
+
+    /// Removes the accounts `gone` names (erased), counting them as
+    /// anonymous like [`DayAgg::forget_devices`].
+    pub fn forget_accounts(&mut self, gone: impl Fn(u32) -> bool) {
+        let mut phones = 0u32;
+        let mut kept = 0usize;
+        for (i, &a) in self.accounts.iter().enumerate() {
+            if !gone(a) {
+                phones |= place(kept, pair_at(self.account_phones, i));
+                kept += 1;
+            }
+        }
+        let removed = self.accounts.len() - kept;
+        if removed > 0 {
+            self.accounts.retain(|a| !gone(*a));
+            self.account_phones = phones;
+            self.anon_accounts += removed as u32;
         }
     }
 
@@ -308,6 +387,17 @@ fn bit(mask: u32, i: usize) -> bool {
 /// A mask with only bit `i` set (none past 31).
 fn only_bit(i: usize) -> u32 {
     1u32.checked_shl(i as u32).unwrap_or(0)
+}
+
+/// Two bits placed at entry `i` of a two-bits-per-entry mask (nothing
+/// past the sixteenth entry).
+fn place(i: usize, bits: u32) -> u32 {
+    if i < 16 { (bits & 3) << (2 * i) } else { 0 }
+}
+
+/// The two bits at entry `i` of a two-bits-per-entry mask.
+fn pair_at(mask: u32, i: usize) -> u32 {
+    if i < 16 { (mask >> (2 * i)) & 3 } else { 0 }
 }
 
 /// An unsigned device a bucket has seen within the evidence horizon: its
@@ -489,17 +579,22 @@ mod tests {
     #[test]
     fn device_masks_follow_devices_through_removal() {
         let mut agg = DayAgg::default();
-        for (d, a, bot, linked) in [
-            (1, NONE, false, false),
-            (2, 7, false, true),
-            (3, NONE, true, false),
-            (4, 8, false, true),
-            (5, NONE, true, false),
-            (6, NONE, false, true),
-            (7, NONE, false, false),
+        use Platform::{Android, Ios, Unknown};
+        for (d, a, bot, linked, platform) in [
+            (1, NONE, false, false, Ios),
+            (2, 7, false, true, Ios),
+            (3, NONE, true, false, Unknown),
+            (4, 8, false, true, Android),
+            (5, NONE, true, false, Android),
+            (6, NONE, false, true, Unknown),
+            (7, NONE, false, false, Android),
         ] {
-            assert!(agg.see(d, a, (bot, linked), 10, 3));
+            assert!(agg.see(d, a, (bot, linked, platform), 10, 3));
         }
+        // Account 7 was signed in on an iPhone, 8 on an Android phone.
+        assert!(agg.platform_clash(5, 7) && agg.platform_clash(7, 7));
+        assert!(!agg.platform_clash(1, 7) && !agg.platform_clash(6, 7));
+        assert!(agg.platform_clash(1, 8) && !agg.platform_clash(7, 8));
         assert!(agg.is_signed(2) && agg.is_signed(4));
         assert!(!agg.is_signed(1) && !agg.is_signed(3) && !agg.is_signed(5));
         assert!(agg.is_bot(3) && agg.is_bot(5) && !agg.is_bot(2));
@@ -518,38 +613,56 @@ mod tests {
         assert!(agg.is_bot(5) && !agg.is_bot(2) && !agg.is_bot(4));
         assert_eq!(unexplained(&agg), [7]);
         assert_eq!(agg.anon_devices, 2);
+        assert!(agg.platform_clash(5, 7) && agg.platform_clash(7, 7));
+        assert!(!agg.platform_clash(6, 7) && !agg.platform_clash(7, 8));
+        // Removing an account shifts the accounts' platforms likewise.
+        agg.forget_accounts(|a| a == 7);
+        assert_eq!((agg.accounts(), agg.anon_accounts), (&[8][..], 1));
+        assert!(agg.platform_clash(2, 8) && !agg.platform_clash(7, 8));
+        assert!(!agg.platform_clash(5, 7), "no account, no clash");
+        // A device seen as both platforms names neither.
+        assert!(agg.see(7, NONE, (false, false, Ios), 10, 3));
+        assert!(!agg.platform_clash(7, 8));
         // A later sighting as a bot flags the device for the day.
-        assert!(agg.see(2, NONE, (true, false), 10, 3));
+        assert!(agg.see(2, NONE, (true, false, Unknown), 10, 3));
         assert!(agg.is_bot(2) && agg.is_signed(2));
         // Crowding counts the erased devices too.
         assert!(
-            agg.see(8, NONE, (false, false), 8, 3),
+            agg.see(8, NONE, (false, false, Unknown), 8, 3),
             "2 anonymous + 6 named = 8"
         );
         assert!(
-            !agg.see(9, NONE, (false, false), 8, 3),
+            !agg.see(9, NONE, (false, false, Unknown), 8, 3),
             "2 anonymous + 7 named > 8"
         );
         assert!(agg.crowded);
     }
 
     #[test]
-    fn a_format_3_bot_mask_reads_as_facts_without_links() {
-        let old = postcard::to_stdvec(&0x8000_0005u32).unwrap();
-        let facts: Facts = postcard::from_bytes(&old).unwrap();
-        assert_eq!(
-            facts,
-            Facts {
-                bots: 0x8000_0005,
-                linked: 0
-            }
-        );
-        let both = Facts {
+    fn older_formats_facts_read_as_facts_without_the_later_masks() {
+        let v3 = postcard::to_stdvec(&0x8000_0005u32).unwrap();
+        let facts: Facts = postcard::from_bytes(&v3).unwrap();
+        let bots = Facts {
+            bots: 0x8000_0005,
+            ..Facts::default()
+        };
+        assert_eq!(facts, bots);
+        let v4 = postcard::to_stdvec(&(0xffff_ffff_8000_0001u64)).unwrap();
+        let facts: Facts = postcard::from_bytes(&v4).unwrap();
+        let linked = Facts {
             bots: 0x8000_0001,
             linked: 0xffff_ffff,
+            ..Facts::default()
         };
-        let bytes = postcard::to_stdvec(&both).unwrap();
-        assert_eq!(postcard::from_bytes::<Facts>(&bytes).unwrap(), both);
+        assert_eq!(facts, linked);
+        let all = Facts {
+            bots: 0x8000_0001,
+            linked: 0xffff_ffff,
+            ios: 0x8000_0000,
+            android: 3,
+        };
+        let bytes = postcard::to_stdvec(&all).unwrap();
+        assert_eq!(postcard::from_bytes::<Facts>(&bytes).unwrap(), all);
     }
 
     #[test]

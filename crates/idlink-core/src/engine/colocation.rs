@@ -16,6 +16,7 @@ use super::bucket::{self, BucketTable, DayAgg, Regular};
 use super::intern::NONE;
 use super::state::{Evidence, WEIGHT_ONE};
 use crate::addr::Bucket;
+use crate::agent::Platform;
 use crate::keyed::KeyedHasher;
 use crate::time::Millis;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -40,6 +41,8 @@ pub(super) struct Seen {
     pub bot: bool,
     /// The device held a sign-in link, as of this sighting.
     pub signed_in: bool,
+    /// The phone platform the sighting's user agent named.
+    pub platform: Platform,
 }
 
 /// What one complete bucket-day offers: `(device, evidence)` for each of
@@ -128,7 +131,7 @@ impl Colocation {
         }
         st.prune(ts.0.saturating_sub(p.window_ms));
         let Some(agg) = st.agg.as_mut() else { return };
-        let facts = (s.bot, s.signed_in);
+        let facts = (s.bot, s.signed_in, s.platform);
         if !agg.see(d, a, facts, p.max_bucket_devices, p.max_bucket_accounts) {
             st.recent.clear();
             return;
@@ -276,7 +279,7 @@ impl Colocation {
         let unknown = today.max(known).max(1);
         let ambiguity = (unknown as f64).powf(p.ambiguity_exponent);
         let n_dev = humans + agg.anon_devices as usize;
-        let n_acc = (agg.accounts.len() + agg.anon_accounts as usize).max(1);
+        let n_acc = (agg.accounts().len() + agg.anon_accounts as usize).max(1);
         let tag = hasher.tag(&b.to_bytes());
         let mut offers = Vec::with_capacity(agg.pairs.len());
         for pair in &agg.pairs {
@@ -302,6 +305,7 @@ impl Colocation {
                     bucket_devices: n_dev.min(255) as u8,
                     bucket_accounts: n_acc.min(255) as u8,
                     at: pair.at(day),
+                    clash: agg.platform_clash(pair.device, pair.account),
                 },
             ));
         }
@@ -381,9 +385,7 @@ impl Colocation {
             );
             let Some(agg) = st.agg.as_mut() else { continue };
             agg.forget_devices(|d| devices.contains_key(&d));
-            let before = agg.accounts.len();
-            agg.accounts.retain(|a| !accounts.contains_key(a));
-            agg.anon_accounts += (before - agg.accounts.len()) as u32;
+            agg.forget_accounts(|a| accounts.contains_key(&a));
             agg.pairs.retain(|x| {
                 match devices
                     .get(&x.device)
@@ -457,7 +459,7 @@ mod tests {
             let mut agg = DayAgg::default();
             for (d, signed, bot, linked) in today {
                 let account = if signed { 7 } else { NONE };
-                agg.see(d, account, (bot, linked), 32, 32);
+                agg.see(d, account, (bot, linked, Platform::Unknown), 32, 32);
             }
             let provisional = c.unexplained_regulars(b, day, &agg, &p);
             c.update_regulars(b, day, &agg);

@@ -159,6 +159,7 @@ struct Params {
     min_mean_weight: f64,
     min_share: f64,
     infer_for_signed_in: bool,
+    refuse_platform_clash: bool,
     login_ttl_days: i64,
     max_accounts_per_device: usize,
     max_devices_per_account: usize,
@@ -190,6 +191,7 @@ impl Params {
                 as u16,
             min_coverage: c.linking.min_coverage,
             infer_for_signed_in: c.linking.infer_for_signed_in_devices,
+            refuse_platform_clash: c.linking.refuse_platform_clash,
             login_ttl_days: c.linking.login_link_ttl_days,
             max_accounts_per_device: c.linking.max_accounts_per_device,
             max_devices_per_account: c.linking.max_devices_per_account,
@@ -736,7 +738,7 @@ impl Engine {
         };
         self.count_for_bots(d, ev.ts, bucket);
         if let Some(b) = bucket {
-            self.colocate(b, d, a, ev.ts, ev.kind.priority());
+            self.colocate(b, d, a, ev);
         }
     }
 
@@ -768,7 +770,8 @@ impl Engine {
         }
     }
 
-    fn colocate(&mut self, b: Bucket, d: u32, a: u32, ts: Millis, priority: u8) {
+    fn colocate(&mut self, b: Bucket, d: u32, a: u32, ev: &Event) {
+        let (ts, priority) = (ev.ts, ev.kind.priority());
         let day = ts.day() as i32;
         // What is known about the device travels with the sighting: the
         // bucket side decides from it alone.
@@ -788,6 +791,7 @@ impl Engine {
             ts,
             bot,
             signed_in,
+            platform: ev.platform,
         };
         if self.send_sighting(b, &seen, priority) {
             return;
@@ -1139,6 +1143,7 @@ impl Engine {
         let best = cands
             .iter()
             .filter(|c| c.account != NONE && dev.login(c.account).is_none())
+            .filter(|c| !(c.clash && self.p.refuse_platform_clash))
             .filter(|c| self.accounts.get(c.account).is_some_and(|a| !a.opted_out))
             .max_by(|x, y| {
                 x.score

@@ -291,6 +291,7 @@ impl<'de> Deserialize<'de> for Reorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::Platform;
     use crate::event::EventKind;
     use proptest::prelude::*;
 
@@ -303,6 +304,7 @@ mod tests {
                 device: None,
                 account: None,
                 ip: None,
+                platform: Platform::Unknown,
             },
             class: None,
         }

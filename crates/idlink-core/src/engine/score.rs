@@ -36,6 +36,10 @@ pub struct Candidate {
     pub first_seen: Millis,
     /// Latest co-location within the horizon.
     pub last_seen: Millis,
+    /// Some evidence within the horizon has a platform clash: the device
+    /// is a phone of another platform than the account's signed-in
+    /// phones beside it.
+    pub clash: bool,
 }
 
 /// Linear decay factor of evidence from `evidence_day` seen on `day`.
@@ -75,6 +79,7 @@ pub fn candidates(
         close_days.clear();
         let mut first = Millis::MAX;
         let mut last = Millis::MIN;
+        let mut clash = false;
         for e in group {
             let f = decay(e.day, day, horizon_days);
             if f <= 0.0 {
@@ -97,6 +102,7 @@ pub fn candidates(
             }
             first = first.min(e.at);
             last = last.max(e.at);
+            clash |= e.clash;
         }
         if per_bucket.is_empty() {
             continue;
@@ -110,6 +116,7 @@ pub fn candidates(
             buckets: per_bucket.len().min(u16::MAX as usize) as u16,
             first_seen: first,
             last_seen: last,
+            clash,
         });
     }
     out
@@ -146,6 +153,7 @@ mod tests {
             bucket_devices: 2,
             bucket_accounts: 1,
             at: Millis(i64::from(day) * crate::time::DAY_MS),
+            clash: false,
         }
     }
 

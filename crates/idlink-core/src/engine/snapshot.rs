@@ -5,24 +5,31 @@
 //! with a changed config applies the new settings to the restored graph.
 //! The format is postcard with a leading version number. A snapshot of the
 //! previous version is migrated (a deployment upgrades without losing its
-//! graph); any other is refused rather than misread.
+//! graph), and so is one of format 3; any other is refused rather than
+//! misread.
 
 use crate::addr::AddressClassifier;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::format::OldFormat;
+use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-/// Bumped whenever the state layout changes.
-const VERSION: u32 = 4;
+/// Bumped whenever the state layout changes. Format 5 added the phone
+/// platform to buffered events, bucket-days and evidence; format 4 reads
+/// as format 5 with no platform known ([`crate::format`]).
+const VERSION: u32 = 5;
 
 /// A snapshot that cannot be restored.
 #[derive(Debug, Error)]
 pub enum SnapshotError {
     /// Written by another version of the state layout.
-    #[error("snapshot version {found} is not the supported version {VERSION}")]
+    #[error("snapshot version {found} is not the supported version {supported} or the one before")]
     Version {
         /// The version found.
         found: u32,
+        /// The version written today.
+        supported: u32,
     },
     /// Truncated or corrupt bytes.
     #[error("snapshot does not decode: {0}")]
@@ -45,12 +52,13 @@ impl Engine {
         bytes: &[u8],
     ) -> Result<Engine, SnapshotError> {
         let found = postcard::take_from_bytes::<u32>(bytes)?.0;
-        let mut e = match found {
-            VERSION => postcard::from_bytes::<(u32, Engine)>(bytes)?.1,
-            3 => postcard::from_bytes::<(u32, v3::EngineV3)>(bytes)?
+        let mut e = if found == 3 {
+            let _old = OldFormat::enter();
+            postcard::from_bytes::<(u32, v3::EngineV3)>(bytes)?
                 .1
-                .migrate(),
-            _ => return Err(SnapshotError::Version { found }),
+                .migrate()
+        } else {
+            read_versioned::<Engine>(bytes, VERSION)?
         };
         let fresh = Engine::new(config, classifier);
         e.p = fresh.p;
@@ -58,6 +66,26 @@ impl Engine {
         e.hasher = fresh.hasher;
         Ok(e)
     }
+}
+
+/// Reads `(version, T)` written in format `current`, or in the format
+/// before it with the fields added since at their defaults.
+pub(crate) fn read_versioned<T: DeserializeOwned>(
+    bytes: &[u8],
+    current: u32,
+) -> Result<T, SnapshotError> {
+    let found = postcard::take_from_bytes::<u32>(bytes)?.0;
+    let _old = match found {
+        v if v == current => None,
+        v if v.checked_add(1) == Some(current) => Some(OldFormat::enter()),
+        _ => {
+            return Err(SnapshotError::Version {
+                found,
+                supported: current,
+            });
+        }
+    };
+    Ok(postcard::from_bytes::<(u32, T)>(bytes)?.1)
 }
 
 /// Format 3, before devices remembered the days they were active (for an

@@ -74,6 +74,13 @@ pub struct Evidence {
     pub bucket_accounts: u8,
     /// When the closest co-location happened.
     pub at: Millis,
+    /// The device was a phone, and the account was signed in on the
+    /// bucket that day only on phones of the other platform: a
+    /// housemate's phone, not the account owner's (see
+    /// `linking.refuse_platform_clash`). Fits in the padding. Added in
+    /// snapshot format 5.
+    #[serde(deserialize_with = "crate::format::added")]
+    pub clash: bool,
 }
 
 /// Everything known about one device.

@@ -2,6 +2,7 @@
 //! provisional closes, watermarks over several sources.
 
 use super::*;
+use crate::agent::Platform;
 use crate::event::EventKind;
 use crate::ids::{AccountId, DeviceId};
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ fn sighting(ts: Millis, device: &str, ip: &str, account: Option<&str>) -> Event 
         device: Some(DeviceId::from(device)),
         account: account.map(AccountId::from),
         ip: Some(ip.parse().unwrap()),
+        platform: Platform::Unknown,
     }
 }
 
@@ -37,6 +39,7 @@ fn erase(ts: Millis, device: &str) -> Event {
         device: Some(DeviceId::from(device)),
         account: None,
         ip: None,
+        platform: Platform::Unknown,
     }
 }
 
@@ -207,33 +210,44 @@ fn a_corrupt_or_foreign_snapshot_is_refused() {
             AddressClassifier::new(64, &[]),
             &[9, 1, 2]
         ),
-        Err(SnapshotError::Version { found: 9 })
+        Err(SnapshotError::Version { found: 9, .. })
     ));
 }
 
-/// A snapshot of the previous format (written by the engine before
-/// devices remembered their active days, from the first ten events of
-/// [`stream`]) is migrated: carrying on from it gives today's result.
+/// Snapshots of the previous formats, written from the first ten events
+/// of [`stream`] by the engine before devices remembered their active
+/// days (format 3) and before the phone platform (format 4), are
+/// migrated: carrying on from either gives today's result.
 #[test]
 fn a_snapshot_of_the_previous_format_is_migrated() {
-    let v3 = include_bytes!("../../tests/fixtures/snapshot-v3.bin");
-    assert_eq!(postcard::take_from_bytes::<u32>(v3).unwrap().0, 3);
-    let mut e = Engine::restore(&Config::default(), AddressClassifier::new(64, &[]), v3)
-        .expect("format 3 restores");
-    assert!(e.device_count() > 0 && e.buffered() > 0 && e.bucket_count() > 0);
-    for ev in stream()[10..].iter().cloned() {
-        e.ingest(0, ev);
+    for (format, old) in [
+        (
+            3,
+            &include_bytes!("../../tests/fixtures/snapshot-v3.bin")[..],
+        ),
+        (
+            4,
+            &include_bytes!("../../tests/fixtures/snapshot-v4.bin")[..],
+        ),
+    ] {
+        assert_eq!(postcard::take_from_bytes::<u32>(old).unwrap().0, format);
+        let mut e = Engine::restore(&Config::default(), AddressClassifier::new(64, &[]), old)
+            .unwrap_or_else(|err| panic!("format {format} restores: {err}"));
+        assert!(e.device_count() > 0 && e.buffered() > 0 && e.bucket_count() > 0);
+        for ev in stream()[10..].iter().cloned() {
+            e.ingest(0, ev);
+        }
+        e.finish();
+        assert_eq!(output(&e), straight(), "format {format}");
+        // And it is written back in today's format.
+        let again = Engine::restore(
+            &Config::default(),
+            AddressClassifier::new(64, &[]),
+            &e.snapshot(),
+        )
+        .expect("format 5 restores");
+        assert_eq!(output(&again), straight(), "format {format}");
     }
-    e.finish();
-    assert_eq!(output(&e), straight());
-    // And it is written back in today's format.
-    let again = Engine::restore(
-        &Config::default(),
-        AddressClassifier::new(64, &[]),
-        &e.snapshot(),
-    )
-    .expect("format 4 restores");
-    assert_eq!(output(&again), straight());
 }
 
 #[test]
@@ -340,6 +354,7 @@ fn the_watermark_waits_for_every_active_source_but_not_idle_ones() {
         device: None,
         account: Some(AccountId::from("x")),
         ip: None,
+        platform: Platform::Unknown,
     };
     assert_eq!(e.ingest(1, req), Ingested::Buffered);
 }
@@ -764,6 +779,7 @@ fn request(ts: Millis, kind: EventKind, account: &str) -> Event {
         device: None,
         account: Some(AccountId::from(account)),
         ip: None,
+        platform: Platform::Unknown,
     }
 }
 
@@ -812,4 +828,99 @@ fn an_opt_in_before_the_purge_gives_the_graph_of_an_early_purge() {
             "the evidence after the opt-in counts: {lazy:?}"
         );
     }
+}
+
+/// `ev` with the phone platform its user agent would name.
+fn on(platform: Platform, ev: Event) -> Event {
+    Event { platform, ..ev }
+}
+
+/// Alice signs in on an iPhone at home every evening; an unsigned device
+/// of `platform` is used a minute later, on the same address, for six days.
+fn beside_alices_iphone(platform: Platform) -> Vec<Event> {
+    let mut v = Vec::new();
+    for day in 0..6 {
+        let phone = sighting(t(day, 1200), "iphone", "81.2.3.4", Some("alice"));
+        v.push(on(Platform::Ios, phone));
+        v.push(on(
+            platform,
+            sighting(t(day, 1201), "other", "81.2.3.4", None),
+        ));
+    }
+    v
+}
+
+#[test]
+fn a_phone_of_the_other_platform_is_a_housemates_not_the_accounts() {
+    // An Android phone beside the account's only phone, an iPhone: not
+    // the account owner's (people carry one phone).
+    assert_eq!(
+        inferred_account(beside_alices_iphone(Platform::Android), "other"),
+        None
+    );
+    // The iPhone's own browser, and a laptop, are linked as before.
+    for p in [Platform::Ios, Platform::Unknown] {
+        assert_eq!(
+            inferred_account(beside_alices_iphone(p), "other").as_deref(),
+            Some("alice"),
+            "{p:?}"
+        );
+    }
+    // Switched off, the Android phone is linked again.
+    let mut config = Config::default();
+    config.linking.min_coverage = 0.5;
+    config.linking.refuse_platform_clash = false;
+    let mut e = Engine::new(&config, AddressClassifier::new(64, &[]));
+    for ev in beside_alices_iphone(Platform::Android) {
+        e.ingest(0, ev);
+    }
+    e.finish();
+    assert!(
+        e.device_line("other")
+            .is_some_and(|l| l.contains("\"inferred\""))
+    );
+}
+
+#[test]
+fn an_account_seen_on_phones_of_both_platforms_clashes_with_neither() {
+    // Alice also signs in on an Android phone at home on those evenings
+    // (a second phone): an unsigned Android phone may be hers.
+    let mut v = beside_alices_iphone(Platform::Android);
+    for day in 0..6 {
+        let second = sighting(t(day, 1230), "android", "81.2.3.4", Some("alice"));
+        v.push(on(Platform::Android, second));
+    }
+    v.sort_by_key(|e| e.ts);
+    assert_eq!(inferred_account(v, "other").as_deref(), Some("alice"));
+}
+
+#[test]
+fn the_clash_is_read_from_the_whole_bucket_day_in_any_order() {
+    // The account's iPhone shows up after the pair was made (a laptop's
+    // sign-in paired with the phone), and the result is the same whatever
+    // order the day's events arrive in.
+    // (Within the allowed lateness, so every order counts the same.)
+    let days = |reversed: bool| {
+        let mut v = Vec::new();
+        for day in 0..6 {
+            let mut today = vec![
+                sighting(t(day, 1200), "laptop", "81.2.3.4", Some("alice")),
+                on(
+                    Platform::Android,
+                    sighting(t(day, 1201), "other", "81.2.3.4", None),
+                ),
+                on(
+                    Platform::Ios,
+                    sighting(t(day, 1205), "iphone", "81.2.3.4", Some("alice")),
+                ),
+            ];
+            if reversed {
+                today.reverse();
+            }
+            v.extend(today);
+        }
+        v
+    };
+    assert_eq!(inferred_account(days(false), "other"), None);
+    assert_eq!(inferred_account(days(true), "other"), None);
 }

@@ -8,6 +8,7 @@
 //! show, so that both topics agree.
 
 use super::{AccountPart, Applied, Shown, ToAccounts, partition_of};
+use crate::engine::snapshot::read_versioned;
 use crate::engine::{PrivacyAck, Removed};
 use crate::event::EventKind;
 use crate::output::{self, AccountEntry};
@@ -86,11 +87,7 @@ impl AccountStage {
     /// An account partition from its snapshot, applying a cap of
     /// `max_devices`.
     pub fn restore(max_devices: usize, bytes: &[u8]) -> Result<Self, crate::engine::SnapshotError> {
-        let found = postcard::take_from_bytes::<u32>(bytes)?.0;
-        if found != STAGE_VERSION {
-            return Err(crate::engine::SnapshotError::Version { found });
-        }
-        let (_, mut a) = postcard::from_bytes::<(u32, AccountStage)>(bytes)?;
+        let mut a: AccountStage = read_versioned(bytes, STAGE_VERSION)?;
         a.max_devices = max_devices;
         Ok(a)
     }

@@ -16,6 +16,7 @@ use crate::engine::Removed;
 use crate::engine::colocation::{Colocation, Offers, Seen};
 use crate::engine::intern::{NONE, Slots};
 use crate::engine::privacy::ack_subject;
+use crate::engine::snapshot::read_versioned;
 use crate::event::{Event, EventKind, PrivacyTarget};
 use crate::keyed::KeyedHasher;
 use crate::time::{DAY_MS, Millis};
@@ -40,8 +41,9 @@ enum Item {
     Privacy(Event),
 }
 
-/// Bumped whenever a bucket partition's snapshot layout changes.
-const STAGE_VERSION: u32 = 1;
+/// Bumped whenever a bucket partition's snapshot layout changes; the
+/// previous layout is still read. 2 added the phone platform.
+const STAGE_VERSION: u32 = 2;
 
 /// Ordering key: `ts`, kind priority, sending partition, arrival.
 type Key = (Millis, u8, u32, u64);
@@ -235,11 +237,7 @@ impl BucketStage {
 
     /// A bucket partition from its snapshot and the current config.
     pub fn restore(config: &Config, bytes: &[u8]) -> Result<Self, crate::engine::SnapshotError> {
-        let found = postcard::take_from_bytes::<u32>(bytes)?.0;
-        if found != STAGE_VERSION {
-            return Err(crate::engine::SnapshotError::Version { found });
-        }
-        let (_, mut b) = postcard::from_bytes::<(u32, BucketStage)>(bytes)?;
+        let mut b: BucketStage = read_versioned(bytes, STAGE_VERSION)?;
         let fresh = BucketStage::new(config, b.partition, b.device_partitions);
         b.p = fresh.p;
         b.hasher = fresh.hasher;
@@ -484,6 +482,7 @@ impl BucketStage {
             ts: s.ts,
             bot: s.bot,
             signed_in: s.signed_in,
+            platform: s.platform,
         };
         let (accounts, pending) = (&self.accounts, &self.pending.devices);
         self.coloc.see(
@@ -692,6 +691,7 @@ mod tests {
     use super::super::PrivacyCopy;
     use super::*;
     use crate::addr::Bucket;
+    use crate::agent::Platform;
     use crate::ids::{AccountId, DeviceId};
     use crate::time::MINUTE_MS;
 
@@ -710,6 +710,7 @@ mod tests {
             priority: 3,
             bot: false,
             signed_in: account.is_some(),
+            platform: Platform::Unknown,
         })
     }
 
@@ -722,6 +723,7 @@ mod tests {
                 device: device.then(|| DeviceId::from(id)),
                 account: (!device).then(|| AccountId::from(id)),
                 ip: None,
+                platform: Platform::Unknown,
             },
             late: false,
             released_to: Millis::MIN,

@@ -15,6 +15,7 @@ use super::{
 use crate::addr::{AddressClassifier, Bucket};
 use crate::config::Config;
 use crate::engine::intern::NONE;
+use crate::engine::snapshot::read_versioned;
 use crate::engine::{Engine, colocation};
 use crate::event::Event;
 use crate::time::Millis;
@@ -406,6 +407,7 @@ impl Engine {
             priority: kind_priority,
             bot: s.bot,
             signed_in: s.signed_in,
+            platform: s.platform,
         }));
         true
     }
@@ -574,8 +576,9 @@ fn next_seq(sent: &mut [u64], to: u32) -> u64 {
     }
 }
 
-/// Bumped whenever a device partition's snapshot layout changes.
-const STAGE_VERSION: u32 = 2;
+/// Bumped whenever a device partition's snapshot layout changes; the
+/// previous layout is still read. 3 added the phone platform.
+const STAGE_VERSION: u32 = 3;
 
 impl Engine {
     /// A device partition's snapshot: the engine's state and the stage's
@@ -591,11 +594,7 @@ impl Engine {
         classifier: AddressClassifier,
         bytes: &[u8],
     ) -> Result<Engine, crate::engine::SnapshotError> {
-        let found = postcard::take_from_bytes::<u32>(bytes)?.0;
-        if found != STAGE_VERSION {
-            return Err(crate::engine::SnapshotError::Version { found });
-        }
-        let (_, mut e, stage) = postcard::from_bytes::<(u32, Engine, Option<DeviceSide>)>(bytes)?;
+        let (mut e, stage): (Engine, Option<DeviceSide>) = read_versioned(bytes, STAGE_VERSION)?;
         let fresh = Engine::new(config, classifier);
         e.p = fresh.p;
         e.classifier = fresh.classifier;

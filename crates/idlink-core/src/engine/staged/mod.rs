@@ -36,13 +36,16 @@ pub use pipeline::{Pipeline, Stage};
 
 use super::state::Evidence;
 use crate::addr::Bucket;
+use crate::agent::Platform;
 use crate::event::Event;
 use crate::output::AccountEntry;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
-/// Version of the internal records' format.
-const WIRE_VERSION: u8 = 1;
+/// Version of the internal records' format. 2 added the phone platform
+/// to events and sightings; records of 1 are still read, with none
+/// known, so a running deployment upgrades without draining its topics.
+const WIRE_VERSION: u8 = 2;
 
 /// A record of an internal topic that does not decode.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     match bytes.split_first() {
         Some((&WIRE_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| WireError(e.to_string()))
+        }
+        Some((&1, rest)) => {
+            let _old = crate::format::OldFormat::enter();
             postcard::from_bytes(rest).map_err(|e| WireError(e.to_string()))
         }
         Some((v, _)) => Err(WireError(format!("unknown version {v}"))),
@@ -123,6 +130,10 @@ pub struct Sighting {
     pub bot: bool,
     /// The device held a sign-in link, as of this sighting.
     pub signed_in: bool,
+    /// The phone platform the sighting's user agent named. Added in wire
+    /// format 2.
+    #[serde(deserialize_with = "crate::format::added")]
+    pub platform: Platform,
 }
 
 /// A privacy request as a device partition applied it, forwarded to
@@ -315,4 +326,47 @@ pub struct Shown {
     pub account: Box<str>,
     /// Whether the account's line (and so the device's) shows the link.
     pub shown: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sighting as wire format 1 wrote it, before the platform.
+    #[derive(Serialize)]
+    struct SightingV1 {
+        bucket: Bucket,
+        device: Box<str>,
+        account: Option<Box<str>>,
+        ts: Millis,
+        priority: u8,
+        bot: bool,
+        signed_in: bool,
+    }
+
+    #[test]
+    fn a_record_of_the_previous_wire_format_reads_with_no_platform() {
+        let old = SightingV1 {
+            bucket: Bucket::v4(0x5102_0304),
+            device: "d".into(),
+            account: Some("a".into()),
+            ts: Millis(1_767_571_200_000),
+            priority: 3,
+            bot: false,
+            signed_in: true,
+        };
+        let mut bytes = vec![1];
+        bytes.extend(postcard::to_stdvec(&(3u32, 7u64, old)).unwrap());
+        let (from, seq, s): (u32, u64, Sighting) = decode(&bytes).unwrap();
+        assert_eq!(
+            (from, seq, &*s.device, s.platform),
+            (3, 7, "d", Platform::Unknown)
+        );
+        let now = Sighting {
+            platform: Platform::Android,
+            ..s
+        };
+        assert_eq!(decode::<Sighting>(&encode(&now)).unwrap(), now);
+        assert!(decode::<Sighting>(&[3, 0]).is_err(), "an unknown version");
+    }
 }

@@ -1,0 +1,123 @@
+//! What a user agent says about the device behind it.
+//!
+//! Only one thing is read from it: the phone platform. A person carries
+//! one phone, and phones of one household are often of different makes,
+//! so an unsigned iPhone seen beside an account's signed-in Android phone
+//! (or the other way round) is a housemate's, not the account owner's
+//! second id ([`crate::engine`], "platform clash"). A phone's own browser
+//! and its app share the platform, so that pair is never told apart.
+
+use serde::{Deserialize, Serialize};
+
+/// A device's phone platform, as its user agent names it.
+///
+/// `Unknown` for everything that is not recognisably a phone: computers,
+/// iPads, bots, and events with no user agent. Android tablets count as
+/// Android: an app's user agent seldom says which of the two it runs on.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum Platform {
+    /// Not a phone, or not said.
+    #[default]
+    Unknown,
+    /// An iPhone: `iPhone` in the user agent.
+    Ios,
+    /// An Android device: `Android` in the user agent.
+    Android,
+}
+
+impl Platform {
+    /// The platform a `User-Agent` string names. Browsers write the token
+    /// in their comment (`Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 …`,
+    /// `(Linux; Android 14; Pixel 8)`), apps wherever they like
+    /// (`News/5.12 (iPhone15,2; iOS 17.4.1)`, `Dalvik/2.1.0 (Linux; U;
+    /// Android 14 …`): the whole string is searched. A string naming both
+    /// says nothing.
+    pub fn of_user_agent(ua: &str) -> Platform {
+        let ua = ua.as_bytes();
+        let ios = memchr::memmem::find(ua, b"iPhone").is_some();
+        let android = memchr::memmem::find(ua, b"Android").is_some();
+        match (ios, android) {
+            (true, false) => Platform::Ios,
+            (false, true) => Platform::Android,
+            _ => Platform::Unknown,
+        }
+    }
+
+    /// Whether a device of this platform and one of `other` are two
+    /// different phones: both are phones, of different platforms.
+    pub fn clashes_with(self, other: Platform) -> bool {
+        self != Platform::Unknown && other != Platform::Unknown && self != other
+    }
+
+    /// The platform as a two-bit mask, for packed state: iPhone 1,
+    /// Android 2, unknown 0.
+    pub(crate) fn bits(self) -> u32 {
+        self as u32
+    }
+
+    /// The platform a two-bit mask names: both bits (a device seen as
+    /// both) name none.
+    pub(crate) fn from_bits(bits: u32) -> Platform {
+        match bits & 3 {
+            1 => Platform::Ios,
+            2 => Platform::Android,
+            _ => Platform::Unknown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_are_told_by_platform_and_nothing_else_is_a_phone() {
+        let cases = [
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15",
+                Platform::Ios,
+            ),
+            ("IdlinkNews/5.12.0 (iPhone15,2; iOS 17.4.1)", Platform::Ios),
+            (
+                "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Mobile Safari/537.36",
+                Platform::Android,
+            ),
+            (
+                "Dalvik/2.1.0 (Linux; U; Android 14; SM-A546B Build/UP1A)",
+                Platform::Android,
+            ),
+            (
+                "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15",
+                Platform::Unknown,
+            ),
+            (
+                "IdlinkNews/5.12.0 (iPad13,18; iPadOS 17.4)",
+                Platform::Unknown,
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0",
+                Platform::Unknown,
+            ),
+            ("python-requests/2.31.0", Platform::Unknown),
+            ("spoofed iPhone Android", Platform::Unknown),
+            ("", Platform::Unknown),
+        ];
+        for (ua, want) in cases {
+            assert_eq!(Platform::of_user_agent(ua), want, "{ua}");
+        }
+    }
+
+    #[test]
+    fn only_two_phones_of_different_platforms_clash() {
+        use Platform::*;
+        assert!(Ios.clashes_with(Android) && Android.clashes_with(Ios));
+        for p in [Unknown, Ios, Android] {
+            assert!(!p.clashes_with(p));
+            assert!(!p.clashes_with(Unknown) && !Unknown.clashes_with(p));
+            assert_eq!(Platform::from_bits(p.bits()), p);
+        }
+        assert_eq!(Platform::from_bits(3), Unknown);
+    }
+}
