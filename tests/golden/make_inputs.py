@@ -130,3 +130,20 @@ write("bad-lines", [ev(5, "08:00", "login", "ok-phone", "81.2.3.4", "okay")], [
     '{"ts":"2026-01-05T08:00:00Z","kind":"page_view","device_id":42,"ip":"81.2.3.4"}',
     'not json at all',
 ])
+
+# 12. Two phones of two platforms at home: alice's iPhone app is signed in;
+#     a minute later, on six evenings, her iPhone's browser (a cookie of
+#     its own) and her housemate bob's Android phone, never signed in, come
+#     online. Both meet her use alike; the Android phone clashes with her
+#     only phone's platform and is refused, her browser is linked.
+IPHONE_APP = "IdlinkNews/5.12.0 (iPhone15,2; iOS 17.4.1)"
+IPHONE_SAFARI = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+                 "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1")
+ANDROID_CHROME = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
+                  "(KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36")
+two = []
+for d in SIX:
+    two.append(ev(d, "20:00", "app_open", "alice-iphone-app", "81.2.3.12", "alice", user_agent=IPHONE_APP))
+    two.append(ev(d, "20:01", "page_view", "alice-iphone-safari", "81.2.3.12", user_agent=IPHONE_SAFARI))
+    two.append(ev(d, "20:01", "page_view", "bob-android", "81.2.3.12", user_agent=ANDROID_CHROME))
+write("household-two-platforms", two)
