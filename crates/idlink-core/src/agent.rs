@@ -51,10 +51,13 @@ impl Platform {
         }
     }
 
-    /// Whether a device of this platform and one of `other` are two
-    /// different phones: both are phones, of different platforms.
-    pub fn clashes_with(self, other: Platform) -> bool {
-        self != Platform::Unknown && other != Platform::Unknown && self != other
+    /// Whether a device of this platform is a phone that none of an
+    /// account's phones can be: the account was seen on phones (`phones`,
+    /// a mask of [`Platform::bits`]), all of the other platform. An
+    /// account seen on both clashes with neither.
+    pub fn clashes_with(self, phones: u32) -> bool {
+        let mine = self.bits();
+        mine != 0 && phones != 0 && phones & mine == 0
     }
 
     /// The platform as a two-bit mask, for packed state: iPhone 1,
@@ -118,10 +121,11 @@ mod tests {
     #[test]
     fn only_two_phones_of_different_platforms_clash() {
         use Platform::*;
-        assert!(Ios.clashes_with(Android) && Android.clashes_with(Ios));
+        assert!(Ios.clashes_with(Android.bits()) && Android.clashes_with(Ios.bits()));
         for p in [Unknown, Ios, Android] {
-            assert!(!p.clashes_with(p));
-            assert!(!p.clashes_with(Unknown) && !Unknown.clashes_with(p));
+            assert!(!p.clashes_with(p.bits()));
+            assert!(!p.clashes_with(Unknown.bits()) && !Unknown.clashes_with(p.bits()));
+            assert!(!p.clashes_with(Ios.bits() | Android.bits()));
             assert_eq!(Platform::from_bits(p.bits()), p);
         }
         assert_eq!(Platform::from_bits(3), Unknown);

@@ -293,9 +293,9 @@ impl DayAgg {
         let Some(a) = self.accounts.iter().position(|&x| x == account) else {
             return false;
         };
-        let phones = pair_at(self.account_phones, a);
-        let mine = self.facts.platform(d).bits();
-        mine != 0 && phones != 0 && phones & mine == 0
+        self.facts
+            .platform(d)
+            .clashes_with(pair_at(self.account_phones, a))
     }
 
     /// Each device seen, and whether it is unexplained here: never
