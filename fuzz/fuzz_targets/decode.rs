@@ -31,9 +31,10 @@ fuzz_target!(|data: &[u8]| {
             let ids = e
                 .device
                 .iter()
-                .map(|d| d.as_str())
-                .chain(e.account.iter().map(|a| a.as_str()));
+                .map(|d| d.to_string())
+                .chain(e.account.iter().map(|a| a.to_string()));
             for id in ids {
+                let id = id.as_str();
                 assert!(
                     !id.is_empty() && id.len() <= input.max_id_bytes,
                     "bad id length: {id:?}"

@@ -272,11 +272,11 @@ impl Population {
         let households = (0..n)
             .map(|h| {
                 let devices = (0..1 + rng.below(4))
-                    .map(|_| DeviceId(cookie_id(rng).into()))
+                    .map(|_| DeviceId::from(cookie_id(rng).as_str()))
                     .collect();
                 let account = rng
                     .chance(0.6)
-                    .then(|| AccountId(format!("acct-{h:06}").into()));
+                    .then(|| AccountId::from(format!("acct-{h:06}").as_str()));
                 Household {
                     ip: IpAddr::V4(public_v4(rng)),
                     devices,

@@ -4,11 +4,10 @@
 use crate::agent::Platform;
 use crate::config::InputConfig;
 use crate::event::{Event, EventKind};
-use crate::ids::{AccountId, DeviceId};
+use crate::ids::{AccountId, DeviceId, PackedId};
 use crate::time::{MINUTE_MS, Millis};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
-use smol_str::SmolStr;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -598,7 +597,7 @@ impl Decoder {
         name: &str,
         invalid: RejectReason,
         junk: RejectReason,
-    ) -> Result<Option<SmolStr>, Rejected> {
+    ) -> Result<Option<PackedId>, Rejected> {
         let s = match f {
             None | Some(Field::Null) => return Ok(None),
             Some(Field::Str(s)) => s,
@@ -636,7 +635,7 @@ impl Decoder {
                 format!("`{name}` {:?} is a placeholder, not an id", truncate(s, 64)),
             ));
         }
-        Ok(Some(SmolStr::new(s)))
+        Ok(Some(PackedId::new(s)))
     }
 
     /// Whether an id is a placeholder that many clients send for "no id".
@@ -1019,7 +1018,7 @@ mod tests {
                 NOW,
             )
             .unwrap();
-        assert_eq!(e.device.unwrap().as_str(), "d1");
+        assert_eq!(e.device.unwrap().to_string(), "d1");
     }
 
     #[test]
@@ -1157,6 +1156,6 @@ mod tests {
         let e = dec()
             .decode("{\"ts\":1767632400000,\"kind\":\"x\",\"device_id\":\"gerät-ü\",\"ip\":\"81.2.3.4\"}".as_bytes(), NOW)
             .unwrap();
-        assert_eq!(e.device.unwrap().as_str(), "gerät-ü");
+        assert_eq!(e.device.unwrap().to_string(), "gerät-ü");
     }
 }

@@ -8,6 +8,7 @@
 use crate::engine::intern::Slots;
 use crate::engine::score::{decay, round4};
 use crate::engine::state::{Account, Device, Evidence, WEIGHT_ONE};
+use crate::ids::Key;
 use crate::keyed::tag_hex;
 use crate::time::{Millis, format_day};
 use serde::Serialize;
@@ -15,14 +16,14 @@ use serde::Serialize;
 /// One line of `device-links`.
 #[derive(Serialize)]
 struct DeviceLine<'a> {
-    device_id: &'a str,
+    device_id: Key<'a>,
     links: Vec<Link<'a>>,
 }
 
 /// One link of a device.
 #[derive(Serialize)]
 struct Link<'a> {
-    account_id: &'a str,
+    account_id: Key<'a>,
     link_type: &'static str,
     confidence: f64,
     first_seen: String,
@@ -86,7 +87,7 @@ struct Support {
 /// One line of `account-devices`.
 #[derive(Serialize)]
 struct AccountLine<'a> {
-    account_id: &'a str,
+    account_id: Key<'a>,
     devices: Vec<AccountDevice<'a>>,
 }
 
@@ -106,7 +107,7 @@ fn fixed(x: u32) -> f64 {
 /// Renders a device's line, or `None` if it shows no links. `shown`
 /// says whether an account (slot) shows this device (its device cap).
 pub(crate) fn device_line(
-    id: &str,
+    id: Key<'_>,
     dev: &Device,
     accounts: &Slots<Account>,
     shown: &mut dyn FnMut(u32) -> bool,
@@ -183,7 +184,7 @@ pub(crate) fn device_line(
     if links.is_empty() {
         return None;
     }
-    links.sort_by(|a, b| a.account_id.cmp(b.account_id));
+    links.sort_by(|a, b| a.account_id.cmp(&b.account_id));
     serde_json::to_string(&DeviceLine {
         device_id: id,
         links,
@@ -218,7 +219,7 @@ pub struct AccountEntry {
 /// buffered sign-ins hide `d`'s inferred link.
 pub(crate) fn account_entry(
     a: u32,
-    id: &str,
+    id: Key<'_>,
     dev: &Device,
     buffered: Option<(Millis, Millis)>,
     inferred_hidden: bool,
@@ -266,7 +267,7 @@ pub fn shown_entries(entries: &[AccountEntry], max: usize) -> Vec<usize> {
 
 /// Renders an account's line from its shown entries (in any order), or
 /// `None` if there are none.
-pub fn account_line(id: &str, entries: &[AccountEntry]) -> Option<String> {
+pub fn account_line(id: Key<'_>, entries: &[AccountEntry]) -> Option<String> {
     if entries.is_empty() {
         return None;
     }

@@ -45,7 +45,7 @@ impl Engine {
     /// the account stage, which sees all of the account's devices.
     pub(super) fn shows(&self, a: u32, d: u32, memo: &mut Shown) -> bool {
         if let Some(stage) = self.stage.as_deref() {
-            return stage.shows(self.accounts.id(a), self.devices.id(d));
+            return stage.shows(&self.accounts.id(a).text(), &self.devices.id(d).text());
         }
         if !self.over_cap(a) {
             return true;

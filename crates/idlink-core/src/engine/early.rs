@@ -197,8 +197,8 @@ impl Engine {
         if self.is_erased(ev) {
             return;
         }
-        let d = self.devices.find(device.as_str());
-        let a = self.accounts.find(account.as_str());
+        let d = self.devices.find(device);
+        let a = self.accounts.find(account);
         // An id whose slot waits to be freed by a purge gets nothing now;
         // the purge rebuilds this overlay from the buffer.
         if d.is_some_and(|d| self.pending.has_device(d))
@@ -206,8 +206,8 @@ impl Engine {
         {
             return;
         }
-        let d = d.unwrap_or_else(|| self.devices.intern(device.as_str(), Device::new).0);
-        let a = a.unwrap_or_else(|| self.accounts.intern(account.as_str(), Account::default).0);
+        let d = d.unwrap_or_else(|| self.devices.intern(device, Device::new).0);
+        let a = a.unwrap_or_else(|| self.accounts.intern(account, Account::default).0);
         // Only a new link is published now; a known one's refreshed
         // counts go out when the event is applied, as before.
         let known = self.devices.get(d).is_some_and(|x| x.login(a).is_some())
@@ -239,10 +239,7 @@ impl Engine {
         let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
             return None;
         };
-        let (Some(d), Some(a)) = (
-            self.devices.find(device.as_str()),
-            self.accounts.find(account.as_str()),
-        ) else {
+        let (Some(d), Some(a)) = (self.devices.find(device), self.accounts.find(account)) else {
             return None;
         };
         if !self.early.holds_device(d) {
@@ -262,10 +259,7 @@ impl Engine {
             let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
                 continue;
             };
-            if let (Some(d), Some(a)) = (
-                self.devices.find(device.as_str()),
-                self.accounts.find(account.as_str()),
-            ) {
+            if let (Some(d), Some(a)) = (self.devices.find(device), self.accounts.find(account)) {
                 self.early.forget_pair(d, a);
                 self.mark_device(d);
                 self.mark_account(a);

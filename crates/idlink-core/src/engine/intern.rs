@@ -1,14 +1,16 @@
 //! Interning of ids into dense `u32` slots.
 //!
 //! The engine refers to devices and accounts by slot index everywhere, so
-//! the id text is stored exactly once. All ids live back to back in one
-//! arena string; a slot holds its id's span (8 bytes) instead of a boxed
-//! string (16 bytes plus a heap block with its header and rounding). The
-//! lookup table holds only slot numbers and hashes through the arena
-//! ([`SlotIndex`], which can prefetch). Freed text is reclaimed by
-//! compacting the arena once more than half of it is garbage.
+//! the id is stored exactly once, packed ([`Key`]: a UUID in 16 bytes).
+//! All ids live back to back in one arena; a slot holds its id's span and
+//! form (8 bytes) instead of a boxed string (16 bytes plus a heap block
+//! with its header and rounding). The lookup table holds only slot numbers
+//! and hashes through the arena ([`SlotIndex`], which can prefetch). Freed
+//! bytes are reclaimed by compacting the arena once more than half of it
+//! is garbage.
 
 use super::slot_index::{SlotIndex, prefetch, prefetch_all};
+use crate::ids::{Form, Key};
 use rustc_hash::FxHasher;
 use std::hash::Hasher;
 
@@ -18,31 +20,38 @@ pub const NONE: u32 = u32::MAX;
 /// Arenas smaller than this are never compacted.
 const MIN_COMPACT: usize = 1 << 16;
 
-/// Where a slot's id lies in the arena: offset in the high 48 bits,
-/// length in the low 16 (ids are at most 256 bytes; longer ones are
-/// refused by the decoder, and truncated to 65,535 here if they ever
-/// came). An empty span marks a free slot.
+/// Longest id the arena keeps (bytes); longer texts are cut at a
+/// character boundary. The decoder refuses ids over
+/// `input.max_id_bytes`, at most 4,096.
+const MAX_LEN: usize = (1 << 14) - 1;
+
+/// Where a slot's id lies in the arena and how it is packed: offset in
+/// the high 48 bits, the [`Form`] in the next 2, the length in the low
+/// 14. An empty span marks a free slot.
 #[derive(Clone, Copy, Debug, Default)]
 struct Span(u64);
 
 impl Span {
-    fn new(at: usize, len: usize) -> Span {
-        Span(((at as u64) << 16) | len.min(usize::from(u16::MAX)) as u64)
+    fn new(at: usize, form: Form, len: usize) -> Span {
+        Span(((at as u64) << 16) | (u64::from(form as u8) << 14) | len.min(MAX_LEN) as u64)
     }
     fn range(self) -> std::ops::Range<usize> {
         let at = (self.0 >> 16) as usize;
-        at..at + (self.0 & 0xffff) as usize
+        at..at + (self.0 & MAX_LEN as u64) as usize
+    }
+    fn form(self) -> Form {
+        Form::from_bits(((self.0 >> 14) & 3) as u8)
     }
     fn is_free(self) -> bool {
-        self.0 & 0xffff == 0
+        self.0 & MAX_LEN as u64 == 0
     }
 }
 
 /// Slot storage with an id index and a free list.
 #[derive(Debug)]
 pub struct Slots<T> {
-    /// The id text of every live slot, back to back.
-    text: String,
+    /// The packed id of every live slot, back to back.
+    text: Vec<u8>,
     /// Bytes of `text` no live slot refers to any more.
     garbage: usize,
     /// Per slot: its id's span in `text` (empty when free) and its value.
@@ -56,7 +65,7 @@ pub struct Slots<T> {
 impl<T> Default for Slots<T> {
     fn default() -> Self {
         Slots {
-            text: String::new(),
+            text: Vec::new(),
             garbage: 0,
             slots: Vec::new(),
             index: SlotIndex::default(),
@@ -65,18 +74,25 @@ impl<T> Default for Slots<T> {
     }
 }
 
-fn hash(s: &str) -> u64 {
+fn hash(k: &Key<'_>) -> u64 {
     let mut h = FxHasher::default();
-    h.write(s.as_bytes());
+    h.write(k.bytes());
+    if k.form() != Form::Text {
+        h.write_u8(k.form() as u8);
+    }
     h.finish()
 }
 
+/// The key stored under `span`.
+fn key_at(text: &[u8], span: Span) -> Key<'_> {
+    Key::from_parts(span.form(), text.get(span.range()).unwrap_or_default())
+}
+
 /// The hash of the id in slot `i`.
-fn hash_slot<T>(text: &str, slots: &[(Span, T)], i: u32) -> u64 {
+fn hash_slot<T>(text: &[u8], slots: &[(Span, T)], i: u32) -> u64 {
     slots
         .get(i as usize)
-        .and_then(|s| text.get(s.0.range()))
-        .map_or(0, hash)
+        .map_or(0, |s| hash(&key_at(text, s.0)))
 }
 
 /// The stages of [`Slots::prefetch`], in the order they must run.
@@ -91,8 +107,8 @@ pub enum Prefetch {
 }
 
 impl<T: serde::Serialize> serde::Serialize for Slots<T> {
-    /// The slots as (id, value) with "" for a free slot, and the free
-    /// list; the arena and the index are rebuilt on load.
+    /// The slots as (id text, value) with "" for a free slot, and the
+    /// free list; the arena and the index are rebuilt on load.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
         struct All<'a, T>(&'a Slots<T>);
@@ -103,7 +119,7 @@ impl<T: serde::Serialize> serde::Serialize for Slots<T> {
                     slots
                         .slots
                         .iter()
-                        .map(|(span, v)| (slots.text_of(*span), v)),
+                        .map(|(span, v)| (key_at(&slots.text, *span), v)),
                 )
             }
         }
@@ -118,19 +134,20 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Slots<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (all, free): (Vec<(Box<str>, T)>, Vec<u32>) = serde::Deserialize::deserialize(d)?;
         let mut s = Slots {
-            text: String::with_capacity(all.iter().map(|(id, _)| id.len()).sum()),
+            text: Vec::with_capacity(all.iter().map(|(id, _)| id.len()).sum()),
             garbage: 0,
             slots: Vec::with_capacity(all.len()),
             index: SlotIndex::with_capacity(all.len()),
             free,
         };
         for (id, value) in all {
-            let span = s.append(&id);
+            let key = Key::of(&id);
+            let span = s.append(&key);
             let i = s.slots.len() as u32;
             s.slots.push((span, value));
             if !id.is_empty() {
                 let (text, slots) = (&s.text, &s.slots);
-                s.index.insert(hash(&id), i, |j| hash_slot(text, slots, j));
+                s.index.insert(hash(&key), i, |j| hash_slot(text, slots, j));
             }
         }
         Ok(s)
@@ -138,19 +155,21 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Slots<T> {
 }
 
 impl<T> Slots<T> {
-    fn text_of(&self, span: Span) -> &str {
-        self.text.get(span.range()).unwrap_or("")
-    }
-
     /// Appends an id to the arena.
-    fn append(&mut self, id: &str) -> Span {
-        let id = match id.char_indices().nth(usize::from(u16::MAX)) {
-            Some((cut, _)) => &id[..cut],
-            None => id,
-        };
+    fn append(&mut self, id: &Key<'_>) -> Span {
+        let mut bytes = id.bytes();
+        if let Key::Text(t) = id
+            && t.len() > MAX_LEN
+        {
+            let cut = (0..=MAX_LEN)
+                .rev()
+                .find(|&i| t.is_char_boundary(i))
+                .unwrap_or(0);
+            bytes = &bytes[..cut];
+        }
         let at = self.text.len();
-        self.text.push_str(id);
-        Span::new(at, id.len())
+        self.text.extend_from_slice(bytes);
+        Span::new(at, id.form(), bytes.len())
     }
 
     /// The same slots with every value mapped (a snapshot migration):
@@ -166,14 +185,17 @@ impl<T> Slots<T> {
     }
 
     /// The slot of `id`, if interned.
-    pub fn find(&self, id: &str) -> Option<u32> {
-        self.find_hashed(hash(id), id)
+    pub fn find<'k>(&self, id: impl Into<Key<'k>>) -> Option<u32> {
+        let id = id.into();
+        self.find_hashed(hash(&id), &id)
     }
 
-    fn find_hashed(&self, h: u64, id: &str) -> Option<u32> {
+    fn find_hashed(&self, h: u64, id: &Key<'_>) -> Option<u32> {
         let (text, slots) = (&self.text, &self.slots);
-        self.index
-            .find(h, |i| text.get(slots[i as usize].0.range()) == Some(id))
+        self.index.find(h, |i| {
+            let span = slots[i as usize].0;
+            span.form() == id.form() && text.get(span.range()) == Some(id.bytes())
+        })
     }
 
     /// Asks the CPU to start loading what a lookup of `id` reads, one
@@ -182,8 +204,8 @@ impl<T> Slots<T> {
     /// (the id's text). Each stage finds its address through the loads
     /// the previous one started, so the engine runs them a few events
     /// apart. Only a hint: it changes nothing.
-    pub fn prefetch(&self, id: &str, stage: Prefetch) {
-        let h = hash(id);
+    pub fn prefetch<'k>(&self, id: impl Into<Key<'k>>, stage: Prefetch) {
+        let h = hash(&id.into());
         if stage == Prefetch::Index {
             self.index.prefetch(h);
         } else if let Some(i) = self.index.guess(h) {
@@ -202,9 +224,8 @@ impl<T> Slots<T> {
             Prefetch::Slot => prefetch_all(slot),
             Prefetch::Text => {
                 let r = slot.0.range();
-                let text = self.text.as_bytes();
                 for at in [r.start, r.end.saturating_sub(1)] {
-                    if let Some(b) = text.get(at) {
+                    if let Some(b) = self.text.get(at) {
                         prefetch(b);
                     }
                 }
@@ -214,12 +235,13 @@ impl<T> Slots<T> {
 
     /// The slot of `id`, interning it with `make()` if new. Returns the
     /// slot and whether it was created.
-    pub fn intern(&mut self, id: &str, make: impl FnOnce() -> T) -> (u32, bool) {
-        let h = hash(id);
-        if let Some(i) = self.find_hashed(h, id) {
+    pub fn intern<'k>(&mut self, id: impl Into<Key<'k>>, make: impl FnOnce() -> T) -> (u32, bool) {
+        let id = id.into();
+        let h = hash(&id);
+        if let Some(i) = self.find_hashed(h, &id) {
             return (i, false);
         }
-        let span = self.append(id);
+        let span = self.append(&id);
         let value = (span, make());
         let i = match self.free.pop() {
             Some(i) => {
@@ -245,13 +267,14 @@ impl<T> Slots<T> {
         if span.is_free() {
             return None;
         }
-        let id: Box<str> = Box::from(self.text_of(span));
+        let key = key_at(&self.text, span);
+        let id: Box<str> = key.into();
         let (text, slots) = (&self.text, &self.slots);
         self.index
-            .remove(hash(&id), i, |j| hash_slot(text, slots, j));
+            .remove(hash(&key), i, |j| hash_slot(text, slots, j));
         let taken = std::mem::take(&mut self.slots[i as usize]);
         self.free.push(i);
-        self.garbage += id.len();
+        self.garbage += span.range().len();
         self.compact_if_worth_it();
         Some((id, taken.1))
     }
@@ -263,23 +286,25 @@ impl<T> Slots<T> {
         if self.text.len() < MIN_COMPACT || self.garbage * 2 <= self.text.len() {
             return;
         }
-        let mut text = String::with_capacity(self.text.len() - self.garbage);
+        let mut text = Vec::with_capacity(self.text.len() - self.garbage);
         for (span, _) in &mut self.slots {
             if span.is_free() {
                 continue;
             }
             let at = text.len();
-            let id = self.text.get(span.range()).unwrap_or("");
-            text.push_str(id);
-            *span = Span::new(at, id.len());
+            let id = self.text.get(span.range()).unwrap_or_default();
+            text.extend_from_slice(id);
+            *span = Span::new(at, span.form(), id.len());
         }
         self.text = text;
         self.garbage = 0;
     }
 
-    /// The id text of a slot.
-    pub fn id(&self, i: u32) -> &str {
-        self.slots.get(i as usize).map_or("", |s| self.text_of(s.0))
+    /// The id of a slot ("" if there is none).
+    pub fn id(&self, i: u32) -> Key<'_> {
+        self.slots
+            .get(i as usize)
+            .map_or(Key::Text(""), |s| key_at(&self.text, s.0))
     }
 
     /// The value in a slot.
@@ -329,7 +354,8 @@ impl<T> Slots<T> {
     pub fn sorted(&self) -> Vec<u32> {
         const GROUPS: usize = 1 << 16;
         let group = |i: u32| {
-            let id = self.id(i).as_bytes();
+            let text = self.id(i).text();
+            let id = text.as_bytes();
             let byte = |k: usize| usize::from(id.get(k).copied().unwrap_or(0));
             (byte(0) << 8) | byte(1)
         };
@@ -348,7 +374,8 @@ impl<T> Slots<T> {
             *at += 1;
         }
         for g in start.windows(2) {
-            out[g[0] as usize..g[1] as usize].sort_unstable_by(|&a, &b| self.id(a).cmp(self.id(b)));
+            out[g[0] as usize..g[1] as usize]
+                .sort_unstable_by(|&a, &b| self.id(a).cmp(&self.id(b)));
         }
         out
     }
@@ -376,15 +403,50 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn sorts_in_the_texts_byte_order(ids in proptest::collection::btree_set("(device-0|dev|d\\x00?|é)[a-c]{0,12}", 0..60)) {
+        fn sorts_in_the_texts_byte_order(ids in proptest::collection::btree_set(
+            "(device-0|dev|d\\x00?|é)[a-c]{0,12}\
+            |[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\
+            |[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}\
+            |[0-9a-fA-F]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-fA-F]{11}[-g]?",
+            0..60,
+        )) {
             let mut s: Slots<()> = Slots::default();
             for id in ids.iter().rev() {
-                s.intern(id, || ());
+                s.intern(id.as_str(), || ());
             }
-            let sorted: Vec<&str> = s.sorted().into_iter().map(|i| s.id(i)).collect();
-            let expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let sorted: Vec<String> = s.sorted().into_iter().map(|i| s.id(i).text().to_string()).collect();
+            let expected: Vec<String> = ids.iter().cloned().collect();
             proptest::prop_assert_eq!(sorted, expected);
+            for id in &ids {
+                let slot = s.find(id.as_str());
+                proptest::prop_assert!(slot.is_some(), "{} not found", id);
+                let back = slot.map(|i| s.id(i).text().to_string());
+                proptest::prop_assert_eq!(back.as_deref(), Some(id.as_str()));
+            }
         }
+    }
+
+    #[test]
+    fn keeps_a_uuid_in_16_bytes_and_gives_its_text_back() {
+        let mut s: Slots<u8> = Slots::default();
+        let lower = "65fe1ec4-4430-4024-8422-5e4ef9ba55d3";
+        let upper = "65FE1EC4-4430-4024-8422-5E4EF9BA55D3";
+        let mixed = "65fe1ec4-4430-4024-8422-5E4EF9BA55D3";
+        let (a, _) = s.intern(lower, || 1);
+        let (b, _) = s.intern(upper, || 2);
+        let (c, _) = s.intern(mixed, || 3);
+        assert_eq!(
+            s.text.len(),
+            16 + 16 + 36,
+            "two packed, the mixed case as text"
+        );
+        for (slot, id) in [(a, lower), (b, upper), (c, mixed)] {
+            assert_eq!(s.find(id), Some(slot));
+            assert_eq!(&*s.id(slot).text(), id);
+        }
+        assert_eq!(s.remove(b).map(|x| x.0), Some(Box::from(upper)));
+        assert_eq!(s.find(upper), None);
+        assert_eq!(s.find(lower), Some(a));
     }
 
     #[test]
@@ -395,21 +457,21 @@ mod tests {
             s.intern(id, || n as u32);
         }
         for id in ids.iter().step_by(3).chain(ids.iter().skip(1).step_by(3)) {
-            let slot = s.find(id).expect("interned");
+            let slot = s.find(id.as_str()).expect("interned");
             assert_eq!(s.remove(slot).map(|x| x.0), Some(Box::from(id.as_str())));
         }
         assert!(s.text.len() < 20_000 * 15 / 2, "the arena was compacted");
         for (n, id) in ids.iter().enumerate() {
-            let found = s.find(id).and_then(|i| s.get(i)).copied();
+            let found = s.find(id.as_str()).and_then(|i| s.get(i)).copied();
             assert_eq!(found, (n % 3 == 2).then_some(n as u32), "{id}");
         }
         let bytes = postcard::to_stdvec(&s).expect("serializes");
         let back: Slots<u32> = postcard::from_bytes(&bytes).expect("deserializes");
         assert_eq!(back.len(), s.len());
-        let slot = back.find(&ids[2]).expect("kept");
-        assert_eq!(back.id(slot), ids[2]);
-        let (again, new) = s.intern(&ids[0], || 7);
+        let slot = back.find(ids[2].as_str()).expect("kept");
+        assert_eq!(&*back.id(slot).text(), ids[2]);
+        let (again, new) = s.intern(ids[0].as_str(), || 7);
         assert!(new);
-        assert_eq!(s.id(again), ids[0]);
+        assert_eq!(&*s.id(again).text(), ids[0]);
     }
 }

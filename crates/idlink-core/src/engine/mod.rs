@@ -644,13 +644,12 @@ impl Engine {
             if ev.kind.is_privacy() {
                 continue;
             }
-            let device = ev.device.as_ref().map(|x| &x.0);
-            let account = ev.account.as_ref().map(|x| &x.0);
+            let device = ev.device.as_ref();
+            let account = ev.account.as_ref();
             let Some(stage) = stage else {
-                for id in [device, account].into_iter().flatten() {
-                    if id.is_heap_allocated()
-                        && let Some(b) = id.as_bytes().first()
-                    {
+                let ids = [device.map(|x| &x.0), account.map(|x| &x.0)];
+                for id in ids.into_iter().flatten() {
+                    if let Some(b) = id.heap_text().and_then(<[u8]>::first) {
                         slot_index::prefetch(b);
                     }
                 }
@@ -689,8 +688,8 @@ impl Engine {
         };
         let account_id = ev.account.as_ref();
         let mut found = (
-            self.devices.find(device_id.as_str()),
-            account_id.and_then(|x| self.accounts.find(x.as_str())),
+            self.devices.find(device_id),
+            account_id.and_then(|x| self.accounts.find(x)),
         );
         if !self.pending.is_empty()
             && (found.0.is_some_and(|d| self.pending.has_device(d))
@@ -701,17 +700,17 @@ impl Engine {
             // account keeps its slot and pairs with nothing meanwhile.)
             self.purge_pending();
             found = (
-                self.devices.find(device_id.as_str()),
-                account_id.and_then(|x| self.accounts.find(x.as_str())),
+                self.devices.find(device_id),
+                account_id.and_then(|x| self.accounts.find(x)),
             );
         }
         let d = match found.0 {
             Some(d) => d,
-            None => self.devices.intern(device_id.as_str(), Device::new).0,
+            None => self.devices.intern(device_id, Device::new).0,
         };
         let a = match (found.1, account_id) {
             (Some(a), _) => a,
-            (None, Some(acc)) => self.accounts.intern(acc.as_str(), Account::default).0,
+            (None, Some(acc)) => self.accounts.intern(acc, Account::default).0,
             (None, None) => NONE,
         };
         if a != NONE {
@@ -865,7 +864,7 @@ impl Engine {
                 .min_by(|x, y| {
                     x.last_seen
                         .cmp(&y.last_seen)
-                        .then_with(|| accounts.id(x.account).cmp(accounts.id(y.account)))
+                        .then_with(|| accounts.id(x.account).cmp(&accounts.id(y.account)))
                 })
                 .map(|l| l.account)
             else {
@@ -1146,9 +1145,11 @@ impl Engine {
             .filter(|c| !(c.clash && self.p.refuse_platform_clash))
             .filter(|c| self.accounts.get(c.account).is_some_and(|a| !a.opted_out))
             .max_by(|x, y| {
-                x.score
-                    .total_cmp(&y.score)
-                    .then_with(|| self.accounts.id(y.account).cmp(self.accounts.id(x.account)))
+                x.score.total_cmp(&y.score).then_with(|| {
+                    self.accounts
+                        .id(y.account)
+                        .cmp(&self.accounts.id(x.account))
+                })
             })?;
         let share = if total > 0.0 { best.score / total } else { 0.0 };
         let mean = best.score / f64::from(best.days.max(1));
@@ -1191,11 +1192,11 @@ impl Engine {
         };
         ev.device
             .as_ref()
-            .is_some_and(|x| covered(privacy::DEVICE_NS, x.as_str()))
+            .is_some_and(|x| covered(privacy::DEVICE_NS, &x.text()))
             || ev
                 .account
                 .as_ref()
-                .is_some_and(|x| covered(privacy::ACCOUNT_NS, x.as_str()))
+                .is_some_and(|x| covered(privacy::ACCOUNT_NS, &x.text()))
     }
 
     /// Drains the privacy acknowledgements produced so far.
@@ -1258,7 +1259,7 @@ impl Engine {
         let mut shown = cap::Shown::default();
         let mut ds: Vec<u32> = log.devices.into_iter().collect();
         ds.retain(|&d| self.devices.get(d).is_some());
-        ds.sort_unstable_by(|&x, &y| self.devices.id(x).cmp(self.devices.id(y)));
+        ds.sort_unstable_by(|&x, &y| self.devices.id(x).cmp(&self.devices.id(y)));
         // A freed id interned again since (an erased device seen after its
         // erasure) gets its new record, not a tombstone before it.
         let rendered: FxHashSet<u32> = ds.iter().copied().collect();
@@ -1282,7 +1283,7 @@ impl Engine {
             self.staged_parts(&accs, &log.removed_accounts);
             return out;
         }
-        accs.sort_unstable_by(|&x, &y| self.accounts.id(x).cmp(self.accounts.id(y)));
+        accs.sort_unstable_by(|&x, &y| self.accounts.id(x).cmp(&self.accounts.id(y)));
         let rendered: FxHashSet<u32> = accs.iter().copied().collect();
         for id in log.removed_accounts {
             if self

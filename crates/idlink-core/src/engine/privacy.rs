@@ -4,10 +4,10 @@ use super::Engine;
 use super::intern::NONE;
 use super::state::{self, Evidence};
 use crate::event::{Event, EventKind, PrivacyTarget};
+use crate::ids::PackedId;
 use crate::time::Millis;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
-use smol_str::SmolStr;
 
 /// Namespace of device ids in erase-marker fingerprints.
 pub(super) const DEVICE_NS: u8 = 1;
@@ -69,9 +69,9 @@ pub(super) struct PendingPurge {
     /// finds the buffered events that mention them by id (a hash lookup),
     /// not by a keyed fingerprint of every buffered event's ids. Never
     /// stored: the purge runs before any snapshot.
-    erased_devices: FxHashMap<SmolStr, (u128, usize)>,
+    erased_devices: FxHashMap<PackedId, (u128, usize)>,
     /// Erased account ids, likewise.
-    erased_accounts: FxHashMap<SmolStr, (u128, usize)>,
+    erased_accounts: FxHashMap<PackedId, (u128, usize)>,
     /// Acknowledgements waiting for the purge.
     acks: Vec<PrivacyAck>,
 }
@@ -89,8 +89,8 @@ pub(crate) fn ack_subject(
     target: &PrivacyTarget,
 ) -> (&'static str, String) {
     let (subject, ns, id) = match target {
-        PrivacyTarget::Account(a) => ("account", ACCOUNT_NS, a.as_str()),
-        PrivacyTarget::Device(d) => ("device", DEVICE_NS, d.as_str()),
+        PrivacyTarget::Account(a) => ("account", ACCOUNT_NS, a.text()),
+        PrivacyTarget::Device(d) => ("device", DEVICE_NS, d.text()),
     };
     (
         subject,
@@ -161,7 +161,7 @@ impl Engine {
         if let (EventKind::OptOut, PrivacyTarget::Account(acc)) = (ev.kind, &target)
             && self
                 .accounts
-                .find(acc.as_str())
+                .find(acc)
                 .is_some_and(|a| self.pending.has_erased_account(a))
         {
             // The account's erasure is still being purged: its slot is about
@@ -171,25 +171,25 @@ impl Engine {
         let ack = self.pending.acks.len();
         match (ev.kind, &target) {
             (EventKind::Erase, PrivacyTarget::Account(acc)) => {
-                let fp = self.add_marker(ACCOUNT_NS, acc.as_str(), ev.ts);
+                let fp = self.add_marker(ACCOUNT_NS, &acc.text(), ev.ts);
                 self.pending
                     .erased_accounts
                     .insert(acc.0.clone(), (fp, ack));
-                if let Some(a) = self.accounts.find(acc.as_str()) {
+                if let Some(a) = self.accounts.find(acc) {
                     self.erase_account(a, ev.ts, &mut removed);
                     self.pending.accounts.insert(a, ack);
                 }
             }
             (EventKind::Erase, PrivacyTarget::Device(dev)) => {
-                let fp = self.add_marker(DEVICE_NS, dev.as_str(), ev.ts);
+                let fp = self.add_marker(DEVICE_NS, &dev.text(), ev.ts);
                 self.pending.erased_devices.insert(dev.0.clone(), (fp, ack));
-                if let Some(d) = self.devices.find(dev.as_str()) {
+                if let Some(d) = self.devices.find(dev) {
                     self.erase_device(d, &mut removed);
                     self.pending.devices.insert(d, ack);
                 }
             }
             (EventKind::OptOut, PrivacyTarget::Account(acc)) => {
-                let (a, _) = self.accounts.intern(acc.as_str(), Default::default);
+                let (a, _) = self.accounts.intern(acc, Default::default);
                 self.opt_out(a, ev.ts, &mut removed);
                 self.pending.opted_out.insert(a, ack);
                 // Back once since its last opt-out: what it paired since
@@ -197,7 +197,7 @@ impl Engine {
                 removed.sightings += self.coloc.drop_aside(a);
             }
             (EventKind::OptIn, PrivacyTarget::Account(acc)) => {
-                if let Some(a) = self.accounts.find(acc.as_str()) {
+                if let Some(a) = self.accounts.find(acc) {
                     // Pairs from before the opt-out must go before new
                     // ones may join them: the purge removes the old ones,
                     // and the new ones wait aside until then. Anything
@@ -268,7 +268,7 @@ impl Engine {
                     return true;
                 }
                 let mut mentions = false;
-                let mut hit = |erased: &FxHashMap<SmolStr, (u128, usize)>, id: &str| {
+                let mut hit = |erased: &FxHashMap<PackedId, (u128, usize)>, id: &PackedId| {
                     let &(fp, i) = erased.get(id)?;
                     mentions = true;
                     markers.get(&fp).is_some_and(|&t| e.ts <= t).then_some(i)
@@ -276,12 +276,8 @@ impl Engine {
                 let found = e
                     .device
                     .as_ref()
-                    .and_then(|d| hit(erased_devices, d.as_str()))
-                    .or_else(|| {
-                        e.account
-                            .as_ref()
-                            .and_then(|a| hit(erased_accounts, a.as_str()))
-                    });
+                    .and_then(|d| hit(erased_devices, &d.0))
+                    .or_else(|| e.account.as_ref().and_then(|a| hit(erased_accounts, &a.0)));
                 match found {
                     Some(i) => {
                         purged.push(i);

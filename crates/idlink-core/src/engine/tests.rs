@@ -296,7 +296,7 @@ fn a_flushed_day_that_turns_crowded_counts_for_nothing() {
 fn run_flushing_after(events: &[Event], device: &str) -> (Vec<String>, Vec<String>) {
     let mut e = engine();
     for ev in events.iter().cloned() {
-        let flush = ev.device.as_ref().is_some_and(|d| d.as_str() == device);
+        let flush = ev.device.as_ref().is_some_and(|d| *d.text() == *device);
         e.ingest(0, ev);
         if flush {
             e.flush();

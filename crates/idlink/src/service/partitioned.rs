@@ -755,7 +755,7 @@ impl Partitioned {
                     r.moved = true;
                 }
                 let to: Vec<u32> = match (&ev.device, ev.kind.is_privacy()) {
-                    (Some(d), false) => vec![partition_of(d.as_str().as_bytes(), self.n)],
+                    (Some(d), false) => vec![partition_of(d.text().as_bytes(), self.n)],
                     _ => (0..self.n).collect(),
                 };
                 let record = staged::encode(&StageInput::Event {

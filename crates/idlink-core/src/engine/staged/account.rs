@@ -11,6 +11,7 @@ use super::{AccountPart, Applied, Shown, ToAccounts, partition_of};
 use crate::engine::snapshot::read_versioned;
 use crate::engine::{PrivacyAck, Removed};
 use crate::event::EventKind;
+use crate::ids::Key;
 use crate::output::{self, AccountEntry};
 use crate::time::Millis;
 use rustc_hash::FxHashMap;
@@ -227,5 +228,5 @@ fn render(
             hidden.push(e.device_id.clone());
         }
     }
-    (hidden, output::account_line(account, &lines))
+    (hidden, output::account_line(Key::of(account), &lines))
 }

@@ -532,7 +532,7 @@ impl BucketStage {
         let mut out: Vec<Vec<Offer>> = (0..n).map(|_| Vec::new()).collect();
         for (d, e) in offers {
             let device = self.devices.id(d);
-            let k = partition_of(device.as_bytes(), n) as usize;
+            let k = partition_of(device.text().as_bytes(), n) as usize;
             if let Some(v) = out.get_mut(k) {
                 v.push(Offer {
                     device: device.into(),
@@ -581,10 +581,11 @@ impl BucketStage {
         let Some(target) = ev.privacy_target() else {
             return;
         };
-        let (device, id) = match &target {
-            PrivacyTarget::Account(a) => (false, a.as_str()),
-            PrivacyTarget::Device(d) => (true, d.as_str()),
+        let (device, text) = match &target {
+            PrivacyTarget::Account(a) => (false, a.text()),
+            PrivacyTarget::Device(d) => (true, d.text()),
         };
+        let id: &str = &text;
         if self.pending.names(device, id) {
             // One waiting request per id: what each removes stays its own.
             self.purge();

@@ -508,7 +508,11 @@ impl Engine {
         };
         let mut parts: Vec<AccountPart> = removed
             .iter()
-            .filter(|id| self.accounts.find(id).is_none_or(|a| !changed.contains(&a)))
+            .filter(|id| {
+                self.accounts
+                    .find(&**id)
+                    .is_none_or(|a| !changed.contains(&a))
+            })
             .map(|id| AccountPart {
                 account: id.clone(),
                 partition,

@@ -149,7 +149,7 @@ impl Pipeline {
     pub fn ingest(&mut self, source: u32, event: Event) {
         let n = self.n();
         let owner = match (&event.device, event.kind.is_privacy()) {
-            (Some(d), false) => Some(partition_of(d.as_str().as_bytes(), n)),
+            (Some(d), false) => Some(partition_of(d.text().as_bytes(), n)),
             _ => None,
         };
         let offset = self.offsets.entry(source).or_insert(-1);
