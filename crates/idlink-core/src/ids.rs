@@ -99,18 +99,14 @@ impl<'a> Key<'a> {
         match *self {
             Key::Text(s) => IdText::Borrowed(s),
             Key::Uuid(bytes, form) => {
-                let mut hex = [0u8; 32];
-                // 16 bytes always encode to 32 digits.
-                let _ = hex::encode_to_slice(bytes, &mut hex);
+                let digits: &[u8; 16] = match form {
+                    Form::UuidUpper => b"0123456789ABCDEF",
+                    _ => b"0123456789abcdef",
+                };
                 let mut buf = [b'-'; UUID_LEN];
-                let mut digits = hex.iter();
-                for (i, b) in buf.iter_mut().enumerate() {
-                    if !DASHES.contains(&i) {
-                        *b = digits.next().copied().unwrap_or(b'0');
-                    }
-                }
-                if form == Form::UuidUpper {
-                    buf.make_ascii_uppercase();
+                for (&b, &at) in bytes.iter().zip(&PAIRS) {
+                    buf[at] = digits[usize::from(b >> 4)];
+                    buf[at + 1] = digits[usize::from(b & 15)];
                 }
                 IdText::Uuid(buf)
             }
@@ -220,30 +216,49 @@ impl Deref for IdText<'_> {
     }
 }
 
-/// The 16 bytes and case of a canonical UUID text, if `s` is one.
+/// Where each of a UUID's 16 bytes is written in its text: two hex
+/// digits, never split by a dash.
+const PAIRS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+
+/// Per byte: a hex digit's value in the low nibble and its case above it
+/// (16: a lower-case letter, 32: upper case, 0: a decimal digit); 128
+/// for anything else.
+const HEX: [u8; 256] = {
+    let mut t = [128u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 16 | (10 + i as u8);
+        t[b'A' as usize + i] = 32 | (10 + i as u8);
+        i += 1;
+    }
+    t
+};
+
+/// The 16 bytes and case of a canonical UUID text, if `s` is one. Every
+/// decoded id of 36 bytes is tried, so it is one pass through a table
+/// with no branch per digit.
 fn uuid_of(s: &str) -> Option<([u8; 16], Form)> {
-    let t = s.as_bytes();
-    if t.len() != UUID_LEN || DASHES.iter().any(|&i| t[i] != b'-') {
+    let t: &[u8; UUID_LEN] = s.as_bytes().try_into().ok()?;
+    if DASHES.iter().any(|&i| t[i] != b'-') {
         return None;
     }
-    let mut hex = [0u8; 32];
-    let mut to = 0;
-    for (i, &b) in t.iter().enumerate() {
-        if !DASHES.contains(&i) {
-            hex[to] = b;
-            to += 1;
-        }
-    }
-    let lower = hex.iter().any(u8::is_ascii_lowercase);
-    let upper = hex.iter().any(u8::is_ascii_uppercase);
-    let form = match (lower, upper) {
-        (true, true) => return None,
-        (false, true) => Form::UuidUpper,
-        _ => Form::UuidLower,
-    };
     let mut bytes = [0u8; 16];
-    hex::decode_to_slice(hex, &mut bytes).ok()?;
-    Some((bytes, form))
+    let mut seen = 0u8;
+    for (b, &at) in bytes.iter_mut().zip(&PAIRS) {
+        let (hi, lo) = (HEX[usize::from(t[at])], HEX[usize::from(t[at + 1])]);
+        seen |= hi | lo;
+        *b = (hi & 15) << 4 | (lo & 15);
+    }
+    match seen >> 4 {
+        0 | 1 => Some((bytes, Form::UuidLower)),
+        2 => Some((bytes, Form::UuidUpper)),
+        _ => None, // both cases (3), or not a hex digit (8 and up)
+    }
 }
 
 /// An owned id, packed: see the module documentation.

@@ -1,5 +1,6 @@
 //! The `idlink` command.
 
+mod alloc;
 mod lines;
 mod replay;
 mod service;
@@ -102,6 +103,9 @@ fn init_logging(format: &str, level: &str) {
         builder.init();
     }
 }
+
+#[global_allocator]
+static ALLOCATOR: alloc::HugePages = alloc::HugePages;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();

@@ -74,6 +74,7 @@ impl<T> Default for Slots<T> {
     }
 }
 
+#[inline]
 fn hash(k: &Key<'_>) -> u64 {
     let mut h = FxHasher::default();
     h.write(k.bytes());
