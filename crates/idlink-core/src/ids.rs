@@ -1,5 +1,5 @@
 //! Identifier newtypes, so a device id can never be passed where an account
-//! id is expected, and the packed form both keep their text in.
+//! id is expected, and the packed form in which both keep their text.
 //!
 //! An id is packed ([`PackedId`]): a canonical UUID (36 characters, its
 //! letters all lower or all upper case: advertising ids, vendor ids and
