@@ -276,10 +276,7 @@ enum Repr {
 impl PackedId {
     /// Packs an id's text.
     pub fn new(s: &str) -> PackedId {
-        match uuid_of(s) {
-            Some((bytes, form)) => PackedId(Repr::Uuid(bytes, form)),
-            None => PackedId(Repr::Text(SmolStr::new(s))),
-        }
+        Key::of(s).to_packed()
     }
 
     /// The borrowed key.
