@@ -137,6 +137,63 @@ fn one_two_and_three_instances_give_replays_graph() -> Result<()> {
     Ok(())
 }
 
+/// Every input partition goes idle before any input arrives (instances
+/// started long before their producer), then a backlog arrives: the
+/// privacy requests first, then the events they are ordered among. The
+/// partitions read first must not run the watermark past the others,
+/// still idle: those are held at the resumption until confirmed idle
+/// after it (`sources.rs` in the core). No event is late, and the graph
+/// is replay's. Without the hold, the requests' partitions ran the
+/// watermark to the last request's `ts` and every event came late.
+#[test]
+fn input_after_every_partition_went_idle_is_not_late() -> Result<()> {
+    let (_serial, broker, dir, names, config) = setup("partresume", PARTITIONED)?;
+    let s = stream(dir.path(), &config, 120, 6, 151)?;
+    let mut services: Vec<Service> = (0..2)
+        .map(|_| Service::start(&config, &broker.addr, &names, dir.path()))
+        .collect::<Result<_>>()?;
+    for svc in &mut services {
+        svc.wait_ready(Duration::from_secs(90))?;
+    }
+    let gauges = |services: &[Service], series: &str| -> Result<f64> {
+        let mut sum = 0.0;
+        for svc in services {
+            sum += metric(&http_get(&svc.http, "/metrics")?.1, series);
+        }
+        Ok(sum)
+    };
+    // The instances route three events and three privacy partitions
+    // between them: wait until all six are idle.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while gauges(&services, "idlink_idle_input_partitions")? < 6.0 {
+        assert!(
+            Instant::now() < deadline,
+            "idle input partitions: {}",
+            gauges(&services, "idlink_idle_input_partitions")?
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (privacy, events): (Vec<Option<String>>, Vec<Option<String>>) = s
+        .lines
+        .iter()
+        .cloned()
+        .map(Some)
+        .partition(|l| l.as_deref().is_some_and(is_privacy));
+    assert!(!privacy.is_empty());
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    rt.block_on(produce(&producer, &names, &privacy))?;
+    rt.block_on(produce(&producer, &names, &events))?;
+    let graphed = graph(&broker, &names, &s, &mut services);
+    let late = gauges(&services, "idlink_late_events_total")?;
+    graphed.map_err(|e| e.context(format!("{late} events came late")))?;
+    assert_eq!(late, 0.0, "no event came late");
+    for svc in services {
+        svc.terminate(Duration::from_secs(30))?;
+    }
+    Ok(())
+}
+
 #[test]
 fn instances_join_mid_stream_then_one_dies() -> Result<()> {
     let (_serial, broker, dir, names, config) = setup("partjoin", PARTITIONED_WITH_PAUSES)?;

@@ -23,6 +23,7 @@ mod reorder;
 pub mod score;
 mod slot_index;
 mod snapshot;
+mod sources;
 pub mod staged;
 pub mod state;
 #[cfg(test)]
@@ -108,18 +109,6 @@ impl EngineStats {
         self.inferred_links_created += o.inferred_links_created;
         self.inferred_links_removed += o.inferred_links_removed;
     }
-}
-
-/// One source of device events (a file, a Kafka partition): its greatest
-/// `ts` seen feeds the watermark.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-struct Source {
-    /// Caller's id of the source.
-    id: u32,
-    /// Greatest `ts` seen from it.
-    max_ts: Millis,
-    /// Caught up with its input: does not hold the watermark back.
-    idle: bool,
 }
 
 /// Ids whose published view changed since the last [`Engine::take_changes`].
@@ -234,7 +223,7 @@ pub struct Engine {
     /// Arrival counter: the last tie-break of the buffer order.
     seq: u64,
     /// Sources feeding the watermark.
-    sources: Vec<Source>,
+    sources: sources::Sources,
     /// Current watermark; never moves backwards.
     watermark: Millis,
     /// UTC day of the latest released event.
@@ -358,7 +347,7 @@ impl Engine {
             coloc: colocation::Colocation::default(),
             buffer: reorder::Reorder::default(),
             seq: 0,
-            sources: Vec::new(),
+            sources: sources::Sources::default(),
             watermark: Millis::MIN,
             current_day: i32::MIN,
             markers: FxHashMap::default(),
@@ -424,18 +413,12 @@ impl Engine {
     /// Registers a source of device events (a partition); the watermark
     /// waits for every registered source.
     pub fn add_source(&mut self, id: u32) {
-        if !self.sources.iter().any(|s| s.id == id) {
-            self.sources.push(Source {
-                id,
-                max_ts: Millis::MIN,
-                idle: false,
-            });
-        }
+        self.sources.add(id);
     }
 
     /// Unregisters a source (a revoked partition).
     pub fn remove_source(&mut self, id: u32) {
-        self.sources.retain(|s| s.id != id);
+        self.sources.remove(id);
         self.advance();
     }
 
@@ -443,17 +426,8 @@ impl Engine {
     /// of either input topic) feeds the watermark, so a request on a slow
     /// privacy partition is not overtaken by fast device partitions.
     pub fn ingest(&mut self, source: u32, event: Event) -> Ingested {
-        match self.sources.iter_mut().find(|s| s.id == source) {
-            Some(s) => {
-                s.max_ts = s.max_ts.max(event.ts);
-                s.idle = false;
-            }
-            None => self.sources.push(Source {
-                id: source,
-                max_ts: event.ts,
-                idle: false,
-            }),
-        }
+        self.sources
+            .saw_event(source, event.ts, event.kind.is_privacy());
         if event.ts < self.watermark {
             if event.kind.is_privacy() {
                 self.stats.late_privacy_requests += 1;
@@ -475,11 +449,22 @@ impl Engine {
         Ingested::Buffered
     }
 
-    /// Marks a source idle (caught up with its partition) or active. An
-    /// idle source does not hold the watermark back, as in Flink.
+    /// Sources marked idle (caught up with their input and quiet).
+    pub fn idle_sources(&self) -> usize {
+        self.sources.idle()
+    }
+
+    /// Marks a source idle (caught up with its partition and quiet) or
+    /// active. An idle source does not hold the watermark back, as in
+    /// Flink. Marking an idle source idle again confirms it: after a
+    /// resumption elsewhere it is held until confirmed twice (see
+    /// [`sources`]). Making a source active this way is no resumption
+    /// (partitions newly assigned).
     pub fn set_idle(&mut self, source: u32, idle: bool) {
-        if let Some(s) = self.sources.iter_mut().find(|s| s.id == source) {
-            s.idle = idle;
+        if idle {
+            self.sources.caught_up(source, Millis::MIN);
+        } else {
+            self.sources.activate(source);
         }
         self.advance();
     }
@@ -507,7 +492,7 @@ impl Engine {
     /// same millisecond on either side of a flush.
     pub fn flush(&mut self) {
         self.purge_pending();
-        let max = self.sources.iter().map(|s| s.max_ts).max();
+        let max = self.sources.max();
         if self.staged_flush(max.unwrap_or(Millis::MIN)) {
             return;
         }
@@ -561,14 +546,7 @@ impl Engine {
     }
 
     fn advance(&mut self) {
-        let active = self
-            .sources
-            .iter()
-            .filter(|s| !s.idle)
-            .map(|s| s.max_ts)
-            .min();
-        let all_idle = self.sources.iter().map(|s| s.max_ts).max();
-        let Some(min) = active.or(all_idle) else {
+        let Some(min) = self.sources.low() else {
             return;
         };
         if min == Millis::MIN {

@@ -60,11 +60,21 @@ impl Engine {
         } else {
             read_versioned::<Engine>(bytes, VERSION)?
         };
-        let fresh = Engine::new(config, classifier);
-        e.p = fresh.p;
-        e.classifier = fresh.classifier;
-        e.hasher = fresh.hasher;
+        e.adopt(config, classifier);
         Ok(e)
+    }
+
+    /// Takes what a snapshot leaves out from the current config, and
+    /// holds every idle source at the restored watermark until it is
+    /// confirmed idle again: the snapshot does not say which resumptions
+    /// they still answered for (`sources.rs`).
+    pub(crate) fn adopt(&mut self, config: &Config, classifier: AddressClassifier) {
+        let fresh = Engine::new(config, classifier);
+        self.p = fresh.p;
+        self.classifier = fresh.classifier;
+        self.hasher = fresh.hasher;
+        let at = self.watermark.saturating_add(self.p.lateness_ms);
+        self.sources.hold_idle_at(at);
     }
 }
 
@@ -94,8 +104,9 @@ pub(crate) fn read_versioned<T: DeserializeOwned>(
 mod v3 {
     use super::super::colocation::Colocation;
     use super::super::intern::Slots;
+    use super::super::sources::Source;
     use super::super::state::{ACTIVE_DAYS, Account, Device, Evidence, InferredLink, LoginLink};
-    use super::super::{Engine, EngineStats, Source, reorder};
+    use super::super::{Engine, EngineStats, reorder};
     use crate::time::Millis;
     use rustc_hash::FxHashMap;
     use serde::Deserialize;
@@ -209,7 +220,7 @@ mod v3 {
             e.coloc = self.coloc;
             e.buffer = self.buffer;
             e.seq = self.seq;
-            e.sources = self.sources;
+            e.sources = self.sources.into();
             e.watermark = self.watermark;
             e.current_day = self.current_day;
             e.markers = self.markers;

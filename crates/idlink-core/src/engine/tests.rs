@@ -358,6 +358,38 @@ fn the_watermark_waits_for_every_active_source_but_not_idle_ones() {
 }
 
 #[test]
+fn a_backlog_after_every_source_went_idle_is_not_late() {
+    let mut e = engine();
+    e.add_source(0);
+    e.add_source(1);
+    e.set_idle(0, true);
+    e.set_idle(1, true);
+    // Source 0's backlog is read first and spans hours.
+    for minute in 0..300 {
+        e.ingest(0, sighting(t(0, minute), "a", "81.2.3.4", None));
+    }
+    assert_eq!(e.watermark(), Millis::MIN, "source 1 is held where it was");
+    assert_eq!(
+        e.ingest(1, sighting(t(0, 5), "b", "81.2.3.4", None)),
+        Ingested::Buffered,
+        "source 1's backlog is not late"
+    );
+    assert_eq!(e.watermark(), t(0, 0).saturating_add(-5 * 60_000));
+    // Once source 1 is confirmed idle twice, source 0 alone leads.
+    let mut held = engine();
+    held.add_source(0);
+    held.add_source(1);
+    held.set_idle(0, true);
+    held.set_idle(1, true);
+    held.ingest(0, sighting(t(0, 100), "a", "81.2.3.4", None));
+    held.ingest(0, sighting(t(0, 400), "a", "81.2.3.4", None));
+    held.set_idle(1, true);
+    assert_eq!(held.watermark(), Millis::MIN, "one confirmation");
+    held.set_idle(1, true);
+    assert_eq!(held.watermark(), t(0, 390), "two confirmations");
+}
+
+#[test]
 fn late_activity_refreshes_sign_in_but_adds_no_evidence() {
     let mut e = engine();
     e.ingest(0, sighting(t(0, 600), "p", "81.2.3.4", Some("a")));

@@ -12,7 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,6 +117,13 @@ pub fn output_producer_config(k: &KafkaConfig) -> ClientConfig {
 pub struct PartitionState {
     /// Lag per (topic, partition) from the last statistics.
     pub lag: Mutex<HashMap<(String, i32), i64>>,
+    /// Statistics reports received: a report numbered after a moment was
+    /// emitted after it (librdkafka emits one every
+    /// `statistics.interval.ms`), so idle confirmations can rest on a
+    /// look taken after their previous one was delivered.
+    pub reports: AtomicU64,
+    /// The last report in which each (topic, partition) was at its end.
+    pub at_end: Mutex<HashMap<(String, i32), u64>>,
     /// Partitions currently assigned.
     pub assigned: AtomicUsize,
     /// Partitions of both input topics. idlink's state is whole-graph, so
@@ -138,6 +145,17 @@ impl PartitionState {
     /// A copy of the lag per partition from the last statistics.
     pub fn lag_now(&self) -> HashMap<(String, i32), i64> {
         self.lag.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The number of the last statistics report.
+    pub fn report(&self) -> u64 {
+        self.reports.load(Ordering::Acquire)
+    }
+
+    /// Whether `tp` was at its end in a report numbered `report` or later.
+    pub fn at_end_since(&self, tp: &(String, i32), report: u64) -> bool {
+        let at_end = self.at_end.lock().unwrap_or_else(|p| p.into_inner());
+        at_end.get(tp).is_some_and(|&r| r >= report)
     }
 
     /// The partitions assigned now.
@@ -173,6 +191,7 @@ pub struct ServiceContext {
 
 impl ClientContext for ServiceContext {
     fn stats(&self, stats: Statistics) {
+        let mut at_end = Vec::new();
         let mut lag = self
             .partitions
             .lag
@@ -202,8 +221,21 @@ impl ClientContext for ServiceContext {
                 let l = (part.hi_offset - position).max(0);
                 self.telemetry.lag(topic, *p, l);
                 lag.insert((topic.clone(), *p), l);
+                if l == 0 {
+                    at_end.push((topic.clone(), *p));
+                }
             }
         }
+        drop(lag);
+        let report = self.partitions.reports.load(Ordering::Acquire) + 1;
+        let mut ends = self
+            .partitions
+            .at_end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        ends.extend(at_end.into_iter().map(|tp| (tp, report)));
+        drop(ends);
+        self.partitions.reports.store(report, Ordering::Release);
         let up = stats.brokers.values().any(|b| b.state == "UP");
         self.partitions.brokers_down.store(!up, Ordering::Relaxed);
         if !up {

@@ -170,7 +170,7 @@ impl Task {
                 let Some(q) = self.inputs.pop_front() else {
                     return;
                 };
-                self.dirty = true;
+                self.dirty |= !matches!(q.msg, Some(StageInput::Watermark { idle: true, .. }));
                 let admitted = admit(&mut self.epochs[DEVICE_EVENTS], q.tag);
                 let Some(input) = q.msg.filter(|_| admitted) else {
                     continue;
@@ -254,6 +254,12 @@ struct Route {
     last_seen: Instant,
     /// Marked idle and not heard from since.
     idle: bool,
+    /// An idle mark or confirmation was sent and is not yet known to be
+    /// delivered.
+    undelivered: bool,
+    /// The statistics report the next idle confirmation must rest on, at
+    /// least: two after the one current when the last was delivered.
+    confirm_from: u64,
     /// Next offset to commit once the batch is acknowledged.
     commit: Option<i64>,
 }
@@ -516,6 +522,8 @@ impl Partitioned {
                 moved: false,
                 last_seen: Instant::now(),
                 idle: false,
+                undelivered: false,
+                confirm_from: 0,
                 commit: None,
             });
         }
@@ -655,7 +663,6 @@ impl Partitioned {
             return Ok(());
         }
         task.read[t] = offset + 1;
-        task.dirty = true;
         self.batch_len += 1;
         let tag = m.key().and_then(read_tag);
         // Only routed events carry an input timestamp.
@@ -669,6 +676,7 @@ impl Partitioned {
         let claim = payload.is_empty();
         let decoded = match t {
             DEVICE_EVENTS if claim => {
+                task.dirty = true;
                 task.inputs.push_back(queued(None));
                 Ok(())
             }
@@ -678,7 +686,16 @@ impl Partitioned {
                     task.de.republish(&devices, &[]);
                     task.acc.republish(&accounts);
                 }
-                x => task.inputs.push_back(queued(Some(x))),
+                x => {
+                    // An idle source's confirmations, every few seconds for
+                    // as long as it is idle, change nothing a snapshot holds
+                    // (`sources.rs`): they alone must not snapshot an idle
+                    // task again and again. Read again after a restart,
+                    // they confirm it again, which is as true.
+                    let confirmation = matches!(x, StageInput::Watermark { idle: true, .. });
+                    task.dirty |= !confirmation;
+                    task.inputs.push_back(queued(Some(x)));
+                }
             }),
             EVIDENCE if claim => {
                 task.evidence.push_back(Queued::new(offset, tag, None));
@@ -692,6 +709,9 @@ impl Partitioned {
             SIGHTINGS => staged::decode::<Sent<ToBuckets>>(payload).map(|x| task.be.receive(x)),
             _ => staged::decode::<ToAccounts>(payload).map(|x| task.acc.receive(x)),
         };
+        if t != DEVICE_EVENTS || decoded.is_err() {
+            task.dirty = true;
+        }
         if let Err(e) = decoded {
             // Only idlink writes these topics: a record it cannot read is
             // a bug or a foreign writer, never input to reject.
@@ -799,6 +819,31 @@ impl Partitioned {
             if !r.idle && lag.get(tp) == Some(&0) && r.last_seen.elapsed() >= quiet {
                 r.idle = true;
                 r.moved = true;
+                tracing::debug!(topic = %tp.0, partition = tp.1, "input partition idle");
+            }
+        }
+    }
+
+    /// Confirms routed partitions that stay idle. After a resumption on
+    /// another input partition, a device partition holds an idle source
+    /// until it is confirmed twice (`sources.rs` in the core). Called once
+    /// the batch before is delivered: a mark or confirmation sent before
+    /// is delivered now, and the next confirmation rests on a statistics
+    /// report emitted a whole interval after that, which sees any record
+    /// appended before it. So the second confirmation a device partition
+    /// reads after a resumption rests on a look at the partition's end
+    /// taken after the resumption was written.
+    fn confirm_idle_routes(&mut self) {
+        let report = self.partitions.report();
+        for (tp, r) in &mut self.routes {
+            if !r.idle || r.moved {
+                continue;
+            }
+            if r.undelivered {
+                r.undelivered = false;
+                r.confirm_from = report + 2;
+            } else if self.partitions.at_end_since(tp, r.confirm_from) {
+                r.moved = true;
             }
         }
     }
@@ -846,8 +891,12 @@ impl Partitioned {
             self.drop_fenced_tasks(true).await?;
         }
         let k = self.cfg.kafka.clone();
+        self.confirm_idle_routes();
+        let idle = self.routes.values().filter(|r| r.idle).count();
+        self.telemetry.idle_inputs(idle);
         for r in self.routes.values_mut().filter(|r| r.moved) {
             r.moved = false;
+            r.undelivered = r.idle;
             let record = staged::encode(&StageInput::Watermark {
                 source: r.source,
                 ts: r.max_ts,

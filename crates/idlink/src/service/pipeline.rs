@@ -82,6 +82,11 @@ pub struct Pipeline {
     sources_generation: u64,
     /// When the current assignment arrived.
     assigned_at: Instant,
+    /// The statistics report idle sources were last marked or confirmed
+    /// on: one confirmation per report, so that the second after a
+    /// resumption rests on a report emitted after it (`sources.rs` in the
+    /// core).
+    idle_report: u64,
     /// When each source last delivered a message.
     last_seen: std::collections::HashMap<u32, Instant>,
     /// Owns every input partition and has claimed its epoch: ingests,
@@ -185,6 +190,7 @@ impl Pipeline {
             since_snapshot: 0,
             sources_generation: 0,
             assigned_at: Instant::now(),
+            idle_report: 0,
             last_seen: std::collections::HashMap::new(),
             active: false,
             role_generation: 0,
@@ -647,7 +653,14 @@ impl Pipeline {
     /// silent for `source_idle_seconds`: a sparse partition (privacy
     /// requests) must not hold the watermark back for ever, but a partition
     /// that merely paused must not be overtaken by a burst on the others.
+    /// Once per statistics report; marking an idle source again confirms
+    /// it.
     fn mark_idle(&mut self) {
+        let report = self.partitions.report();
+        if report == self.idle_report {
+            return;
+        }
+        self.idle_report = report;
         let quiet = Duration::from_secs(self.cfg.service.source_idle_seconds);
         let lag = self.partitions.lag_now();
         for ((topic, p), l) in lag {
@@ -661,6 +674,7 @@ impl Pipeline {
                 self.engine.set_idle(src, true);
             }
         }
+        self.telemetry.idle_inputs(self.engine.idle_sources());
     }
 
     fn update_readiness(&self) {

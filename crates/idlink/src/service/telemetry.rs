@@ -90,6 +90,10 @@ pub struct Telemetry {
     /// Partitioned mode: the stage tasks this instance holds, to see how
     /// the work is spread over the group.
     stage_tasks: IntGauge,
+    /// Input partitions read that are caught up and quiet: they do not
+    /// hold the watermark back, and late events right after one resumes
+    /// point at `service.source_idle_seconds`.
+    idle_inputs: IntGauge,
     /// Partitioned mode: purges of an internal partition below its stage
     /// task's acknowledged snapshot, by result, so operators see the
     /// internal topics kept short (or the brokers refusing to).
@@ -252,6 +256,11 @@ impl Telemetry {
                 "Partitioned mode: internal partitions purged below a stage task's acknowledged snapshot, by result.",
                 &["result"],
             ),
+            idle_inputs: gauge(
+                &r,
+                "idlink_idle_input_partitions",
+                "Input partitions (events and privacy) this instance reads that are caught up and quiet, and so do not hold the watermark back.",
+            ),
             stage_tasks: gauge(
                 &r,
                 "idlink_stage_tasks",
@@ -304,6 +313,11 @@ impl Telemetry {
     /// The stage tasks held (partitioned mode).
     pub fn stage_tasks(&self, n: usize) {
         self.stage_tasks.set(n as i64);
+    }
+
+    /// Input partitions read that are idle now.
+    pub fn idle_inputs(&self, n: usize) {
+        self.idle_inputs.set(n as i64);
     }
 
     /// Standing by (another instance owns the group), or not.

@@ -127,9 +127,11 @@ impl Engine {
                 self.ingest(source, event);
             }
             StageInput::Watermark { source, ts, idle } => {
-                self.observe(source, ts);
                 if idle {
-                    self.set_idle(source, true);
+                    self.sources.caught_up(source, ts);
+                    self.advance();
+                } else {
+                    self.observe(source, ts);
                 }
             }
             StageInput::Flush { n } => {
@@ -148,10 +150,10 @@ impl Engine {
         }
     }
 
-    /// Whether every watermark source is caught up and quiet: all input
-    /// has been read.
+    /// Whether every watermark source is caught up and quiet, and none
+    /// answers for a resumption: all input has been read.
     pub fn sources_idle(&self) -> bool {
-        !self.sources.is_empty() && self.sources.iter().all(|s| s.idle)
+        self.sources.settled()
     }
 
     /// Flushes this device partition has completed (the next request is
@@ -164,17 +166,7 @@ impl Engine {
     /// partition: every device partition follows every input partition,
     /// so all of them agree on the watermark.
     pub fn observe(&mut self, source: u32, ts: Millis) {
-        match self.sources.iter_mut().find(|s| s.id == source) {
-            Some(s) => {
-                s.max_ts = s.max_ts.max(ts);
-                s.idle = false;
-            }
-            None => self.sources.push(super::super::Source {
-                id: source,
-                max_ts: ts,
-                idle: false,
-            }),
-        }
+        self.sources.saw(source, ts);
         self.advance();
     }
 
@@ -599,10 +591,7 @@ impl Engine {
         bytes: &[u8],
     ) -> Result<Engine, crate::engine::SnapshotError> {
         let (mut e, stage): (Engine, Option<DeviceSide>) = read_versioned(bytes, STAGE_VERSION)?;
-        let fresh = Engine::new(config, classifier);
-        e.p = fresh.p;
-        e.classifier = fresh.classifier;
-        e.hasher = fresh.hasher;
+        e.adopt(config, classifier);
         e.stage = stage.map(Box::new);
         e.track_changes();
         Ok(e)
