@@ -170,7 +170,7 @@ impl Task {
                 let Some(q) = self.inputs.pop_front() else {
                     return;
                 };
-                self.dirty |= !matches!(q.msg, Some(StageInput::Watermark { idle: true, .. }));
+                self.dirty |= !q.msg.as_ref().is_some_and(is_idle_confirmation);
                 let admitted = admit(&mut self.epochs[DEVICE_EVENTS], q.tag);
                 let Some(input) = q.msg.filter(|_| admitted) else {
                     continue;
@@ -240,6 +240,15 @@ fn admit(newest: &mut BTreeMap<u32, u64>, tag: Option<Tag>) -> bool {
     }
     *seen = epoch;
     true
+}
+
+/// Whether a device partition's input record is an idle mark or
+/// confirmation. Sent every few seconds for as long as a partition is
+/// idle, they change nothing a snapshot holds (`sources.rs` in the core):
+/// they alone must not snapshot an idle task again and again. Read again
+/// after a restart, they confirm again, which is as true.
+fn is_idle_confirmation(x: &StageInput) -> bool {
+    matches!(x, StageInput::Watermark { idle: true, .. })
 }
 
 /// A routed input partition.
@@ -687,13 +696,7 @@ impl Partitioned {
                     task.acc.republish(&accounts);
                 }
                 x => {
-                    // An idle source's confirmations, every few seconds for
-                    // as long as it is idle, change nothing a snapshot holds
-                    // (`sources.rs`): they alone must not snapshot an idle
-                    // task again and again. Read again after a restart,
-                    // they confirm it again, which is as true.
-                    let confirmation = matches!(x, StageInput::Watermark { idle: true, .. });
-                    task.dirty |= !confirmation;
+                    task.dirty |= !is_idle_confirmation(&x);
                     task.inputs.push_back(queued(Some(x)));
                 }
             }),
