@@ -75,13 +75,18 @@ DAYS=${BENCH_DAYS:-7}
 SEED=${BENCH_SEED:-7}
 INSTANCES=${BENCH_INSTANCES:-1 2 3}
 LATENCY_INSTANCES=${BENCH_LATENCY_INSTANCES-1 2}
-# source_idle_seconds of the instances: longer than the time from their
-# assignment to the first record produced (restores, readiness, the
-# settling wait), or every input partition is idle when the records start
-# and the first router to read runs the watermark past the others' first
-# events (ARCHITECTURE.md, "Limits, known"). On a slow 2-core VM that time
-# reached 5 s, and runs with 5 s gave late events and a different graph.
+# source_idle_seconds of the instances. Before session 22 it had to be
+# longer than the time from their assignment to the first record produced
+# (restores, readiness, the settling wait): with every input partition idle
+# when the records started, the first router to read ran the watermark past
+# the others' first events (on a slow 2-core VM that time reached 5 s, and
+# runs with 5 s gave late events and a different graph). A resumption now
+# holds the idle partitions until confirmed idle twice (ARCHITECTURE.md).
 IDLE_SECONDS=${BENCH_IDLE_SECONDS:-10}
+# BENCH_START_IDLE=1: before producing, wait until every input partition
+# (events and privacy) is idle, the resumption case: instances long up
+# before their producer.
+START_IDLE=${BENCH_START_IDLE:-}
 BATCH_MS=${BENCH_BATCH_MS:-50}
 SNAPSHOT_SECONDS=${BENCH_SNAPSHOT_SECONDS:-10}
 
@@ -110,6 +115,14 @@ published() {
     local c=0 h
     for h in "$@"; do
         c=$(curl -fsS "http://$h/metrics" 2>/dev/null | awk -v c="$c" '/^idlink_ingest_to_publish_seconds_count/ {c += $2} END {printf "%d\n", c}')
+    done
+    echo "${c:-0}"
+}
+# Input partitions the instances at $@ report idle, summed.
+idle_partitions() {
+    local c=0 h
+    for h in "$@"; do
+        c=$(curl -fsS "http://$h/metrics" 2>/dev/null | awk -v c="$c" '/^idlink_idle_input_partitions / {c += $2} END {printf "%d\n", c}')
     done
     echo "${c:-0}"
 }
@@ -192,6 +205,11 @@ for n in $INSTANCES; do
     prefix=pb-$n-$(date +%s)
     config "$prefix" "$DIR/run-$n.toml"
     start_group "$n" "$prefix" "$DIR/run-$n.toml" "$DIR/run-$n"
+    if [[ -n $START_IDLE ]]; then
+        # 6 partitions of each input topic (config above).
+        until (($(idle_partitions "${https[@]}") >= 12)); do sleep 0.2; done
+        log "every input partition idle before the first record"
+    fi
     broker_before=$([[ -n ${BROKER_PID:-} ]] && cpu_seconds "$BROKER_PID" || echo 0)
     cpu_before=()
     for p in "${pids[@]}"; do cpu_before+=("$(cpu_seconds "$p")"); done
