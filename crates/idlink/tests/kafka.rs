@@ -151,6 +151,40 @@ fn run_publishes_the_same_graph_as_replay() -> Result<()> {
     Ok(())
 }
 
+/// The single owner with every input partition idle before any input
+/// (started long before its producer), then a backlog: the privacy
+/// requests first, then the events they are ordered among. The idle
+/// event partitions are held at the resumption until confirmed idle
+/// twice, a statistics report apart (`sources.rs` in the core), so the
+/// requests do not run the watermark past the events: none is late, and
+/// the graph is replay's.
+#[test]
+fn input_after_every_partition_went_idle_is_not_late() -> Result<()> {
+    let (_serial, broker, dir, names, config) = setup("resume", "source_idle_seconds = 2")?;
+    let s = stream(dir.path(), &config, 120, 6, 152)?;
+    let mut service = Service::start(&config, &broker.addr, &names, dir.path())?;
+    service.wait_ready(Duration::from_secs(60))?;
+    // Three partitions of each input topic.
+    wait_for_idle_inputs(std::slice::from_ref(&service), 6.0, Duration::from_secs(60))?;
+    let rt = runtime();
+    let producer = producer(&broker.addr)?;
+    for part in privacy_first(&s) {
+        rt.block_on(produce(&producer, &names, &part))?;
+    }
+    let graphed = wait_for_graph(
+        &broker.addr,
+        &names,
+        &s,
+        &mut service,
+        Duration::from_secs(240),
+    );
+    let late = metric_over(std::slice::from_ref(&service), "idlink_late_events_total")?;
+    graphed.map_err(|e| e.context(format!("{late} events came late")))?;
+    assert_eq!(late, 0.0, "no event came late");
+    service.terminate(Duration::from_secs(30))?;
+    Ok(())
+}
+
 #[test]
 fn restarts_and_crashes_leave_the_same_graph() -> Result<()> {
     let (_serial, broker, dir, names, config) = setup("restart", "")?;

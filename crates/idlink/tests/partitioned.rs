@@ -155,37 +155,17 @@ fn input_after_every_partition_went_idle_is_not_late() -> Result<()> {
     for svc in &mut services {
         svc.wait_ready(Duration::from_secs(90))?;
     }
-    let gauges = |services: &[Service], series: &str| -> Result<f64> {
-        let mut sum = 0.0;
-        for svc in services {
-            sum += metric(&http_get(&svc.http, "/metrics")?.1, series);
-        }
-        Ok(sum)
-    };
     // The instances route three events and three privacy partitions
-    // between them: wait until all six are idle.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while gauges(&services, "idlink_idle_input_partitions")? < 6.0 {
-        assert!(
-            Instant::now() < deadline,
-            "idle input partitions: {}",
-            gauges(&services, "idlink_idle_input_partitions")?
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let (privacy, events): (Vec<Option<String>>, Vec<Option<String>>) = s
-        .lines
-        .iter()
-        .cloned()
-        .map(Some)
-        .partition(|l| l.as_deref().is_some_and(is_privacy));
-    assert!(!privacy.is_empty());
+    // between them: all six idle before the input.
+    wait_for_idle_inputs(&services, 6.0, Duration::from_secs(90))?;
     let rt = runtime();
     let producer = producer(&broker.addr)?;
-    rt.block_on(produce(&producer, &names, &privacy))?;
-    rt.block_on(produce(&producer, &names, &events))?;
+    for part in privacy_first(&s) {
+        assert!(!part.is_empty());
+        rt.block_on(produce(&producer, &names, &part))?;
+    }
     let graphed = graph(&broker, &names, &s, &mut services);
-    let late = gauges(&services, "idlink_late_events_total")?;
+    let late = metric_over(&services, "idlink_late_events_total")?;
     graphed.map_err(|e| e.context(format!("{late} events came late")))?;
     assert_eq!(late, 0.0, "no event came late");
     for svc in services {

@@ -831,6 +831,42 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// `series` summed over the instances' metrics.
+pub fn metric_over(services: &[Service], series: &str) -> Result<f64> {
+    let mut sum = 0.0;
+    for svc in services {
+        sum += metric(&http_get(&svc.http, "/metrics")?.1, series);
+    }
+    Ok(sum)
+}
+
+/// Waits until the instances report `n` input partitions idle between
+/// them (`idlink_idle_input_partitions`).
+pub fn wait_for_idle_inputs(services: &[Service], n: f64, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let idle = metric_over(services, "idlink_idle_input_partitions")?;
+        if idle >= n {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{idle} input partitions idle after {timeout:?}, not {n}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A stream's lines as two inputs: its privacy requests, then its events.
+pub fn privacy_first(s: &Stream) -> [Vec<Option<String>>; 2] {
+    let (privacy, events) = s
+        .lines
+        .iter()
+        .cloned()
+        .map(Some)
+        .partition(|l| l.as_deref().is_some_and(is_privacy));
+    [privacy, events]
+}
+
 /// The group's newest snapshot manifest: the greatest (epoch, id), as a
 /// restore picks it.
 pub fn newest_manifest(brokers: &str, names: &Names) -> Result<serde_json::Value> {
