@@ -108,24 +108,22 @@ start_idlink() {
 wait_ready() {
     for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://$1/health/ready" 2>/dev/null && return; sleep 0.1; done
 }
+# The sum of the samples whose line starts with $1 over the instances at
+# the other arguments: one curl and awk per instance, so looking costs the
+# measured run next to nothing.
+metric_total() {
+    local prefix=$1 c=0 h
+    shift
+    for h in "$@"; do
+        c=$(curl -fsS "http://$h/metrics" 2>/dev/null | awk -v c="$c" -v p="$prefix" 'index($0, p) == 1 {c += $2} END {printf "%d\n", c}')
+    done
+    echo "${c:-0}"
+}
 # Input records whose effects the instances at $@ have published (the
-# count of idlink_ingest_to_publish_seconds, summed): one curl and awk per
-# instance, so looking costs the measured run next to nothing.
-published() {
-    local c=0 h
-    for h in "$@"; do
-        c=$(curl -fsS "http://$h/metrics" 2>/dev/null | awk -v c="$c" '/^idlink_ingest_to_publish_seconds_count/ {c += $2} END {printf "%d\n", c}')
-    done
-    echo "${c:-0}"
-}
+# count of idlink_ingest_to_publish_seconds, summed).
+published() { metric_total idlink_ingest_to_publish_seconds_count "$@"; }
 # Input partitions the instances at $@ report idle, summed.
-idle_partitions() {
-    local c=0 h
-    for h in "$@"; do
-        c=$(curl -fsS "http://$h/metrics" 2>/dev/null | awk -v c="$c" '/^idlink_idle_input_partitions / {c += $2} END {printf "%d\n", c}')
-    done
-    echo "${c:-0}"
-}
+idle_partitions() { metric_total "idlink_idle_input_partitions " "$@"; }
 # Starts $1 instances in group $2 with config $3 (logs $4-<i>.log), waits
 # until every one is ready and the group has settled; sets the arrays
 # pids and https.
