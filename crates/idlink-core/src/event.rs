@@ -79,7 +79,7 @@ pub struct Event {
     pub ip: Option<IpAddr>,
     /// The phone platform its `user_agent` names: the one thing kept of
     /// the user agent, in one byte. Added in snapshot format 5.
-    #[serde(deserialize_with = "crate::format::added")]
+    #[serde(deserialize_with = "crate::format::added_platform")]
     pub platform: Platform,
 }
 

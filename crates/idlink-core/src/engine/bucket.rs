@@ -96,7 +96,7 @@ pub struct DayAgg {
     /// came in. Sixteen bits, like the anonymous counts and the platform
     /// masks, so that the day still takes the 80 bytes it took before.
     /// Added in snapshot format 5.
-    #[serde(deserialize_with = "crate::format::added")]
+    #[serde(deserialize_with = "crate::format::added_platform")]
     account_phones: u16,
 }
 

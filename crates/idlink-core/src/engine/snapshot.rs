@@ -3,28 +3,31 @@
 //! A snapshot holds everything the engine knows except what comes from
 //! the config (thresholds, address lists, the hash secret), so a restart
 //! with a changed config applies the new settings to the restored graph.
-//! The format is postcard with a leading version number. A snapshot of the
-//! previous version is migrated (a deployment upgrades without losing its
-//! graph), and so is one of format 3; any other is refused rather than
-//! misread.
+//! The format is postcard with a leading version number. A snapshot of
+//! the two versions before is migrated (a deployment upgrades without
+//! losing its graph), and so is one of format 3; any other is refused
+//! rather than misread.
 
 use crate::addr::AddressClassifier;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::format::OldFormat;
+use crate::format::{OldFormat, PLATFORM, SOURCE_STATE};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-/// Bumped whenever the state layout changes. Format 5 added the phone
-/// platform to buffered events, bucket-days and evidence; format 4 reads
-/// as format 5 with no platform known ([`crate::format`]).
-const VERSION: u32 = 5;
+/// Bumped whenever the state layout changes, with what each version
+/// this build still reads lacks. Format 6 added the watermark sources'
+/// resumption holds and kind; format 5 the phone platform to buffered
+/// events, bucket-days and evidence ([`crate::format`]).
+const VERSIONS: &[(u32, u8)] = &[(6, 0), (5, SOURCE_STATE), (4, SOURCE_STATE | PLATFORM)];
 
 /// A snapshot that cannot be restored.
 #[derive(Debug, Error)]
 pub enum SnapshotError {
     /// Written by another version of the state layout.
-    #[error("snapshot version {found} is not the supported version {supported} or the one before")]
+    #[error(
+        "snapshot version {found} is not the supported version {supported} or one this build migrates"
+    )]
     Version {
         /// The version found.
         found: u32,
@@ -42,7 +45,7 @@ impl Engine {
     pub fn snapshot(&mut self) -> Vec<u8> {
         self.purge_pending();
         // Serializing plain data into a Vec cannot fail.
-        postcard::to_stdvec(&(VERSION, &*self)).unwrap_or_default()
+        postcard::to_stdvec(&(VERSIONS[0].0, &*self)).unwrap_or_default()
     }
 
     /// Rebuilds an engine from a snapshot and the current config.
@@ -53,48 +56,41 @@ impl Engine {
     ) -> Result<Engine, SnapshotError> {
         let found = postcard::take_from_bytes::<u32>(bytes)?.0;
         let mut e = if found == 3 {
-            let _old = OldFormat::enter();
+            let _old = OldFormat::lacking(SOURCE_STATE | PLATFORM);
             postcard::from_bytes::<(u32, v3::EngineV3)>(bytes)?
                 .1
                 .migrate()
         } else {
-            read_versioned::<Engine>(bytes, VERSION)?
+            read_versioned::<Engine>(bytes, VERSIONS)?
         };
         e.adopt(config, classifier);
         Ok(e)
     }
 
-    /// Takes what a snapshot leaves out from the current config, and
-    /// holds every idle source at the restored watermark until it is
-    /// confirmed idle again: the snapshot does not say which resumptions
-    /// they still answered for (`sources.rs`).
+    /// Takes what a snapshot leaves out from the current config.
     pub(crate) fn adopt(&mut self, config: &Config, classifier: AddressClassifier) {
         let fresh = Engine::new(config, classifier);
         self.p = fresh.p;
         self.classifier = fresh.classifier;
         self.hasher = fresh.hasher;
-        let at = self.watermark.saturating_add(self.p.lateness_ms);
-        self.sources.hold_idle_at(at);
     }
 }
 
-/// Reads `(version, T)` written in format `current`, or in the format
-/// before it with the fields added since at their defaults.
+/// Reads `(version, T)` written in one of `versions` (the current first,
+/// each with the additions it lacks), the fields added since at their
+/// defaults.
 pub(crate) fn read_versioned<T: DeserializeOwned>(
     bytes: &[u8],
-    current: u32,
+    versions: &[(u32, u8)],
 ) -> Result<T, SnapshotError> {
     let found = postcard::take_from_bytes::<u32>(bytes)?.0;
-    let _old = match found {
-        v if v == current => None,
-        v if v.checked_add(1) == Some(current) => Some(OldFormat::enter()),
-        _ => {
-            return Err(SnapshotError::Version {
-                found,
-                supported: current,
-            });
-        }
+    let Some(&(_, missing)) = versions.iter().find(|(v, _)| *v == found) else {
+        return Err(SnapshotError::Version {
+            found,
+            supported: versions.first().map_or(0, |v| v.0),
+        });
     };
+    let _old = OldFormat::lacking(missing);
     Ok(postcard::from_bytes::<(u32, T)>(bytes)?.1)
 }
 

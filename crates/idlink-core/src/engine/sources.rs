@@ -39,16 +39,12 @@ pub(super) struct Source {
     /// Caught up with its input: does not hold the watermark back, unless
     /// held by a resumption.
     pub(super) idle: bool,
-    /// Holds of resumptions since it went idle. Not in snapshots: a
-    /// restored engine holds every idle source at its watermark instead
-    /// ([`Sources::hold_idle_at`]), which is never less careful.
-    #[serde(skip)]
+    /// Holds of resumptions since it went idle.
+    #[serde(deserialize_with = "crate::format::added_source_state")]
     holds: Holds,
     /// Its last event was a privacy request: a partition of requests,
-    /// held more lightly. Not in snapshots: a restored source counts as
-    /// one of device events until it carries a request, the more careful
-    /// guess.
-    #[serde(skip)]
+    /// held more lightly.
+    #[serde(deserialize_with = "crate::format::added_source_state")]
     requests: bool,
 }
 
@@ -56,7 +52,7 @@ pub(super) struct Source {
 /// `ts` that awaits one more confirmation, and the earliest that awaits
 /// two. Resumptions that await the same count merge (the earliest `ts`
 /// binds), so two slots hold any number of them.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct Holds {
     /// Awaits one more confirmation (`Millis::MAX`: none).
     one: Millis,
@@ -77,6 +73,11 @@ impl Holds {
     /// The earliest `ts` held, if any.
     fn bound(self) -> Option<Millis> {
         Some(self.one.min(self.two)).filter(|&b| b != Millis::MAX)
+    }
+
+    /// A resumption at `ts`: it awaits two confirmations.
+    fn add(&mut self, ts: Millis) {
+        self.two = self.two.min(ts);
     }
 
     /// One more confirmation: the holds awaiting one are answered, those
@@ -118,8 +119,8 @@ impl Source {
     }
 }
 
-/// Every source feeding one engine's watermark. Serialized as the plain
-/// list (the snapshot layout predates the holds).
+/// Every source feeding one engine's watermark, serialized as the plain
+/// list.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub(super) struct Sources(Vec<Source>);
@@ -145,32 +146,39 @@ impl Sources {
 
     /// Source `id` carried an event at `ts`, a privacy request or not.
     pub(super) fn saw_event(&mut self, id: u32, ts: Millis, request: bool) {
-        self.saw(id, ts);
-        if let Some(s) = self.0.iter_mut().find(|s| s.id == id) {
-            s.requests = request;
-        }
+        self.see(id, ts, Some(request));
     }
 
     /// Source `id` has read up to `ts` (an event, or a router's word that
     /// it got that far): it is active. If it was idle, or unknown, that is
     /// a resumption, and every other idle source is held.
     pub(super) fn saw(&mut self, id: u32, ts: Millis) {
+        self.see(id, ts, None);
+    }
+
+    /// [`Sources::saw`], noting what the source carried when known (one
+    /// scan: this runs for every event).
+    fn see(&mut self, id: u32, ts: Millis, request: Option<bool>) {
         let resumed = match self.0.iter_mut().find(|s| s.id == id) {
             Some(s) => {
                 s.max_ts = s.max_ts.max(ts);
+                s.requests = request.unwrap_or(s.requests);
                 let was_idle = s.idle;
                 s.idle = false;
                 s.holds = Holds::default();
                 was_idle
             }
             None => {
-                self.0.push(Source::new(id, ts, false));
+                let mut s = Source::new(id, ts, false);
+                s.requests = request.unwrap_or(false);
+                self.0.push(s);
                 true
             }
         };
         if resumed {
             for s in self.0.iter_mut().filter(|s| s.idle && s.id != id) {
-                s.holds.two = s.holds.two.min(s.hold_for(ts));
+                let at = s.hold_for(ts);
+                s.holds.add(at);
             }
         }
     }
@@ -200,15 +208,6 @@ impl Sources {
         if let Some(s) = self.0.iter_mut().find(|s| s.id == id) {
             s.idle = false;
             s.holds = Holds::default();
-        }
-    }
-
-    /// Holds every idle source at `ts` until it is confirmed idle twice:
-    /// what a restored engine does, not knowing which resumptions its
-    /// sources still answered for.
-    pub(super) fn hold_idle_at(&mut self, ts: Millis) {
-        for s in self.0.iter_mut().filter(|s| s.idle) {
-            s.holds.two = s.holds.two.min(ts);
         }
     }
 
@@ -336,19 +335,5 @@ mod tests {
         s.activate(0);
         s.activate(1);
         assert_eq!(s.low(), Some(Millis(100)), "all active: no resumption");
-    }
-
-    #[test]
-    fn a_restored_engine_holds_idle_sources_at_its_watermark() {
-        let mut s = sources(2);
-        s.saw(0, Millis(100));
-        s.caught_up(1, Millis(50));
-        s.hold_idle_at(Millis(70));
-        s.saw(0, Millis(9_000));
-        assert_eq!(s.low(), Some(Millis(70)));
-        assert!(!s.settled());
-        s.caught_up(1, Millis(50));
-        s.caught_up(1, Millis(50));
-        assert_eq!(s.low(), Some(Millis(9_000)));
     }
 }

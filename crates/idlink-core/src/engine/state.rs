@@ -79,7 +79,7 @@ pub struct Evidence {
     /// housemate's phone, not the account owner's (see
     /// `linking.refuse_platform_clash`). Fits in the padding. Added in
     /// snapshot format 5.
-    #[serde(deserialize_with = "crate::format::added")]
+    #[serde(deserialize_with = "crate::format::added_platform")]
     pub clash: bool,
 }
 

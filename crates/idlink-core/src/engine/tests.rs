@@ -390,6 +390,24 @@ fn a_backlog_after_every_source_went_idle_is_not_late() {
 }
 
 #[test]
+fn a_restored_engine_keeps_its_holds() {
+    let mut e = engine();
+    e.add_source(0);
+    e.add_source(1);
+    e.set_idle(0, true);
+    e.set_idle(1, true);
+    e.ingest(0, sighting(t(0, 100), "a", "81.2.3.4", None));
+    e.ingest(0, sighting(t(0, 400), "a", "81.2.3.4", None));
+    e.set_idle(1, true);
+    let bytes = e.snapshot();
+    let mut r =
+        Engine::restore(&Config::default(), AddressClassifier::new(64, &[]), &bytes).unwrap();
+    assert_eq!(r.watermark(), Millis::MIN, "still held");
+    r.set_idle(1, true);
+    assert_eq!(r.watermark(), t(0, 390), "the second confirmation frees it");
+}
+
+#[test]
 fn late_activity_refreshes_sign_in_but_adds_no_evidence() {
     let mut e = engine();
     e.ingest(0, sighting(t(0, 600), "p", "81.2.3.4", Some("a")));

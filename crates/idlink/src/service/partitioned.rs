@@ -244,9 +244,10 @@ fn admit(newest: &mut BTreeMap<u32, u64>, tag: Option<Tag>) -> bool {
 
 /// Whether a device partition's input record is an idle mark or
 /// confirmation. Sent every few seconds for as long as a partition is
-/// idle, they change nothing a snapshot holds (`sources.rs` in the core):
-/// they alone must not snapshot an idle task again and again. Read again
-/// after a restart, they confirm again, which is as true.
+/// idle, they alone must not snapshot an idle task again and again. They
+/// change only the sources' idleness and holds (`sources.rs` in the
+/// core), and a restart reads them again after the task's last snapshot,
+/// which rebuilds the same state.
 fn is_idle_confirmation(x: &StageInput) -> bool {
     matches!(x, StageInput::Watermark { idle: true, .. })
 }

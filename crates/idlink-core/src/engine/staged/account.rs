@@ -18,8 +18,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Bumped whenever an account partition's snapshot layout changes.
-const STAGE_VERSION: u32 = 1;
+/// Bumped whenever an account partition's snapshot layout changes, with
+/// what each layout still read lacks (the layout before had no added
+/// fields, and was read as one without the phone platform).
+const STAGE_VERSIONS: &[(u32, u8)] = &[(1, 0), (0, crate::format::PLATFORM)];
 
 /// A privacy request: `ts`, kind, about a device, id hash.
 type Request = (Millis, EventKind, bool, String);
@@ -82,13 +84,13 @@ impl AccountStage {
 
     /// The partition's snapshot (take its outgoing records first).
     pub fn snapshot(&self) -> Vec<u8> {
-        postcard::to_stdvec(&(STAGE_VERSION, self)).unwrap_or_default()
+        postcard::to_stdvec(&(STAGE_VERSIONS[0].0, self)).unwrap_or_default()
     }
 
     /// An account partition from its snapshot, applying a cap of
     /// `max_devices`.
     pub fn restore(max_devices: usize, bytes: &[u8]) -> Result<Self, crate::engine::SnapshotError> {
-        let mut a: AccountStage = read_versioned(bytes, STAGE_VERSION)?;
+        let mut a: AccountStage = read_versioned(bytes, STAGE_VERSIONS)?;
         a.max_devices = max_devices;
         Ok(a)
     }

@@ -41,9 +41,9 @@ enum Item {
     Privacy(Event),
 }
 
-/// Bumped whenever a bucket partition's snapshot layout changes; the
-/// previous layout is still read. 2 added the phone platform.
-const STAGE_VERSION: u32 = 2;
+/// Bumped whenever a bucket partition's snapshot layout changes, with
+/// what each layout still read lacks. 2 added the phone platform.
+const STAGE_VERSIONS: &[(u32, u8)] = &[(2, 0), (1, crate::format::PLATFORM)];
 
 /// Ordering key: `ts`, kind priority, sending partition, arrival.
 type Key = (Millis, u8, u32, u64);
@@ -232,12 +232,12 @@ impl BucketStage {
     /// acknowledgements of requests purged here would be taken later).
     pub fn snapshot(&mut self) -> Vec<u8> {
         self.purge();
-        postcard::to_stdvec(&(STAGE_VERSION, &*self)).unwrap_or_default()
+        postcard::to_stdvec(&(STAGE_VERSIONS[0].0, &*self)).unwrap_or_default()
     }
 
     /// A bucket partition from its snapshot and the current config.
     pub fn restore(config: &Config, bytes: &[u8]) -> Result<Self, crate::engine::SnapshotError> {
-        let mut b: BucketStage = read_versioned(bytes, STAGE_VERSION)?;
+        let mut b: BucketStage = read_versioned(bytes, STAGE_VERSIONS)?;
         let fresh = BucketStage::new(config, b.partition, b.device_partitions);
         b.p = fresh.p;
         b.hasher = fresh.hasher;

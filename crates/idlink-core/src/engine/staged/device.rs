@@ -572,16 +572,22 @@ fn next_seq(sent: &mut [u64], to: u32) -> u64 {
     }
 }
 
-/// Bumped whenever a device partition's snapshot layout changes; the
-/// previous layout is still read. 3 added the phone platform.
-const STAGE_VERSION: u32 = 3;
+/// Bumped whenever a device partition's snapshot layout changes, with
+/// what each layout still read lacks. 4 added the watermark sources'
+/// holds and kind, 3 the phone platform.
+const STAGE_VERSIONS: &[(u32, u8)] = &[
+    (4, 0),
+    (3, crate::format::SOURCE_STATE),
+    (2, crate::format::SOURCE_STATE | crate::format::PLATFORM),
+];
 
 impl Engine {
     /// A device partition's snapshot: the engine's state and the stage's
     /// (take the outgoing messages first: they are not in it).
     pub fn stage_snapshot(&mut self) -> Vec<u8> {
         self.purge_pending();
-        postcard::to_stdvec(&(STAGE_VERSION, &*self, self.stage.as_deref())).unwrap_or_default()
+        postcard::to_stdvec(&(STAGE_VERSIONS[0].0, &*self, self.stage.as_deref()))
+            .unwrap_or_default()
     }
 
     /// A device partition from its snapshot and the current config.
@@ -590,7 +596,7 @@ impl Engine {
         classifier: AddressClassifier,
         bytes: &[u8],
     ) -> Result<Engine, crate::engine::SnapshotError> {
-        let (mut e, stage): (Engine, Option<DeviceSide>) = read_versioned(bytes, STAGE_VERSION)?;
+        let (mut e, stage): (Engine, Option<DeviceSide>) = read_versioned(bytes, STAGE_VERSIONS)?;
         e.adopt(config, classifier);
         e.stage = stage.map(Box::new);
         e.track_changes();

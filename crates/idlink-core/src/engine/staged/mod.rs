@@ -68,7 +68,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireErr
             postcard::from_bytes(rest).map_err(|e| WireError(e.to_string()))
         }
         Some((&1, rest)) => {
-            let _old = crate::format::OldFormat::enter();
+            let _old = crate::format::OldFormat::lacking(crate::format::PLATFORM);
             postcard::from_bytes(rest).map_err(|e| WireError(e.to_string()))
         }
         Some((v, _)) => Err(WireError(format!("unknown version {v}"))),
@@ -132,7 +132,7 @@ pub struct Sighting {
     pub signed_in: bool,
     /// The phone platform the sighting's user agent named. Added in wire
     /// format 2.
-    #[serde(deserialize_with = "crate::format::added")]
+    #[serde(deserialize_with = "crate::format::added_platform")]
     pub platform: Platform,
 }
 
