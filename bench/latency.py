@@ -9,7 +9,9 @@ and p99, the upper bound of the histogram bucket that holds the quantile
 (null when it is the +Inf bucket or nothing was observed), and the
 fractions observed within 0.5 s and within 1 s; the same for
 sign-ins alone under "sign_ins" (`idlink_sign_in_to_publish_seconds`,
-the issue's target). Several files (one per instance) are summed
+the issue's target), and under "bucket_waits" the same for the waits
+of device partitions on the bucket stage (`idlink_bucket_wait_seconds`,
+partitioned mode; "records" counts waits). Several files (one per instance) are summed
 bucket by bucket. RATE, if given, is echoed as `rate_records_per_second`.
 Used by kafka-bench.sh and partitioned-bench.sh.
 """
@@ -54,6 +56,7 @@ def quantiles(metric):
 
 out = quantiles("idlink_ingest_to_publish_seconds")
 out["sign_ins"] = quantiles("idlink_sign_in_to_publish_seconds")
+out["bucket_waits"] = quantiles("idlink_bucket_wait_seconds")
 if args.rate is not None:
     out["rate_records_per_second"] = args.rate
 print(json.dumps(out))

@@ -54,6 +54,11 @@
 #   BENCH_BATCH_MS   service.batch_max_ms of the instances (default 50)
 #   BENCH_IDLE_SECONDS  service.source_idle_seconds of the instances
 #                    (default 10; see IDLE_SECONDS below)
+#   BENCH_PRIVACY_IDLE_MS  service.privacy_source_idle_ms of the
+#                    instances (default: the product's, 1000): how long a
+#                    quiet privacy partition holds the watermark. The bench
+#                    runs days in seconds, so a hold of a second of wall
+#                    time is hours of event time, released at once
 #   BENCH_LOG        IDLINK_LOG of the instances (default warn)
 #   BENCH_SNAPSHOT_SECONDS  service.snapshot_interval_seconds of the
 #                    instances (default 10); each snapshot lets a task
@@ -162,6 +167,9 @@ idle_flush_ms = $((BATCH_MS > 200 ? BATCH_MS : 200))
 source_idle_seconds = $IDLE_SECONDS
 snapshot_interval_seconds = $SNAPSHOT_SECONDS
 EOF
+        if [[ -n ${BENCH_PRIVACY_IDLE_MS:-} ]]; then
+            echo "privacy_source_idle_ms = $BENCH_PRIVACY_IDLE_MS"
+        fi
     } > "$2"
 }
 

@@ -13,6 +13,15 @@
 //! restore rebuilds it from the buffer, and an erasure purge (which drops
 //! buffered events and frees slots) drops the erased ids' entries and
 //! registers again the buffered events about them that it keeps.
+//!
+//! A device stage also *previews* here the sign-ins it has read but not
+//! taken yet: while it waits for the bucket stage (a day close) it takes
+//! no input, and the sign-ins read meanwhile would wait with it. A preview
+//! is counted apart from the buffered events, and it leaves when its
+//! record is taken, whatever taking it did (buffered, applied late, or
+//! dropped as erased). Previews are a function of the records read and not
+//! taken: never stored either, and a purge that forgets a pair forgets its
+//! previews (they come back when their records are taken).
 
 use super::Engine;
 use super::state::{Account, Device, LoginLink};
@@ -30,8 +39,10 @@ pub(super) struct EarlyLogin {
     pub first_seen: Millis,
     /// Latest buffered sign-in.
     pub last_seen: Millis,
-    /// Buffered signed-in events.
+    /// Buffered signed-in events, and previews.
     pub events: u32,
+    /// Of `events`, the previews: sign-ins read and not taken yet.
+    pub previews: u32,
     /// Where the link ranks in a capped account's view while it is only
     /// buffered: its first buffered sign-in's time, fixed, because later
     /// buffered sign-ins are not published (one that moved the view
@@ -85,13 +96,14 @@ impl Early {
             .collect()
     }
 
-    fn add(&mut self, d: u32, a: u32, ts: Millis) {
+    fn add(&mut self, d: u32, a: u32, ts: Millis, preview: bool) {
         let v = self.by_device.entry(d).or_default();
         match v.iter_mut().find(|e| e.account == a) {
             Some(e) => {
                 e.first_seen = e.first_seen.min(ts);
                 e.last_seen = e.last_seen.max(ts);
                 e.events = e.events.saturating_add(1);
+                e.previews += u32::from(preview);
             }
             None => {
                 v.push(EarlyLogin {
@@ -99,6 +111,7 @@ impl Early {
                     first_seen: ts,
                     last_seen: ts,
                     events: 1,
+                    previews: u32::from(preview),
                     ranked: ts,
                 });
                 let ds = self.by_account.entry(a).or_default();
@@ -109,23 +122,38 @@ impl Early {
         }
     }
 
-    /// One buffered sign-in of `d` to `a` left the buffer.
-    fn remove_one(&mut self, d: u32, a: u32) {
+    /// One buffered sign-in of `d` to `a` left the buffer (`preview`:
+    /// one preview was taken). Returns whether the pair's entry is gone.
+    fn remove_one(&mut self, d: u32, a: u32, preview: bool) -> bool {
         let Some(v) = self.by_device.get_mut(&d) else {
-            return;
+            return false;
         };
         let Some(i) = v.iter().position(|e| e.account == a) else {
-            return;
+            return false;
         };
-        v[i].events -= 1;
-        if v[i].events > 0 {
-            return;
+        let e = &mut v[i];
+        if preview {
+            // A purge forgot it (and whatever was registered since is
+            // not this preview's).
+            if e.previews == 0 {
+                return false;
+            }
+            e.previews -= 1;
+        } else if e.events == e.previews {
+            // A buffered event that was not registered (its ids awaited
+            // a purge then): the entry holds previews only.
+            return false;
+        }
+        e.events -= 1;
+        if e.events > 0 {
+            return false;
         }
         v.swap_remove(i);
         if v.is_empty() {
             self.by_device.remove(&d);
         }
         self.unlink(d, a);
+        true
     }
 
     fn is_empty(&self) -> bool {
@@ -188,14 +216,20 @@ impl Engine {
     /// Keeps a sign-in that waits in the reorder buffer, so the next
     /// published changes show it (only when publishing incrementally).
     pub(super) fn register_early(&mut self, ev: &Event) {
+        self.register_early_as(ev, false);
+    }
+
+    /// [`Engine::register_early`], for a buffered sign-in or a preview;
+    /// returns whether it was registered.
+    pub(super) fn register_early_as(&mut self, ev: &Event, preview: bool) -> bool {
         if self.changes.is_none() || ev.kind.is_privacy() {
-            return;
+            return false;
         }
         let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
-            return;
+            return false;
         };
         if self.is_erased(ev) {
-            return;
+            return false;
         }
         let d = self.devices.find(device);
         let a = self.accounts.find(account);
@@ -204,7 +238,7 @@ impl Engine {
         if d.is_some_and(|d| self.pending.has_device(d))
             || a.is_some_and(|a| self.pending.has_erased_account(a))
         {
-            return;
+            return false;
         }
         let d = d.unwrap_or_else(|| self.devices.intern(device, Device::new).0);
         let a = a.unwrap_or_else(|| self.accounts.intern(account, Account::default).0);
@@ -213,7 +247,7 @@ impl Engine {
         let known = self.devices.get(d).is_some_and(|x| x.login(a).is_some())
             || self.early.logins(d).iter().any(|e| e.account == a);
         let inferred_was_shown = !self.inferred_hidden(d);
-        self.early.add(d, a, ev.ts);
+        self.early.add(d, a, ev.ts, preview);
         if !known {
             self.mark_device(d);
             self.mark_account(a);
@@ -224,6 +258,29 @@ impl Engine {
         {
             // The inferred link disappears from view: its account's line
             // changes too.
+            let x = x.account;
+            self.mark_account(x);
+        }
+        true
+    }
+
+    /// A previewed sign-in's record was taken (or dropped): its preview
+    /// leaves the overlay, and if that was the pair's last entry, the
+    /// next published changes show what the state says.
+    pub(super) fn unpreview(&mut self, ev: &Event) {
+        let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
+            return;
+        };
+        let (Some(d), Some(a)) = (self.devices.find(device), self.accounts.find(account)) else {
+            return;
+        };
+        if !self.early.remove_one(d, a, true) {
+            return;
+        }
+        self.mark_device(d);
+        self.mark_account(a);
+        if let Some(x) = self.devices.get(d).and_then(|x| x.inferred.as_ref()) {
+            // Its inferred link may be in view again.
             let x = x.account;
             self.mark_account(x);
         }
@@ -245,7 +302,7 @@ impl Engine {
         if !self.early.holds_device(d) {
             return None;
         }
-        self.early.remove_one(d, a);
+        self.early.remove_one(d, a, false);
         Some((d, a))
     }
 

@@ -107,6 +107,10 @@ struct Task {
     /// Device-events records read and not yet taken (taken only while the
     /// device partition does not wait).
     inputs: VecDeque<Queued<StageInput>>,
+    /// How many records at the front of `inputs` have been offered for a
+    /// preview while the device partition waited (their sign-ins shown
+    /// before they are taken: `Engine::preview`).
+    previewed: usize,
     /// Evidence records read and not yet taken (taken only while it
     /// waits).
     evidence: VecDeque<Queued<Sent<ToDevices>>>,
@@ -139,6 +143,11 @@ struct Task {
     flush_asked: bool,
     /// Its device-events partition is paused (backpressure).
     paused: bool,
+    /// Since when its device partition waits for the bucket stage.
+    waiting_since: Option<Instant>,
+    /// Waits ended since the last publish, in seconds: the telemetry's
+    /// (where sign-ins queue: nothing is taken while it waits).
+    waits: Vec<f64>,
 }
 
 impl Task {
@@ -158,8 +167,18 @@ impl Task {
     /// messages while it waits for them, input while it does not.
     fn drive(&mut self) {
         loop {
-            if self.de.waiting_for_buckets() {
+            let waiting = self.de.waiting_for_buckets();
+            match (waiting, self.waiting_since) {
+                (true, None) => self.waiting_since = Some(Instant::now()),
+                (false, Some(since)) => {
+                    self.waits.push(since.elapsed().as_secs_f64());
+                    self.waiting_since = None;
+                }
+                _ => {}
+            }
+            if waiting {
                 let Some(q) = self.evidence.pop_front() else {
+                    self.preview();
                     return;
                 };
                 self.dirty = true;
@@ -170,11 +189,16 @@ impl Task {
                 let Some(q) = self.inputs.pop_front() else {
                     return;
                 };
+                self.previewed = self.previewed.saturating_sub(1);
                 self.dirty |= !q.msg.as_ref().is_some_and(is_idle_confirmation);
                 let admitted = admit(&mut self.epochs[DEVICE_EVENTS], q.tag);
-                let Some(input) = q.msg.filter(|_| admitted) else {
+                let Some(input) = q.msg else {
                     continue;
                 };
+                if !admitted {
+                    self.de.forget_preview(&input);
+                    continue;
+                }
                 match &input {
                     StageInput::Event { event, .. } => {
                         self.last_input = Instant::now();
@@ -193,6 +217,27 @@ impl Task {
                 }
                 self.de.take_input(input);
             }
+        }
+    }
+
+    /// While the device partition waits for the bucket stage, shows the
+    /// sign-ins read meanwhile (published with the next batch, which ends
+    /// their latency), up to the first privacy request: one read before a
+    /// sign-in must be applied before the sign-in may show.
+    fn preview(&mut self) {
+        while let Some(q) = self.inputs.get_mut(self.previewed) {
+            if let Some(input @ StageInput::Event { event, .. }) = &q.msg {
+                if event.kind.is_privacy() {
+                    return;
+                }
+                if self.de.preview(input) {
+                    self.taken_ts.extend(q.ts.take().map(|ts_ms| InputStamp {
+                        ts_ms,
+                        sign_in: true,
+                    }));
+                }
+            }
+            self.previewed += 1;
         }
     }
 }
@@ -590,6 +635,7 @@ impl Partitioned {
             be,
             acc,
             inputs: VecDeque::new(),
+            previewed: 0,
             evidence: VecDeque::new(),
             taken_ts: Vec::new(),
             read,
@@ -599,6 +645,8 @@ impl Partitioned {
             dirty: true,
             last_input: Instant::now(),
             flush_asked: false,
+            waiting_since: None,
+            waits: Vec::new(),
             paused: false,
         };
         save(&mut task, &self.internal, j).await?;
@@ -967,8 +1015,11 @@ impl Partitioned {
         self.telemetry.producer_queue(self.outbox.in_flight());
         let mut batch = Unsettled::default();
         batch.output.published = [nd, na, nk];
-        for t in self.tasks.values_mut() {
+        for (&j, t) in &mut self.tasks {
             batch.output.stamps.append(&mut t.taken_ts);
+            for wait in t.waits.drain(..) {
+                self.telemetry.bucket_wait(j, wait);
+            }
         }
         for ((t, p), r) in &mut self.routes {
             if let Some(o) = r.commit.take() {

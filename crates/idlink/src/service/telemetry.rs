@@ -74,6 +74,10 @@ pub struct Telemetry {
     snapshot_bytes: IntGauge,
     /// Time to write a snapshot.
     snapshot_seconds: Histogram,
+    /// Partitioned mode: how long device partitions wait for the bucket
+    /// stage (day closes, flushes); they take no input meanwhile, so this
+    /// is where sign-in latency goes.
+    bucket_waits: Histogram,
     /// Messages waiting in the producer queue.
     producer_queue: IntGauge,
     /// Privacy requests acknowledged.
@@ -232,6 +236,12 @@ impl Telemetry {
                 "idlink_snapshot_duration_seconds",
                 "Time to write a snapshot and commit offsets.",
                 prometheus::exponential_buckets(0.01, 2.0, 12).expect("valid buckets"),
+            ),
+            bucket_waits: histogram(
+                &r,
+                "idlink_bucket_wait_seconds",
+                "Partitioned mode: how long a device partition waited for the bucket stage (a day close or a flush), taking no input.",
+                LATENCY_BUCKETS.to_vec(),
             ),
             producer_queue: gauge(
                 &r,
@@ -434,6 +444,12 @@ impl Telemetry {
         self.snapshot_bytes.set(bytes as i64);
         self.snapshot_seconds.observe(seconds);
         tracing::debug!(bytes, seconds, "snapshot written");
+    }
+
+    /// A device partition waited `seconds` for the bucket stage.
+    pub fn bucket_wait(&self, task: u32, seconds: f64) {
+        self.bucket_waits.observe(seconds);
+        tracing::debug!(task, seconds, "waited for the bucket stage");
     }
 
     /// Mirrors the engine's counters and gauges.

@@ -19,7 +19,7 @@ use crate::engine::snapshot::read_versioned;
 use crate::engine::{Engine, colocation};
 use crate::event::Event;
 use crate::time::Millis;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// What the engine needs as a device stage. Stored with the engine in a
 /// device partition's snapshot, except the outboxes, which are empty
@@ -42,6 +42,12 @@ pub struct DeviceSide {
     received: Vec<u64>,
     /// The last offset taken from each input partition.
     offsets: FxHashMap<u32, i64>,
+    /// Records read and not taken whose sign-in is previewed (`source`,
+    /// `offset`): see [`Engine::preview`]. Not stored: a restored
+    /// partition has no previews, and its caller reads those records
+    /// again.
+    #[serde(skip)]
+    previewed: FxHashSet<(u32, i64)>,
     /// Stopped before the first event of a later day, at this time.
     stalled: Option<Millis>,
     /// Where the stopped release was going.
@@ -108,6 +114,66 @@ impl Engine {
         self.stage.as_ref().map(|s| s.partition)
     }
 
+    /// Shows the sign-in of a record read but not taken, while this
+    /// partition waits for the bucket stage and takes no input: published
+    /// with the next changes, as a buffered sign-in is. The record must be
+    /// taken later ([`Engine::take_input`]) or dropped
+    /// ([`Engine::forget_preview`]), in the order read, and the caller
+    /// previews nothing read after a privacy request until it has taken
+    /// that request. State is untouched (an id new to this partition gets
+    /// its slot, as a buffered sign-in's does): the graph the partition
+    /// ends with is the same whether it previewed or not. Returns whether
+    /// the record was previewed.
+    pub fn preview(&mut self, input: &StageInput) -> bool {
+        let StageInput::Event {
+            source,
+            offset,
+            event,
+        } = input
+        else {
+            return false;
+        };
+        let Some(stage) = self.stage.as_deref() else {
+            return false;
+        };
+        let key = (*source, *offset);
+        let taken = stage
+            .offsets
+            .get(source)
+            .is_some_and(|last| *offset <= *last);
+        if !event.is_sign_in() || taken || stage.previewed.contains(&key) {
+            return false;
+        }
+        if !self.register_early_as(event, true) {
+            return false;
+        }
+        if let Some(stage) = self.stage.as_deref_mut() {
+            stage.previewed.insert(key);
+        }
+        true
+    }
+
+    /// A record read will not be taken (its writer was fenced): its
+    /// preview, if any, leaves the overlay.
+    pub fn forget_preview(&mut self, input: &StageInput) {
+        if let StageInput::Event {
+            source,
+            offset,
+            event,
+        } = input
+            && self.take_preview(*source, *offset)
+        {
+            self.unpreview(event);
+        }
+    }
+
+    /// Whether record `offset` of `source` was previewed; forgets it.
+    fn take_preview(&mut self, source: u32, offset: i64) -> bool {
+        self.stage
+            .as_deref_mut()
+            .is_some_and(|s| !s.previewed.is_empty() && s.previewed.remove(&(source, offset)))
+    }
+
     /// Takes the next record of this device partition's input stream
     /// (dropping one already taken).
     pub fn take_input(&mut self, input: StageInput) {
@@ -117,14 +183,24 @@ impl Engine {
                 offset,
                 event,
             } => {
-                if let Some(stage) = self.stage.as_deref_mut() {
-                    let last = stage.offsets.entry(source).or_insert(-1);
-                    if offset <= *last {
-                        return;
+                // Taken first, then unpreviewed: a sign-in buffered now
+                // replaces its preview without a change in view.
+                let previewed = self.take_preview(source, offset).then(|| event.clone());
+                let fresh = match self.stage.as_deref_mut() {
+                    Some(stage) => {
+                        let last = stage.offsets.entry(source).or_insert(-1);
+                        let fresh = offset > *last;
+                        *last = (*last).max(offset);
+                        fresh
                     }
-                    *last = offset;
+                    None => true,
+                };
+                if fresh {
+                    self.ingest(source, event);
                 }
-                self.ingest(source, event);
+                if let Some(ev) = previewed {
+                    self.unpreview(&ev);
+                }
             }
             StageInput::Watermark { source, ts, idle } => {
                 if idle {

@@ -11,7 +11,9 @@
 //!
 //! A device partition takes the bucket stage's messages only while it
 //! waits for them ([`Engine::waiting_for_buckets`]) and new input only
-//! while it does not, as a deployment must for replays to repeat.
+//! while it does not, as a deployment must for replays to repeat; while it
+//! waits, it previews the sign-ins of the input it has not taken
+//! ([`Engine::preview`]), as a deployment does.
 
 use super::{
     AccountStage, BucketStage, Sent, Shown, StageInput, ToAccounts, ToBuckets, ToDevices,
@@ -36,10 +38,11 @@ pub enum Stage {
 }
 
 /// A device partition and where it is in its three input logs
-/// (input, evidence, shown).
+/// (input, evidence, shown), and how far it has previewed its input.
 struct DeviceTask {
     engine: Engine,
     at: [usize; 3],
+    previewed: usize,
     saved: Option<(Vec<u8>, [usize; 3])>,
 }
 
@@ -117,6 +120,7 @@ impl Pipeline {
             p.devices.push(DeviceTask {
                 engine: p.fresh_device(k),
                 at: [0; 3],
+                previewed: 0,
                 saved: None,
             });
             p.buckets.push(BucketTask {
@@ -251,6 +255,7 @@ impl Pipeline {
                         ),
                         None => (fresh, [0; 3]),
                     };
+                    t.previewed = t.at[0];
                 }
             }
             Stage::Buckets => {
@@ -337,6 +342,17 @@ impl Pipeline {
             let e = &mut t.engine;
             if e.waiting_for_buckets() {
                 let Some(msg) = self.evidence[k].get(t.at[1]) else {
+                    // Sign-ins read meanwhile are shown at once, up to the
+                    // first privacy request.
+                    t.previewed = t.previewed.max(t.at[0]);
+                    while let Some(input) = self.inputs[k].get(t.previewed) {
+                        if matches!(input, StageInput::Event { event, .. } if event.kind.is_privacy())
+                        {
+                            break;
+                        }
+                        moved |= e.preview(input);
+                        t.previewed += 1;
+                    }
                     break;
                 };
                 e.deliver(msg.clone());
