@@ -63,6 +63,13 @@ const FENCE_CHECK: Duration = Duration::from_millis(500);
 /// Queued input above which a task's device-events partition is paused.
 const QUEUE_HIGH: usize = 100_000;
 
+/// Most messages in one record of the sightings topic (a sighting is
+/// about 60 bytes encoded, so a record stays far below the brokers'
+/// message size limit). A device partition sends each bucket partition
+/// one record per publish, so a burst of releases costs the brokers and
+/// the bucket stage a few records, not one per sighting.
+const SIGHTINGS_PER_RECORD: usize = 1_000;
+
 /// Who wrote a record of an internal topic: the stage task whose owner
 /// wrote it and the epoch that owner claimed the task at. It is the key of
 /// every record a task's owner writes; routed input has no key.
@@ -758,7 +765,8 @@ impl Partitioned {
             }),
             _ if !admit(&mut task.epochs[t], tag) || claim => Ok(()),
             SHOWN => staged::decode::<Shown>(payload).map(|x| task.de.deliver_shown(x)),
-            SIGHTINGS => staged::decode::<Sent<ToBuckets>>(payload).map(|x| task.be.receive(x)),
+            SIGHTINGS => staged::decode_batch::<Sent<ToBuckets>>(payload)
+                .map(|batch| batch.into_iter().for_each(|x| task.be.receive(x))),
             _ => staged::decode::<ToAccounts>(payload).map(|x| task.acc.receive(x)),
         };
         if t != DEVICE_EVENTS || decoded.is_err() {
@@ -965,9 +973,21 @@ impl Partitioned {
             let internal = |topic: usize, p: u32, payload: Vec<u8>| {
                 Outgoing::internal(&self.internal[topic], p, payload).keyed(key.clone())
             };
+            // One record per bucket partition (or per SIGHTINGS_PER_RECORD
+            // messages), in order: not one per sighting.
+            let mut batches: BTreeMap<u32, Vec<Sent<ToBuckets>>> = BTreeMap::new();
             for (b, msg) in t.de.take_for_buckets() {
+                let batch = batches.entry(b).or_default();
+                batch.push(msg);
+                if batch.len() >= SIGHTINGS_PER_RECORD {
+                    let record = staged::encode_batch(batch);
+                    batch.clear();
+                    self.outbox.send(internal(SIGHTINGS, b, record))?;
+                }
+            }
+            for (b, batch) in batches.into_iter().filter(|(_, v)| !v.is_empty()) {
                 self.outbox
-                    .send(internal(SIGHTINGS, b, staged::encode(&msg)))?;
+                    .send(internal(SIGHTINGS, b, staged::encode_batch(&batch)))?;
             }
             for (key, line) in t.de.take_changes().devices {
                 let value = line.as_deref().map(str::as_bytes);
