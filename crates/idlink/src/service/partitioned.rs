@@ -977,17 +977,13 @@ impl Partitioned {
             // messages), in order: not one per sighting.
             let mut batches: BTreeMap<u32, Vec<Sent<ToBuckets>>> = BTreeMap::new();
             for (b, msg) in t.de.take_for_buckets() {
-                let batch = batches.entry(b).or_default();
-                batch.push(msg);
-                if batch.len() >= SIGHTINGS_PER_RECORD {
-                    let record = staged::encode_batch(batch);
-                    batch.clear();
-                    self.outbox.send(internal(SIGHTINGS, b, record))?;
-                }
+                batches.entry(b).or_default().push(msg);
             }
-            for (b, batch) in batches.into_iter().filter(|(_, v)| !v.is_empty()) {
-                self.outbox
-                    .send(internal(SIGHTINGS, b, staged::encode_batch(&batch)))?;
+            for (b, batch) in batches {
+                for chunk in batch.chunks(SIGHTINGS_PER_RECORD) {
+                    self.outbox
+                        .send(internal(SIGHTINGS, b, staged::encode_batch(chunk)))?;
+                }
             }
             for (key, line) in t.de.take_changes().devices {
                 let value = line.as_deref().map(str::as_bytes);
