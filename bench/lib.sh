@@ -4,8 +4,9 @@
 #
 # Gives: log, die, free_port, wait_port, a PIDS array killed on exit,
 # build_binaries (sets BIN and LOAD), start_broker (sets BROKERS, and
-# BROKER_PID for a broker started here) and topics_config (the config
-# lines every run shares).
+# BROKER_PID for a broker started here), fresh_broker (a new empty broker
+# in place of the one started here) and topics_config (the config lines
+# every run shares).
 
 log() { printf '[%s] %s\n' "$BENCH_NAME" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -54,12 +55,24 @@ start_broker() {
     mkdir -p "$DIR/broker"
     (cd "$DIR/broker" && exec "$NISSHI" broker --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://nisshi/ \
-        --group-initial-rebalance-delay 0s > broker.log 2>&1) &
+        --group-initial-rebalance-delay 0s >> broker.log 2>&1) &
     BROKER_PID=$!
     PIDS+=("$BROKER_PID")
     wait_port "$port"
     BROKERS=127.0.0.1:$port
     log "broker: nisshi on $BROKERS"
+}
+
+# Replaces the nisshi started here by a new, empty one, so that a run does
+# not pay for the topics of the runs before it: nisshi's in-memory store
+# slows as it accumulates them, which made a run's figures depend on its
+# place in the order (bench/README.md, session 23). An external broker
+# ($BENCH_BROKERS) is kept.
+fresh_broker() {
+    [[ -n ${BROKER_PID:-} ]] || return 0
+    kill "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    start_broker
 }
 
 # The config lines every run shares: the exclusion lists and topics named

@@ -15,8 +15,11 @@
 #      the stages (input, routed device events, sightings, device-links;
 #      evidence and account records are per device-day and account, not
 #      per event), with the same batching (5,000 records or 50 ms:
-#      produce, await the acknowledgements, commit) and no linking work
-#   5. for each instance count N in $BENCH_INSTANCES: fresh topics, N
+#      produce, await the acknowledgements, commit), the sightings hop
+#      packed as idlink packs it (one record per source and target
+#      partition a batch, at most 1,000 inside), and no linking work
+#   5. for each instance count N in $BENCH_INSTANCES: a fresh nisshi
+#      (fresh_broker in lib.sh; an external broker is kept), fresh topics, N
 #      instances started together and ready (each holds its share of the
 #      stage partitions), then every record produced as fast as possible;
 #      measured: seconds from the first record produced until the folded
@@ -28,7 +31,7 @@
 #      wait (compared with the ceiling), the late events (any is a
 #      warning: replay has none), each instance's peak RSS and CPU
 #      seconds, and the broker's CPU seconds over the run
-#   6. latency, for one and for two instances: fresh topics, the
+#   6. latency, for one and for two instances: a fresh nisshi, fresh topics, the
 #      instances live, the records produced at
 #      half of the first run's rate (less the idle wait); p50/p99 of
 #      idlink_ingest_to_publish_seconds (input record timestamp to the
@@ -191,8 +194,9 @@ log "input: $TOTAL records ($EVENTS device events, $PRIVACY privacy requests)"
 
 # The ceiling: a pass-through moving every device event through the topic
 # hops an event takes in the stages (input, routed device events,
-# sightings, device-links), with the same batching, and no linking work. One
-# instance of idlink creates the topics with its settings and stops.
+# sightings, device-links), with the same batching and the sightings hop
+# packed, and no linking work. One instance of idlink creates the topics
+# with its settings and stops; the chain skips what it wrote to them.
 chain=pb-chain-$(date +%s)
 config "$chain" "$DIR/chain.toml"
 start_idlink "$chain" "$DIR/chain.toml" "$DIR/chain-create.log"
@@ -203,11 +207,12 @@ kill -TERM "$STARTED_PID"; wait "$STARTED_PID" 2>/dev/null || true
 "$LOAD" --brokers "$BROKERS" chain --input "$chain-device-events" \
     --hops "$chain-internal-device-events,$chain-internal-sightings" \
     --output "$chain-device-links" --group "$chain-pass" --count "$EVENTS" \
-    --batch 5000 --batch-ms 50 > "$DIR/chain.json"
+    --packed "$chain-internal-sightings" --batch 5000 --batch-ms 50 > "$DIR/chain.json"
 log "pass-through over the same hops: $(cat "$DIR/chain.json")"
 
 RESULTS=()
 for n in $INSTANCES; do
+    fresh_broker
     prefix=pb-$n-$(date +%s)
     config "$prefix" "$DIR/run-$n.toml"
     start_group "$n" "$prefix" "$DIR/run-$n.toml" "$DIR/run-$n"
@@ -299,6 +304,7 @@ done
 lat_rate=${BENCH_LATENCY_RATE:-$((FIRST_BUSY / 2))}
 LATENCIES=()
 for n in $LATENCY_INSTANCES; do
+    fresh_broker
     prefix=pb-lat-$n-$(date +%s)
     config "$prefix" "$DIR/run-lat-$n.toml"
     start_group "$n" "$prefix" "$DIR/run-lat-$n.toml" "$DIR/run-lat-$n"

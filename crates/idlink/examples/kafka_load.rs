@@ -8,7 +8,10 @@
 //!   the acknowledgements, commit), without any linking work;
 //! * `chain`: the same through a chain of topics, as the partitioned
 //!   stages move a record (input, routed device events, sightings,
-//!   evidence, output), one consumer of every hop per instance.
+//!   evidence, output), one consumer of every hop per instance; with
+//!   `--packed`, the records bound for one hop travel packed as idlink
+//!   packs its sightings (one record per source and target partition a
+//!   batch, at most 1,000 inside).
 //!
 //! It also folds a compacted topic into a sorted JSON-lines file, to
 //! compare `idlink run`'s outputs with `idlink replay`'s. Every command
@@ -18,9 +21,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -91,6 +95,12 @@ enum Command {
         batch: usize,
         #[arg(long, default_value_t = 50)]
         batch_ms: u64,
+        /// A hop whose records travel packed, as idlink's sightings do:
+        /// the records a batch sends from one source partition to one
+        /// partition of this topic go as one record (at most 1,000), and
+        /// are unpacked when read from it.
+        #[arg(long)]
+        packed: Option<String>,
     },
     /// Fold a compacted topic (latest value per key, tombstones delete)
     /// into sorted lines.
@@ -144,11 +154,15 @@ fn main() -> Result<()> {
             count,
             batch,
             batch_ms,
+            packed,
         } => rt.block_on(chain(
             &cli.brokers,
-            &input,
-            &hops,
-            &output,
+            &ChainTopics {
+                input: &input,
+                hops: &hops,
+                output: &output,
+                packed: packed.as_deref(),
+            },
             &group,
             count,
             (batch, Duration::from_millis(batch_ms)),
@@ -333,11 +347,80 @@ async fn passthrough(
     Ok(serde_json::json!({"records": n, "seconds": s, "records_per_second": n as f64 / s}))
 }
 
+/// The topics of a `chain`.
+struct ChainTopics<'a> {
+    input: &'a str,
+    /// In order; each feeds the next, the last feeds `output`.
+    hops: &'a [String],
+    output: &'a str,
+    /// A hop whose records travel packed.
+    packed: Option<&'a str>,
+}
+
+/// The key of a packed record; records idlink wrote to a hop while it
+/// created the topics are read before the chain's own and skipped (see
+/// `starts`), so any other key in the packed hop is an error.
+const PACKED_KEY: &[u8] = b"kafka_load packed";
+/// The most records one packed record holds, as idlink's sightings batches.
+const PACKED_MAX: usize = 1000;
+
+/// Appends a record to a pack: key and value, each after its length as
+/// a little-endian u32.
+fn pack(into: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    for part in [key, value] {
+        into.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_le_bytes());
+        into.extend_from_slice(part);
+    }
+}
+
+/// The records of a pack, in order.
+fn unpack(mut pack: &[u8]) -> Result<Vec<(&[u8], &[u8])>> {
+    fn part<'a>(b: &mut &'a [u8]) -> Result<&'a [u8]> {
+        let (len, rest) = b.split_first_chunk::<4>().context("packed record: truncated length")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (part, rest) = rest.split_at_checked(len).context("packed record: truncated part")?;
+        *b = rest;
+        Ok(part)
+    }
+    let mut records = Vec::new();
+    while !pack.is_empty() {
+        let key = part(&mut pack)?;
+        records.push((key, part(&mut pack)?));
+    }
+    Ok(records)
+}
+
+/// For each hop topic and partition, the end offset before the chain
+/// starts: what idlink wrote there while it created the topics (markers,
+/// reports) is not part of the run, and is skipped.
+fn starts(p: &FutureProducer, hops: &[String]) -> Result<HashMap<(String, i32), i64>> {
+    let mut starts = HashMap::new();
+    let md = p.client().fetch_metadata(None, Duration::from_secs(10))?;
+    for t in md.topics().iter().filter(|t| hops.iter().any(|h| h == t.name())) {
+        for part in t.partitions() {
+            let (_, high) = p.client().fetch_watermarks(t.name(), part.id(), Duration::from_secs(10))?;
+            starts.insert((t.name().to_string(), part.id()), high);
+        }
+    }
+    Ok(starts)
+}
+
+/// Hands a record for `to` (at `partition`, else by key) to the producer.
+async fn send(
+    p: &FutureProducer,
+    to: &str,
+    partition: Option<i32>,
+    key: &[u8],
+    value: &[u8],
+) -> DeliveryFuture {
+    let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(to).key(key).payload(value);
+    r.partition = partition;
+    enqueue(p, r).await
+}
+
 async fn chain(
     brokers: &str,
-    input: &str,
-    hops: &[String],
-    output: &str,
+    topics: &ChainTopics<'_>,
     group: &str,
     count: u64,
     (batch, batch_time): (usize, Duration),
@@ -349,37 +432,84 @@ async fn chain(
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    // topics[i] feeds topics[i + 1]; the last is the output.
-    let mut topics: Vec<&str> = vec![input];
-    topics.extend(hops.iter().map(String::as_str));
-    c.subscribe(&topics)?;
-    topics.push(output);
     let p = producer(brokers)?;
+    let skip_below = starts(&p, topics.hops)?;
+    // chain[i] feeds chain[i + 1]; the last is the output.
+    let mut chain: Vec<&str> = vec![topics.input];
+    chain.extend(topics.hops.iter().map(String::as_str));
+    c.subscribe(&chain)?;
+    chain.push(topics.output);
+    let packed_partitions = match topics.packed {
+        Some(t) if t == topics.output => bail!("the output cannot be packed"),
+        Some(t) => {
+            let md = p.client().fetch_metadata(Some(t), Duration::from_secs(10))?;
+            let n = md.topics().first().map_or(0, |t| t.partitions().len());
+            if n == 0 {
+                bail!("packed topic {t} has no partitions");
+            }
+            n as u64
+        }
+        None => 0,
+    };
+    let hasher = BuildHasherDefault::<DefaultHasher>::default();
+    // Records bound for the packed hop, by (source partition, target
+    // partition): their pack and how many it holds.
+    let mut packs: HashMap<(i32, i32), (Vec<u8>, usize)> = HashMap::new();
     let (mut out, mut start) = (0u64, None);
-    let mut pending: Vec<(bool, DeliveryFuture)> = Vec::with_capacity(batch);
+    // Each future with the number of records it delivers to the output.
+    let mut pending: Vec<(u64, DeliveryFuture)> = Vec::with_capacity(batch);
     let mut opened = Instant::now();
     while out < count {
         let wait = batch_time.saturating_sub(opened.elapsed());
         if let Ok(m) = tokio::time::timeout(wait.max(Duration::from_millis(1)), c.recv()).await {
             let m = m?;
-            start.get_or_insert_with(Instant::now);
-            let Some(at) = topics.iter().position(|t| *t == m.topic()) else {
+            let Some(at) = chain.iter().position(|t| *t == m.topic()) else {
                 continue;
             };
-            let to = topics[at + 1];
+            let stray = skip_below
+                .get(&(m.topic().to_string(), m.partition()))
+                .is_some_and(|&below| m.offset() < below);
+            if stray {
+                continue;
+            }
+            start.get_or_insert_with(Instant::now);
+            let to = chain[at + 1];
             let key = m.key().unwrap_or_default();
             let value = m.payload().unwrap_or_default();
-            let r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(to).key(key).payload(value);
-            pending.push((to == output, enqueue(&p, r).await));
+            let at_output = u64::from(to == topics.output);
+            if Some(m.topic()) == topics.packed {
+                if key != PACKED_KEY {
+                    bail!("a record of packed hop {} without the packed key", m.topic());
+                }
+                for (key, value) in unpack(value)? {
+                    pending.push((at_output, send(&p, to, None, key, value).await));
+                }
+            } else if Some(to) == topics.packed {
+                let target = (hasher.hash_one(key) % packed_partitions) as i32;
+                let (buf, n) = packs.entry((m.partition(), target)).or_default();
+                pack(buf, key, value);
+                *n += 1;
+                if *n >= PACKED_MAX {
+                    pending.push((0, send(&p, to, Some(target), PACKED_KEY, buf).await));
+                    packs.remove(&(m.partition(), target));
+                }
+            } else {
+                pending.push((at_output, send(&p, to, None, key, value).await));
+            }
         } else if start.is_none() && opened.elapsed() > Duration::from_secs(30) {
             bail!("no record for 30 s");
         }
-        if pending.len() >= batch || opened.elapsed() >= batch_time {
-            for (last, f) in pending.drain(..) {
+        if pending.len() + packs.len() >= batch || opened.elapsed() >= batch_time {
+            if let Some(to) = topics.packed {
+                for ((_, target), (buf, _)) in packs.drain() {
+                    pending.push((0, send(&p, to, Some(target), PACKED_KEY, &buf).await));
+                }
+            }
+            for (delivered, f) in pending.drain(..) {
                 if let Err((e, _)) = f.await? {
                     bail!("chain produce: {e}");
                 }
-                out += u64::from(last);
+                out += delivered;
             }
             if start.is_some() {
                 c.commit_consumer_state(CommitMode::Async)?;
@@ -388,9 +518,13 @@ async fn chain(
         }
     }
     let s = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    Ok(
-        serde_json::json!({"records": out, "hops": hops.len(), "seconds": s, "records_per_second": out as f64 / s}),
-    )
+    Ok(serde_json::json!({
+        "records": out,
+        "hops": topics.hops.len(),
+        "packed": topics.packed,
+        "seconds": s,
+        "records_per_second": out as f64 / s,
+    }))
 }
 
 fn fold(brokers: &str, topic: &str, out: &PathBuf) -> Result<serde_json::Value> {
