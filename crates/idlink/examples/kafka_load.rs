@@ -376,9 +376,13 @@ fn pack(into: &mut Vec<u8>, key: &[u8], value: &[u8]) {
 /// The records of a pack, in order.
 fn unpack(mut pack: &[u8]) -> Result<Vec<(&[u8], &[u8])>> {
     fn part<'a>(b: &mut &'a [u8]) -> Result<&'a [u8]> {
-        let (len, rest) = b.split_first_chunk::<4>().context("packed record: truncated length")?;
+        let (len, rest) = b
+            .split_first_chunk::<4>()
+            .context("packed record: truncated length")?;
         let len = u32::from_le_bytes(*len) as usize;
-        let (part, rest) = rest.split_at_checked(len).context("packed record: truncated part")?;
+        let (part, rest) = rest
+            .split_at_checked(len)
+            .context("packed record: truncated part")?;
         *b = rest;
         Ok(part)
     }
@@ -396,9 +400,15 @@ fn unpack(mut pack: &[u8]) -> Result<Vec<(&[u8], &[u8])>> {
 fn starts(p: &FutureProducer, hops: &[String]) -> Result<HashMap<(String, i32), i64>> {
     let mut starts = HashMap::new();
     let md = p.client().fetch_metadata(None, Duration::from_secs(10))?;
-    for t in md.topics().iter().filter(|t| hops.iter().any(|h| h == t.name())) {
+    for t in md
+        .topics()
+        .iter()
+        .filter(|t| hops.iter().any(|h| h == t.name()))
+    {
         for part in t.partitions() {
-            let (_, high) = p.client().fetch_watermarks(t.name(), part.id(), Duration::from_secs(10))?;
+            let (_, high) =
+                p.client()
+                    .fetch_watermarks(t.name(), part.id(), Duration::from_secs(10))?;
             starts.insert((t.name().to_string(), part.id()), high);
         }
     }
@@ -442,7 +452,9 @@ async fn chain(
     let packed_partitions = match topics.packed {
         Some(t) if t == topics.output => bail!("the output cannot be packed"),
         Some(t) => {
-            let md = p.client().fetch_metadata(Some(t), Duration::from_secs(10))?;
+            let md = p
+                .client()
+                .fetch_metadata(Some(t), Duration::from_secs(10))?;
             let n = md.topics().first().map_or(0, |t| t.partitions().len());
             if n == 0 {
                 bail!("packed topic {t} has no partitions");
@@ -479,7 +491,10 @@ async fn chain(
             let at_output = u64::from(to == topics.output);
             if Some(m.topic()) == topics.packed {
                 if key != PACKED_KEY {
-                    bail!("a record of packed hop {} without the packed key", m.topic());
+                    bail!(
+                        "a record of packed hop {} without the packed key",
+                        m.topic()
+                    );
                 }
                 for (key, value) in unpack(value)? {
                     pending.push((at_output, send(&p, to, None, key, value).await));
