@@ -10,7 +10,9 @@ import json, os
 DAY = "2026-01-0{}"
 
 def ev(day, hm, kind, device=None, ip=None, account=None, **extra):
-    e = {"ts": f"2026-01-{day:02d}T{hm}:00Z", "kind": kind}
+    """hm: "HH:MM", or "HH:MM:SS" for a time within a minute."""
+    hms = hm if hm.count(":") == 2 else f"{hm}:00"
+    e = {"ts": f"2026-01-{day:02d}T{hms}Z", "kind": kind}
     if device: e["device_id"] = device
     if ip: e["ip"] = ip
     if account: e["account_id"] = account
@@ -132,10 +134,12 @@ write("bad-lines", [ev(5, "08:00", "login", "ok-phone", "81.2.3.4", "okay")], [
 ])
 
 # 12. Two phones of two platforms at home: alice's iPhone app is signed in;
-#     a minute later, on six evenings, her iPhone's browser (a cookie of
-#     its own) and her housemate bob's Android phone, never signed in, come
-#     online. Both meet her use alike; the Android phone clashes with her
-#     only phone's platform and is refused, her browser is linked.
+#     twenty seconds later, on six evenings, her iPhone's browser (a cookie
+#     of its own) and her housemate bob's Android phone, never signed in,
+#     come online. Both meet her use alike (two unexplained devices on the
+#     address, so each day weighs exp(-1/6) / sqrt(2) = 0.60, over the
+#     0.5 a day needs); the Android phone clashes with her only phone's
+#     platform and is refused, her browser is linked.
 IPHONE_APP = "IdlinkNews/5.12.0 (iPhone15,2; iOS 17.4.1)"
 IPHONE_SAFARI = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
                  "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1")
@@ -144,6 +148,6 @@ ANDROID_CHROME = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
 two = []
 for d in SIX:
     two.append(ev(d, "20:00", "app_open", "alice-iphone-app", "81.2.3.12", "alice", user_agent=IPHONE_APP))
-    two.append(ev(d, "20:01", "page_view", "alice-iphone-safari", "81.2.3.12", user_agent=IPHONE_SAFARI))
-    two.append(ev(d, "20:01", "page_view", "bob-android", "81.2.3.12", user_agent=ANDROID_CHROME))
+    two.append(ev(d, "20:00:20", "page_view", "alice-iphone-safari", "81.2.3.12", user_agent=IPHONE_SAFARI))
+    two.append(ev(d, "20:00:20", "page_view", "bob-android", "81.2.3.12", user_agent=ANDROID_CHROME))
 write("household-two-platforms", two)

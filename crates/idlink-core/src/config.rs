@@ -152,9 +152,10 @@ pub struct LinkingConfig {
     pub min_days: u32,
     /// Minimum score (see ARCHITECTURE.md) of the leading account.
     pub min_score: f64,
-    /// Minimum score per day of evidence: the device must meet the
-    /// account's signed-in use minutes apart consistently, not merely
-    /// often. A housemate's phone meets it on many evenings by chance, with
+    /// Minimum mean weight of a day of evidence (the score divided by
+    /// the days of evidence, each day counted by its decay, so that steady
+    /// use keeps its mean as it ages): the device must meet the account's
+    /// signed-in use minutes apart consistently, not merely often. A housemate's phone meets it on many evenings by chance, with
     /// weak weights; a person's own devices meet it in the same session.
     pub min_mean_weight: f64,
     /// Minimum share of the device's total evidence (anonymous removed
@@ -203,7 +204,7 @@ impl Default for LinkingConfig {
             evidence_horizon_days: 30,
             min_days: 2,
             min_score: 2.0,
-            min_mean_weight: 0.3,
+            min_mean_weight: 0.5,
             min_share: 0.8,
             close_gap_minutes: 5.0,
             min_coverage: 0.2,

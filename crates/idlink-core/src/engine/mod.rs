@@ -1130,7 +1130,8 @@ impl Engine {
                 })
             })?;
         let share = if total > 0.0 { best.score / total } else { 0.0 };
-        let mean = best.score / f64::from(best.days.max(1));
+        // The decay-weighted mean weight of a day of evidence.
+        let mean = best.score / best.decayed_days.max(f64::MIN_POSITIVE);
         let active = dev.active_days_to(day, window).max(1);
         let coverage = f64::from(best.close_days) / f64::from(active);
         if best.score < self.p.min_score

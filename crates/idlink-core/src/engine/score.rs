@@ -27,6 +27,13 @@ pub struct Candidate {
     pub score: f64,
     /// Distinct days of evidence within the horizon.
     pub days: u16,
+    /// The same days, each counted by its decay factor: what the score
+    /// is divided by for the mean weight of a day. Dividing the decayed
+    /// score by whole days made the mean of a device used the same way
+    /// every day fall as its evidence aged, so a laptop used minutes
+    /// from its owner's phone every evening lost its link after two or
+    /// three weeks of that (`bench/memory-flat.sh`, session 24).
+    pub decayed_days: f64,
     /// Distinct days of close use within [`CloseUse::window_days`]: days
     /// with a co-location at most [`CloseUse::gap_s`] apart.
     pub close_days: u16,
@@ -80,6 +87,7 @@ pub fn candidates(
         let mut first = Millis::MAX;
         let mut last = Millis::MIN;
         let mut clash = false;
+        let mut decayed_days = 0.0;
         for e in group {
             let f = decay(e.day, day, horizon_days);
             if f <= 0.0 {
@@ -95,6 +103,7 @@ pub fn candidates(
             }
             if days.last() != Some(&e.day) && !days.contains(&e.day) {
                 days.push(e.day);
+                decayed_days += f;
             }
             let in_window = i64::from(day) - i64::from(e.day) < i64::from(close.window_days);
             if e.gap_s <= close.gap_s && in_window && close_days.last() != Some(&e.day) {
@@ -112,6 +121,7 @@ pub fn candidates(
             account: group[0].account,
             score,
             days: days.len().min(u16::MAX as usize) as u16,
+            decayed_days,
             close_days: close_days.len().min(u16::MAX as usize) as u16,
             buckets: per_bucket.len().min(u16::MAX as usize) as u16,
             first_seen: first,
@@ -155,6 +165,15 @@ mod tests {
             at: Millis(i64::from(day) * crate::time::DAY_MS),
             clash: false,
         }
+    }
+
+    #[test]
+    fn the_mean_weight_of_steady_use_does_not_fall_with_age() {
+        let e: Vec<_> = (0..30).map(|d| ev(1, d, 7, 5_000)).collect();
+        let c = candidates(&e, 29, 30, CLOSE);
+        assert_eq!(c[0].days, 30);
+        let mean = c[0].score / c[0].decayed_days;
+        assert!((mean - 0.5).abs() < 1e-9, "{mean}");
     }
 
     #[test]

@@ -511,6 +511,47 @@ fn state_follows_the_active_population() {
     );
 }
 
+/// A laptop used a minute after its owner's signed-in phone every
+/// evening is linked within days and keeps its link for as long as that
+/// goes on. The mean weight of a day once divided the decayed score by
+/// whole days, so it fell as the evidence aged: at the default
+/// thresholds such a link went after two or three weeks of steady use,
+/// and the same laptop flapped between linked and not.
+#[test]
+fn steady_daily_use_keeps_its_inferred_link() {
+    let mut e = engine();
+    let mut linked_days = Vec::new();
+    for day in 0..75 {
+        for k in 0..3 {
+            e.ingest(
+                0,
+                sighting(t(day, 1080 + 10 * k), "phone", "81.2.3.4", Some("alice")),
+            );
+            e.ingest(
+                0,
+                sighting(t(day, 1081 + 10 * k), "laptop", "81.2.3.4", None),
+            );
+        }
+        // The first event of a day closes the one before it.
+        e.ingest(
+            0,
+            sighting(t(day + 1, 30), "phone", "81.2.3.4", Some("alice")),
+        );
+        let line = e.device_line("laptop").unwrap_or_default();
+        if line.contains("\"link_type\":\"inferred\"") && line.contains("\"account_id\":\"alice\"")
+        {
+            linked_days.push(day);
+        }
+    }
+    let first = linked_days.first().copied().unwrap_or(i64::MAX);
+    assert!(first <= 7, "linked within a week: {linked_days:?}");
+    assert_eq!(
+        linked_days,
+        (first..75).collect::<Vec<_>>(),
+        "linked every day from then on"
+    );
+}
+
 /// A sign-in is published at once, not after the allowed lateness: the
 /// published view merges the sign-ins still waiting for the watermark,
 /// and the final graph is the same as without incremental publishing.
