@@ -155,8 +155,9 @@ pub struct LinkingConfig {
     /// Minimum mean weight of a day of evidence (the score divided by
     /// the days of evidence, each day counted by its decay, so that steady
     /// use keeps its mean as it ages): the device must meet the account's
-    /// signed-in use minutes apart consistently, not merely often. A housemate's phone meets it on many evenings by chance, with
-    /// weak weights; a person's own devices meet it in the same session.
+    /// signed-in use minutes apart consistently, not merely often. A
+    /// housemate's phone meets it on many evenings by chance, with weak
+    /// weights; a person's own devices meet it in the same session.
     pub min_mean_weight: f64,
     /// Minimum share of the device's total evidence (anonymous removed
     /// evidence included) that the leading account must hold.
