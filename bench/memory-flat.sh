@@ -70,6 +70,10 @@ import datetime, json, os, subprocess, sys
 out, binary, households, days, step, visitors = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
 start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 cafes = max(1, households // 50)
+reset_days = 28  # a laptop's cookie lives four weeks
+
+def laptop(h, day):
+    return f"laptop-{h}-{(day + h) // reset_days}"
 
 def ts(day, second):
     t = start + datetime.timedelta(days=day, seconds=second)
@@ -89,9 +93,8 @@ with open(f"{out}/stream.jsonl", "w") as f:
             for k in range(3):
                 events.append((evening + 600 * k, {"kind": "page_view", "device_id": f"phone-{h}",
                                                  "ip": home(h), "account_id": account}))
-            laptop = f"laptop-{h}-{(day + h) // 28}"
             for k in range(3):
-                events.append((evening + 20 + 600 * k, {"kind": "page_view", "device_id": laptop,
+                events.append((evening + 20 + 600 * k, {"kind": "page_view", "device_id": laptop(h, day),
                                                      "ip": home(h)}))
             for v in range(visitors):
                 cafe = (h * visitors + v) % cafes
@@ -117,7 +120,7 @@ for n in range(step, days + 1, step):
     if status != 0:
         sys.exit(f"replay of the first {n} days failed: see {run}.log")
     s = json.load(open(f"{run}/summary.json"))
-    laptops = len({(h, (d + h) // 28) for h in range(households) for d in range(n)})
+    laptops = len({laptop(h, d) for h in range(households) for d in range(n)})
     row = {
         "days": n,
         "events": s["events_read"],
