@@ -361,7 +361,9 @@ struct ChainTopics<'a> {
 /// created the topics are read before the chain's own and skipped (see
 /// `starts`), so any other key in the packed hop is an error.
 const PACKED_KEY: &[u8] = b"kafka_load packed";
-/// The most records one packed record holds, as idlink's sightings batches.
+/// The most records one packed record holds, as in idlink's sightings
+/// batches (`SIGHTINGS_PER_RECORD` in `src/service/partitioned.rs`, private
+/// to the binary: keep the two equal).
 const PACKED_MAX: usize = 1000;
 
 /// Appends a record to a pack: key and value, each after its length as
