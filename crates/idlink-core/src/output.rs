@@ -10,7 +10,7 @@ use crate::engine::score::{decay, round4};
 use crate::engine::state::{Account, Device, Evidence, WEIGHT_ONE};
 use crate::ids::Key;
 use crate::keyed::tag_hex;
-use crate::time::{Millis, format_day};
+use crate::time::{Millis, format_day, serialize_rfc3339};
 use serde::Serialize;
 
 /// One line of `device-links`.
@@ -26,8 +26,10 @@ struct Link<'a> {
     account_id: Key<'a>,
     link_type: &'static str,
     confidence: f64,
-    first_seen: String,
-    last_seen: String,
+    #[serde(serialize_with = "serialize_rfc3339")]
+    first_seen: Millis,
+    #[serde(serialize_with = "serialize_rfc3339")]
+    last_seen: Millis,
     evidence: LinkEvidence,
 }
 
@@ -97,23 +99,67 @@ struct AccountDevice<'a> {
     device_id: &'a str,
     link_type: &'static str,
     confidence: f64,
-    last_seen: String,
+    #[serde(serialize_with = "serialize_rfc3339")]
+    last_seen: Millis,
 }
 
 fn fixed(x: u32) -> f64 {
     round4(f64::from(x) / f64::from(WEIGHT_ONE))
 }
 
-/// Renders a device's line, or `None` if it shows no links. `shown`
-/// says whether an account (slot) shows this device (its device cap).
-pub(crate) fn device_line(
-    id: Key<'_>,
-    dev: &Device,
-    accounts: &Slots<Account>,
-    shown: &mut dyn FnMut(u32) -> bool,
-    horizon_days: i64,
-    max_support: usize,
-) -> Option<String> {
+/// Appends a rendered line (no newline) to `out`; false (and nothing
+/// appended) for `None`. The bulk writers reuse one buffer for every line.
+fn append_line<T: Serialize>(out: &mut Vec<u8>, line: Option<T>) -> bool {
+    let Some(line) = line else {
+        return false;
+    };
+    let len = out.len();
+    // Serializing into memory fails only on a non-string map key, which
+    // these records do not have; undo a partial line all the same.
+    let written = serde_json::to_writer(&mut *out, &line).is_ok();
+    if !written {
+        out.truncate(len);
+    }
+    written
+}
+
+/// What a device's line says, for [`device_line`] and
+/// [`write_device_line`].
+pub(crate) struct DeviceArgs<'a, 's> {
+    /// The device's id.
+    pub id: Key<'a>,
+    /// Its state, buffered sign-ins merged in.
+    pub dev: &'a Device,
+    /// The accounts, for their ids.
+    pub accounts: &'a Slots<Account>,
+    /// Whether an account (slot) shows this device (its device cap).
+    pub shown: &'s mut dyn FnMut(u32) -> bool,
+    /// `linking.horizon_days`, to decay the supporting evidence.
+    pub horizon_days: i64,
+    /// `linking.max_support`: supporting bucket-days listed.
+    pub max_support: usize,
+}
+
+/// Renders a device's line, or `None` if it shows no links.
+pub(crate) fn device_line(args: DeviceArgs<'_, '_>) -> Option<String> {
+    serde_json::to_string(&device_record(args)?).ok()
+}
+
+/// Appends a device's line (no newline) to `out`; false if it shows no
+/// links.
+pub(crate) fn write_device_line(out: &mut Vec<u8>, args: DeviceArgs<'_, '_>) -> bool {
+    append_line(out, device_record(args))
+}
+
+fn device_record<'a>(args: DeviceArgs<'a, '_>) -> Option<DeviceLine<'a>> {
+    let DeviceArgs {
+        id,
+        dev,
+        accounts,
+        shown,
+        horizon_days,
+        max_support,
+    } = args;
     let mut links: Vec<Link> = dev
         .logins
         .iter()
@@ -122,8 +168,8 @@ pub(crate) fn device_line(
             account_id: accounts.id(l.account),
             link_type: "login",
             confidence: 1.0,
-            first_seen: l.first_seen.to_string(),
-            last_seen: l.last_seen.to_string(),
+            first_seen: l.first_seen,
+            last_seen: l.last_seen,
             evidence: LinkEvidence::SignIn {
                 signal: "sign_in",
                 events: l.events,
@@ -156,8 +202,8 @@ pub(crate) fn device_line(
             account_id: accounts.id(i.account),
             link_type: "inferred",
             confidence: fixed(i.confidence.into()),
-            first_seen: i.first_seen.to_string(),
-            last_seen: i.last_seen.to_string(),
+            first_seen: i.first_seen,
+            last_seen: i.last_seen,
             evidence: LinkEvidence::CoLocation {
                 signal: "co_location",
                 score: fixed(i.score),
@@ -185,11 +231,10 @@ pub(crate) fn device_line(
         return None;
     }
     links.sort_by(|a, b| a.account_id.cmp(&b.account_id));
-    serde_json::to_string(&DeviceLine {
+    Some(DeviceLine {
         device_id: id,
         links,
     })
-    .ok()
 }
 
 /// One device on an account's line, and where the account's device cap
@@ -268,6 +313,16 @@ pub fn shown_entries(entries: &[AccountEntry], max: usize) -> Vec<usize> {
 /// Renders an account's line from its shown entries (in any order), or
 /// `None` if there are none.
 pub fn account_line(id: Key<'_>, entries: &[AccountEntry]) -> Option<String> {
+    serde_json::to_string(&account_record(id, entries)?).ok()
+}
+
+/// Appends an account's line (no newline) to `out`; false if it has no
+/// entries.
+pub(crate) fn write_account_line(out: &mut Vec<u8>, id: Key<'_>, entries: &[AccountEntry]) -> bool {
+    append_line(out, account_record(id, entries))
+}
+
+fn account_record<'a>(id: Key<'a>, entries: &'a [AccountEntry]) -> Option<AccountLine<'a>> {
     if entries.is_empty() {
         return None;
     }
@@ -277,13 +332,12 @@ pub fn account_line(id: Key<'_>, entries: &[AccountEntry]) -> Option<String> {
             device_id: &e.device_id,
             link_type: if e.login { "login" } else { "inferred" },
             confidence: if e.login { 1.0 } else { fixed(e.confidence) },
-            last_seen: e.last_seen.to_string(),
+            last_seen: e.last_seen,
         })
         .collect();
     out.sort_by(|x, y| x.device_id.cmp(y.device_id));
-    serde_json::to_string(&AccountLine {
+    Some(AccountLine {
         account_id: id,
         devices: out,
     })
-    .ok()
 }

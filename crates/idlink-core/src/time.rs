@@ -186,10 +186,61 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// Date of a day counted from 1970-01-01 (`civil_from_days` of the same
+/// paper as [`days_from_civil`]): year, month 1–12, day 1–31.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Length of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+const RFC3339_MILLIS_LEN: usize = 24;
+
+/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`, if its year has four digits
+/// (0000–9999), written without chrono: every published link carries
+/// two of these, and chrono's formatting builds a `String` for each.
+/// The property `the_fast_format_agrees_with_chrono` holds it to
+/// chrono's rendering.
+fn plain_format(t: Millis) -> Option<[u8; RFC3339_MILLIS_LEN]> {
+    let (year, month, day) = civil_from_days(t.day());
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let ms_of_day = t.0.rem_euclid(DAY_MS);
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut value: i64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, ms_of_day / 3_600_000);
+    put(14, 2, ms_of_day / MINUTE_MS % 60);
+    put(17, 2, ms_of_day / 1000 % 60);
+    put(20, 3, ms_of_day % 1000);
+    Some(out)
+}
+
 impl fmt::Display for Millis {
     /// Formats as UTC RFC 3339 with exactly three fractional digits, the
     /// one timestamp format of every output (`2026-01-05T18:03:11.250Z`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(text) = plain_format(*self) {
+            // Digits and ASCII punctuation only: always UTF-8.
+            return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
+        }
         match self.to_datetime() {
             Some(t) => f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true)),
             None => write!(f, "{}", self.0),
@@ -291,8 +342,42 @@ mod tests {
         })
     }
 
+    /// chrono's rendering of `t`, the reference of [`plain_format`].
+    fn chrono_format(t: Millis) -> Option<String> {
+        t.to_datetime()
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    #[test]
+    fn formats_the_ends_of_four_digit_years() {
+        for (ms, text) in [
+            (-62_167_219_200_000, "0000-01-01T00:00:00.000Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+            (-1, "1969-12-31T23:59:59.999Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+        ] {
+            assert_eq!(Millis(ms).to_string(), text);
+        }
+        assert_eq!(plain_format(Millis(-62_167_219_200_001)), None);
+        assert_eq!(plain_format(Millis(253_402_300_800_000)), None);
+        assert_eq!(
+            Millis(253_402_300_800_000).to_string(),
+            chrono_format(Millis(253_402_300_800_000)).unwrap()
+        );
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(4096))]
+
+        /// Written without chrono, a time reads as chrono writes it.
+        #[test]
+        fn the_fast_format_agrees_with_chrono(ms in -70_000_000_000_000i64..260_000_000_000_000) {
+            let t = Millis(ms);
+            if let Some(text) = plain_format(t) {
+                proptest::prop_assert_eq!(Some(String::from_utf8_lossy(&text).into_owned()), chrono_format(t));
+            }
+            proptest::prop_assert_eq!(Some(t.to_string()), chrono_format(t));
+        }
 
         /// The fast path answers as chrono does, or defers to it.
         #[test]

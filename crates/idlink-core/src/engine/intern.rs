@@ -9,6 +9,8 @@
 //! bytes are reclaimed by compacting the arena once more than half of it
 //! is garbage.
 
+mod sort;
+
 use super::slot_index::{SlotIndex, prefetch, prefetch_all};
 use crate::ids::{Form, Key};
 use rustc_hash::FxHasher;
@@ -354,47 +356,6 @@ impl<T> Slots<T> {
             .enumerate()
             .filter(|(_, s)| !s.0.is_free())
             .map(|(i, _)| i as u32)
-    }
-
-    /// Live slot numbers sorted by id text, for deterministic output.
-    ///
-    /// Ordered by the ids' first two bytes with a counting pass first,
-    /// then by whole texts within each group. Comparing texts straight
-    /// away costs two cache misses a comparison at a million ids; a group
-    /// is small, so its texts are loaded once and compared in cache. The
-    /// extra memory is two tables of 65,537 counts, not a key per id.
-    /// (A missing byte counts as zero, so "a" and "a\0…" share a group and
-    /// the texts decide: the order is exactly the texts' byte order.)
-    pub fn sorted(&self) -> Vec<u32> {
-        const GROUPS: usize = 1 << 16;
-        let group = |i: u32| {
-            let text = self.id(i).text();
-            let id = text.as_bytes();
-            let byte = |k: usize| usize::from(id.get(k).copied().unwrap_or(0));
-            (byte(0) << 8) | byte(1)
-        };
-        let mut start = vec![0u32; GROUPS + 1];
-        for i in self.live() {
-            start[group(i) + 1] += 1;
-        }
-        for g in 0..GROUPS {
-            start[g + 1] += start[g];
-        }
-        let mut next = start.clone();
-        let mut out = vec![0u32; self.len()];
-        for i in self.live() {
-            let at = &mut next[group(i)];
-            out[*at as usize] = i;
-            *at += 1;
-        }
-        let span = |i: u32| self.slots.get(i as usize).map(|s| s.0);
-        for g in start.windows(2) {
-            out[g[0] as usize..g[1] as usize].sort_unstable_by(|&a, &b| match (span(a), span(b)) {
-                (Some(x), Some(y)) => cmp_stored(&self.text, x, y),
-                _ => self.id(a).cmp(&self.id(b)),
-            });
-        }
-        out
     }
 }
 

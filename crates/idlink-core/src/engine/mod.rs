@@ -19,6 +19,7 @@ mod colocation;
 mod early;
 pub mod intern;
 mod privacy;
+mod render;
 mod reorder;
 pub mod score;
 mod slot_index;
@@ -1287,58 +1288,6 @@ impl Engine {
         out
     }
 
-    /// Every device line, sorted by device id (replay's
-    /// `device-links.jsonl`).
-    pub fn device_lines(&self) -> impl Iterator<Item = String> + '_ {
-        let mut shown = cap::Shown::default();
-        let order = self.devices.sorted();
-        (0..order.len()).filter_map(move |k| {
-            prefetch_in_order(&self.devices, &order, k);
-            self.render_device(order[k], &mut shown)
-        })
-    }
-
-    /// Every account line, sorted by account id (replay's
-    /// `account-devices.jsonl`).
-    pub fn account_lines(&self) -> impl Iterator<Item = String> + '_ {
-        let mut shown = cap::Shown::default();
-        let order = self.accounts.sorted();
-        (0..order.len()).filter_map(move |k| {
-            prefetch_in_order(&self.accounts, &order, k);
-            self.render_account(order[k], &mut shown)
-        })
-    }
-
-    /// The `device-links` line of one device, if it has links.
-    pub fn device_line(&self, device_id: &str) -> Option<String> {
-        self.render_device(self.devices.find(device_id)?, &mut cap::Shown::default())
-    }
-
-    /// The `account-devices` line of one account, if it has devices.
-    pub fn account_line(&self, account_id: &str) -> Option<String> {
-        self.render_account(self.accounts.find(account_id)?, &mut cap::Shown::default())
-    }
-
-    fn render_device(&self, d: u32, shown: &mut cap::Shown) -> Option<String> {
-        let dev = self.devices.get(d)?;
-        let merged = self.with_early(d, dev);
-        crate::output::device_line(
-            self.devices.id(d),
-            merged.as_ref().unwrap_or(dev),
-            &self.accounts,
-            &mut |a| self.shows(a, d, shown),
-            self.p.horizon_days,
-            self.p.max_support,
-        )
-    }
-
-    fn render_account(&self, a: u32, shown: &mut cap::Shown) -> Option<String> {
-        let mut entries = self.account_entries(a);
-        entries.retain(|&(d, _)| self.shows(a, d, shown));
-        let entries: Vec<_> = entries.into_iter().map(|e| e.1).collect();
-        crate::output::account_line(self.accounts.id(a), &entries)
-    }
-
     /// Address buckets holding window or day state, for diagnostics.
     pub fn bucket_count(&self) -> usize {
         self.coloc.len()
@@ -1350,16 +1299,6 @@ impl Engine {
             0
         } else {
             self.current_day
-        }
-    }
-}
-
-/// Before rendering `order[k]`: starts loading the slots a few places
-/// further on, which a sorted walk visits in no memory order.
-fn prefetch_in_order<T>(slots: &Slots<T>, order: &[u32], k: usize) {
-    for (ahead, stage) in [(8, Prefetch::Slot), (4, Prefetch::Text)] {
-        if let Some(&i) = order.get(k + ahead) {
-            slots.prefetch_slot(i, stage);
         }
     }
 }
