@@ -2,7 +2,6 @@
 
 mod alloc;
 mod lines;
-mod mapped;
 mod replay;
 mod service;
 mod settings;
@@ -38,11 +37,6 @@ enum Command {
         /// Skip writing the graph files (engine benchmarks).
         #[arg(long, hide = true)]
         quiet: bool,
-        /// Read input files with read(2) instead of mapping them into
-        /// memory: for files that something may truncate during the
-        /// replay (a mapped file that shrinks ends the process).
-        #[arg(long)]
-        no_mmap: bool,
     },
     /// Run the linking service on Kafka until SIGTERM or SIGINT.
     Run {
@@ -139,7 +133,6 @@ fn main() -> Result<()> {
             out,
             strict,
             quiet,
-            no_mmap,
         } => {
             let settings = settings::Settings::load(config.as_deref())?;
             replay::replay(
@@ -149,7 +142,6 @@ fn main() -> Result<()> {
                     out: &out,
                     strict,
                     quiet,
-                    mmap: !no_mmap,
                 },
             )?;
         }

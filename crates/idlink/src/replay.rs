@@ -1,7 +1,6 @@
 //! `idlink replay`: recorded event files through the engine, graph out.
 
 use crate::lines::BoundedLines;
-use crate::mapped::Mapped;
 use crate::settings::Settings;
 use anyhow::{Context, Result, bail};
 use idlink_core::{Decoder, Engine, Millis, RejectReason};
@@ -59,11 +58,9 @@ pub struct ReplayArgs<'a> {
     pub strict: bool,
     /// Write no output files (benchmarks of the engine path).
     pub quiet: bool,
-    /// Map regular input files instead of reading them (see `mapped.rs`).
-    pub mmap: bool,
 }
 
-fn open(path: &Path, mmap: bool) -> Result<Box<dyn BufRead>> {
+fn open(path: &Path) -> Result<Box<dyn BufRead>> {
     const BUF: usize = 1 << 20;
     if path.as_os_str() == "-" {
         return Ok(Box::new(BufReader::with_capacity(BUF, io::stdin())));
@@ -72,9 +69,6 @@ fn open(path: &Path, mmap: bool) -> Result<Box<dyn BufRead>> {
     if path.extension().is_some_and(|e| e == "gz") {
         let gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(BUF, f));
         return Ok(Box::new(BufReader::with_capacity(BUF, gz)));
-    }
-    if let Some(mapped) = mmap.then(|| Mapped::open(&f)).flatten() {
-        return Ok(Box::new(mapped));
     }
     Ok(Box::new(BufReader::with_capacity(BUF, f)))
 }
@@ -106,10 +100,7 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> Result<Summary> {
     let mut buf = Vec::with_capacity(4096);
     for input in args.inputs {
         let name = input.display().to_string();
-        let mut reader = BoundedLines::new(
-            open(input, args.mmap)?,
-            settings.core.input.max_message_bytes,
-        );
+        let mut reader = BoundedLines::new(open(input)?, settings.core.input.max_message_bytes);
         let mut line_no = 0u64;
         while let Some(line) = reader
             .next_line(&mut buf)
