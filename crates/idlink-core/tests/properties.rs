@@ -367,12 +367,39 @@ fn ack_key(a: &PrivacyAck) -> AckKey {
     (a.ts, a.kind, a.subject, a.id_hash.clone())
 }
 
+/// What a bulk writer (`Engine::write_device_lines` or
+/// `write_account_lines`) hands its sink, as lines, checked against the
+/// count it returns.
+fn written(
+    write: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<(), ()>) -> Result<u64, ()>,
+) -> Vec<String> {
+    let mut bytes = Vec::new();
+    let n = write(&mut |chunk| {
+        bytes.extend_from_slice(chunk);
+        Ok(())
+    })
+    .expect("writing to memory cannot fail");
+    let text = String::from_utf8(bytes).expect("lines are UTF-8");
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "every line ends in a newline"
+    );
+    assert_eq!(lines.len() as u64, n, "the count is the lines'");
+    lines
+}
+
 fn collect(mut e: Engine) -> Output {
     e.finish();
     let acks: Vec<PrivacyAck> = e.take_privacy_acks();
+    let devices: Vec<String> = e.device_lines().collect();
+    let accounts: Vec<String> = e.account_lines().collect();
+    // Replay's files come from the bulk writers: the same lines.
+    assert_eq!(written(|sink| e.write_device_lines(sink)), devices);
+    assert_eq!(written(|sink| e.write_account_lines(sink)), accounts);
     Output {
-        devices: e.device_lines().collect(),
-        accounts: e.account_lines().collect(),
+        devices,
+        accounts,
         acks: acks.iter().map(ack_key).collect(),
         ack_json: acks
             .iter()
