@@ -32,8 +32,21 @@ const SMALL: usize = 4096;
 impl<T> Slots<T> {
     /// Live slot numbers sorted by id text.
     pub fn sorted(&self) -> Vec<u32> {
-        let mut out = vec![0u32; self.len()];
-        let bounds = self.spread(|| self.live(), 0, &mut out);
+        self.sorted_where(|_, _| true)
+    }
+
+    /// The live slots that `keep` accepts (given the slot and its value),
+    /// sorted by id text.
+    pub fn sorted_where(&self, keep: impl Fn(u32, &T) -> bool) -> Vec<u32> {
+        let kept = || {
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| !s.0.is_free() && keep(*i as u32, &s.1))
+                .map(|(i, _)| i as u32)
+        };
+        let mut out = vec![0u32; kept().count()];
+        let bounds = self.spread(kept, 0, &mut out);
         // (An empty id, which the decoder never lets in, has a slot that
         // reads as free: counted by `len`, not listed by `live`.)
         out.truncate(bounds[GROUPS] as usize);
