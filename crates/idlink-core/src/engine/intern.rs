@@ -16,6 +16,13 @@ use crate::ids::{Form, Key};
 use rustc_hash::FxHasher;
 use std::hash::Hasher;
 
+/// How many places ahead [`Slots::prefetch_walk`] starts loading a slot.
+pub const WALK_SLOT_AHEAD: usize = 8;
+
+/// How many places ahead [`Slots::prefetch_walk`] starts loading an id's
+/// text: its slot was asked for four places earlier.
+pub const WALK_TEXT_AHEAD: usize = 4;
+
 /// Marker for "no slot" in compact fields.
 pub const NONE: u32 = u32::MAX;
 
@@ -226,6 +233,22 @@ impl<T> Slots<T> {
             self.index.prefetch(h);
         } else if let Some(i) = self.index.guess(h) {
             self.prefetch_slot(i, stage);
+        }
+    }
+
+    /// Before visiting `order[k]` of a walk that visits the slots in no
+    /// memory order (by id, or by group): starts loading the slot
+    /// [`WALK_SLOT_AHEAD`] places on and the id's text
+    /// [`WALK_TEXT_AHEAD`] places on, whose slot has arrived by then.
+    /// Only a hint.
+    pub fn prefetch_walk(&self, order: &[u32], k: usize) {
+        for (ahead, stage) in [
+            (WALK_SLOT_AHEAD, Prefetch::Slot),
+            (WALK_TEXT_AHEAD, Prefetch::Text),
+        ] {
+            if let Some(&i) = order.get(k + ahead) {
+                self.prefetch_slot(i, stage);
+            }
         }
     }
 

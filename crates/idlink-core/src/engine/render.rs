@@ -9,20 +9,18 @@
 
 use super::Engine;
 use super::cap::Shown;
-use super::intern::{Prefetch, Slots};
+use super::intern::{Prefetch, WALK_TEXT_AHEAD};
 use crate::output::{self, AccountEntry, DeviceArgs};
 
 /// Bytes gathered before the bulk writers hand them to their sink.
 const CHUNK: usize = 1 << 16;
 
-/// How many lines ahead each load of a line's chain starts. A device
-/// line's chain: its slot, then its id's text and its sign-in accounts'
-/// slots (inline in the device's slot), then those accounts' ids. An
-/// account line's: its slot, then its id and its devices' slots, then
-/// their ids.
-const AHEAD_SLOT: usize = 8;
-const AHEAD_LINKED: usize = 4;
-const AHEAD_LINKED_TEXT: usize = 2;
+/// How many lines ahead a line's linked slots' ids start loading. A
+/// device line's chain of loads: its slot, then its id's text and its
+/// sign-in accounts' slots (inline in the device's slot; both
+/// [`WALK_TEXT_AHEAD`] lines ahead), then those accounts' ids. An account
+/// line's: its slot, then its id and its devices' slots, then their ids.
+const LINKED_TEXT_AHEAD: usize = 2;
 
 /// Linked slots prefetched per line: nearly every device has one sign-in
 /// account, and nearly every account one or two devices.
@@ -149,7 +147,7 @@ impl Engine {
     /// Before rendering device `order[k]`: starts the loads of the lines
     /// a few places further on.
     fn prefetch_device_lines(&self, order: &[u32], k: usize) {
-        prefetch_ahead(&self.devices, order, k);
+        self.devices.prefetch_walk(order, k);
         let accounts_of = |ahead: usize, stage: Prefetch| {
             let dev = order.get(k + ahead).and_then(|&d| self.devices.get(d));
             for l in dev
@@ -160,14 +158,14 @@ impl Engine {
                 self.accounts.prefetch_slot(l.account, stage);
             }
         };
-        accounts_of(AHEAD_LINKED, Prefetch::Slot);
-        accounts_of(AHEAD_LINKED_TEXT, Prefetch::Text);
+        accounts_of(WALK_TEXT_AHEAD, Prefetch::Slot);
+        accounts_of(LINKED_TEXT_AHEAD, Prefetch::Text);
     }
 
     /// Before rendering account `order[k]`: as
     /// [`Engine::prefetch_device_lines`], through the account's devices.
     fn prefetch_account_lines(&self, order: &[u32], k: usize) {
-        prefetch_ahead(&self.accounts, order, k);
+        self.accounts.prefetch_walk(order, k);
         let devices_of = |ahead: usize, stage: Prefetch| {
             let acc = order.get(k + ahead).and_then(|&a| self.accounts.get(a));
             for &d in acc
@@ -178,18 +176,8 @@ impl Engine {
                 self.devices.prefetch_slot(d, stage);
             }
         };
-        devices_of(AHEAD_LINKED, Prefetch::Slot);
-        devices_of(AHEAD_LINKED_TEXT, Prefetch::Text);
-    }
-}
-
-/// Starts loading the slot of `order[k + AHEAD_SLOT]` and the id of
-/// `order[k + AHEAD_LINKED]`, whose slot has arrived by then.
-fn prefetch_ahead<T>(slots: &Slots<T>, order: &[u32], k: usize) {
-    for (ahead, stage) in [(AHEAD_SLOT, Prefetch::Slot), (AHEAD_LINKED, Prefetch::Text)] {
-        if let Some(&i) = order.get(k + ahead) {
-            slots.prefetch_slot(i, stage);
-        }
+        devices_of(WALK_TEXT_AHEAD, Prefetch::Slot);
+        devices_of(LINKED_TEXT_AHEAD, Prefetch::Text);
     }
 }
 

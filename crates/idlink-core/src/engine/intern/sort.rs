@@ -19,7 +19,7 @@
 //! of a large group's slots, and eight bytes beside each slot of a small
 //! group: never a key per id.
 
-use super::{Form, MAX_LEN, Prefetch, Slots, cmp_stored, key_at};
+use super::{Form, MAX_LEN, Slots, cmp_stored, key_at};
 use std::cmp::Ordering;
 
 /// Groups of a spreading pass: two bytes of text.
@@ -141,13 +141,9 @@ impl<T> Slots<T> {
         keyed.clear();
         // The group's slots lie anywhere: start loading each slot, then
         // its text, a few ids ahead of reading them.
-        for k in 0..ids.len() {
-            for (ahead, stage) in [(8, Prefetch::Slot), (4, Prefetch::Text)] {
-                if let Some(&i) = ids.get(k + ahead) {
-                    self.prefetch_slot(i, stage);
-                }
-            }
-            keyed.push((self.word(ids[k], depth).0, ids[k]));
+        for (k, &i) in ids.iter().enumerate() {
+            self.prefetch_walk(ids, k);
+            keyed.push((self.word(i, depth).0, i));
         }
         keyed.sort_unstable_by_key(|&(w, _)| w);
         for tied in keyed.chunk_by_mut(|a, b| a.0 == b.0) {
