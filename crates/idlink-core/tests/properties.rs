@@ -1904,8 +1904,9 @@ fn one_and_staged(
 
 /// A device partition that waits for the bucket stage (a day close)
 /// takes no input, but the sign-ins read meanwhile are published at once
-/// (previewed); one that an erasure read before it covers is not, and the
-/// graph at the end is one engine's.
+/// (previewed); one that an erasure read before it covers (its device or
+/// account, at or before the erasure's `ts`) is not, while the others read
+/// after the erasure are; and the graph at the end is one engine's.
 #[test]
 fn sign_ins_read_while_waiting_for_a_day_close_are_published_at_once() {
     let config = Config::default();
@@ -1930,10 +1931,11 @@ fn sign_ins_read_while_waiting_for_a_day_close_are_published_at_once() {
         "the bucket stage is held: the day cannot close"
     );
     assert!(shows(&p, 0, 0), "a sign-in read while waiting is published");
-    // An erasure read while waiting stops the previews after it: the
-    // sign-in it covers never shows, even for a moment. (Both are behind
-    // the watermark: the erasure is applied as it is taken, and the
-    // sign-in is dropped as it is.)
+    // An erasure read while waiting holds back the previews it covers:
+    // those sign-ins never show, even for a moment. (They are behind the
+    // watermark: the erasure is applied as it is taken, and they are
+    // dropped as they are.) A sign-in of another account, or of the
+    // erased account after the erasure's `ts`, shows at once.
     let erase = Event {
         ts: Millis(BASE + DAY + 21 * MINUTE),
         kind: EventKind::Erase,
@@ -1943,21 +1945,34 @@ fn sign_ins_read_while_waiting_for_a_day_close_are_published_at_once() {
         platform: Platform::Unknown,
     };
     let covered = sighting(BASE + DAY + 20 * MINUTE, 1, true, None, 0, ip("81.2.3.2"));
-    let after = sighting(BASE + DAY + 36 * MINUTE, 2, true, None, 0, ip("81.2.3.3"));
-    for ev in [erase, covered, after] {
+    let other = sighting(BASE + DAY + 36 * MINUTE, 2, true, None, 0, ip("81.2.3.3"));
+    let covered_too = sighting(
+        BASE + DAY + 10 * MINUTE,
+        3,
+        true,
+        Some(1),
+        0,
+        ip("81.2.3.4"),
+    );
+    let later = sighting(
+        BASE + DAY + 40 * MINUTE,
+        0,
+        true,
+        Some(1),
+        0,
+        ip("81.2.3.5"),
+    );
+    for ev in [erase, covered, other, covered_too, later] {
         p.ingest(0, ev.clone());
         events.push(ev);
     }
-    assert!(
-        !shows(&p, 1, 1),
-        "nothing read after an erasure is previewed"
-    );
-    assert!(
-        !shows(&p, 2, 2),
-        "nothing read after an erasure is previewed"
-    );
+    assert!(!shows(&p, 1, 1), "the erasure covers this sign-in");
+    assert!(!shows(&p, 3, 1), "the erasure covers this sign-in");
+    assert!(shows(&p, 2, 2), "a sign-in of another account shows");
+    assert!(shows(&p, 0, 1), "a sign-in after the erasure's ts shows");
     p.hold_buckets(false);
-    assert!(shows(&p, 0, 0) && shows(&p, 2, 2) && !shows(&p, 1, 1));
+    assert!(shows(&p, 0, 0) && shows(&p, 2, 2) && shows(&p, 0, 1));
+    assert!(!shows(&p, 1, 1) && !shows(&p, 3, 1));
     let mut one = engine(&config);
     for ev in &events {
         one.ingest(0, ev.clone());

@@ -14,6 +14,13 @@
 //! buffered events and frees slots) drops the erased ids' entries and
 //! registers again the buffered events about them that it keeps.
 //!
+//! An erasure waits in the buffer too, until the watermark reaches its
+//! `ts`; while it waits, a sign-in it covers (its device or account, at
+//! or before its `ts`) that arrives is not shown early. Only its release
+//! puts the sign-in in view, applied to the state, and the erasure's
+//! release removes it again: an id erased "up to now" does not come back,
+//! even for a moment, through an event that arrives after the request.
+//!
 //! A device stage also *previews* here the sign-ins it has read but not
 //! taken yet: while it waits for the bucket stage (a day close) it takes
 //! no input, and the sign-ins read meanwhile would wait with it. A preview
@@ -25,7 +32,7 @@
 
 use super::Engine;
 use super::state::{Account, Device, LoginLink};
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 use crate::time::Millis;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -57,6 +64,18 @@ pub(super) struct Early {
     by_device: FxHashMap<u32, SmallVec<[EarlyLogin; 1]>>,
     /// Devices by account slot, for the account's line.
     by_account: FxHashMap<u32, SmallVec<[u32; 2]>>,
+    /// Erasures in the reorder buffer, which keep the sign-ins they cover
+    /// out of this overlay ([`covers`]). Few: privacy requests are rare,
+    /// and each leaves with its release.
+    erasures: Vec<Event>,
+}
+
+/// Whether erasure `erase` covers sign-in `ev`: it names the sign-in's
+/// device or account, and the sign-in is not later than it.
+pub(super) fn covers(erase: &Event, ev: &Event) -> bool {
+    ev.ts <= erase.ts
+        && ((erase.device.is_some() && erase.device == ev.device)
+            || (erase.account.is_some() && erase.account == ev.account))
 }
 
 impl Early {
@@ -222,7 +241,13 @@ impl Engine {
     /// [`Engine::register_early`], for a buffered sign-in or a preview;
     /// returns whether it was registered.
     pub(super) fn register_early_as(&mut self, ev: &Event, preview: bool) -> bool {
-        if self.changes.is_none() || ev.kind.is_privacy() {
+        if self.changes.is_none() {
+            return false;
+        }
+        if ev.kind.is_privacy() {
+            if ev.kind == EventKind::Erase && !preview {
+                self.early.erasures.push(ev.clone());
+            }
             return false;
         }
         let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
@@ -242,6 +267,12 @@ impl Engine {
         }
         let d = d.unwrap_or_else(|| self.devices.intern(device, Device::new).0);
         let a = a.unwrap_or_else(|| self.accounts.intern(account, Account::default).0);
+        // Covered by a buffered erasure: the slots are taken as always (so
+        // that the state is the same whichever arrived first), but the
+        // sign-in stays out of view.
+        if self.early.erasures.iter().any(|x| covers(x, ev)) {
+            return false;
+        }
         // Only a new link is published now; a known one's refreshed
         // counts go out when the event is applied, as before.
         let known = self.devices.get(d).is_some_and(|x| x.login(a).is_some())
@@ -290,7 +321,14 @@ impl Engine {
     /// left: applying the event publishes the pair again anyway, and a
     /// dropped event's caller must (the link may be gone).
     pub(super) fn release_early(&mut self, ev: &Event) -> Option<(u32, u32)> {
-        if self.early.is_empty() || ev.kind.is_privacy() {
+        if ev.kind.is_privacy() {
+            let erasures = &mut self.early.erasures;
+            if let Some(i) = erasures.iter().position(|x| x == ev) {
+                erasures.swap_remove(i);
+            }
+            return None;
+        }
+        if self.early.is_empty() {
             return None;
         }
         let (Some(device), Some(account)) = (&ev.device, &ev.account) else {
@@ -346,13 +384,19 @@ impl Engine {
         if self.changes.is_none() {
             return;
         }
-        let buffered: Vec<Event> = self
+        // In arrival order, so that an erasure covers what arrived after
+        // it, as it did before the restore.
+        let mut buffered: Vec<(u64, Event)> = self
             .buffer
-            .events()
-            .filter(|e| e.account.is_some() && !e.kind.is_privacy())
-            .cloned()
+            .pending()
+            .filter(|p| {
+                let e = &p.event;
+                e.kind == EventKind::Erase || (e.account.is_some() && !e.kind.is_privacy())
+            })
+            .map(|p| (p.seq, p.event.clone()))
             .collect();
-        for ev in &buffered {
+        buffered.sort_unstable_by_key(|&(seq, _)| seq);
+        for (_, ev) in &buffered {
             self.register_early(ev);
         }
     }

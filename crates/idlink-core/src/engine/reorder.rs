@@ -228,14 +228,13 @@ impl Reorder {
         self.ready.get(i)
     }
 
-    /// Every waiting event, in no particular order.
-    pub fn events(&self) -> impl Iterator<Item = &Event> {
+    /// Every buffered event with its arrival number, in no order.
+    pub fn pending(&self) -> impl Iterator<Item = &Pending> {
         self.ready
             .iter()
             .chain(self.heap.iter().map(|r| &r.0))
             .chain(self.near.iter().flatten())
             .chain(self.far.values().flatten())
-            .map(|p| &p.event)
     }
 
     /// Keeps only the events `keep` accepts.

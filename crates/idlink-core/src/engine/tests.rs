@@ -1006,3 +1006,47 @@ fn the_clash_is_read_from_the_whole_bucket_day_in_any_order() {
     assert_eq!(inferred_account(days(false), "other"), None);
     assert_eq!(inferred_account(days(true), "other"), None);
 }
+
+/// An erasure still in the reorder buffer (its `ts` ahead of the
+/// watermark) covers the sign-ins at or before its `ts` that arrive after
+/// it: they are never published, not even until the erasure is applied.
+/// A sign-in after its `ts` is published at once, as any other.
+#[test]
+fn a_buffered_erasure_keeps_the_sign_ins_it_covers_out_of_view() {
+    let mut e = engine();
+    e.track_changes();
+    e.ingest(0, sighting(t(0, 100), "phone", "81.2.3.4", Some("alice")));
+    // The watermark is at minute 90: the erasure at 120 waits in the buffer.
+    assert_eq!(e.ingest(0, erase(t(0, 120), "laptop")), Ingested::Buffered);
+    e.ingest(0, sighting(t(0, 110), "laptop", "81.2.3.5", Some("bob")));
+    e.ingest(0, sighting(t(0, 115), "tablet", "81.2.3.6", Some("bob")));
+    let c = e.take_changes();
+    assert!(c.devices.iter().all(|x| x.0 != "laptop"), "{c:?}");
+    assert!(c.devices.iter().any(|x| x.0 == "tablet"), "{c:?}");
+    let bob = c
+        .accounts
+        .iter()
+        .find(|x| x.0 == "bob")
+        .and_then(|x| x.1.clone());
+    assert!(bob.is_some_and(|l| !l.contains("laptop")), "{c:?}");
+    assert_eq!(e.device_line("laptop"), None);
+    e.ingest(0, sighting(t(0, 125), "laptop", "81.2.3.5", Some("bob")));
+    let c = e.take_changes();
+    assert!(
+        c.devices.iter().any(|x| x.0 == "laptop" && x.1.is_some()),
+        "a sign-in after the erasure's ts shows: {c:?}"
+    );
+    e.finish();
+    let mut plain = engine();
+    for ev in [
+        sighting(t(0, 100), "phone", "81.2.3.4", Some("alice")),
+        erase(t(0, 120), "laptop"),
+        sighting(t(0, 110), "laptop", "81.2.3.5", Some("bob")),
+        sighting(t(0, 115), "tablet", "81.2.3.6", Some("bob")),
+        sighting(t(0, 125), "laptop", "81.2.3.5", Some("bob")),
+    ] {
+        plain.ingest(0, ev);
+    }
+    plain.finish();
+    assert_eq!(output(&e), output(&plain));
+}

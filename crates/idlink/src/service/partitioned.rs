@@ -229,20 +229,17 @@ impl Task {
 
     /// While the device partition waits for the bucket stage, shows the
     /// sign-ins read meanwhile (published with the next batch, which ends
-    /// their latency), up to the first privacy request: one read before a
-    /// sign-in must be applied before the sign-in may show.
+    /// their latency), except those an erasure read before them covers
+    /// (`Engine::preview`, which is offered every record once).
     fn preview(&mut self) {
         while let Some(q) = self.inputs.get_mut(self.previewed) {
-            if let Some(input @ StageInput::Event { event, .. }) = &q.msg {
-                if event.kind.is_privacy() {
-                    return;
-                }
-                if self.de.preview(input) {
-                    self.taken_ts.extend(q.ts.take().map(|ts_ms| InputStamp {
-                        ts_ms,
-                        sign_in: true,
-                    }));
-                }
+            if let Some(input) = &q.msg
+                && self.de.preview(input)
+            {
+                self.taken_ts.extend(q.ts.take().map(|ts_ms| InputStamp {
+                    ts_ms,
+                    sign_in: true,
+                }));
             }
             self.previewed += 1;
         }

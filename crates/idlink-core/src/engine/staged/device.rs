@@ -14,10 +14,11 @@ use super::{
 };
 use crate::addr::{AddressClassifier, Bucket};
 use crate::config::Config;
+use crate::engine::early::covers;
 use crate::engine::intern::NONE;
 use crate::engine::snapshot::read_versioned;
 use crate::engine::{Engine, colocation};
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 use crate::time::Millis;
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -48,6 +49,12 @@ pub struct DeviceSide {
     /// again.
     #[serde(skip)]
     previewed: FxHashSet<(u32, i64)>,
+    /// Erasures read and not taken (`source`, `offset`, the request),
+    /// offered for a preview: a sign-in read after one that covers it
+    /// (`early::covers`) is not previewed; every other sign-in is. Not
+    /// stored, like `previewed`.
+    #[serde(skip)]
+    held: Vec<((u32, i64), Event)>,
     /// Stopped before the first event of a later day, at this time.
     stalled: Option<Millis>,
     /// Where the stopped release was going.
@@ -116,14 +123,17 @@ impl Engine {
 
     /// Shows the sign-in of a record read but not taken, while this
     /// partition waits for the bucket stage and takes no input: published
-    /// with the next changes, as a buffered sign-in is. The record must be
-    /// taken later ([`Engine::take_input`]) or dropped
-    /// ([`Engine::forget_preview`]), in the order read, and the caller
-    /// previews nothing read after a privacy request until it has taken
-    /// that request. State is untouched (an id new to this partition gets
-    /// its slot, as a buffered sign-in's does): the graph the partition
-    /// ends with is the same whether it previewed or not. Returns whether
-    /// the record was previewed.
+    /// with the next changes, as a buffered sign-in is. The caller offers
+    /// every record it has read and not taken, once each, in the order
+    /// read, privacy requests included: an erasure holds back the
+    /// sign-ins read after it that it covers (their device or account, at
+    /// or before its `ts`) until it is taken, and any other sign-in shows.
+    /// Each record must be taken later ([`Engine::take_input`]) or dropped
+    /// ([`Engine::forget_preview`]), in the order read. State is untouched
+    /// (an id new to this partition gets its slot, as a buffered
+    /// sign-in's does): the graph the partition ends with is the same
+    /// whether it previewed or not. Returns whether the record's sign-in
+    /// was previewed.
     pub fn preview(&mut self, input: &StageInput) -> bool {
         let StageInput::Event {
             source,
@@ -133,7 +143,7 @@ impl Engine {
         else {
             return false;
         };
-        let Some(stage) = self.stage.as_deref() else {
+        let Some(stage) = self.stage.as_deref_mut() else {
             return false;
         };
         let key = (*source, *offset);
@@ -141,7 +151,19 @@ impl Engine {
             .offsets
             .get(source)
             .is_some_and(|last| *offset <= *last);
-        if !event.is_sign_in() || taken || stage.previewed.contains(&key) {
+        if taken {
+            return false;
+        }
+        if event.kind == EventKind::Erase {
+            if !stage.held.iter().any(|(k, _)| *k == key) {
+                stage.held.push((key, event.clone()));
+            }
+            return false;
+        }
+        if !event.is_sign_in()
+            || stage.previewed.contains(&key)
+            || stage.held.iter().any(|(_, erase)| covers(erase, event))
+        {
             return false;
         }
         if !self.register_early_as(event, true) {
@@ -167,11 +189,16 @@ impl Engine {
         }
     }
 
-    /// Whether record `offset` of `source` was previewed; forgets it.
+    /// Whether record `offset` of `source` was previewed; forgets it, and
+    /// the erasure it is, if one was held for the previews.
     fn take_preview(&mut self, source: u32, offset: i64) -> bool {
-        self.stage
-            .as_deref_mut()
-            .is_some_and(|s| !s.previewed.is_empty() && s.previewed.remove(&(source, offset)))
+        let Some(s) = self.stage.as_deref_mut() else {
+            return false;
+        };
+        if let Some(i) = s.held.iter().position(|(k, _)| *k == (source, offset)) {
+            s.held.remove(i);
+        }
+        !s.previewed.is_empty() && s.previewed.remove(&(source, offset))
     }
 
     /// Takes the next record of this device partition's input stream

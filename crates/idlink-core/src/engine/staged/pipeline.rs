@@ -342,14 +342,10 @@ impl Pipeline {
             let e = &mut t.engine;
             if e.waiting_for_buckets() {
                 let Some(msg) = self.evidence[k].get(t.at[1]) else {
-                    // Sign-ins read meanwhile are shown at once, up to the
-                    // first privacy request.
+                    // Sign-ins read meanwhile are shown at once, but for
+                    // those an erasure read before them covers.
                     t.previewed = t.previewed.max(t.at[0]);
                     while let Some(input) = self.inputs[k].get(t.previewed) {
-                        if matches!(input, StageInput::Event { event, .. } if event.kind.is_privacy())
-                        {
-                            break;
-                        }
                         moved |= e.preview(input);
                         t.previewed += 1;
                     }
