@@ -16,10 +16,11 @@
 //!
 //! An erasure waits in the buffer too, until the watermark reaches its
 //! `ts`; while it waits, a sign-in it covers (its device or account, at
-//! or before its `ts`) that arrives is not shown early. Only its release
-//! puts the sign-in in view, applied to the state, and the erasure's
-//! release removes it again: an id erased "up to now" does not come back,
-//! even for a moment, through an event that arrives after the request.
+//! or before its `ts`) that arrives is not shown early: an event that
+//! arrives after the request does not put the id back in view at once.
+//! Event time still rules the state: released before the erasure (its
+//! `ts` is earlier), the sign-in is applied and shows until the erasure's
+//! own release removes it.
 //!
 //! A device stage also *previews* here the sign-ins it has read but not
 //! taken yet: while it waits for the bucket stage (a day close) it takes

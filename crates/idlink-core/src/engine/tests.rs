@@ -1009,8 +1009,8 @@ fn the_clash_is_read_from_the_whole_bucket_day_in_any_order() {
 
 /// An erasure still in the reorder buffer (its `ts` ahead of the
 /// watermark) covers the sign-ins at or before its `ts` that arrive after
-/// it: they are never published, not even until the erasure is applied.
-/// A sign-in after its `ts` is published at once, as any other.
+/// it: they are not published early, while they wait in the buffer. A
+/// sign-in after its `ts` is published at once, as any other.
 #[test]
 fn a_buffered_erasure_keeps_the_sign_ins_it_covers_out_of_view() {
     let mut e = engine();
